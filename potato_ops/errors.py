@@ -1,0 +1,112 @@
+"""Typed errors raised by potato-ops, all under one root.
+
+::
+
+    PotatoOpsError
+    ├── ConfigError                 bad configuration (database URL, reports directory, ...)
+    ├── SchemaError                 tables missing or unlike the contract
+    ├── UserNotFoundError           no user with that id or email
+    ├── InvalidDateRangeError       unparsable date, or from_date > to_date
+    ├── InvalidTimezoneError        not an IANA timezone name
+    ├── BackupError                 backup of another user, bad checksum, unrestorable backup
+    ├── FeatureFlagError            a real bulk rebuild while ff.potato.runs_v2 is off
+    ├── OperationNotFoundError      no bulk operation with that id
+    ├── OperationRunningError       resume of an operation whose runner is still alive
+    ├── RuleError                   malformed alert rules file (carries the line number)
+    ├── NotebookError               runbook notebook problems
+    │   ├── NotebookParameterError  unknown parameter name or wrong type
+    │   └── NotebookExecutionError  a cell failed or timed out (carries cell index, error name)
+    └── ReportError                 archive problems
+        ├── SecretLeakError         an archived file would have held a secret: nothing written
+        └── ReportIntegrityError    a record does not match its manifest or the chained index
+
+Every error message is safe to show: database URLs in them are masked.
+"""
+
+from __future__ import annotations
+
+
+class PotatoOpsError(Exception):
+    """Root of every error potato-ops raises on purpose."""
+
+
+class ConfigError(PotatoOpsError):
+    """Configuration is missing or invalid."""
+
+
+class SchemaError(PotatoOpsError):
+    """The database's tables are missing or do not match the contract."""
+
+    def __init__(self, message: str, missing: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.missing: list[str] = list(missing or [])
+
+
+class UserNotFoundError(PotatoOpsError):
+    """No user matches the given id or email."""
+
+
+class InvalidDateRangeError(PotatoOpsError, ValueError):
+    """A date could not be parsed, or a range has from_date after to_date."""
+
+
+class InvalidTimezoneError(PotatoOpsError, ValueError):
+    """The name is not an IANA timezone known to this system."""
+
+
+class BackupError(PotatoOpsError):
+    """A backup cannot be taken or restored (wrong user, bad checksum, conflict)."""
+
+
+class FeatureFlagError(PotatoOpsError):
+    """A real bulk rebuild was refused because its feature flag is off."""
+
+
+class OperationNotFoundError(PotatoOpsError):
+    """No bulk operation has the given id."""
+
+
+class OperationRunningError(PotatoOpsError):
+    """The operation's runner is still alive, so it cannot be taken over."""
+
+
+class RuleError(PotatoOpsError):
+    """An alert rules file is malformed; ``line`` is the 1-based line that is wrong."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(f"line {line}: {message}" if line is not None else message)
+        self.line = line
+
+
+class NotebookError(PotatoOpsError):
+    """A runbook notebook could not be run."""
+
+
+class NotebookParameterError(NotebookError, ValueError):
+    """A parameter is unknown to the notebook or has the wrong type."""
+
+
+class NotebookExecutionError(NotebookError):
+    """A notebook cell raised or timed out."""
+
+    def __init__(
+        self,
+        message: str,
+        cell_index: int | None = None,
+        error_name: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.cell_index = cell_index
+        self.error_name = error_name
+
+
+class ReportError(PotatoOpsError):
+    """An archived report could not be written or read."""
+
+
+class SecretLeakError(ReportError):
+    """Writing would have archived a secret; the run fails closed."""
+
+
+class ReportIntegrityError(ReportError):
+    """An archived record does not match its manifest or the chained index."""

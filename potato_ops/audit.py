@@ -1,0 +1,227 @@
+"""Whole-database invariant scans, detection queries and the active-flag refresh.
+
+The scan is set-based in two steps. First a few statements find the suspect users: those whose
+stored runs differ from the gaps-and-islands grouping of their marks (one full outer join),
+those holding duplicated runs, those with runs of no existing user, and those whose active
+flag disagrees with the rule. Runs equal the grouping exactly when invariants 1-5 hold, so
+nobody else can be in violation. Then each suspect's runs and marks are classified by the same
+pure checker that validates every rebuild, so a rebuild and a scan can never disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime
+
+from sqlalchemy import Connection, bindparam, func, select, text, update
+
+from potato_ops.db import chunks, is_postgres, lock_users
+from potato_ops.models import (
+    ADJACENT,
+    MALFORMED,
+    MULTIPLE_ACTIVE,
+    ORPHAN,
+    OVERLAP,
+    PHANTOM_DAY,
+    STALE_ACTIVE,
+    UNCOVERED_DAY,
+    InvariantReport,
+    Violation,
+)
+from potato_ops.queries import fetch_marked_dates, fetch_runs
+from potato_ops.runs import ONE_DAY, check_invariants, is_active, local_today
+from potato_ops.schema import runs, users
+
+_CLASSIFY_CHUNK = 500
+
+
+def grouped_marks_sql(conn: Connection, user_filter: str = "") -> str:
+    """Return the gaps-and-islands SELECT of every user's marked days as runs.
+
+    Columns: user_id, start_date, end_date, day_count. ``user_filter`` is appended to the
+    WHERE clause of the marks (it may only reference bound parameters).
+    """
+    if is_postgres(conn):
+        key = "date - CAST(row_number() OVER (PARTITION BY user_id ORDER BY date) AS integer)"
+    else:
+        key = "julianday(date) - row_number() OVER (PARTITION BY user_id ORDER BY date)"
+    return (
+        f"SELECT user_id, min(date) AS start_date, max(date) AS end_date, count(*) AS day_count "
+        f"FROM (SELECT user_id, date, {key} AS grp FROM day_marks WHERE value {user_filter}) AS m "
+        f"GROUP BY user_id, grp"
+    )
+
+
+def _suspects_by_shape(conn: Connection, user_ids: Sequence[str] | None) -> set[str]:
+    parts: Iterable[Sequence[str] | None] = [None] if user_ids is None else chunks(list(user_ids))
+    found: set[str] = set()
+    for part in parts:
+        marks_filter = "" if part is None else "AND user_id IN :uids"
+        runs_filter = "" if part is None else "WHERE user_id IN :uids"
+        stmt = text(
+            f"WITH e AS ({grouped_marks_sql(conn, marks_filter)}), "
+            f"r AS (SELECT user_id, start_date, end_date, day_count FROM runs {runs_filter}) "
+            "SELECT DISTINCT coalesce(e.user_id, r.user_id) FROM e FULL OUTER JOIN r "
+            "ON r.user_id = e.user_id AND r.start_date = e.start_date "
+            "AND r.end_date = e.end_date AND r.day_count = e.day_count "
+            "WHERE e.user_id IS NULL OR r.user_id IS NULL "
+            "UNION "
+            f"SELECT user_id FROM runs {runs_filter} "
+            "GROUP BY user_id, start_date, end_date HAVING count(*) > 1"
+        )
+        if part is not None:
+            stmt = stmt.bindparams(bindparam("uids", expanding=True))
+            found.update(r[0] for r in conn.execute(stmt, {"uids": list(part)}))
+        else:
+            found.update(r[0] for r in conn.execute(stmt))
+    return found
+
+
+def _flag_candidates(
+    conn: Connection, user_ids: Sequence[str] | None, now: datetime
+) -> list[tuple[int, str, date, date, bool, str | None, bool]]:
+    """Return (id, user, start, end, active, timezone, user exists) of runs whose flag may matter."""
+    # Local today differs from UTC's date by at most a day either way, so any run that
+    # should be active ends on or after UTC's date minus two days.
+    earliest = now.date() - 2 * ONE_DAY
+    query = (
+        select(
+            runs.c.id,
+            runs.c.user_id,
+            runs.c.start_date,
+            runs.c.end_date,
+            runs.c.active,
+            users.c.timezone,
+            users.c.id.is_not(None).label("exists"),
+        )
+        .select_from(runs.outerjoin(users, users.c.id == runs.c.user_id))
+        .where(runs.c.active.is_(True) | (runs.c.end_date >= earliest))
+    )
+    rows = []
+    parts: Iterable[Sequence[str] | None] = [None] if user_ids is None else chunks(list(user_ids))
+    for part in parts:
+        q = query if part is None else query.where(runs.c.user_id.in_(part))
+        rows.extend(
+            (r.id, r.user_id, r.start_date, r.end_date, bool(r.active), r.timezone, bool(r.exists))
+            for r in conn.execute(q)
+        )
+    return rows
+
+
+def _suspects_by_flags_and_owner(
+    conn: Connection, user_ids: Sequence[str] | None, now: datetime
+) -> set[str]:
+    found: set[str] = set()
+    for _id, uid, start, end, active, tz, exists in _flag_candidates(conn, user_ids, now):
+        should = start <= end and is_active(start, end, local_today(tz, now))
+        if active != should or not exists:
+            found.add(uid)
+    orphan_query = (
+        select(runs.c.user_id)
+        .distinct()
+        .select_from(runs.outerjoin(users, users.c.id == runs.c.user_id))
+        .where(users.c.id.is_(None))
+    )
+    parts: Iterable[Sequence[str] | None] = [None] if user_ids is None else chunks(list(user_ids))
+    for part in parts:
+        q = orphan_query if part is None else orphan_query.where(runs.c.user_id.in_(part))
+        found.update(r[0] for r in conn.execute(q))
+    return found
+
+
+def suspect_users(conn: Connection, now: datetime, user_ids: Sequence[str] | None = None) -> set[str]:
+    """Return every user who may break an invariant (a superset of those who do)."""
+    return _suspects_by_shape(conn, user_ids) | _suspects_by_flags_and_owner(conn, user_ids, now)
+
+
+def classify_users(conn: Connection, user_ids: Sequence[str], now: datetime) -> list[Violation]:
+    """Return the violations of the given users, checked one by one by the pure checker."""
+    found: list[Violation] = []
+    for part in chunks(sorted(user_ids), _CLASSIFY_CHUNK):
+        zones = dict(
+            conn.execute(select(users.c.id, users.c.timezone).where(users.c.id.in_(part))).all()
+        )
+        stored = fetch_runs(conn, part)
+        marks = fetch_marked_dates(conn, part)
+        for uid in part:
+            exists = uid in zones
+            found.extend(
+                check_invariants(
+                    uid,
+                    stored.get(uid, []),
+                    marks.get(uid, []) if exists else [],
+                    local_today(zones.get(uid), now),
+                    user_exists=exists,
+                )
+            )
+    return found
+
+
+def count_users(conn: Connection, user_ids: Sequence[str] | None) -> int:
+    """Return how many users a scan covers."""
+    if user_ids is not None:
+        return len(set(user_ids))
+    return int(conn.execute(select(func.count()).select_from(users)).scalar_one())
+
+
+def invariant_report(
+    conn: Connection, now: datetime, user_ids: Sequence[str] | None = None
+) -> InvariantReport:
+    """Return the counts and violations of every invariant over the users (all by default)."""
+    suspects = suspect_users(conn, now, user_ids)
+    violations = classify_users(conn, sorted(suspects), now)
+
+    def n(kind: str) -> int:
+        return sum(1 for v in violations if v.kind == kind)
+
+    def days(kind: str) -> int:
+        return sum(v.count for v in violations if v.kind == kind)
+
+    return InvariantReport(
+        overlapping_runs=n(OVERLAP),
+        multiple_active_runs=n(MULTIPLE_ACTIVE),
+        adjacent_runs=n(ADJACENT),
+        uncovered_days=days(UNCOVERED_DAY),
+        phantom_days=days(PHANTOM_DAY),
+        stale_active=n(STALE_ACTIVE),
+        malformed_runs=n(MALFORMED),
+        orphan_runs=n(ORPHAN),
+        violations=violations,
+        users_scanned=count_users(conn, user_ids),
+        users_with_violations=sorted({v.user_id for v in violations}),
+    )
+
+
+def refresh_active_flags(conn: Connection, now: datetime) -> int:
+    """Bring every run's active flag in line with the rule at ``now``; return flags changed.
+
+    Runs in the caller's writing transaction. Only users whose flags are wrong are locked,
+    then re-read under the lock, so a concurrent rebuild is never overwritten.
+    """
+    wrong = {
+        uid
+        for _id, uid, start, end, active, tz, exists in _flag_candidates(conn, None, now)
+        if exists and active != (start <= end and is_active(start, end, local_today(tz, now)))
+    }
+    if not wrong:
+        return 0
+    ordered = sorted(wrong)
+    lock_users(conn, ordered)
+    off: list[tuple[int, str]] = []
+    on: list[tuple[int, str]] = []
+    for _id, uid, start, end, active, tz, _exists in _flag_candidates(conn, ordered, now):
+        should = start <= end and is_active(start, end, local_today(tz, now))
+        if active and not should:
+            off.append((_id, uid))
+        elif should and not active:
+            on.append((_id, uid))
+    changed = 0
+    for targets, value in ((off, False), (on, True)):  # off first: one active run per user
+        for part in chunks(targets):
+            changed += conn.execute(
+                update(runs)
+                .where(runs.c.user_id.in_({u for _, u in part}), runs.c.id.in_([i for i, _ in part]))
+                .values(active=value)
+            ).rowcount
+    return changed
+

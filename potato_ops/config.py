@@ -1,0 +1,94 @@
+"""Where the database URL comes from, and how secrets are kept out of everything shown."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from potato_ops.errors import ConfigError
+
+DATABASE_URL_ENV = "POTATO_DATABASE_URL"
+HOME_ENV = "POTATO_OPS_HOME"
+REPORTS_DIR_ENV = "POTATO_OPS_REPORTS_DIR"
+MASK = "***"
+
+# scheme://user:password@host -> the password part; the user part may be empty.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s'\"]*:)(?P<pw>[^@\s'\"]+)(?P<at>@)")
+# key=value / key: value pairs whose key names a secret (password=..., PGPASSWORD=..., token: ...).
+_SECRET_ASSIGN = re.compile(
+    r"(?P<key>\b[A-Za-z_]*(?:PASSWORD|PASSWD|SECRET|TOKEN|API_KEY)[A-Za-z_]*\b\s*[=:]\s*['\"]?)"
+    r"(?P<val>[^\s'\"&;,]+)",
+    re.IGNORECASE,
+)
+
+
+def home_dir() -> Path:
+    """Return the folder for the embedded database (``$POTATO_OPS_HOME`` or ~/.local/share)."""
+    configured = os.environ.get(HOME_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".local" / "share" / "potato-ops"
+
+
+def default_sqlite_path() -> Path:
+    """Return the path of the embedded SQLite database used when no URL is configured."""
+    return home_dir() / "potato.sqlite3"
+
+
+def reports_dir(configured: str | os.PathLike[str] | None = None) -> Path:
+    """Return the reports folder: the argument, else ``$POTATO_OPS_REPORTS_DIR``, else ./reports."""
+    if configured is not None:
+        return Path(configured)
+    from_env = os.environ.get(REPORTS_DIR_ENV)
+    return Path(from_env) if from_env else Path("reports")
+
+
+def normalize_url(url: str) -> str:
+    """Return the URL with PostgreSQL pinned to the psycopg 3 driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def resolve_database_url(url: str | None = None, env_var: str = DATABASE_URL_ENV) -> str:
+    """Return the database URL: the argument, else the environment variable, else embedded SQLite."""
+    chosen = url or os.environ.get(env_var)
+    if not chosen:
+        path = default_sqlite_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{path}"
+    chosen = normalize_url(chosen.strip())
+    try:
+        parsed = make_url(chosen)
+    except ArgumentError as exc:
+        raise ConfigError(f"not a database URL: {mask_url(chosen)!r}") from exc
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ConfigError(
+            f"unsupported database {parsed.get_backend_name()!r} in {mask_url(chosen)!r}: "
+            "use postgresql+psycopg:// or sqlite:///"
+        )
+    return chosen
+
+
+def mask_url(url: str) -> str:
+    """Return the URL with its password replaced by ``***``."""
+    return mask_secrets(url)
+
+
+def mask_secrets(text: str) -> str:
+    """Return text with URL passwords and ``password=...``-style values replaced by ``***``."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}{m['at']}", text)
+    return _SECRET_ASSIGN.sub(lambda m: f"{m['key']}{MASK}", text)
+
+
+def url_password(url: str) -> str | None:
+    """Return the password inside a database URL, or None."""
+    try:
+        return make_url(normalize_url(url)).password  # type: ignore[return-value]
+    except ArgumentError:
+        return None

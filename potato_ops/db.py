@@ -1,0 +1,119 @@
+"""Engines, transactions and per-user locks for both dialects.
+
+Why the locks are enough:
+
+* PostgreSQL: every writer of a user's runs (single rebuild, bulk batch, restore) first takes a
+  transaction-scoped advisory lock keyed by the user id, in a fixed order, then reads and writes
+  in READ COMMITTED. A second writer of the same user waits until the first commits, and its
+  reads then see the first one's result, so no two rebuilds interleave. The exclusion constraint
+  and the partial unique index refuse any overlap or second active run whatever happens, and a
+  transaction commits all of a user's changes at once, so readers see old runs or new runs.
+  The app writing marks meanwhile is safe: a rebuild works from one read of the marks, and
+  validates the runs it wrote against that same read before it commits.
+* SQLite: a writing transaction starts with BEGIN IMMEDIATE, which takes the database's single
+  write lock before the first read, so writers are fully serialized; WAL mode lets readers go on
+  reading the last committed state meanwhile; a busy timeout makes waiters wait, not fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.pool import NullPool
+
+log = logging.getLogger("potato_ops")
+
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+# Namespaces of advisory lock keys (first int of the two-int form), so they never collide
+# with locks the app may take.
+LOCK_NS_USER = 0x504F5401
+LOCK_NS_OPERATION = 0x504F5402
+# SQLite allows 32766 bound variables; keep IN lists well below.
+IN_CHUNK = 900
+
+
+def make_engine(url: str) -> Engine:
+    """Return an engine for url with this package's per-dialect settings."""
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            poolclass=NullPool if ":memory:" not in url and url != "sqlite://" else None,
+        )
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(url, pool_size=12, max_overflow=8, pool_pre_ping=True)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event issue BEGIN itself, so writers can ask for IMMEDIATE.
+        dbapi_connection.isolation_level = None
+        cur = dbapi_connection.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = "IMMEDIATE" if conn.get_execution_options().get("potato_write") else "DEFERRED"
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def is_postgres(conn_or_engine: Connection | Engine) -> bool:
+    """Return True on PostgreSQL."""
+    return conn_or_engine.dialect.name == "postgresql"
+
+
+@contextlib.contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """Yield a connection inside a writing transaction; commit on success, else roll back."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(potato_write=True)
+        with conn.begin():
+            yield conn
+
+
+@contextlib.contextmanager
+def read_connection(engine: Engine) -> Iterator[Connection]:
+    """Yield a connection for reads (a deferred transaction, rolled back at the end)."""
+    with engine.connect() as conn:
+        yield conn
+
+
+def lock_users(conn: Connection, user_ids: Sequence[str]) -> None:
+    """Take the per-user write locks for this transaction (PostgreSQL; SQLite holds the db lock).
+
+    Keys are taken in ascending key order, so two transactions locking overlapping sets of
+    users cannot deadlock.
+    """
+    if not is_postgres(conn) or not user_ids:
+        return
+    conn.execute(
+        text(
+            # OFFSET 0 keeps the ordered subquery from being flattened: locks go in key order.
+            "SELECT count(pg_advisory_xact_lock(:ns, k)) FROM "
+            "(SELECT DISTINCT hashtext(u) AS k FROM unnest(CAST(:uids AS text[])) AS u "
+            "ORDER BY k OFFSET 0) AS keys"
+        ),
+        {"ns": LOCK_NS_USER, "uids": list(user_ids)},
+    )
+
+
+def chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterator[Sequence[Any]]:
+    """Yield consecutive slices of at most size items."""
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def server_version(conn: Connection) -> str:
+    """Return the database server's version string."""
+    if is_postgres(conn):
+        return str(conn.execute(text("SHOW server_version")).scalar_one())
+    return "SQLite " + str(conn.execute(text("SELECT sqlite_version()")).scalar_one())

@@ -1,0 +1,226 @@
+"""Tables, for both dialects, and the checks that a database matches them.
+
+App tables (``users``, ``day_marks``, ``runs``, ``feature_flags``) belong to the app: they are
+created only where missing (for the embedded demo and the tests). Ops tables (``ops_*``) belong
+to this package and are created whenever missing, without touching app data.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Date,
+    DateTime,
+    Engine,
+    Float,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    event,
+    func,
+    inspect,
+    text,
+)
+from sqlalchemy.schema import DDL
+
+from potato_ops.errors import SchemaError
+
+metadata = MetaData()
+
+RUNS_V2_FLAG = "ff.potato.runs_v2"
+
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("email", Text, unique=True),
+    Column("timezone", Text, nullable=False, server_default="UTC"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.current_timestamp()),
+)
+
+day_marks = Table(
+    "day_marks",
+    metadata,
+    Column("user_id", Text, nullable=False),
+    Column("date", Date, nullable=False),
+    Column("value", Boolean, nullable=False, server_default=text("true")),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.current_timestamp()),
+    PrimaryKeyConstraint("user_id", "date", name="day_marks_pkey"),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("start_date", Date, nullable=False),
+    Column("end_date", Date, nullable=False),
+    Column("day_count", Integer, nullable=False),
+    Column("active", Boolean, nullable=False, server_default=text("false")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.current_timestamp()),
+    CheckConstraint("start_date <= end_date", name="runs_start_before_end"),
+    Index("ix_runs_user_start", "user_id", "start_date"),
+    Index(
+        "ux_runs_one_active_per_user",
+        "user_id",
+        unique=True,
+        postgresql_where=text("active"),
+        sqlite_where=text("active"),
+    ),
+    sqlite_autoincrement=True,  # never reuse an id, so a backup restores its runs' own ids
+)
+
+feature_flags = Table(
+    "feature_flags",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("enabled", Boolean, nullable=False, server_default=text("false")),
+)
+
+# PostgreSQL-only: the generated span and the no-overlap exclusion constraint.
+event.listen(
+    metadata,
+    "before_create",
+    DDL("CREATE EXTENSION IF NOT EXISTS btree_gist").execute_if(dialect="postgresql"),
+)
+event.listen(
+    runs,
+    "after_create",
+    DDL(
+        "ALTER TABLE runs ADD COLUMN span daterange "
+        "GENERATED ALWAYS AS (daterange(start_date, end_date, '[]')) STORED; "
+        "ALTER TABLE runs ADD CONSTRAINT runs_no_overlap "
+        "EXCLUDE USING gist (user_id WITH =, span WITH &&)"
+    ).execute_if(dialect="postgresql"),
+)
+
+APP_TABLES = (users, day_marks, runs, feature_flags)
+
+ops_backups = Table(
+    "ops_backups",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("operation_id", Text),
+    Column("reason", Text, nullable=False),
+    Column("run_count", Integer, nullable=False),
+    Column("checksum", Text, nullable=False),
+    Column("payload", Text, nullable=False),
+    Index("ix_ops_backups_user", "user_id", "created_at"),
+    Index("ix_ops_backups_created", "created_at"),
+    sqlite_autoincrement=True,
+)
+
+ops_rebuild_history = Table(
+    "ops_rebuild_history",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True),
+    Column("operation_id", Text, nullable=False),
+    Column("user_id", Text, nullable=False),
+    Column("kind", Text, nullable=False),  # rebuild | partial_rebuild | restore
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=False),
+    Column("duration_ms", Float, nullable=False),
+    Column("success", Boolean, nullable=False),
+    Column("runs_deleted", Integer, nullable=False, server_default="0"),
+    Column("runs_created", Integer, nullable=False, server_default="0"),
+    Column("days_processed", Integer, nullable=False, server_default="0"),
+    Column("violations", Integer, nullable=False, server_default="0"),
+    Column("from_date", Date),
+    Column("to_date", Date),
+    Column("error", Text),
+    Index("ix_ops_history_user", "user_id", "finished_at"),
+    Index("ix_ops_history_finished", "finished_at"),
+    Index("ix_ops_history_operation", "operation_id"),
+)
+
+ops_operations = Table(
+    "ops_operations",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("kind", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("dry_run", Boolean, nullable=False),
+    Column("config", Text, nullable=False),
+    Column("total_users", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True)),
+    Column("heartbeat_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("runner_host", Text),
+    Column("runner_pid", Integer),
+    Column("runner_token", Text),
+    Column("cancel_requested", Boolean, nullable=False, server_default=text("false")),
+    Column("error", Text),
+    Index("ix_ops_operations_created", "created_at"),
+)
+
+ops_operation_items = Table(
+    "ops_operation_items",
+    metadata,
+    Column("operation_id", Text, nullable=False),
+    Column("user_id", Text, nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("status", Text, nullable=False),  # pending | completed | failed
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("changed", Boolean),
+    Column("runs_deleted", Integer),
+    Column("runs_created", Integer),
+    Column("duration_ms", Float),
+    Column("error_class", Text),
+    Column("error_message", Text),
+    Column("finished_at", DateTime(timezone=True)),
+    PrimaryKeyConstraint("operation_id", "user_id", name="ops_operation_items_pkey"),
+    Index("ix_ops_items_status", "operation_id", "status", "position"),
+)
+
+ops_timezone_changes = Table(
+    "ops_timezone_changes",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("old_timezone", Text),
+    Column("new_timezone", Text, nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
+    Index("ix_ops_tz_user", "user_id", "changed_at"),
+)
+
+OPS_TABLES = (ops_backups, ops_rebuild_history, ops_operations, ops_operation_items, ops_timezone_changes)
+
+
+def create_schema(engine: Engine) -> None:
+    """Create missing app tables and ops tables; existing tables and data are left alone."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Two processes creating the schema at once must not race on CREATE.
+            conn.execute(text("SELECT pg_advisory_xact_lock(1347376129, 0)"))
+        metadata.create_all(conn, checkfirst=True)
+    check_schema(engine)
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise SchemaError naming every table or column the contract needs and the db lacks."""
+    inspector = inspect(engine)
+    present = set(inspector.get_table_names())
+    missing: list[str] = []
+    for table in metadata.sorted_tables:
+        if table.name not in present:
+            missing.append(table.name)
+            continue
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        missing.extend(f"{table.name}.{c.name}" for c in table.columns if c.name not in have)
+    if missing:
+        raise SchemaError(
+            "database schema is missing " + ", ".join(missing)
+            + " (run `potato-ops init-db` or Storage.create_schema())",
+            missing,
+        )

@@ -1,0 +1,173 @@
+"""Keeping secrets out of archived reports and logs: find them, replace them, prove them gone.
+
+``collect_secrets`` gathers the secrets of this process's environment; ``scrub_text`` replaces
+every form of them that can be replaced without corrupting data; ``ensure_no_secrets`` looks for
+every form it can recognise, including encodings scrubbing does not touch (base64), so that a
+record that would still hold one is refused rather than written.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping
+from urllib.parse import quote, quote_plus
+
+from potato_ops.config import MASK, mask_secrets, url_password
+from potato_ops.errors import SecretLeakError
+
+MIN_SECRET_LENGTH = 4
+
+_SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_KEY", re.IGNORECASE)
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]+")
+_URL_RAW_PASSWORD = re.compile(r"://[^:/@\s]*:(?P<pw>[^@\s]+)@")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# Values that secret-named variables often hold without being secret (TOKENIZERS_PARALLELISM=false,
+# TOKEN_TTL=3600). Treating them as secrets would flag every JSON boolean or number in a record.
+_NOT_SECRET = re.compile(r"(?i:true|false|yes|no|on|off|none|null)|[0-9.+\-eE]+")
+
+
+def collect_secrets(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Return the secrets held in the environment, longest first.
+
+    Secrets are the passwords inside URLs held by any variable (``POTATO_DATABASE_URL`` above
+    all), and the values of variables whose names contain PASSWORD, PASSWD, SECRET, TOKEN or
+    API_KEY. Values shorter than four characters, booleans and plain numbers are left out.
+    """
+    env = os.environ if environ is None else environ
+    found: set[str] = set()
+    for name, value in env.items():
+        if not value:
+            continue
+        if "://" in value and "@" in value:
+            found.update(_url_passwords(value))
+        if _SECRET_NAME.search(name):
+            found.add(value)
+    return sorted(
+        (s for s in found if len(s) >= MIN_SECRET_LENGTH and not _NOT_SECRET.fullmatch(s)),
+        key=lambda s: (-len(s), s),
+    )
+
+
+def _url_passwords(value: str) -> set[str]:
+    passwords: set[str] = set()
+    for match in _URL.finditer(value):
+        url = match.group(0)
+        decoded = url_password(url)
+        if decoded:
+            passwords.add(decoded)
+        raw = _URL_RAW_PASSWORD.search(url)
+        if raw:
+            passwords.add(raw.group("pw"))
+    return passwords
+
+
+def secret_forms(secret: str) -> list[str]:
+    """Return the spellings of ``secret`` that a text may hold, longest first.
+
+    Raw, URL-encoded, HTML-escaped and Python-escaped spellings, each also as it appears inside
+    a JSON string.
+    """
+    base = {
+        secret,
+        quote(secret, safe=""),
+        quote(secret),
+        quote_plus(secret),
+        html.escape(secret, quote=True),
+        html.escape(secret, quote=False),
+        secret.encode("unicode_escape").decode("ascii"),
+    }
+    forms = set(base)
+    for form in base:
+        forms.add(json.dumps(form)[1:-1])
+        forms.add(json.dumps(form, ensure_ascii=False)[1:-1])
+    return sorted(forms, key=lambda f: (-len(f), f))
+
+
+def _replace_forms(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        for form in secret_forms(secret):
+            if form in text:
+                text = text.replace(form, MASK)
+    return text
+
+
+def _holds_plain_form(text: str, secrets: Iterable[str]) -> bool:
+    return any(form in text for secret in secrets for form in secret_forms(secret))
+
+
+def strip_ansi(text: str) -> str:
+    """Return text without ANSI colour and cursor escape sequences."""
+    return _ANSI.sub("", text)
+
+
+def scrub_text(text: str, secrets: Iterable[str]) -> str:
+    """Return text with every replaceable form of each secret turned into ``***``.
+
+    Colour codes are removed only where they split a secret (tracebacks colour tokens), then
+    ``config.mask_secrets`` masks URL passwords and ``password=...`` values it recognises.
+    """
+    wanted = [s for s in secrets if s]
+    text = _replace_forms(text, wanted)
+    if "\x1b" in text and _holds_plain_form(strip_ansi(text), wanted):
+        text = _replace_forms(strip_ansi(text), wanted)
+    return mask_secrets(text)
+
+
+def base64_fragments(secret: str) -> list[str]:
+    """Return the base64 runs that encode ``secret`` at any byte alignment inside longer data."""
+    raw = secret.encode("utf-8")
+    fragments: set[str] = set()
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + raw).decode("ascii")
+        start = -(-8 * offset // 6)
+        end = (8 * offset + 8 * len(raw)) // 6
+        fragment = encoded[start:end]
+        if len(fragment) >= MIN_SECRET_LENGTH:
+            fragments.add(fragment)
+            fragments.add(fragment.replace("+", "-").replace("/", "_"))
+    return sorted(fragments)
+
+
+def find_secret(text: str, secrets: Iterable[str]) -> str | None:
+    """Return how a secret shows in text ("plain", "base64", ...), or None when none does."""
+    wanted = [s for s in secrets if s]
+    if not wanted:
+        return None
+    if _holds_plain_form(text, wanted):
+        return "plain"
+    if _holds_plain_form(strip_ansi(text), wanted):
+        return "colour-split"
+    compact = re.sub(r"\s+|\\n|\\r", "", text)
+    for secret in wanted:
+        if any(fragment in compact for fragment in base64_fragments(secret)):
+            return "base64-encoded"
+    return None
+
+
+def ensure_no_secrets(data: bytes | str, secrets: Iterable[str], what: str) -> None:
+    """Return nothing if ``data`` holds no secret; else raise SecretLeakError naming ``what``."""
+    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+    form = find_secret(text, secrets)
+    if form is not None:
+        raise SecretLeakError(
+            f"{what} would hold a secret ({form}) that cannot be scrubbed; nothing was archived"
+        )
+
+
+class SecretScrubFilter(logging.Filter):
+    """A logging filter that scrubs secrets out of every record it lets through."""
+
+    def __init__(self, secrets: Iterable[str] | None = None) -> None:
+        super().__init__()
+        self.secrets = list(collect_secrets() if secrets is None else secrets)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Return True after replacing the record's message with its scrubbed text."""
+        record.msg = scrub_text(record.getMessage(), self.secrets)
+        record.args = None
+        return True

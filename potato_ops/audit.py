@@ -58,16 +58,15 @@ def _suspects_by_shape(conn: Connection, user_ids: Sequence[str] | None) -> set[
     for part in parts:
         marks_filter = "" if part is None else "AND user_id IN :uids"
         runs_filter = "" if part is None else "WHERE user_id IN :uids"
+        # Two EXCEPTs rather than a full outer join: both engines run them as sorts, where
+        # SQLite would run the join as a nested loop over an unindexed subquery.
+        cols = "user_id, start_date, end_date, day_count"
         stmt = text(
-            f"WITH e AS ({grouped_marks_sql(conn, marks_filter)}), "
-            f"r AS (SELECT user_id, start_date, end_date, day_count FROM runs {runs_filter}) "
-            "SELECT DISTINCT coalesce(e.user_id, r.user_id) FROM e FULL OUTER JOIN r "
-            "ON r.user_id = e.user_id AND r.start_date = e.start_date "
-            "AND r.end_date = e.end_date AND r.day_count = e.day_count "
-            "WHERE e.user_id IS NULL OR r.user_id IS NULL "
-            "UNION "
-            f"SELECT user_id FROM runs {runs_filter} "
-            "GROUP BY user_id, start_date, end_date HAVING count(*) > 1"
+            f"WITH e AS MATERIALIZED ({grouped_marks_sql(conn, marks_filter)}), "
+            f"r AS MATERIALIZED (SELECT {cols} FROM runs {runs_filter}) "
+            f"SELECT user_id FROM (SELECT {cols} FROM e EXCEPT SELECT {cols} FROM r) AS missing "
+            f"UNION SELECT user_id FROM (SELECT {cols} FROM r EXCEPT SELECT {cols} FROM e) AS extra "
+            f"UNION SELECT user_id FROM r GROUP BY {cols} HAVING count(*) > 1"
         )
         if part is not None:
             stmt = stmt.bindparams(bindparam("uids", expanding=True))

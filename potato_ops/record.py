@@ -52,7 +52,7 @@ def record_result(
     )
     from IPython.display import display
 
-    display(
+    display(  # type: ignore[no-untyped-call]
         {RESULT_MIMETYPE: payload, "text/plain": verdict_line(status, payload["verdict"])},
         raw=True,
     )
@@ -74,7 +74,9 @@ def result_payload(
     return {
         "verdict": " ".join(str(verdict).split()),
         "status": status,
-        "figures": {str(k): to_json_value(v, f"figures[{k!r}]") for k, v in (figures or {}).items()},
+        "figures": {
+            str(k): to_json_value(v, f"figures[{k!r}]") for k, v in (figures or {}).items()
+        },
         "operation_ids": [str(op) for op in operation_ids],
         "database": {str(k): mask_secrets(str(v)) for k, v in (database or {}).items()},
     }

@@ -28,7 +28,7 @@ _URL_RAW_PASSWORD = re.compile(r"://[^:/@\s]*:(?P<pw>[^@\s]+)@")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # Values that secret-named variables often hold without being secret (TOKENIZERS_PARALLELISM=false,
 # TOKEN_TTL=3600). Treating them as secrets would flag every JSON boolean or number in a record.
-_NOT_SECRET = re.compile(r"(?i:true|false|yes|no|on|off|none|null)|[0-9.+\-eE]+")
+_NOT_SECRET = re.compile(r"(?i:true|false|yes|no|on|off|none|null)|[+\-]?\d{1,7}(?:\.\d*)?")
 
 
 def collect_secrets(environ: Mapping[str, str] | None = None) -> list[str]:
@@ -44,7 +44,7 @@ def collect_secrets(environ: Mapping[str, str] | None = None) -> list[str]:
         if not value:
             continue
         if "://" in value and "@" in value:
-            found.update(_url_passwords(value))
+            found.update(url_passwords(value))
         if _SECRET_NAME.search(name):
             found.add(value)
     return sorted(
@@ -53,7 +53,8 @@ def collect_secrets(environ: Mapping[str, str] | None = None) -> list[str]:
     )
 
 
-def _url_passwords(value: str) -> set[str]:
+def url_passwords(value: str) -> set[str]:
+    """Return the passwords of the URLs inside ``value``, decoded and as written."""
     passwords: set[str] = set()
     for match in _URL.finditer(value):
         url = match.group(0)

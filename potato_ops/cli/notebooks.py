@@ -1,0 +1,197 @@
+"""``potato-ops run`` (runbook notebooks, headless) and ``potato-ops reports`` (the archive)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperCommand
+
+from potato_ops.archive import list_runs, verify_reports
+from potato_ops.cli.common import expected_failures, fail
+from potato_ops.config import REPORTS_DIR_ENV
+from potato_ops.exitcodes import ExitCode
+from potato_ops.record import verdict_line
+from potato_ops.runner import list_notebooks, notebooks_dir, run_notebook
+from potato_ops.scrub import SecretScrubFilter
+
+PARAMETER_FLAGS = ("-p", "--parameter")
+
+ReportsDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--reports-dir",
+        envvar=REPORTS_DIR_ENV,
+        show_envvar=True,
+        show_default=False,
+        help="Folder of archived runs. Default: ./reports.",
+    ),
+]
+
+
+class _ParameterPairsCommand(TyperCommand):
+    """Reads ``-p NAME VALUE`` (two words, as papermill does) into ``NAME=VALUE``."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        rewritten: list[str] = []
+        rest = iter(args)
+        for arg in rest:
+            if arg == "--":
+                rewritten.append(arg)
+                rewritten.extend(rest)
+                break
+            if arg in PARAMETER_FLAGS:
+                pair = [next(rest, None), next(rest, None)]
+                if pair[0] is None or pair[1] is None:
+                    raise typer.BadParameter("takes two values: NAME VALUE", ctx, param_hint=arg)
+                rewritten.extend([arg, f"{pair[0]}={pair[1]}"])
+                continue
+            rewritten.append(arg)
+        return super().parse_args(ctx, rewritten)
+
+
+def run(
+    notebook: Annotated[
+        str | None,
+        typer.Argument(
+            help="Notebook to run: a name (03_bulk_recovery), its number (03) or a path.",
+            show_default=False,
+        ),
+    ] = None,
+    parameter: Annotated[
+        list[str] | None,
+        typer.Option(
+            *PARAMETER_FLAGS,
+            metavar="NAME VALUE",
+            help="Set a notebook parameter; repeat for several. "
+            "Values are converted to the parameter's declared type.",
+            show_default=False,
+        ),
+    ] = None,
+    list_only: Annotated[
+        bool,
+        typer.Option("--list", help="List the notebooks and their parameters, then exit."),
+    ] = False,
+    reports_dir: ReportsDirOption = None,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", metavar="SECONDS", min=1, help="Longest a single cell may run."),
+    ] = 600,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="Print only the verdict and the archive folder."),
+    ] = False,
+) -> None:
+    """Run a runbook notebook headless, archive the run, exit with its status.
+
+    Exit codes: 0 ok, 3 the procedure found a problem, 4 parameters refused, 5 a cell failed
+    or timed out.
+    """
+    if list_only:
+        _print_notebooks()
+        return
+    if notebook is None:
+        raise fail("give a notebook to run, or --list to see them", ExitCode.USAGE)
+    parameters: dict[str, object] = {}
+    for pair in parameter or []:
+        name, _, value = pair.partition("=")
+        parameters[name] = value
+    with _live_log(enabled=not quiet):
+        record = run_notebook(
+            notebook,
+            parameters,
+            reports_dir=reports_dir,
+            cell_timeout=timeout,
+            log_output=not quiet,
+        )
+    typer.echo(verdict_line(record.status, str(record.result.get("verdict", ""))))
+    typer.echo(f"status: {record.status}; archived in {record.run_dir}")
+    if record.exit_code != ExitCode.OK:
+        raise typer.Exit(int(record.exit_code))
+
+
+def _print_notebooks() -> None:
+    found = list_notebooks()
+    if not found:
+        typer.echo(f"no notebooks in {notebooks_dir()}")
+        return
+    for info in found:
+        typer.echo(f"{info.name}" + (f": {info.title}" if info.title else ""))
+        for p in info.parameters:
+            typer.echo(
+                f"    {p.name}: {p.type_name} = {p.default}" + (f"  # {p.help}" if p.help else "")
+            )
+
+
+class _HideTemporaryPaths(logging.Filter):
+    """Papermill names the runner's temporary files; the archive folder is what matters."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("Input Notebook", "Output Notebook"))
+
+
+@contextmanager
+def _live_log(*, enabled: bool) -> Iterator[None]:
+    """Show the run's progress on stderr, scrubbed of secrets, while the block runs."""
+    if not enabled:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler.addFilter(_HideTemporaryPaths())
+    handler.addFilter(SecretScrubFilter())
+    loggers = [logging.getLogger(name) for name in ("potato_ops", "papermill")]
+    saved: list[tuple[logging.Logger, int, bool]] = []
+    for log in loggers:
+        saved.append((log, log.level, log.propagate))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    try:
+        yield
+    finally:
+        for log, level, propagate in saved:
+            log.removeHandler(handler)
+            log.setLevel(level)
+            log.propagate = propagate
+
+
+def reports_list(reports_dir: ReportsDirOption = None) -> None:
+    """List the archived runs, newest first."""
+    runs = list_runs(reports_dir)
+    if not runs:
+        typer.echo("no archived runs")
+        return
+    for entry in reversed(runs):
+        typer.echo(f"{entry.started_at}  {entry.status:<8} {entry.notebook:<28} {entry.dir}")
+
+
+def reports_verify(reports_dir: ReportsDirOption = None) -> None:
+    """Check every archived run against its manifest and the chained index.
+
+    Exit 0 when intact; 3 with one line per problem otherwise.
+    """
+    report = verify_reports(reports_dir)
+    if report.ok:
+        typer.echo(f"ok: {report.checked} runs intact")
+        return
+    for problem in report.problems:
+        typer.echo(problem)
+    typer.echo(f"{len(report.problems)} problems in {report.checked} runs", err=True)
+    raise typer.Exit(int(ExitCode.PROBLEM_FOUND))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``run`` and the ``reports`` commands to the application."""
+    app.command("run", cls=_ParameterPairsCommand)(expected_failures(run))
+    reports_app = typer.Typer(
+        help="Inspect and verify the archive of notebook runs.", no_args_is_help=True
+    )
+    reports_app.command("list")(expected_failures(reports_list))
+    reports_app.command("verify")(expected_failures(reports_verify))
+    app.add_typer(reports_app, name="reports")

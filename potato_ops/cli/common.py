@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Annotated, ParamSpec, TypeVar
 
 import typer
+from sqlalchemy.exc import DBAPIError
 
 from potato_ops.config import DATABASE_URL_ENV, mask_secrets
 from potato_ops.errors import NotebookExecutionError, NotebookParameterError, PotatoOpsError
@@ -48,6 +49,10 @@ def expected_failures(func: Callable[P, R]) -> Callable[P, R]:
             raise fail(str(exc), ExitCode.EXECUTION_FAILED) from None
         except PotatoOpsError as exc:
             raise fail(str(exc)) from None
+        except DBAPIError as exc:
+            # The database refused or could not be reached: say so in one line, no traceback.
+            first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise fail(f"database error: {first}") from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             sys.exit(130)

@@ -1,0 +1,7 @@
+"""Commands (being written)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add no commands yet."""

@@ -106,17 +106,18 @@ def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
 
 
-def scrub_text(text: str, secrets: Iterable[str]) -> str:
+def scrub_text(text: str, secrets: Iterable[str], *, mask_patterns: bool = True) -> str:
     """Return text with every replaceable form of each secret turned into ``***``.
 
-    Colour codes are removed only where they split a secret (tracebacks colour tokens), then
-    ``config.mask_secrets`` masks URL passwords and ``password=...`` values it recognises.
+    Colour codes are removed only where they split a secret (tracebacks colour tokens), then,
+    unless ``mask_patterns`` is False, ``config.mask_secrets`` masks the URL passwords and
+    ``password=...`` values it recognises.
     """
     wanted = [s for s in secrets if s]
     text = _replace_forms(text, wanted)
     if "\x1b" in text and _holds_plain_form(strip_ansi(text), wanted):
         text = _replace_forms(strip_ansi(text), wanted)
-    return mask_secrets(text)
+    return mask_secrets(text) if mask_patterns else text
 
 
 def base64_fragments(secret: str) -> list[str]:

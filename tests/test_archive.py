@@ -38,7 +38,11 @@ def _notebook(*outputs: dict[str, Any], source: str = "print(answer_total)") -> 
     cell = nbformat.v4.new_code_cell(source)  # type: ignore[no-untyped-call]
     cell.outputs = [nbformat.from_dict(o) for o in outputs]  # type: ignore[no-untyped-call]
     nb.cells = [params, cell]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nb.metadata["papermill"] = {"parameters": {"threshold": 5}}
     result: dict[str, Any] = nb
     return result
@@ -77,7 +81,9 @@ def _archive(
 
 
 def _files_under(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()
+    }
 
 
 def test_run_id_names_time_notebook_and_random_part() -> None:
@@ -119,13 +125,18 @@ def test_index_is_a_hash_chain(tmp_path: Path) -> None:
         (2, runs[1].run_dir.name, "02_demo"),
         (3, runs[2].run_dir.name, "03_demo"),
     ]
-    assert [e.prev_hash for e in entries] == [GENESIS_HASH, entries[0].entry_hash, entries[1].entry_hash]
+    assert [e.prev_hash for e in entries] == [
+        GENESIS_HASH,
+        entries[0].entry_hash,
+        entries[1].entry_hash,
+    ]
     lines = (tmp_path / "index.jsonl").read_text().splitlines()
     for line, entry in zip(lines, entries, strict=True):
         assert entry_hash(json.loads(line)) == entry.entry_hash
-        assert entry.manifest_sha256 == hashlib.sha256(
-            (tmp_path / entry.dir / "MANIFEST.sha256").read_bytes()
-        ).hexdigest()
+        assert (
+            entry.manifest_sha256
+            == hashlib.sha256((tmp_path / entry.dir / "MANIFEST.sha256").read_bytes()).hexdigest()
+        )
 
 
 def test_index_html_lists_runs_newest_first(tmp_path: Path) -> None:
@@ -219,8 +230,10 @@ Tamper = Callable[[Path, list[ArchivedRun]], None]
         (_modify_result, ["{1}/01_demo.result.json: content differs from MANIFEST.sha256"]),
         (
             _modify_manifest,
-            ["{1}: MANIFEST.sha256 was modified (its hash differs from the index)",
-             "{1}/01_demo.summary.html: extra file, not in MANIFEST.sha256"],
+            [
+                "{1}: MANIFEST.sha256 was modified (its hash differs from the index)",
+                "{1}/01_demo.summary.html: extra file, not in MANIFEST.sha256",
+            ],
         ),
         (
             _rehash_manifest_after_edit,
@@ -228,20 +241,24 @@ Tamper = Callable[[Path, list[ArchivedRun]], None]
         ),
         (
             _delete_middle_line,
-            ["index.jsonl line 2 ({2}): chain broken (an entry before it was removed, edited or "
-             "reordered)",
-             "index.jsonl line 2 ({2}): sequence number 3, expected 2",
-             "{1}: run folder is not in index.jsonl (entry removed?)"],
+            [
+                "index.jsonl line 2 ({2}): chain broken (an entry before it was removed, edited or "
+                "reordered)",
+                "index.jsonl line 2 ({2}): sequence number 3, expected 2",
+                "{1}: run folder is not in index.jsonl (entry removed?)",
+            ],
         ),
         (_delete_last_line, ["{2}: run folder is not in index.jsonl (entry removed?)"]),
         (
             _reorder_lines,
-            ["index.jsonl line 2 ({2}): chain broken (an entry before it was removed, edited or "
-             "reordered)",
-             "index.jsonl line 2 ({2}): sequence number 3, expected 2",
-             "index.jsonl line 3 ({1}): chain broken (an entry before it was removed, edited or "
-             "reordered)",
-             "index.jsonl line 3 ({1}): sequence number 2, expected 3"],
+            [
+                "index.jsonl line 2 ({2}): chain broken (an entry before it was removed, edited or "
+                "reordered)",
+                "index.jsonl line 2 ({2}): sequence number 3, expected 2",
+                "index.jsonl line 3 ({1}): chain broken (an entry before it was removed, edited or "
+                "reordered)",
+                "index.jsonl line 3 ({1}): sequence number 2, expected 3",
+            ],
         ),
         (
             _edit_entry,
@@ -278,10 +295,17 @@ def test_secrets_are_scrubbed_from_every_archived_file(tmp_path: Path) -> None:
     traceback = [f"\x1b[31mConnectionError\x1b[39m: could not connect to \x1b[32m'{URL}'\x1b[39m"]
     notebook = _notebook(
         _stream(f"connecting to {URL}\npassword {SECRET}\n"),
-        {"output_type": "display_data", "metadata": {},
-         "data": {"text/html": f"<b>{SECRET}</b>", "text/plain": json.dumps({"pw": SECRET})}},
-        {"output_type": "error", "ename": "ConnectionError",
-         "evalue": f"could not connect to {URL}", "traceback": traceback},
+        {
+            "output_type": "display_data",
+            "metadata": {},
+            "data": {"text/html": f"<b>{SECRET}</b>", "text/plain": json.dumps({"pw": SECRET})},
+        },
+        {
+            "output_type": "error",
+            "ename": "ConnectionError",
+            "evalue": f"could not connect to {URL}",
+            "traceback": traceback,
+        },
         source=f'url = "{URL}"',
     )
     notebook["metadata"]["papermill"]["parameters"]["note"] = SECRET

@@ -30,7 +30,10 @@ URL = f"postgresql+psycopg://ops:{SECRET}@localhost/x"
         ({"POTATO_DATABASE_URL": URL}, [SECRET]),
         ({"OTHER_DSN": "postgresql://u:p%40ss%2Fw0rd@h/db"}, ["p%40ss%2Fw0rd", "p@ss/w0rd"]),
         ({"PGPASSWORD": "hunter22", "GITHUB_TOKEN": "ghp_abc123"}, ["ghp_abc123", "hunter22"]),
-        ({"MY_API_KEY": "k3y-value", "AWS_SECRET_ACCESS_KEY": "abcd/efgh"}, ["k3y-value", "abcd/efgh"]),
+        (
+            {"MY_API_KEY": "k3y-value", "AWS_SECRET_ACCESS_KEY": "abcd/efgh"},
+            ["k3y-value", "abcd/efgh"],
+        ),
         ({"DB_PASSWORD": "abc"}, []),
         ({"TOKENIZERS_PARALLELISM": "false", "TOKEN_TTL": "3600", "SECRET_FLAG": "yes"}, []),
         ({"HOME": "/root", "POTATO_DATABASE_URL": "sqlite:///x.sqlite3"}, []),
@@ -100,7 +103,9 @@ def test_ensure_no_secrets_names_the_file_not_the_secret() -> None:
     assert SECRET not in str(caught.value)
 
 
-@pytest.mark.parametrize("prefix", ["", "a", "ab", "abc"], ids=["align0", "align1", "align2", "align3"])
+@pytest.mark.parametrize(
+    "prefix", ["", "a", "ab", "abc"], ids=["align0", "align1", "align2", "align3"]
+)
 def test_base64_encoded_secret_is_detected_at_any_alignment(prefix: str) -> None:
     blob = base64.b64encode(f"{prefix}password={SECRET};".encode()).decode()
     assert find_secret(blob, [SECRET]) == "base64-encoded"

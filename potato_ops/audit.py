@@ -96,7 +96,7 @@ def _flag_candidates(
         .select_from(runs.outerjoin(users, users.c.id == runs.c.user_id))
         .where(runs.c.active.is_(True) | (runs.c.end_date >= earliest))
     )
-    rows = []
+    rows: list[tuple[int, str, date, date, bool, str | None, bool]] = []
     parts: Iterable[Sequence[str] | None] = [None] if user_ids is None else chunks(list(user_ids))
     for part in parts:
         q = query if part is None else query.where(runs.c.user_id.in_(part))
@@ -107,9 +107,7 @@ def _flag_candidates(
     return rows
 
 
-def _suspects_by_flags_and_owner(
-    conn: Connection, user_ids: Sequence[str] | None, now: datetime
-) -> set[str]:
+def _suspects_by_flags_and_owner(conn: Connection, user_ids: Sequence[str] | None, now: datetime) -> set[str]:
     found: set[str] = set()
     for _id, uid, start, end, active, tz, exists in _flag_candidates(conn, user_ids, now):
         should = start <= end and is_active(start, end, local_today(tz, now))
@@ -137,9 +135,7 @@ def classify_users(conn: Connection, user_ids: Sequence[str], now: datetime) -> 
     """Return the violations of the given users, checked one by one by the pure checker."""
     found: list[Violation] = []
     for part in chunks(sorted(user_ids), _CLASSIFY_CHUNK):
-        zones = dict(
-            conn.execute(select(users.c.id, users.c.timezone).where(users.c.id.in_(part))).all()
-        )
+        zones = dict(conn.execute(select(users.c.id, users.c.timezone).where(users.c.id.in_(part))).all())
         stored = fetch_runs(conn, part)
         marks = fetch_marked_dates(conn, part)
         for uid in part:
@@ -223,4 +219,3 @@ def refresh_active_flags(conn: Connection, now: datetime) -> int:
                 .values(active=value)
             ).rowcount
     return changed
-

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import date, datetime
 
-from sqlalchemy import Connection, delete, func, insert, select
+from sqlalchemy import Connection, RowMapping, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from potato_ops.errors import BackupError
@@ -74,7 +74,7 @@ def save_backups(conn: Connection, backups: Sequence[Backup]) -> list[Backup]:
     ]
 
 
-def _from_row(row: Mapping[str, object]) -> Backup:
+def _from_row(row: RowMapping) -> Backup:
     user_id = str(row["user_id"])
     payload = json.loads(str(row["payload"]))
     backup_runs = [
@@ -91,12 +91,12 @@ def _from_row(row: Mapping[str, object]) -> Backup:
     created = row["created_at"]
     assert isinstance(created, datetime)
     meta = BackupMetadata(
-        int(row["run_count"]),  # type: ignore[call-overload]
+        int(row["run_count"]),
         str(row["checksum"]),
         str(row["reason"]),
         None if row["operation_id"] is None else str(row["operation_id"]),
     )
-    return Backup(int(row["id"]), user_id, as_utc(created), backup_runs, meta)  # type: ignore[call-overload]
+    return Backup(int(row["id"]), user_id, as_utc(created), backup_runs, meta)
 
 
 def fetch_backups(conn: Connection, user_id: str) -> list[Backup]:
@@ -120,16 +120,16 @@ def fetch_backup(conn: Connection, backup_id: int) -> Backup:
 def verify_backup(user_id: str, backup: Backup) -> None:
     """Raise BackupError unless the backup belongs to user_id and its checksum matches."""
     if backup.user_id != user_id:
-        raise BackupError(
-            f"backup {backup.id} belongs to user {backup.user_id!r}, not {user_id!r}: refused"
-        )
+        raise BackupError(f"backup {backup.id} belongs to user {backup.user_id!r}, not {user_id!r}: refused")
     if any(r.user_id != user_id for r in backup.runs):
         raise BackupError(f"backup {backup.id} holds runs of another user: refused")
     ordered = sorted(backup.runs, key=lambda r: (r.start_date, r.end_date, r.id or 0))
     if backup_checksum(user_id, ordered) != backup.metadata.checksum:
         raise BackupError(f"backup {backup.id} fails its checksum (tampered or corrupt): refused")
     if backup.metadata.total_runs != len(backup.runs):
-        raise BackupError(f"backup {backup.id} says {backup.metadata.total_runs} runs but holds {len(backup.runs)}")
+        raise BackupError(
+            f"backup {backup.id} says {backup.metadata.total_runs} runs but holds {len(backup.runs)}"
+        )
 
 
 def replace_runs(conn: Connection, user_id: str, new_runs: Sequence[Run], today: date) -> int:
@@ -168,7 +168,10 @@ def prune_backups(conn: Connection, cutoff: datetime, keep_latest: int = 1) -> i
     ranked = select(
         ops_backups.c.id,
         func.row_number()
-        .over(partition_by=ops_backups.c.user_id, order_by=(ops_backups.c.created_at.desc(), ops_backups.c.id.desc()))
+        .over(
+            partition_by=ops_backups.c.user_id,
+            order_by=(ops_backups.c.created_at.desc(), ops_backups.c.id.desc()),
+        )
         .label("rank"),
     ).subquery()
     keep = select(ranked.c.id).where(ranked.c.rank <= keep_latest)

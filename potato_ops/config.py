@@ -89,6 +89,6 @@ def mask_secrets(text: str) -> str:
 def url_password(url: str) -> str | None:
     """Return the password inside a database URL, or None."""
     try:
-        return make_url(normalize_url(url)).password  # type: ignore[return-value]
+        return make_url(normalize_url(url)).password
     except ArgumentError:
         return None

@@ -75,7 +75,14 @@ def fetch_runs(
     runs flagged active or ending on or after that date: the ones whose flag may change.
     """
     found: dict[str, list[Run]] = defaultdict(list)
-    cols = (runs.c.id, runs.c.user_id, runs.c.start_date, runs.c.end_date, runs.c.day_count, runs.c.active)
+    cols = (
+        runs.c.id,
+        runs.c.user_id,
+        runs.c.start_date,
+        runs.c.end_date,
+        runs.c.day_count,
+        runs.c.active,
+    )
     for part in chunks(list(user_ids)):
         query = select(*cols).where(runs.c.user_id.in_(part))
         if touching is not None:

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, and_, delete, insert, update
 
 from potato_ops.backup import make_backup, save_backups
 from potato_ops.db import chunks, lock_users
-from potato_ops.models import STALE_ACTIVE, MULTIPLE_ACTIVE, Backup, Run, User, Violation
+from potato_ops.models import MULTIPLE_ACTIVE, STALE_ACTIVE, Backup, Run, User, Violation
 from potato_ops.queries import fetch_marked_dates, fetch_runs
 from potato_ops.runs import (
     ONE_DAY,
@@ -213,11 +213,7 @@ def _take_backups(
 ) -> None:
     if options.backup == BACKUP_NEVER:
         return
-    wanted = [
-        uid
-        for uid, outcome in outcomes.items()
-        if options.backup == BACKUP_ALWAYS or outcome.changed
-    ]
+    wanted = [uid for uid, outcome in outcomes.items() if options.backup == BACKUP_ALWAYS or outcome.changed]
     if not wanted:
         return
     if options.partial:
@@ -309,6 +305,6 @@ def _validate(
         near = [r for r in mine if _intersects(r, plan.check_lo - ONE_DAY, plan.check_hi + ONE_DAY)]
         shape = check_invariants(uid, near, plan.marks, plan.today, window=window)
         flags = check_invariants(uid, mine, [], plan.today, window=(LAST_DAY, LAST_DAY))
-        outcomes[uid].violations = [
-            v for v in shape if v.kind not in (STALE_ACTIVE, MULTIPLE_ACTIVE)
-        ] + [v for v in flags if v.kind in (STALE_ACTIVE, MULTIPLE_ACTIVE)]
+        outcomes[uid].violations = [v for v in shape if v.kind not in (STALE_ACTIVE, MULTIPLE_ACTIVE)] + [
+            v for v in flags if v.kind in (STALE_ACTIVE, MULTIPLE_ACTIVE)
+        ]

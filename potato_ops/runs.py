@@ -165,9 +165,7 @@ class RunDiff:
 
 def diff_runs(stored: Sequence[Run], expected: Sequence[Run]) -> RunDiff:
     """Return the writes that turn ``stored`` into ``expected``, matching on dates and count."""
-    wanted: dict[tuple[date, date, int], Run] = {
-        (r.start_date, r.end_date, r.day_count): r for r in expected
-    }
+    wanted: dict[tuple[date, date, int], Run] = {(r.start_date, r.end_date, r.day_count): r for r in expected}
     keep: list[Run] = []
     delete: list[Run] = []
     deactivate: list[Run] = []
@@ -240,9 +238,7 @@ def check_invariants(
         marks = marks[bisect_left(marks, w_lo) : bisect_right(marks, w_hi)]
 
     if not user_exists:
-        violations.extend(
-            Violation(ORPHAN, user_id, f"{_fmt(r)} belongs to no existing user") for r in runs
-        )
+        violations.extend(Violation(ORPHAN, user_id, f"{_fmt(r)} belongs to no existing user") for r in runs)
 
     well_formed: list[Run] = []
     for r in runs:
@@ -268,9 +264,7 @@ def check_invariants(
             if r.start_date <= reach.end_date:
                 violations.append(Violation(OVERLAP, user_id, f"{_fmt(reach)} overlaps {_fmt(r)}"))
             elif r.start_date == reach.end_date + ONE_DAY:
-                violations.append(
-                    Violation(ADJACENT, user_id, f"{_fmt(reach)} and {_fmt(r)} are adjacent")
-                )
+                violations.append(Violation(ADJACENT, user_id, f"{_fmt(reach)} and {_fmt(r)} are adjacent"))
         if reach is None or r.end_date > reach.end_date:
             reach = r
 
@@ -292,9 +286,7 @@ def check_invariants(
             continue
         marked_here = set(marks[bisect_left(marks, lo) : bisect_right(marks, hi)])
         phantom.update(o for o in range(lo, hi + 1) if o not in marked_here)
-    violations.extend(
-        _day_violations(PHANTOM_DAY, user_id, sorted(phantom), "inside a run but not marked")
-    )
+    violations.extend(_day_violations(PHANTOM_DAY, user_id, sorted(phantom), "inside a run but not marked"))
 
     # completeness: every marked date lies in a run
     intervals = sorted((r.start_date.toordinal(), r.end_date.toordinal()) for r in ordered)
@@ -323,7 +315,5 @@ def check_invariants(
         should = r.start_date <= r.end_date and is_active(r.start_date, r.end_date, today)
         if r.active != should:
             state = "flagged active but is not" if r.active else "is active but not flagged"
-            violations.append(
-                Violation(STALE_ACTIVE, user_id, f"{_fmt(r)} {state} (local today {today})")
-            )
+            violations.append(Violation(STALE_ACTIVE, user_id, f"{_fmt(r)} {state} (local today {today})"))
     return violations

@@ -43,7 +43,12 @@ users = Table(
     Column("id", Text, primary_key=True),
     Column("email", Text, unique=True),
     Column("timezone", Text, nullable=False, server_default="UTC"),
-    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.current_timestamp()),
+    Column(
+        "created_at",
+        DateTime(timezone=True),
+        nullable=False,
+        server_default=func.current_timestamp(),
+    ),
 )
 
 day_marks = Table(
@@ -52,7 +57,12 @@ day_marks = Table(
     Column("user_id", Text, nullable=False),
     Column("date", Date, nullable=False),
     Column("value", Boolean, nullable=False, server_default=text("true")),
-    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.current_timestamp()),
+    Column(
+        "updated_at",
+        DateTime(timezone=True),
+        nullable=False,
+        server_default=func.current_timestamp(),
+    ),
     PrimaryKeyConstraint("user_id", "date", name="day_marks_pkey"),
 )
 
@@ -65,7 +75,12 @@ runs = Table(
     Column("end_date", Date, nullable=False),
     Column("day_count", Integer, nullable=False),
     Column("active", Boolean, nullable=False, server_default=text("false")),
-    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.current_timestamp()),
+    Column(
+        "created_at",
+        DateTime(timezone=True),
+        nullable=False,
+        server_default=func.current_timestamp(),
+    ),
     CheckConstraint("start_date <= end_date", name="runs_start_before_end"),
     Index("ix_runs_user_start", "user_id", "start_date"),
     Index(
@@ -89,12 +104,14 @@ feature_flags = Table(
 event.listen(
     metadata,
     "before_create",
-    DDL("CREATE EXTENSION IF NOT EXISTS btree_gist").execute_if(dialect="postgresql"),
+    DDL("CREATE EXTENSION IF NOT EXISTS btree_gist").execute_if(  # type: ignore[no-untyped-call]
+        dialect="postgresql"
+    ),
 )
 event.listen(
     runs,
     "after_create",
-    DDL(
+    DDL(  # type: ignore[no-untyped-call]
         "ALTER TABLE runs ADD COLUMN span daterange "
         "GENERATED ALWAYS AS (daterange(start_date, end_date, '[]')) STORED; "
         "ALTER TABLE runs ADD CONSTRAINT runs_no_overlap "
@@ -194,7 +211,13 @@ ops_timezone_changes = Table(
     Index("ix_ops_tz_user", "user_id", "changed_at"),
 )
 
-OPS_TABLES = (ops_backups, ops_rebuild_history, ops_operations, ops_operation_items, ops_timezone_changes)
+OPS_TABLES = (
+    ops_backups,
+    ops_rebuild_history,
+    ops_operations,
+    ops_operation_items,
+    ops_timezone_changes,
+)
 
 
 def create_schema(engine: Engine) -> None:
@@ -220,7 +243,8 @@ def check_schema(engine: Engine) -> None:
         missing.extend(f"{table.name}.{c.name}" for c in table.columns if c.name not in have)
     if missing:
         raise SchemaError(
-            "database schema is missing " + ", ".join(missing)
+            "database schema is missing "
+            + ", ".join(missing)
             + " (run `potato-ops init-db` or Storage.create_schema())",
             missing,
         )

@@ -13,9 +13,16 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, insert, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from potato_ops import audit, backup as backups, history, queries, timezones
+from potato_ops import audit, history, queries, timezones
+from potato_ops import backup as backups
 from potato_ops.config import mask_url, resolve_database_url
-from potato_ops.db import lock_users, make_engine, read_connection, server_version, write_transaction
+from potato_ops.db import (
+    lock_users,
+    make_engine,
+    read_connection,
+    server_version,
+    write_transaction,
+)
 from potato_ops.errors import BackupError, ConfigError, SchemaError
 from potato_ops.models import (
     MULTIPLE_ACTIVE,
@@ -110,7 +117,7 @@ class Storage:
         try:
             create_schema(self._engine)
         except SQLAlchemyError as exc:
-            raise SchemaError(f"cannot create the schema on {self.url}: {exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}") from exc
+            raise SchemaError(f"cannot create the schema on {self.url}: {getattr(exc, 'orig', exc)}") from exc
 
     def check_schema(self) -> None:
         """Raise SchemaError if tables or columns the contract needs are missing."""
@@ -229,7 +236,16 @@ class Storage:
         if not success and not dry_run:
             with write_transaction(self._engine) as conn:
                 history.record_history(
-                    conn, [self._history(options, outcome, started, duration, error=error or "invariant violations")]
+                    conn,
+                    [
+                        self._history(
+                            options,
+                            outcome,
+                            started,
+                            duration,
+                            error=error or "invariant violations",
+                        )
+                    ],
                 )
         saved_backup = outcome.backup
         if saved_backup is not None and (dry_run or not success):
@@ -407,7 +423,9 @@ class Storage:
 
     # ------------------------------------------------------------------ bulk (potato_ops.bulk)
 
-    def bulk_rebuild_users(self, user_ids: Sequence[str], config: BulkConfig | None = None, **kw: Any) -> BulkResult:
+    def bulk_rebuild_users(
+        self, user_ids: Sequence[str], config: BulkConfig | None = None, **kw: Any
+    ) -> BulkResult:
         """Rebuild many users in batches across workers; see ``potato_ops.bulk``."""
         from potato_ops import bulk
 

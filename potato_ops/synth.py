@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, delete, insert, select, update
@@ -98,7 +99,10 @@ def _copy_rows(conn: Connection, table: Table, columns: Sequence[str], rows: Ite
     if is_postgres(conn):
         raw = conn.connection.driver_connection
         assert raw is not None
-        with raw.cursor() as cur, cur.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+        with (
+            raw.cursor() as cur,
+            cur.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy,
+        ):
             for row in rows:
                 copy.write_row(row)
                 count += 1
@@ -120,7 +124,7 @@ def seed(
     unmarked_rows: float = 0.25,
     with_runs: bool = True,
     id_prefix: str = "",
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> SeedResult:
     """Write users with streaky marks and correct runs, then corrupt a fraction; say how."""
     if users_count < 0 or days < 1 or not 0 <= corrupt <= 1:
@@ -208,12 +212,9 @@ def inject_corruption(
 
 
 def _user_runs(conn: Connection, uid: str) -> list[Run]:
-    rows = conn.execute(
-        select(runs).where(runs.c.user_id == uid).order_by(runs.c.start_date)
-    ).mappings()
+    rows = conn.execute(select(runs).where(runs.c.user_id == uid).order_by(runs.c.start_date)).mappings()
     return [
-        Run(r["id"], uid, r["start_date"], r["end_date"], r["day_count"], bool(r["active"]))
-        for r in rows
+        Run(r["id"], uid, r["start_date"], r["end_date"], r["day_count"], bool(r["active"])) for r in rows
     ]
 
 
@@ -229,29 +230,29 @@ def _corrupt_user(conn: Connection, uid: str, kind: str, now: datetime) -> bool:
         conn.execute(update(runs).where(by_id == r.id).values(day_count=r.day_count + 1))
         return True
     if kind == UNCOVERED_DAY:
-        r = next((x for x in mine if not x.active), None)
-        if r is None:
+        gone = next((x for x in mine if not x.active), None)
+        if gone is None:
             return False
-        conn.execute(delete(runs).where(by_id == r.id))
+        conn.execute(delete(runs).where(by_id == gone.id))
         return True
     if kind == ADJACENT:
-        r = next((x for x in mine if x.day_count >= 2 and not x.active), None)
-        if r is None:
+        split = next((x for x in mine if x.day_count >= 2 and not x.active), None)
+        if split is None:
             return False
-        conn.execute(update(runs).where(by_id == r.id).values(end_date=r.start_date, day_count=1))
+        conn.execute(update(runs).where(by_id == split.id).values(end_date=split.start_date, day_count=1))
         conn.execute(
             insert(runs).values(
                 user_id=uid,
-                start_date=r.start_date + one,
-                end_date=r.end_date,
-                day_count=r.day_count - 1,
+                start_date=split.start_date + one,
+                end_date=split.end_date,
+                day_count=split.day_count - 1,
                 active=False,
             )
         )
         return True
     if kind == PHANTOM_DAY:
         # Stretch an early run one day into an unmarked day, away from its neighbour.
-        for a, b in zip(mine, mine[1:], strict=False):
+        for a, b in pairwise(mine):
             if b.start_date - a.end_date >= timedelta(days=3) and not a.active:
                 conn.execute(
                     update(runs)
@@ -273,19 +274,17 @@ def _corrupt_user(conn: Connection, uid: str, kind: str, now: datetime) -> bool:
         conn.execute(update(runs).where(by_id == stale.id).values(active=True))
         return True
     if kind == OVERLAP:
-        r = next((x for x in mine if x.day_count >= 2 and not x.active), None)
-        if r is None:
+        base = next((x for x in mine if x.day_count >= 2 and not x.active), None)
+        if base is None:
             return False
         conn.execute(
             insert(runs).values(
                 user_id=uid,
-                start_date=r.start_date + one,
-                end_date=r.end_date,
-                day_count=r.day_count - 1,
+                start_date=base.start_date + one,
+                end_date=base.end_date,
+                day_count=base.day_count - 1,
                 active=False,
             )
         )
         return True
     raise ValueError(f"unknown corruption kind {kind!r}")
-
-

@@ -21,9 +21,7 @@ from sqlalchemy import Engine, create_engine, insert, text
 from potato_ops import Storage
 from potato_ops.schema import day_marks, metadata, runs, users
 
-PG_ADMIN_URL = os.environ.get(
-    "POTATO_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
+PG_ADMIN_URL = os.environ.get("POTATO_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 NOW = datetime(2024, 3, 10, 15, 0, tzinfo=UTC)
 BACKENDS = ["sqlite", "postgres"]
 
@@ -209,5 +207,3 @@ def snapshot(storage: Storage) -> dict[str, list[tuple[object, ...]]]:
 
 def _d(value: date | str) -> date:
     return value if isinstance(value, date) else date.fromisoformat(value)
-
-

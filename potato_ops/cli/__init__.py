@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import typer
 
-from potato_ops.cli import bulk, core, monitoring, notebooks
+from potato_ops.cli import bulk as bulk
+from potato_ops.cli import core as core
+from potato_ops.cli import monitoring as monitoring
+from potato_ops.cli import notebooks as notebooks
 
 app = typer.Typer(
     name="potato-ops",

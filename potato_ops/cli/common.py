@@ -24,8 +24,7 @@ DatabaseOption = Annotated[
         envvar=DATABASE_URL_ENV,
         show_envvar=True,
         show_default=False,
-        help="Database URL (postgresql+psycopg://... or sqlite:///path). "
-        "Default: the embedded SQLite file.",
+        help="Database URL (postgresql+psycopg://... or sqlite:///path). Default: the embedded SQLite file.",
     ),
 ]
 

@@ -134,9 +134,7 @@ def register(app: typer.Typer) -> None:
         """Rebuild one user's runs from their marks (all of them, or a date range)."""
         storage = Storage.connect(database_url)
         uid = _resolve_user(storage, user_id, email)
-        result = storage.rebuild_user_runs(
-            uid, from_date, to_date, backup=not no_backup, dry_run=dry_run
-        )
+        result = storage.rebuild_user_runs(uid, from_date, to_date, backup=not no_backup, dry_run=dry_run)
         _print_rebuild(result)
         if not result.success:
             raise typer.Exit(int(ExitCode.PROBLEM_FOUND))

@@ -7,6 +7,8 @@ to this package and are created whenever missing, without touching app data.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -28,11 +30,36 @@ from sqlalchemy import (
     inspect,
     text,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import DDL
+from sqlalchemy.sql.functions import FunctionElement
 
 from potato_ops.errors import SchemaError
 
 metadata = MetaData()
+
+
+class new_uuid_text(FunctionElement[str]):
+    """A new random UUID as text, as each dialect makes one (the app's ids default to UUIDs)."""
+
+    type = Text()
+    inherit_cache = True
+
+
+@compiles(new_uuid_text, "postgresql")
+def _uuid_postgresql(_element: new_uuid_text, _compiler: Any, **_kw: Any) -> str:
+    return "(gen_random_uuid()::text)"
+
+
+@compiles(new_uuid_text, "sqlite")
+def _uuid_sqlite(_element: new_uuid_text, _compiler: Any, **_kw: Any) -> str:
+    # Version 4 layout: xxxxxxxx-xxxx-4xxx-[89ab]xxx-xxxxxxxxxxxx
+    return (
+        "(lower(hex(randomblob(4))) || '-' || lower(hex(randomblob(2))) || '-4' || "
+        "substr(lower(hex(randomblob(2))), 2) || '-' || substr('89ab', 1 + (abs(random()) % 4), 1) || "
+        "substr(lower(hex(randomblob(2))), 2) || '-' || lower(hex(randomblob(6))))"
+    )
+
 
 RUNS_V2_FLAG = "ff.potato.runs_v2"
 
@@ -40,7 +67,7 @@ RUNS_V2_FLAG = "ff.potato.runs_v2"
 users = Table(
     "users",
     metadata,
-    Column("id", Text, primary_key=True),
+    Column("id", Text, primary_key=True, server_default=new_uuid_text()),
     Column("email", Text, unique=True),
     Column("timezone", Text, nullable=False, server_default="UTC"),
     Column(

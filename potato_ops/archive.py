@@ -14,6 +14,7 @@ import contextlib
 import copy
 import datetime as dt
 import fcntl
+import functools
 import hashlib
 import html
 import json
@@ -22,10 +23,12 @@ import os
 import re
 import secrets as random_tokens
 import shutil
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import nbformat
 from nbconvert import HTMLExporter
@@ -43,6 +46,7 @@ MANIFEST_FILE = "MANIFEST.sha256"
 GENESIS_HASH = "0" * 64
 RUN_DIR_PATTERN = re.compile(r"^\d{8}T\d{6}Z_[A-Za-z0-9_.\-]+_[0-9a-f]{8}$")
 
+_render_lock = threading.Lock()
 _STATUS_COLOURS = {"ok": "#1a7f37", "problem": "#bf8700", "error": "#cf222e", "timeout": "#8250df"}
 
 
@@ -115,8 +119,9 @@ def scrub_data(value: Any, secrets: Sequence[str]) -> Any:
     return copy.deepcopy(value)
 
 
-def render_html(notebook: Any, title: str, *, summary: bool) -> str:
-    """Return the notebook as standalone HTML; the summary leaves out code and prompts."""
+@functools.cache
+def _html_exporter(summary: bool) -> Any:
+    # Building an exporter compiles its templates (about half a second); reuse one per kind.
     options: dict[str, Any] = {}
     if summary:
         options = {
@@ -124,14 +129,27 @@ def render_html(notebook: Any, title: str, *, summary: bool) -> str:
             "exclude_input_prompt": True,
             "exclude_output_prompt": True,
         }
-    exporter = HTMLExporter(**options)  # type: ignore[no-untyped-call]
-    body, _ = exporter.from_notebook_node(notebook, resources={"metadata": {"name": title}})
+    return HTMLExporter(**options)  # type: ignore[no-untyped-call]
+
+
+def render_html(notebook: Any, title: str, *, summary: bool) -> str:
+    """Return the notebook as standalone HTML; the summary leaves out code and prompts."""
+    with _render_lock:
+        body, _ = _html_exporter(summary).from_notebook_node(
+            notebook, resources={"metadata": {"name": title}}
+        )
     return str(body)
 
 
 def _notebook_json(notebook: Any) -> str:
     text: str = nbformat.writes(notebook)  # type: ignore[no-untyped-call]
     return text
+
+
+def _scrub_html(page: str, secrets: Sequence[str]) -> str:
+    # The notebook it renders is already masked; the page adds only escaping and the template,
+    # whose large inline styles make pattern masking slow, so only secret forms are replaced.
+    return scrub_text(page, secrets, mask_patterns=False)
 
 
 def archive_run(
@@ -162,8 +180,8 @@ def archive_run(
     }
     texts = {
         names["notebook"]: _notebook_json(clean_nb),
-        names["html"]: scrub_text(render_html(clean_nb, notebook_name, summary=False), wanted),
-        names["summary"]: scrub_text(render_html(clean_nb, notebook_name, summary=True), wanted),
+        names["html"]: _scrub_html(render_html(clean_nb, notebook_name, summary=False), wanted),
+        names["summary"]: _scrub_html(render_html(clean_nb, notebook_name, summary=True), wanted),
         names["result"]: json.dumps(clean_result, indent=2, ensure_ascii=False) + "\n",
     }
     payload = {name: text.encode("utf-8") for name, text in texts.items()}
@@ -181,9 +199,7 @@ def archive_run(
         with _index_lock(reports, exclusive=True):
             run_dir = reports / run_id
             staging.rename(run_dir)
-            entry = _append_entry(
-                reports, run_id, notebook_name, clean_result, sha256_hex(manifest)
-            )
+            entry = _append_entry(reports, run_id, notebook_name, clean_result, sha256_hex(manifest))
             _write_index_html(reports)
     finally:
         if staging.exists():
@@ -203,7 +219,10 @@ def archive_run(
 
 @contextlib.contextmanager
 def _index_lock(reports: Path, *, exclusive: bool) -> Iterator[None]:
-    reports.mkdir(parents=True, exist_ok=True)
+    """Hold the archive's lock: exclusive to append, shared to read (no lock file: no writer yet)."""
+    if not exclusive and not (reports / LOCK_FILE).exists():
+        yield
+        return
     with (reports / LOCK_FILE).open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         try:
@@ -230,7 +249,10 @@ def _append_entry(
     }
     body["entry_hash"] = entry_hash(body)
     line = json.dumps(body, separators=(",", ":"), ensure_ascii=False) + "\n"
-    with (reports / INDEX_FILE).open("a", encoding="utf-8") as index:
+    path = reports / INDEX_FILE
+    if path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+        line = "\n" + line
+    with path.open("a", encoding="utf-8") as index:
         index.write(line)
         index.flush()
         os.fsync(index.fileno())
@@ -285,7 +307,7 @@ def _write_index_html(reports: Path) -> None:
             continue
         verdict = _verdict(reports / entry.dir / f"{entry.notebook}.result.json")
         colour = _STATUS_COLOURS.get(entry.status, "#57606a")
-        link = html.escape(f"{entry.dir}/{entry.notebook}", quote=True)
+        link = html.escape(quote(f"{entry.dir}/{entry.notebook}"), quote=True)
         rows.append(
             "<tr>"
             f"<td>{html.escape(entry.started_at)}</td>"
@@ -368,9 +390,7 @@ def _check_run(reports: Path, entry: IndexEntry) -> list[str]:
     manifest = manifest_path.read_bytes()
     problems: list[str] = []
     if sha256_hex(manifest) != entry.manifest_sha256:
-        problems.append(
-            f"{entry.dir}: {MANIFEST_FILE} was modified (its hash differs from the index)"
-        )
+        problems.append(f"{entry.dir}: {MANIFEST_FILE} was modified (its hash differs from the index)")
     listed: dict[str, str] = {}
     for line in manifest.decode("utf-8", errors="replace").splitlines():
         digest, sep, name = line.partition("  ")

@@ -74,9 +74,7 @@ def result_payload(
     return {
         "verdict": " ".join(str(verdict).split()),
         "status": status,
-        "figures": {
-            str(k): to_json_value(v, f"figures[{k!r}]") for k, v in (figures or {}).items()
-        },
+        "figures": {str(k): to_json_value(v, f"figures[{k!r}]") for k, v in (figures or {}).items()},
         "operation_ids": [str(op) for op in operation_ids],
         "database": {str(k): mask_secrets(str(v)) for k, v in (database or {}).items()},
     }

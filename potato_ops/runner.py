@@ -92,7 +92,7 @@ class RunRecord:
     html_path: Path
     result_path: Path
     result: dict[str, Any]
-    summary_path: Path | None = None
+    summary_path: Path
 
 
 # -- finding notebooks ---------------------------------------------------------------------------
@@ -112,9 +112,7 @@ def notebooks_dir() -> Path:
 def _notebook_paths(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
-    return sorted(
-        p for p in directory.glob("*.ipynb") if p.is_file() and not p.name.startswith(".")
-    )
+    return sorted(p for p in directory.glob("*.ipynb") if p.is_file() and not p.name.startswith("."))
 
 
 def resolve_notebook(name: str | os.PathLike[str]) -> Path:
@@ -132,9 +130,7 @@ def resolve_notebook(name: str | os.PathLike[str]) -> Path:
     if len(matches) == 1:
         return matches[0]
     if not available:
-        raise NotebookError(
-            f"no notebook {text!r}: {directory} holds no notebooks (set {NOTEBOOKS_DIR_ENV})"
-        )
+        raise NotebookError(f"no notebook {text!r}: {directory} holds no notebooks (set {NOTEBOOKS_DIR_ENV})")
     names = ", ".join(p.stem for p in (matches or available))
     if matches:
         raise NotebookError(f"{text!r} matches several notebooks: {names}")
@@ -191,11 +187,7 @@ def notebook_parameters(path: Path) -> list[ParameterInfo]:
 def _declared_parameters(path: Path) -> dict[str, tuple[str, str, str]]:
     """Return name -> (annotation, default source, help) read from the parameters cell."""
     cell = next(
-        (
-            c
-            for c in _read_notebook(path).cells
-            if "parameters" in c.get("metadata", {}).get("tags", [])
-        ),
+        (c for c in _read_notebook(path).cells if "parameters" in c.get("metadata", {}).get("tags", [])),
         None,
     )
     if cell is None or cell.cell_type != "code":
@@ -204,18 +196,14 @@ def _declared_parameters(path: Path) -> dict[str, tuple[str, str, str]]:
     try:
         tree = ast.parse(source)
     except SyntaxError as exc:
-        raise NotebookError(
-            f"the parameters cell of {path.name} is not valid Python: {exc}"
-        ) from exc
+        raise NotebookError(f"the parameters cell of {path.name} is not valid Python: {exc}") from exc
     lines = source.splitlines()
     declared: dict[str, tuple[str, str, str]] = {}
     for node in tree.body:
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             target, annotation = node.target.id, ast.unparse(node.annotation)
         elif (
-            isinstance(node, ast.Assign)
-            and len(node.targets) == 1
-            and isinstance(node.targets[0], ast.Name)
+            isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
         ):
             target, annotation = node.targets[0].id, ""
         else:
@@ -281,9 +269,7 @@ def _type_of_node(node: ast.expr) -> _ParamType | None:
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
         return _union([node.left, node.right])
     if isinstance(node, ast.Subscript):
-        outer = (
-            node.value.id if isinstance(node.value, ast.Name) else getattr(node.value, "attr", "")
-        )
+        outer = node.value.id if isinstance(node.value, ast.Name) else getattr(node.value, "attr", "")
         args = list(node.slice.elts) if isinstance(node.slice, ast.Tuple) else [node.slice]
         outer = _ALIASES.get(outer, outer)
         if outer == "Optional":
@@ -338,9 +324,7 @@ def _refused(name: str, kind: _ParamType, value: object) -> NotebookParameterErr
 
 
 def _coerce(name: str, value: object, kind: _ParamType) -> object:
-    if value is None or (
-        isinstance(value, str) and value.strip().lower() in _NONE and kind.optional
-    ):
+    if value is None or (isinstance(value, str) and value.strip().lower() in _NONE and kind.optional):
         if kind.optional:
             return None
         raise _refused(name, kind, value)
@@ -445,11 +429,11 @@ def _pinned_kernel_manager(kernels_dir: Path, kernel_log: IO[str]) -> type[Async
             manager.kernel_dirs = [str(kernels_dir), *manager.kernel_dirs]
             return manager
 
-        async def start_kernel(self, **kw: Any) -> None:  # type: ignore[override]
+        async def start_kernel(self, **kw: Any) -> None:  # type: ignore[override]  # async like its parent
             # The kernel's own stdout/stderr carry start-up chatter, not cell output.
             kw.setdefault("stdout", kernel_log)
             kw.setdefault("stderr", kernel_log)
-            await super()._async_start_kernel(**kw)
+            await super().start_kernel(**kw)
 
     return PinnedKernelManager
 
@@ -506,8 +490,8 @@ def run_notebook(
         duration = time.monotonic() - clock
         finished_at = dt.datetime.now(dt.UTC)
         executed = _read_notebook(output if output.exists() else path)
-    if outcome.status == "timeout" and outcome.error is not None:
-        _mark_timeout(executed, outcome.error)
+    if outcome.status == "timeout":
+        _mark_timeout(executed, outcome.verdict)
     result = {
         "run_id": run_id,
         "notebook": name,
@@ -598,9 +582,8 @@ def _execute(
             "ename": exc.ename,
             "evalue": exc.evalue,
         }
-        return _failed(
-            "error", error, f"cell {exc.cell_index} raised {exc.ename}: {exc.evalue}", output
-        )
+        where = f"cell {exc.cell_index + 1} (In [{exc.exec_count}])"
+        return _failed("error", error, f"{where} raised {exc.ename}: {exc.evalue}", output)
     except CellTimeoutError:
         index = _last_started_cell(output)
         error = {
@@ -608,9 +591,8 @@ def _execute(
             "ename": "CellTimeoutError",
             "evalue": f"the cell did not finish within {cell_timeout} s",
         }
-        return _failed(
-            "timeout", error, f"cell {index} did not finish within {cell_timeout} s", output
-        )
+        where = f"cell {index + 1}" if index is not None else "a cell"
+        return _failed("timeout", error, f"{where} did not finish within {cell_timeout} s", output)
     except Exception as exc:  # a dead kernel, a kernel that never started, ...
         error = {
             "cell_index": _last_started_cell(output),
@@ -689,8 +671,8 @@ def _last_started_cell(output: Path) -> int | None:
     return index
 
 
-def _mark_timeout(nb: Any, error: Mapping[str, Any]) -> None:
-    message = f"**Timed out** at cell {error.get('cell_index')}: {error.get('evalue')}."
+def _mark_timeout(nb: Any, verdict: str) -> None:
+    message = f"**Timed out:** {verdict}."
     marker = nbformat.v4.new_markdown_cell(message)  # type: ignore[no-untyped-call]
     marker.metadata["tags"] = ["potato-ops-timeout"]
     nb.cells.insert(0, marker)

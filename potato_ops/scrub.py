@@ -24,7 +24,7 @@ MIN_SECRET_LENGTH = 4
 
 _SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_KEY", re.IGNORECASE)
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]+")
-_URL_RAW_PASSWORD = re.compile(r"://[^:/@\s]*:(?P<pw>[^@\s]+)@")
+_URL_RAW_PASSWORD = re.compile(r"://[^:/@\s]*:(?P<pw>[^@\s/]+)@")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # Values that secret-named variables often hold without being secret (TOKENIZERS_PARALLELISM=false,
 # TOKEN_TTL=3600). Treating them as secrets would flag every JSON boolean or number in a record.

@@ -81,9 +81,7 @@ def _archive(
 
 
 def _files_under(directory: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()
-    }
+    return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
 
 
 def test_run_id_names_time_notebook_and_random_part() -> None:
@@ -160,6 +158,8 @@ def test_verify_accepts_an_intact_archive(tmp_path: Path) -> None:
     assert verify_reports(tmp_path).ok
     assert verify_reports(tmp_path).checked == 3
     assert verify_reports(tmp_path / "missing").ok
+    assert list_runs(tmp_path / "missing") == []
+    assert not (tmp_path / "missing").exists()
 
 
 def _modify_result(reports: Path, runs: list[ArchivedRun]) -> None:
@@ -365,9 +365,7 @@ def test_cli_reports_list_and_verify(tmp_path: Path) -> None:
     assert (clean.exit_code, clean.output) == (0, "ok: 2 runs intact\n")
 
     _modify_result(tmp_path, [runs[0], runs[1]])
-    broken = runner.invoke(
-        _cli(), ["reports", "verify"], env={"POTATO_OPS_REPORTS_DIR": str(tmp_path)}
-    )
+    broken = runner.invoke(_cli(), ["reports", "verify"], env={"POTATO_OPS_REPORTS_DIR": str(tmp_path)})
     assert broken.exit_code == 3
     assert f"{runs[1].run_dir.name}/01_demo.result.json: content differs" in broken.output
 

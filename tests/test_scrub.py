@@ -84,7 +84,7 @@ def test_scrub_text_removes_every_plain_form(shown: str) -> None:
 
 
 def test_scrub_text_strips_colour_only_when_it_splits_a_secret() -> None:
-    split = f"Sup3r\x1b[1mS3cret\x1b[0m and \x1b[31mred\x1b[0m"
+    split = "Sup3r\x1b[1mS3cret\x1b[0m and \x1b[31mred\x1b[0m"
     assert scrub_text(split, [SECRET]) == "*** and red"
     whole = f"\x1b[31m{SECRET}\x1b[0m"
     assert scrub_text(whole, [SECRET]) == "\x1b[31m***\x1b[0m"
@@ -103,9 +103,7 @@ def test_ensure_no_secrets_names_the_file_not_the_secret() -> None:
     assert SECRET not in str(caught.value)
 
 
-@pytest.mark.parametrize(
-    "prefix", ["", "a", "ab", "abc"], ids=["align0", "align1", "align2", "align3"]
-)
+@pytest.mark.parametrize("prefix", ["", "a", "ab", "abc"], ids=["align0", "align1", "align2", "align3"])
 def test_base64_encoded_secret_is_detected_at_any_alignment(prefix: str) -> None:
     blob = base64.b64encode(f"{prefix}password={SECRET};".encode()).decode()
     assert find_secret(blob, [SECRET]) == "base64-encoded"
@@ -123,7 +121,11 @@ def test_unrelated_base64_passes() -> None:
 
 def test_log_filter_scrubs_messages(caplog: pytest.LogCaptureFixture) -> None:
     log = logging.getLogger("potato_ops.test_scrub")
-    log.addFilter(SecretScrubFilter([SECRET]))
-    with caplog.at_level(logging.INFO, logger="potato_ops.test_scrub"):
-        log.info("value %s and %s", SECRET, URL)
+    scrubber = SecretScrubFilter([SECRET])
+    log.addFilter(scrubber)
+    try:
+        with caplog.at_level(logging.INFO, logger="potato_ops.test_scrub"):
+            log.info("value %s and %s", SECRET, URL)
+    finally:
+        log.removeFilter(scrubber)
     assert caplog.messages == ["value *** and postgresql+psycopg://ops:***@localhost/x"]

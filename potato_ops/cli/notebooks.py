@@ -89,8 +89,7 @@ def run(
 ) -> None:
     """Run a runbook notebook headless, archive the run, exit with its status.
 
-    Exit codes: 0 ok, 3 the procedure found a problem, 4 parameters refused, 5 a cell failed
-    or timed out.
+    Exit codes: 0 ok, 3 problem found, 4 parameters refused, 5 a cell failed or timed out.
     """
     if list_only:
         _print_notebooks()
@@ -123,9 +122,7 @@ def _print_notebooks() -> None:
     for info in found:
         typer.echo(f"{info.name}" + (f": {info.title}" if info.title else ""))
         for p in info.parameters:
-            typer.echo(
-                f"    {p.name}: {p.type_name} = {p.default}" + (f"  # {p.help}" if p.help else "")
-            )
+            typer.echo(f"    {p.name}: {p.type_name} = {p.default}" + (f"  # {p.help}" if p.help else ""))
 
 
 class _HideTemporaryPaths(logging.Filter):
@@ -189,9 +186,7 @@ def reports_verify(reports_dir: ReportsDirOption = None) -> None:
 def register(app: typer.Typer) -> None:
     """Add ``run`` and the ``reports`` commands to the application."""
     app.command("run", cls=_ParameterPairsCommand)(expected_failures(run))
-    reports_app = typer.Typer(
-        help="Inspect and verify the archive of notebook runs.", no_args_is_help=True
-    )
+    reports_app = typer.Typer(help="Inspect and verify the archive of notebook runs.", no_args_is_help=True)
     reports_app.command("list")(expected_failures(reports_list))
     reports_app.command("verify")(expected_failures(reports_verify))
     app.add_typer(reports_app, name="reports")

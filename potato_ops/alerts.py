@@ -7,26 +7,34 @@ A rules file is a mapping with one key, ``alerts``, holding a list of entries::
         condition: "rebuild_success_rate < 0.99"
         severity: "P1"
 
-A condition compares a known metric with a number (``METRIC OP NUMBER`` with OP one of
-``< <= > >= == !=``); comparisons combine with ``and`` / ``or`` (``and`` binds tighter) and
-parentheses. Conditions are parsed by a small recursive-descent parser into frozen dataclasses;
-nothing in a rules file is ever executed, and YAML tags never construct objects.
+A condition compares a known metric (one of ``METRIC_NAMES``) with a number (``METRIC OP
+NUMBER`` with OP one of ``< <= > >= == !=``); comparisons combine with ``and`` / ``or`` (``and``
+binds tighter) and parentheses. Conditions are parsed by ``potato_ops.conditions``, whose
+public names are re-exported here; nothing in a rules file is ever executed, and YAML tags
+never construct objects.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import NoReturn
 
 import yaml
 from yaml.reader import ReaderError
 
+from potato_ops import conditions
+from potato_ops.conditions import (
+    COMPARISON_OPERATORS,
+    And,
+    Comparison,
+    Condition,
+    Or,
+    condition_metrics,
+    suggestion,
+)
 from potato_ops.errors import RuleError
 
 SEVERITIES: tuple[str, ...] = ("P0", "P1", "P2")
@@ -55,46 +63,16 @@ METRIC_HELP: dict[str, str] = {
 
 METRIC_NAMES: tuple[str, ...] = tuple(METRIC_HELP)
 
-COMPARISON_OPERATORS: tuple[str, ...] = ("<", "<=", ">", ">=", "==", "!=")
-
 DEFAULT_RULES_RESOURCE = "default_alerts.yaml"
 
 _RULE_KEYS: tuple[str, ...] = ("name", "condition", "severity")
 _TOP_LEVEL_KEY = "alerts"
-# Deep enough for any real rule, shallow enough to stay far from Python's recursion limit.
-_MAX_NESTING = 32
 
 _YAML_TAG_PREFIX = "tag:yaml.org,2002:"
 _STR_TAG = _YAML_TAG_PREFIX + "str"
 _MAP_TAG = _YAML_TAG_PREFIX + "map"
 _SEQ_TAG = _YAML_TAG_PREFIX + "seq"
 _NULL_TAG = _YAML_TAG_PREFIX + "null"
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """``metric op threshold``; false whenever the metric has no value."""
-
-    metric: str
-    op: str
-    threshold: float
-
-
-@dataclass(frozen=True)
-class And:
-    """True when every operand is true."""
-
-    operands: tuple[Condition, ...]
-
-
-@dataclass(frozen=True)
-class Or:
-    """True when at least one operand is true."""
-
-    operands: tuple[Condition, ...]
-
-
-Condition = Comparison | And | Or
 
 
 @dataclass(frozen=True)
@@ -126,180 +104,9 @@ class FiringAlert:
     values: dict[str, float | None]
 
 
-# --- condition parsing -------------------------------------------------------------------------
-
-_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_OPERATOR = re.compile(r"<=|>=|==|!=|<|>")
-_NUMBER_TAIL = re.compile(r"[A-Za-z0-9_.]")
-_KEYWORDS = frozenset({"and", "or"})
-
-
-@dataclass(frozen=True)
-class _Token:
-    kind: str  # "name", "keyword", "number", "op", "(", ")", "end"
-    text: str
-    column: int  # 1-based
-
-    def describe(self) -> str:
-        return "end of condition" if self.kind == "end" else repr(self.text)
-
-
-def _tokenize(text: str) -> list[_Token]:
-    tokens: list[_Token] = []
-    pos = 0
-    while pos < len(text):
-        char = text[pos]
-        if char.isspace():
-            pos += 1
-            continue
-        column = pos + 1
-        if char in "()":
-            tokens.append(_Token(char, char, column))
-            pos += 1
-            continue
-        number = _NUMBER.match(text, pos)
-        if number:
-            end = number.end()
-            if end < len(text) and _NUMBER_TAIL.match(text, end):
-                bad = re.match(r"[^\s()<>=!]+", text[pos:])
-                shown = bad.group() if bad else number.group()
-                raise RuleError(f"malformed number {shown!r} at column {column}")
-            tokens.append(_Token("number", number.group(), column))
-            pos = end
-            continue
-        name = _NAME.match(text, pos)
-        if name:
-            word = name.group()
-            tokens.append(_Token("keyword" if word in _KEYWORDS else "name", word, column))
-            pos = name.end()
-            continue
-        operator = _OPERATOR.match(text, pos)
-        if operator:
-            tokens.append(_Token("op", operator.group(), column))
-            pos = operator.end()
-            continue
-        hint = " (did you mean '=='?)" if char == "=" else ""
-        raise RuleError(f"unexpected character {char!r} at column {column}{hint}")
-    tokens.append(_Token("end", "", len(text) + 1))
-    return tokens
-
-
-def _suggestion(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-class _Parser:
-    """Recursive descent over the tokens of one condition.
-
-    Grammar::
-
-        or_expr    := and_expr ("or" and_expr)*
-        and_expr   := primary ("and" primary)*
-        primary    := "(" or_expr ")" | comparison
-        comparison := METRIC ("<" | "<=" | ">" | ">=" | "==" | "!=") NUMBER
-    """
-
-    def __init__(self, text: str) -> None:
-        self._tokens = _tokenize(text)
-        self._pos = 0
-        self._depth = 0
-
-    def parse(self) -> Condition:
-        condition = self._or_expr()
-        token = self._peek()
-        if token.kind != "end":
-            expected = "'and', 'or', ')' or end of condition"
-            if token.kind == ")":
-                expected = "'and', 'or' or end of condition (unbalanced ')')"
-            self._fail(expected, token)
-        return condition
-
-    def _peek(self) -> _Token:
-        return self._tokens[self._pos]
-
-    def _advance(self) -> _Token:
-        token = self._tokens[self._pos]
-        self._pos += 1
-        return token
-
-    @staticmethod
-    def _fail(expected: str, token: _Token) -> NoReturn:
-        raise RuleError(f"expected {expected} at column {token.column}, found {token.describe()}")
-
-    def _or_expr(self) -> Condition:
-        operands = [self._and_expr()]
-        while self._peek().kind == "keyword" and self._peek().text == "or":
-            self._advance()
-            operands.append(self._and_expr())
-        return operands[0] if len(operands) == 1 else Or(tuple(operands))
-
-    def _and_expr(self) -> Condition:
-        operands = [self._primary()]
-        while self._peek().kind == "keyword" and self._peek().text == "and":
-            self._advance()
-            operands.append(self._primary())
-        return operands[0] if len(operands) == 1 else And(tuple(operands))
-
-    def _primary(self) -> Condition:
-        token = self._peek()
-        if token.kind == "(":
-            self._depth += 1
-            if self._depth > _MAX_NESTING:
-                raise RuleError(
-                    f"parentheses nested deeper than {_MAX_NESTING} at column {token.column}"
-                )
-            self._advance()
-            inner = self._or_expr()
-            closing = self._peek()
-            if closing.kind != ")":
-                self._fail(f"')' (closing the '(' at column {token.column})", closing)
-            self._advance()
-            self._depth -= 1
-            return inner
-        return self._comparison()
-
-    def _comparison(self) -> Comparison:
-        metric = self._advance()
-        if metric.kind != "name":
-            self._fail("a metric name or '('", metric)
-        if metric.text not in METRIC_HELP:
-            raise RuleError(
-                f"unknown metric {metric.text!r} at column {metric.column}"
-                + (_suggestion(metric.text, METRIC_NAMES) or f"; known: {', '.join(METRIC_NAMES)}")
-            )
-        operator = self._advance()
-        if operator.kind != "op":
-            self._fail(
-                f"a comparison operator ({' '.join(COMPARISON_OPERATORS)}) after {metric.text!r}",
-                operator,
-            )
-        number = self._advance()
-        if number.kind != "number":
-            self._fail(f"a number after {operator.text!r}", number)
-        threshold = float(number.text)
-        if not math.isfinite(threshold):
-            raise RuleError(f"number {number.text!r} at column {number.column} is out of range")
-        return Comparison(metric.text, operator.text, threshold)
-
-
 def parse_condition(text: str) -> Condition:
     """Return the syntax tree of a condition; RuleError (without a line) when it is malformed."""
-    try:
-        return _Parser(text).parse()
-    except RuleError as exc:
-        raise RuleError(f"invalid condition {text!r}: {exc}") from None
-
-
-def condition_metrics(condition: Condition) -> tuple[str, ...]:
-    """Return the metric names a condition reads, each once, in order of appearance."""
-    if isinstance(condition, Comparison):
-        return (condition.metric,)
-    seen: dict[str, None] = {}
-    for operand in condition.operands:
-        seen.update(dict.fromkeys(condition_metrics(operand)))
-    return tuple(seen)
+    return conditions.parse_condition(text, METRIC_NAMES)
 
 
 # --- rules files -------------------------------------------------------------------------------
@@ -356,8 +163,7 @@ def _mapping_entries(
         key = _string_value(key_node, f"a key {where}")
         if key not in allowed:
             raise RuleError(
-                f"unknown key {key!r} {where}; expected {', '.join(allowed)}"
-                + _suggestion(key, allowed),
+                f"unknown key {key!r} {where}; expected {', '.join(allowed)}" + suggestion(key, allowed),
                 line=_line(key_node),
             )
         if key in entries:
@@ -396,9 +202,7 @@ def _rule_from_node(node: yaml.Node, taken_names: set[str]) -> AlertRule:
     entries = _mapping_entries(node, _RULE_KEYS, "in an alert entry")
     missing = [key for key in _RULE_KEYS if key not in entries]
     if missing:
-        raise RuleError(
-            f"alert entry is missing {', '.join(repr(key) for key in missing)}", line=_line(node)
-        )
+        raise RuleError(f"alert entry is missing {', '.join(repr(key) for key in missing)}", line=_line(node))
 
     name_node = entries["name"][1]
     name = _string_value(name_node, "'name'").strip()
@@ -411,8 +215,7 @@ def _rule_from_node(node: yaml.Node, taken_names: set[str]) -> AlertRule:
     severity = _string_value(severity_node, f"'severity' of alert {name!r}").strip()
     if severity not in SEVERITIES:
         raise RuleError(
-            f"unknown severity {severity!r} for alert {name!r}; "
-            f"expected one of {', '.join(SEVERITIES)}",
+            f"unknown severity {severity!r} for alert {name!r}; expected one of {', '.join(SEVERITIES)}",
             line=_line(severity_node),
         )
 
@@ -504,9 +307,7 @@ def _metric_value(raw: float | int | None) -> float | None:
     return None if math.isnan(value) else value
 
 
-def evaluate(
-    rules: Iterable[AlertRule], metrics: Mapping[str, float | int | None]
-) -> list[FiringAlert]:
+def evaluate(rules: Iterable[AlertRule], metrics: Mapping[str, float | int | None]) -> list[FiringAlert]:
     """Return the rules whose condition holds, most severe first, file order within a severity.
 
     A metric whose value is None (or NaN) has no data: every comparison on it is false.
@@ -531,3 +332,25 @@ def highest_severity(alerts: Iterable[FiringAlert]) -> str | None:
     """Return the most severe severity among the alerts (P0 first), or None if there are none."""
     ranks = [SEVERITIES.index(alert.severity) for alert in alerts]
     return SEVERITIES[min(ranks)] if ranks else None
+
+
+__all__ = [
+    "COMPARISON_OPERATORS",
+    "DEFAULT_RULES_RESOURCE",
+    "METRIC_HELP",
+    "METRIC_NAMES",
+    "SEVERITIES",
+    "AlertRule",
+    "And",
+    "Comparison",
+    "Condition",
+    "FiringAlert",
+    "Or",
+    "condition_metrics",
+    "default_rules",
+    "evaluate",
+    "highest_severity",
+    "load_rules",
+    "parse_condition",
+    "parse_rules",
+]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import date, datetime
 
 from sqlalchemy import Connection, RowMapping, delete, func, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 
 from potato_ops.errors import BackupError
 from potato_ops.models import Backup, BackupMetadata, Run
@@ -158,7 +158,7 @@ def replace_runs(conn: Connection, user_id: str, new_runs: Sequence[Run], today:
         with conn.begin_nested():
             for row in rows:
                 conn.execute(insert(runs), row)
-    except IntegrityError as exc:
+    except (IntegrityError, DataError) as exc:  # DataError: PostgreSQL's span of start > end
         raise BackupError(f"the backup's runs cannot be stored: {exc.orig}") from exc
     return int(deleted)
 

@@ -6,11 +6,12 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, insert, update
+from sqlalchemy import Connection, Engine, insert, inspect, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from potato_ops import audit, history, queries, timezones
@@ -23,7 +24,7 @@ from potato_ops.db import (
     server_version,
     write_transaction,
 )
-from potato_ops.errors import BackupError, ConfigError, SchemaError
+from potato_ops.errors import BackupError, ConfigError, InvalidDateRangeError, SchemaError
 from potato_ops.models import (
     MULTIPLE_ACTIVE,
     OVERLAP,
@@ -45,7 +46,7 @@ from potato_ops.runs import (
     parse_date_range,
     system_clock,
 )
-from potato_ops.schema import RUNS_V2_FLAG, check_schema, create_schema, feature_flags
+from potato_ops.schema import RUNS_V2_FLAG, check_schema, create_schema, feature_flags, metadata
 
 if TYPE_CHECKING:
     from potato_ops.bulk import BulkConfig, BulkResult, Progress
@@ -67,6 +68,7 @@ class Storage:
     def __init__(self, engine: Engine, clock: Clock = system_clock) -> None:
         self._engine = engine
         self.clock = clock
+        self._schema_ok = False  # set by the first successful schema check
 
     @classmethod
     def connect(
@@ -116,6 +118,7 @@ class Storage:
         """Create missing tables (idempotent); app tables with data are left untouched."""
         try:
             create_schema(self._engine)
+            self._schema_ok = True
         except SQLAlchemyError as exc:
             raise SchemaError(f"cannot create the schema on {self.url}: {getattr(exc, 'orig', exc)}") from exc
 
@@ -126,9 +129,27 @@ class Storage:
         except SQLAlchemyError as exc:
             raise SchemaError(f"cannot read the schema of {self.url}: {exc}") from exc
 
+    def _require_schema(self) -> None:
+        """Raise SchemaError if the contract's tables are missing; checked once, on first use."""
+        if self._schema_ok:
+            return
+        # A database that can't be reached raises here as on any first query (not SchemaError).
+        present = set(inspect(self._engine).get_table_names())
+        if any(t.name not in present for t in metadata.sorted_tables):
+            self.check_schema()  # raises, naming every missing table and column
+        self._schema_ok = True
+
+    def _read(self) -> AbstractContextManager[Connection]:
+        self._require_schema()
+        return read_connection(self._engine)
+
+    def _write(self) -> AbstractContextManager[Connection]:
+        self._require_schema()
+        return write_transaction(self._engine)
+
     def describe(self) -> dict[str, str]:
         """Return the dialect, server version and masked URL (for reports)."""
-        with read_connection(self._engine) as conn:
+        with read_connection(self._engine) as conn:  # needs no table
             version = server_version(conn)
         return {"dialect": self.dialect, "server_version": version, "url": self.url}
 
@@ -136,27 +157,27 @@ class Storage:
 
     def get_user(self, user_id: str) -> User:
         """Return the user, or raise UserNotFoundError."""
-        with read_connection(self._engine) as conn:
+        with self._read() as conn:
             return queries.fetch_user(conn, user_id)
 
     def get_user_by_email(self, email: str) -> User:
         """Return the user with this email, or raise UserNotFoundError."""
-        with read_connection(self._engine) as conn:
+        with self._read() as conn:
             return queries.fetch_user_by_email(conn, email)
 
     def get_all_users(self) -> list[User]:
         """Return every user, ordered by id."""
-        with read_connection(self._engine) as conn:
+        with self._read() as conn:
             return queries.fetch_users(conn)
 
     def get_user_runs(self, user_id: str) -> list[Run]:
         """Return the user's stored runs sorted by start date."""
-        with read_connection(self._engine) as conn:
+        with self._read() as conn:
             return queries.fetch_runs(conn, [user_id]).get(user_id, [])
 
     def get_user_day_marks(self, user_id: str) -> list[DayMark]:
         """Return the user's day marks (marked and un-marked) sorted by date."""
-        with read_connection(self._engine) as conn:
+        with self._read() as conn:
             return queries.fetch_day_marks(conn, user_id)
 
     def local_today(self, user: User) -> date:
@@ -174,12 +195,12 @@ class Storage:
 
     def get_feature_flag(self, name: str = RUNS_V2_FLAG) -> bool:
         """Return the flag's state; a missing flag is off."""
-        with read_connection(self._engine) as conn:
+        with self._read() as conn:
             return queries.fetch_feature_flag(conn, name)
 
     def set_feature_flag(self, name: str, enabled: bool) -> None:
         """Turn a feature flag on or off (creating it)."""
-        with write_transaction(self._engine) as conn:
+        with self._write() as conn:
             done = conn.execute(
                 update(feature_flags).where(feature_flags.c.name == name).values(enabled=enabled)
             ).rowcount
@@ -203,8 +224,6 @@ class Storage:
         committed and ``success`` is False. A dry run computes the same and rolls back.
         """
         lo, hi = parse_date_range(from_date, to_date)
-        user = self.get_user(user_id)
-        flag = self.get_feature_flag(RUNS_V2_FLAG)
         operation_id = uuid.uuid4().hex
         options = BatchOptions(
             operation_id,
@@ -217,8 +236,14 @@ class Storage:
         t0 = time.perf_counter()
         outcome: UserOutcome | None = None
         error: str | None = None
+        user: User | None = None
+        flag = False
         try:
-            with write_transaction(self._engine) as conn:
+            with self._write() as conn:
+                # Read in the rebuild's own transaction: two connections and their round
+                # trips fewer. UserNotFoundError rolls back a transaction that wrote nothing.
+                user = queries.fetch_user(conn, user_id)
+                flag = queries.fetch_feature_flag(conn, RUNS_V2_FLAG)
                 outcome = rebuild_batch(conn, [user], options, started)[user.id]
                 if dry_run or not outcome.success:
                     raise _Rollback
@@ -227,14 +252,17 @@ class Storage:
         except _Rollback:
             pass
         except SQLAlchemyError as exc:
+            if user is None:
+                raise  # the user could not even be read: nothing to report on
             error = f"{exc.__class__.__name__}: {getattr(exc, 'orig', exc)}"
             log.warning("rebuild of %s rolled back: %s", user_id, error)
+        assert user is not None  # read first in the transaction, or raised
         duration = (time.perf_counter() - t0) * 1000
         if outcome is None:
             outcome = UserOutcome(user.id)
         success = error is None and outcome.success
         if not success and not dry_run:
-            with write_transaction(self._engine) as conn:
+            with self._write() as conn:
                 history.record_history(
                     conn,
                     [
@@ -304,7 +332,7 @@ class Storage:
         ``before_runs`` is the state before the rebuild; it is reported on, never trusted.
         """
         user = self.get_user(user_id)
-        with read_connection(self._engine) as conn:
+        with self._read() as conn:
             marks = queries.fetch_marked_dates(conn, [user_id]).get(user_id, [])
         violations = check_invariants(user_id, list(after_runs), marks, self.local_today(user))
         if before_runs and not after_runs and marks:
@@ -315,7 +343,7 @@ class Storage:
 
     def backup_user_runs(self, user_id: str) -> Backup:
         """Persist a checksummed copy of the user's runs and return it."""
-        with write_transaction(self._engine) as conn:
+        with self._write() as conn:
             queries.fetch_user(conn, user_id)
             lock_users(conn, [user_id])
             current = queries.fetch_runs(conn, [user_id]).get(user_id, [])
@@ -324,12 +352,12 @@ class Storage:
 
     def get_backups(self, user_id: str) -> list[Backup]:
         """Return the user's persisted backups, newest first."""
-        with read_connection(self._engine) as conn:
+        with self._read() as conn:
             return backups.fetch_backups(conn, user_id)
 
     def get_backup(self, backup_id: int) -> Backup:
         """Return one persisted backup, or raise BackupError."""
-        with read_connection(self._engine) as conn:
+        with self._read() as conn:
             return backups.fetch_backup(conn, int(backup_id))
 
     def restore_user_runs(self, user_id: str, backup: Backup | int) -> list[Run]:
@@ -344,7 +372,7 @@ class Storage:
         backups.verify_backup(user_id, backup)
         started = self.now()
         t0 = time.perf_counter()
-        with write_transaction(self._engine) as conn:
+        with self._write() as conn:
             lock_users(conn, [user_id])
             deleted = backups.replace_runs(conn, user_id, backup.runs, self.local_today(user))
             history.record_history(
@@ -370,7 +398,7 @@ class Storage:
         if keep_latest < 0:
             raise BackupError("keep_latest must be 0 or more")
         cutoff = self.now() - older_than if isinstance(older_than, timedelta) else older_than
-        with write_transaction(self._engine) as conn:
+        with self._write() as conn:
             return backups.prune_backups(conn, cutoff, keep_latest)
 
     # ------------------------------------------------------------------ timezones
@@ -378,21 +406,24 @@ class Storage:
     def update_user(self, user_id: str, *, timezone: str | None = None) -> User:
         """Update the user's timezone (validated, logged); return the user as now stored."""
         if timezone is not None:
-            with write_transaction(self._engine) as conn:
+            with self._write() as conn:
                 timezones.change_timezone(conn, user_id, timezone, self.now())
         return self.get_user(user_id)
 
     def get_users_with_timezone_changes(self, since: datetime | str | None = None) -> list[str]:
         """Return users whose timezone changed after their last successful rebuild."""
-        when = datetime.fromisoformat(since) if isinstance(since, str) else since
-        with read_connection(self._engine) as conn:
+        try:
+            when = datetime.fromisoformat(since.strip()) if isinstance(since, str) else since
+        except ValueError as exc:
+            raise InvalidDateRangeError(f"since {since!r} is not an ISO date or datetime") from exc
+        with self._read() as conn:
             return timezones.users_with_pending_timezone_changes(conn, when)
 
     # ------------------------------------------------------------------ validation & detection
 
     def validate_invariants(self, user_ids: Sequence[str] | None = None) -> InvariantReport:
         """Scan the database (or the given users) for every kind of invariant violation."""
-        with read_connection(self._engine) as conn:
+        with self._read() as conn:
             return audit.invariant_report(conn, self.now(), user_ids)
 
     def get_users_with_overlapping_runs(self) -> list[str]:
@@ -413,12 +444,12 @@ class Storage:
 
     def get_users_with_slow_rebuild_history(self, threshold_ms: float = 1000) -> list[str]:
         """Return users with a recorded rebuild slower than threshold_ms, slowest first."""
-        with read_connection(self._engine) as conn:
+        with self._read() as conn:
             return history.slow_users(conn, threshold_ms)
 
     def refresh_active_runs(self) -> int:
         """Bring every stale active flag up to date; return how many flags changed."""
-        with write_transaction(self._engine) as conn:
+        with self._write() as conn:
             return audit.refresh_active_flags(conn, self.now())
 
     # ------------------------------------------------------------------ bulk (potato_ops.bulk)

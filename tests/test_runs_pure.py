@@ -343,9 +343,7 @@ def test_diff_deletes_duplicates_keeping_the_lowest_id() -> None:
 
 def test_diff_of_equal_runs_changes_nothing() -> None:
     stored = [run("2024-03-01", "2024-03-03", id=1), run("2024-03-09", "2024-03-10", True, id=2)]
-    diff = diff_runs(
-        stored, [run("2024-03-01", "2024-03-03"), run("2024-03-09", "2024-03-10", True)]
-    )
+    diff = diff_runs(stored, [run("2024-03-01", "2024-03-03"), run("2024-03-09", "2024-03-10", True)])
     assert not diff.changed
     assert [r.id for r in diff.keep] == [1, 2]
 
@@ -469,7 +467,7 @@ def _dates(offs: list[int]) -> list[date]:
     return [BASE + timedelta(days=o) for o in offs]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(offs=offsets, today_off=st.integers(min_value=-410, max_value=410))
 def test_expected_runs_break_no_invariant(offs: list[int], today_off: int) -> None:
     marks = _dates(offs)
@@ -479,7 +477,7 @@ def test_expected_runs_break_no_invariant(offs: list[int], today_off: int) -> No
     assert sum(r.active for r in runs) <= 1
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(offs=offsets, data=st.data())
 def test_grouping_ignores_order_and_duplicates(offs: list[int], data: st.DataObject) -> None:
     marks = _dates(offs)
@@ -489,7 +487,7 @@ def test_grouping_ignores_order_and_duplicates(offs: list[int], data: st.DataObj
     assert group_consecutive_dates(as_strings) == group_consecutive_dates(marks)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(offs=offsets)
 def test_every_date_is_covered_exactly_once_by_maximal_groups(offs: list[int]) -> None:
     marks = set(_dates(offs))

@@ -46,7 +46,8 @@ def make_engine(url: str) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_size=12, max_overflow=8, pool_pre_ping=True)
+    # No pre-ping: it costs a round trip per checkout; recycle instead of holding stale sockets.
+    return create_engine(url, pool_size=12, max_overflow=8, pool_recycle=1800)
 
 
 def _configure_sqlite(engine: Engine) -> None:

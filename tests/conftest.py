@@ -108,13 +108,10 @@ def drop_pg_database(url: str, admin: Engine) -> None:
 
 
 def _truncate_all(engine: Engine) -> None:
-    names = [t.name for t in metadata.sorted_tables]
+    # DELETE, not TRUNCATE: the tables are tiny and TRUNCATE costs a quarter second per test.
     with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text(f"TRUNCATE {', '.join(names)} RESTART IDENTITY"))
-        else:
-            for n in names:
-                conn.execute(text(f"DELETE FROM {n}"))
+        for table in reversed(metadata.sorted_tables):
+            conn.execute(table.delete())
 
 
 @pytest.fixture(params=BACKENDS)

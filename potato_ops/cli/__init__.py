@@ -11,6 +11,7 @@ import typer
 
 from potato_ops.cli import bulk as bulk
 from potato_ops.cli import core as core
+from potato_ops.cli import demo as demo
 from potato_ops.cli import monitoring as monitoring
 from potato_ops.cli import notebooks as notebooks
 
@@ -22,7 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _module in (core, bulk, notebooks, monitoring):
+for _module in (core, bulk, notebooks, monitoring, demo):
     _module.register(app)
 
 

@@ -1,0 +1,44 @@
+"""The notebook-facing layer: each runbook notebook cell is one call here plus its display.
+
+Modules, one per concern:
+
+- ``params``: check a notebook's parameters (``check_*``), raising ``RunbookParameterError``;
+- ``session``: open the database named by an environment variable; the safety checklist;
+- ``display``: how steps show themselves (``Shown``), ``Chart`` and ``Verdict``;
+- ``scan``: the invariant scan, timezones and run lengths shared by several notebooks;
+- ``user`` (01, 02), ``bulk`` (03), ``timezone`` (04), ``recovery`` (05), ``restore`` (06),
+  ``audit`` (07), ``troubleshoot`` (08): each procedure's steps and its verdict.
+"""
+
+from potato_ops.runbook.display import Chart, Shown, Verdict
+from potato_ops.runbook.params import (
+    RunbookParameterError,
+    check_bulk_recovery,
+    check_error_recovery,
+    check_monitoring_audit,
+    check_partial_rebuild,
+    check_restore_from_backup,
+    check_single_user_recovery,
+    check_timezone_migration,
+    check_troubleshooting,
+)
+from potato_ops.runbook.session import SafetyChecklist, Session, open_session, safety_checklist
+
+__all__ = [
+    "Chart",
+    "RunbookParameterError",
+    "SafetyChecklist",
+    "Session",
+    "Shown",
+    "Verdict",
+    "check_bulk_recovery",
+    "check_error_recovery",
+    "check_monitoring_audit",
+    "check_partial_rebuild",
+    "check_restore_from_backup",
+    "check_single_user_recovery",
+    "check_timezone_migration",
+    "check_troubleshooting",
+    "open_session",
+    "safety_checklist",
+]

@@ -1,0 +1,491 @@
+"""Check a runbook notebook's parameters before anything is read or written.
+
+Each ``check_*`` function takes the notebook's parameters by name, exactly as the parameters
+cell declares them, and returns a frozen record of clean values, or raises
+``RunbookParameterError`` naming the parameter, the value and what would be accepted. Values
+may arrive as text (``papermill -r``) as well as typed literals, so both are accepted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+from potato_ops.config import DATABASE_URL_ENV, mask_secrets
+from potato_ops.errors import InvalidDateRangeError, InvalidTimezoneError, NotebookParameterError
+from potato_ops.metrics import parse_since
+from potato_ops.runs import parse_date_range, system_clock, validate_timezone
+
+SCENARIOS: tuple[str, ...] = (
+    "invariant_violations",
+    "performance_degradation",
+    "data_corruption",
+)
+ALL_SCENARIOS = "all"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TRUE = ("true", "yes", "1", "on")
+_FALSE = ("false", "no", "0", "off")
+
+
+class RunbookParameterError(NotebookParameterError):
+    """A notebook parameter holds a value the procedure cannot use (says which, and why)."""
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython shows this instead of a traceback: the message is all an operator needs.
+        return [
+            f"{type(self).__name__}: {self}",
+            "Nothing was read or written. Fix the parameter and run the notebook again.",
+        ]
+
+
+def _refuse(name: str, value: object, expected: str) -> RunbookParameterError:
+    shown = mask_secrets(value if isinstance(value, str) else repr(value))
+    return RunbookParameterError(f"parameter {name} = {shown!r} is not valid: expected {expected}")
+
+
+def text_param(name: str, value: object) -> str:
+    """Return value stripped, refusing anything but a string."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _refuse(name, value, "a string")
+    return value.strip()
+
+
+def flag_param(name: str, value: object) -> bool:
+    """Return value as a bool; accepts True/False and true/false, yes/no, 1/0 as text."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in (*_TRUE, *_FALSE):
+        return value.strip().lower() in _TRUE
+    raise _refuse(name, value, "True or False")
+
+
+def int_param(name: str, value: object, *, minimum: int) -> int:
+    """Return value as an int no smaller than ``minimum``."""
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        number = int(value)
+    if number is None or number < minimum:
+        raise _refuse(name, value, f"a whole number >= {minimum}")
+    return number
+
+
+def float_param(name: str, value: object, *, minimum: float, maximum: float | None = None) -> float:
+    """Return value as a float within ``[minimum, maximum]``."""
+    number: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    bounds = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+    if number is None or number != number or number < minimum:
+        raise _refuse(name, value, f"a number {bounds}")
+    if maximum is not None and number > maximum:
+        raise _refuse(name, value, f"a number {bounds}")
+    return number
+
+
+def ids_param(name: str, value: object) -> tuple[str, ...]:
+    """Return a list of ids; accepts a list of strings or one comma-separated string."""
+    if isinstance(value, str):
+        items: Sequence[object] = value.split(",")
+    elif isinstance(value, list | tuple):
+        items = value
+    else:
+        raise _refuse(name, value, "a list of ids, or ids separated by commas")
+    found: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise _refuse(name, value, "a list of ids (strings)")
+        if item.strip() and item.strip() not in found:
+            found.append(item.strip())
+    return tuple(found)
+
+
+def date_range_param(from_date: object, to_date: object) -> tuple[date | None, date | None]:
+    """Return the range's bounds (None where empty); from_date must not be after to_date."""
+    lo = text_param("from_date", from_date) or None
+    hi = text_param("to_date", to_date) or None
+    try:
+        return parse_date_range(lo, hi)
+    except InvalidDateRangeError as exc:
+        raise RunbookParameterError(f"{exc} (dates are YYYY-MM-DD; empty means no bound)") from None
+
+
+def timezone_param(name: str, value: object) -> str | None:
+    """Return an IANA timezone name, or None when empty."""
+    zone = text_param(name, value)
+    if not zone:
+        return None
+    try:
+        return validate_timezone(zone)
+    except InvalidTimezoneError as exc:
+        raise RunbookParameterError(f"parameter {name}: {exc}") from None
+
+
+def url_env_param(value: object) -> str:
+    """Return the name of the environment variable that holds the database URL.
+
+    The variable named must be set, except the default one: without it, notebooks use the
+    embedded SQLite database. A URL given here instead of a name is refused without echoing it.
+    """
+    name = text_param("database_url_env", value)
+    if "://" in name or "@" in name:
+        raise RunbookParameterError(
+            "parameter database_url_env holds a URL (not shown); it takes the NAME of an "
+            "environment variable that holds the URL, e.g. POTATO_DATABASE_URL: notebooks "
+            "never take a database URL as a parameter"
+        )
+    if not _ENV_NAME.fullmatch(name):
+        raise _refuse("database_url_env", value, "an environment variable name like POTATO_DATABASE_URL")
+    if name != DATABASE_URL_ENV and not os.environ.get(name):
+        raise RunbookParameterError(
+            f"environment variable {name} (named by database_url_env) is not set: set it to the "
+            f"database URL, or use the default {DATABASE_URL_ENV} (unset: the embedded database)"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Common:
+    """What every notebook takes: who runs it, for which ticket, and where the database is."""
+
+    operator: str
+    ticket: str
+    database_url_env: str
+
+    def record(self) -> dict[str, str]:
+        """Return the fields kept in the archived result."""
+        return {"operator": self.operator or "(not given)", "ticket": self.ticket or "(not given)"}
+
+
+def common_params(operator: object, ticket: object, database_url_env: object) -> Common:
+    """Return the checked common parameters."""
+    return Common(
+        text_param("operator", operator), text_param("ticket", ticket), url_env_param(database_url_env)
+    )
+
+
+@dataclass(frozen=True)
+class UserRef:
+    """A user named by email or id; neither means no user was chosen."""
+
+    email: str = ""
+    user_id: str = ""
+
+    @property
+    def given(self) -> bool:
+        """Return True when an email or an id was given."""
+        return bool(self.email or self.user_id)
+
+    def __str__(self) -> str:
+        return self.email or self.user_id or "(no user chosen)"
+
+
+def user_param(user_email: object, user_id: object) -> UserRef:
+    """Return the user reference; giving both an email and an id is refused."""
+    email, uid = text_param("user_email", user_email), text_param("user_id", user_id)
+    if email and uid:
+        raise RunbookParameterError(
+            f"give user_email or user_id, not both (got user_email={email!r}, user_id={uid!r})"
+        )
+    if email and "@" not in email:
+        raise _refuse("user_email", email, "an email address (name@domain)")
+    return UserRef(email, uid)
+
+
+# --- one record per notebook ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SingleUserParams:
+    """01 single-user recovery and 02 partial rebuild."""
+
+    common: Common
+    user: UserRef
+    dry_run: bool
+    keep_backup: bool
+    from_date: date | None
+    to_date: date | None
+    calendar_days: int
+
+
+def check_single_user_recovery(
+    *,
+    user_email: object,
+    user_id: object,
+    dry_run: object,
+    keep_backup: object,
+    calendar_days: object,
+    operator: object,
+    ticket: object,
+    database_url_env: object,
+    from_date: object = "",
+    to_date: object = "",
+) -> SingleUserParams:
+    """Return the checked parameters of 01 (and, with a range, 02)."""
+    lo, hi = date_range_param(from_date, to_date)
+    return SingleUserParams(
+        common_params(operator, ticket, database_url_env),
+        user_param(user_email, user_id),
+        flag_param("dry_run", dry_run),
+        flag_param("keep_backup", keep_backup),
+        lo,
+        hi,
+        int_param("calendar_days", calendar_days, minimum=7),
+    )
+
+
+check_partial_rebuild = check_single_user_recovery
+
+
+@dataclass(frozen=True)
+class BulkParams:
+    """03 bulk recovery."""
+
+    common: Common
+    user_ids: tuple[str, ...]  # empty: every user
+    batch_size: int
+    max_workers: int
+    dry_run: bool
+    from_date: date | None
+    to_date: date | None
+    skip_backup: bool
+    max_failure_rate: float
+    ignore_feature_flag: bool
+
+
+def check_bulk_recovery(
+    *,
+    user_ids: object,
+    batch_size: object,
+    max_workers: object,
+    dry_run: object,
+    from_date: object,
+    to_date: object,
+    skip_backup: object,
+    max_failure_rate: object,
+    ignore_feature_flag: object,
+    operator: object,
+    ticket: object,
+    database_url_env: object,
+) -> BulkParams:
+    """Return the checked parameters of 03."""
+    lo, hi = date_range_param(from_date, to_date)
+    return BulkParams(
+        common_params(operator, ticket, database_url_env),
+        ids_param("user_ids", user_ids),
+        int_param("batch_size", batch_size, minimum=1),
+        int_param("max_workers", max_workers, minimum=1),
+        flag_param("dry_run", dry_run),
+        lo,
+        hi,
+        flag_param("skip_backup", skip_backup),
+        float_param("max_failure_rate", max_failure_rate, minimum=0.0, maximum=1.0),
+        flag_param("ignore_feature_flag", ignore_feature_flag),
+    )
+
+
+@dataclass(frozen=True)
+class TimezoneParams:
+    """04 timezone migration."""
+
+    common: Common
+    user: UserRef
+    new_timezone: str | None
+    since: datetime | None
+    dry_run: bool
+
+
+def check_timezone_migration(
+    *,
+    user_email: object,
+    user_id: object,
+    new_timezone: object,
+    since: object,
+    dry_run: object,
+    operator: object,
+    ticket: object,
+    database_url_env: object,
+) -> TimezoneParams:
+    """Return the checked parameters of 04; a new timezone needs a user."""
+    user = user_param(user_email, user_id)
+    zone = timezone_param("new_timezone", new_timezone)
+    if zone and not user.given:
+        raise RunbookParameterError(
+            f"new_timezone={zone!r} needs the user to move: give user_email or user_id"
+        )
+    return TimezoneParams(
+        common_params(operator, ticket, database_url_env),
+        user,
+        zone,
+        since_param(since, allow_empty=True),
+        flag_param("dry_run", dry_run),
+    )
+
+
+def since_param(value: object, *, allow_empty: bool) -> datetime | None:
+    """Return the start of a window: a duration back from now (24h, 7d) or an ISO datetime."""
+    text = text_param("since", value)
+    if not text and allow_empty:
+        return None
+    try:
+        return parse_since(text, system_clock())
+    except InvalidDateRangeError as exc:
+        raise RunbookParameterError(f"parameter since: {exc}") from None
+
+
+@dataclass(frozen=True)
+class RecoveryParams:
+    """05 error recovery."""
+
+    common: Common
+    scenarios: tuple[str, ...]
+    dry_run: bool
+    slow_threshold_ms: float
+    recent_days: int
+    still_slow_ms: float
+
+
+def check_error_recovery(
+    *,
+    scenario: object,
+    dry_run: object,
+    slow_threshold_ms: object,
+    recent_days: object,
+    still_slow_ms: object,
+    operator: object,
+    ticket: object,
+    database_url_env: object,
+) -> RecoveryParams:
+    """Return the checked parameters of 05; scenario is one of SCENARIOS or ``all``."""
+    chosen = text_param("scenario", scenario).lower()
+    if chosen == ALL_SCENARIOS:
+        scenarios = SCENARIOS
+    elif chosen in SCENARIOS:
+        scenarios = (chosen,)
+    else:
+        raise _refuse("scenario", scenario, "one of " + ", ".join((*SCENARIOS, ALL_SCENARIOS)))
+    return RecoveryParams(
+        common_params(operator, ticket, database_url_env),
+        scenarios,
+        flag_param("dry_run", dry_run),
+        float_param("slow_threshold_ms", slow_threshold_ms, minimum=0.0),
+        int_param("recent_days", recent_days, minimum=1),
+        float_param("still_slow_ms", still_slow_ms, minimum=0.0),
+    )
+
+
+@dataclass(frozen=True)
+class RestoreParams:
+    """06 restore from backup."""
+
+    common: Common
+    user: UserRef
+    backup_id: int | None  # None: the user's newest backup
+    dry_run: bool
+    calendar_days: int
+
+
+def check_restore_from_backup(
+    *,
+    user_email: object,
+    user_id: object,
+    backup_id: object,
+    dry_run: object,
+    calendar_days: object,
+    operator: object,
+    ticket: object,
+    database_url_env: object,
+) -> RestoreParams:
+    """Return the checked parameters of 06; backup_id 0 means the newest backup."""
+    chosen = int_param("backup_id", backup_id, minimum=0)
+    return RestoreParams(
+        common_params(operator, ticket, database_url_env),
+        user_param(user_email, user_id),
+        chosen or None,
+        flag_param("dry_run", dry_run),
+        int_param("calendar_days", calendar_days, minimum=7),
+    )
+
+
+@dataclass(frozen=True)
+class AuditParams:
+    """07 monitoring audit."""
+
+    common: Common
+    since: str
+    slow_threshold_ms: float
+    scan: bool
+    top_slow_users: int
+    alert_rules: Path | None
+
+
+def check_monitoring_audit(
+    *,
+    since: object,
+    slow_threshold_ms: object,
+    scan: object,
+    top_slow_users: object,
+    alert_rules: object,
+    operator: object,
+    ticket: object,
+    database_url_env: object,
+) -> AuditParams:
+    """Return the checked parameters of 07; alert_rules, when given, must be a readable file."""
+    window = text_param("since", since) or "24h"
+    since_param(window, allow_empty=False)
+    rules = text_param("alert_rules", alert_rules)
+    path = Path(rules).expanduser() if rules else None
+    if path is not None and not path.is_file():
+        raise _refuse("alert_rules", rules, "the path of an alert rules YAML file, or empty")
+    return AuditParams(
+        common_params(operator, ticket, database_url_env),
+        window,
+        float_param("slow_threshold_ms", slow_threshold_ms, minimum=0.0),
+        flag_param("scan", scan),
+        int_param("top_slow_users", top_slow_users, minimum=1),
+        path,
+    )
+
+
+@dataclass(frozen=True)
+class TroubleshootParams:
+    """08 troubleshooting."""
+
+    common: Common
+    user: UserRef
+    slow_threshold_ms: float
+    many_marks: int
+    calendar_days: int
+
+
+def check_troubleshooting(
+    *,
+    user_email: object,
+    user_id: object,
+    slow_threshold_ms: object,
+    many_marks: object,
+    calendar_days: object,
+    operator: object,
+    ticket: object,
+    database_url_env: object,
+) -> TroubleshootParams:
+    """Return the checked parameters of 08."""
+    return TroubleshootParams(
+        common_params(operator, ticket, database_url_env),
+        user_param(user_email, user_id),
+        float_param("slow_threshold_ms", slow_threshold_ms, minimum=0.0),
+        int_param("many_marks", many_marks, minimum=1),
+        int_param("calendar_days", calendar_days, minimum=7),
+    )

@@ -1,0 +1,409 @@
+"""05 error recovery: the playbook's three scenarios, detected once, dry-run, repaired, verified.
+
+1. invariant violations: users with overlapping runs or several active runs are rebuilt;
+2. performance degradation: users with slow rebuilds get a partial rebuild of recent days;
+3. data corruption: every other user whose runs break an invariant is backed up, rebuilt,
+   validated, and restored from the backup when that fails. Runs of users that do not exist
+   (orphans) cannot be rebuilt: they are backed up and removed.
+
+Detection is one whole-database scan: the per-kind user lists (``get_users_with_overlapping_runs``
+and the like) are read from its report, as Storage itself derives them, so a large database is
+scanned once, not once per list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import polars as pl
+from sqlalchemy import delete
+
+from potato_ops.backup import make_backup, save_backups
+from potato_ops.charts.monitoring import slowest_users_chart
+from potato_ops.charts.runs import violations_before_after
+from potato_ops.db import lock_users, read_connection, write_transaction
+from potato_ops.errors import BackupError, UserNotFoundError
+from potato_ops.metrics import history_frame, slowest_users_frame
+from potato_ops.models import MULTIPLE_ACTIVE, ORPHAN, OVERLAP, RebuildResult
+from potato_ops.queries import fetch_runs, fetch_users
+from potato_ops.runbook.display import Chart, Shown, Verdict
+from potato_ops.runbook.params import RecoveryParams
+from potato_ops.runbook.scan import InvariantCheck, scan_invariants, timezones_chart
+from potato_ops.runbook.session import Session
+from potato_ops.schema import runs
+
+INVARIANTS, PERFORMANCE, CORRUPTION = "invariant_violations", "performance_degradation", "data_corruption"
+ALL_HISTORY = "36500d"
+REPAIR_SCHEMA = {
+    "scenario": pl.String,
+    "user_id": pl.String,
+    "action": pl.String,
+    "outcome": pl.String,
+    "runs_deleted": pl.Int64,
+    "runs_created": pl.Int64,
+    "duration_ms": pl.Float64,
+    "backup_id": pl.Int64,
+}
+
+
+@dataclass(frozen=True, repr=False)
+class Detection(Shown):
+    """What each chosen scenario found, from one scan and the rebuild history."""
+
+    scenarios: tuple[str, ...]
+    check: InvariantCheck
+    overlapping: list[str] = field(default_factory=list)
+    multiple_active: list[str] = field(default_factory=list)
+    corrupted: list[str] = field(default_factory=list)  # existing users with any violation
+    orphan_owners: list[str] = field(default_factory=list)  # ids of missing users owning runs
+    slow: list[str] = field(default_factory=list)
+    slow_threshold_ms: float = 1000.0
+
+    @property
+    def users_to_rebuild(self) -> list[str]:
+        """Return the users of scenario 1 (overlap, several active runs)."""
+        if INVARIANTS not in self.scenarios:
+            return []
+        return sorted(set(self.overlapping) | set(self.multiple_active))
+
+    @property
+    def users_to_repair(self) -> list[str]:
+        """Return the users of scenario 3 not already rebuilt by scenario 1."""
+        if CORRUPTION not in self.scenarios:
+            return []
+        return sorted(set(self.corrupted) - set(self.users_to_rebuild))
+
+    @property
+    def nothing_found(self) -> bool:
+        """Return True when no chosen scenario has anything to do."""
+        return not (self.users_to_rebuild or self.users_to_repair or self.orphan_owners or self.slow)
+
+    def title(self) -> str:
+        return "Detect: " + ", ".join(s.replace("_", " ") for s in self.scenarios)
+
+    def lines(self) -> list[tuple[str, str]]:
+        report = self.check.report
+        found = [
+            (
+                "ok" if report.ok else "problem",
+                f"{report.total} violations in {len(report.users_with_violations)} "
+                f"of {report.users_scanned} users",
+            )
+        ]
+        if INVARIANTS in self.scenarios:
+            found.append(_count_line(f"{report.overlapping_runs} overlapping runs, users", self.overlapping))
+            found.append(_count_line("users with multiple active runs", self.multiple_active))
+        if PERFORMANCE in self.scenarios:
+            found.append(
+                _count_line(f"users with a rebuild slower than {self.slow_threshold_ms:.0f} ms", self.slow)
+            )
+        if CORRUPTION in self.scenarios:
+            found.append(_count_line("users whose runs differ from their marks", self.corrupted))
+            found.append(_count_line("missing users owning orphan runs", self.orphan_owners))
+        return found
+
+
+def _count_line(what: str, ids: list[str]) -> tuple[str, str]:
+    return ("ok" if not ids else "problem", f"{what}: {len(ids)}")
+
+
+def detect(session: Session, params: RecoveryParams) -> Detection:
+    """Return what the chosen scenarios must handle (one invariant scan, one history query)."""
+    check = scan_invariants(session, label="Detect")
+    report = check.report
+    by_kind: dict[str, set[str]] = {}
+    for v in report.violations:
+        by_kind.setdefault(v.kind, set()).add(v.user_id)
+    orphans = sorted(by_kind.get(ORPHAN, set()))
+    slow = (
+        session.storage.get_users_with_slow_rebuild_history(params.slow_threshold_ms)
+        if PERFORMANCE in params.scenarios
+        else []
+    )
+    return Detection(
+        params.scenarios,
+        check,
+        sorted(by_kind.get(OVERLAP, set())),
+        sorted(by_kind.get(MULTIPLE_ACTIVE, set())),
+        sorted(set(report.users_with_violations) - set(orphans)),
+        orphans if CORRUPTION in params.scenarios else [],
+        slow,
+        params.slow_threshold_ms,
+    )
+
+
+@dataclass(frozen=True)
+class RepairRow:
+    """What happened (or would happen) to one user."""
+
+    scenario: str
+    user_id: str
+    action: str
+    outcome: str
+    runs_deleted: int = 0
+    runs_created: int = 0
+    duration_ms: float = 0.0
+    backup_id: int | None = None
+
+
+@dataclass(frozen=True, repr=False)
+class Repairs(Shown):
+    """The repairs of one pass (a dry run, or the real thing)."""
+
+    label: str
+    rows: list[RepairRow] = field(default_factory=list)
+    dry_run: bool = True
+    skipped: str = ""
+
+    def outcomes(self) -> dict[str, int]:
+        """Return how many users ended with each outcome."""
+        counted: dict[str, int] = {}
+        for r in self.rows:
+            counted[r.outcome] = counted.get(r.outcome, 0) + 1
+        return counted
+
+    def title(self) -> str:
+        return self.label
+
+    def lines(self) -> list[tuple[str, str]]:
+        if self.skipped:
+            return [("skip", f"skipped: {self.skipped}")]
+        if not self.rows:
+            return [("ok", "nothing to repair")]
+        good = ("repaired", "would repair", "removed", "would remove", "unchanged", "fast enough")
+        return [(("ok" if k in good else "problem"), f"{k}: {n}") for k, n in sorted(self.outcomes().items())]
+
+    def frame(self) -> pl.DataFrame:
+        """Return one row per user and action."""
+        rows = [
+            (
+                r.scenario,
+                r.user_id,
+                r.action,
+                r.outcome,
+                r.runs_deleted,
+                r.runs_created,
+                round(r.duration_ms, 3),
+                r.backup_id,
+            )
+            for r in self.rows
+        ]
+        return pl.DataFrame(rows, schema=REPAIR_SCHEMA, orient="row")
+
+
+def _row(
+    scenario: str, uid: str, action: str, result: RebuildResult, outcome: str, backup_id: int | None = None
+) -> RepairRow:
+    return RepairRow(
+        scenario,
+        uid,
+        action,
+        outcome,
+        result.runs_deleted,
+        result.runs_created,
+        result.duration_ms,
+        backup_id,
+    )
+
+
+def _rebuild_rows(session: Session, scenario: str, uids: list[str], *, dry_run: bool) -> list[RepairRow]:
+    rows: list[RepairRow] = []
+    for uid in uids:
+        try:
+            result = session.storage.rebuild_user_runs(uid, dry_run=dry_run)
+        except UserNotFoundError as exc:
+            rows.append(RepairRow(scenario, uid, "rebuild", f"failed: {exc}"))
+            continue
+        if result.success:
+            outcome = (
+                ("would repair" if dry_run else "repaired")
+                if result.runs_deleted or result.runs_created or result.active_flags_changed
+                else "unchanged"
+            )
+        else:
+            outcome = "failed, rolled back"
+        rows.append(
+            _row(
+                scenario,
+                uid,
+                "rebuild",
+                result,
+                outcome,
+                result.backup.id if result.backup and not dry_run else None,
+            )
+        )
+    return rows
+
+
+def _partial_rows(
+    session: Session, uids: list[str], params: RecoveryParams, *, dry_run: bool
+) -> list[RepairRow]:
+    rows: list[RepairRow] = []
+    storage = session.storage
+    for uid in uids:
+        try:
+            user = storage.get_user(uid)
+        except UserNotFoundError as exc:
+            rows.append(RepairRow(PERFORMANCE, uid, "partial rebuild", f"failed: {exc}"))
+            continue
+        today = storage.local_today(user)
+        result = storage.rebuild_user_runs(
+            uid, today - timedelta(days=params.recent_days), today, dry_run=dry_run
+        )
+        if not result.success:
+            outcome = "failed, rolled back"
+        elif result.duration_ms > params.still_slow_ms:
+            outcome = "still slow"
+        else:
+            outcome = "fast enough"
+        action = f"partial rebuild of the last {params.recent_days} days"
+        rows.append(_row(PERFORMANCE, uid, action, result, outcome))
+    return rows
+
+
+def _corruption_rows(session: Session, uids: list[str], *, dry_run: bool) -> list[RepairRow]:
+    """Back up, rebuild, validate; restore the backup when the rebuild fails or does not validate."""
+    storage = session.storage
+    rows: list[RepairRow] = []
+    for uid in uids:
+        if dry_run:
+            rows.extend(_rebuild_rows(session, CORRUPTION, [uid], dry_run=True))
+            continue
+        try:
+            backup = storage.backup_user_runs(uid)
+        except UserNotFoundError as exc:
+            rows.append(RepairRow(CORRUPTION, uid, "backup, rebuild", f"failed: {exc}"))
+            continue
+        result = storage.rebuild_user_runs(uid, backup=False)
+        valid = (
+            result.success
+            and storage.validate_rebuild_results(uid, backup.runs, storage.get_user_runs(uid)).valid
+        )
+        if valid:
+            rows.append(_row(CORRUPTION, uid, "backup, rebuild", result, "repaired", backup.id))
+            continue
+        try:
+            storage.restore_user_runs(uid, backup)
+            outcome = "could not repair, restored from backup"
+        except BackupError as exc:
+            outcome = f"could not repair, restore refused: {exc}"
+        rows.append(_row(CORRUPTION, uid, "backup, rebuild", result, outcome, backup.id))
+    return rows
+
+
+def remove_orphan_runs(session: Session, owner_ids: list[str], *, dry_run: bool) -> list[RepairRow]:
+    """Back up and delete the runs of ids that are not users (re-checked under the lock)."""
+    if not owner_ids:
+        return []
+    storage = session.storage
+    if dry_run:
+        with read_connection(storage.engine) as conn:
+            existing = {u.id for u in fetch_users(conn, owner_ids)}
+            stored = fetch_runs(conn, owner_ids)
+        return [
+            RepairRow(CORRUPTION, uid, "remove orphan runs", "would remove", len(stored[uid]))
+            for uid in owner_ids
+            if uid not in existing and stored.get(uid)
+        ]
+    rows: list[RepairRow] = []
+    with write_transaction(storage.engine) as conn:
+        lock_users(conn, owner_ids)
+        existing = {u.id for u in fetch_users(conn, owner_ids)}
+        stored = fetch_runs(conn, owner_ids)
+        for uid in owner_ids:
+            found = stored.get(uid, [])
+            if uid in existing or not found:
+                continue
+            saved = save_backups(conn, [make_backup(uid, found, storage.now(), reason="orphan")])[0]
+            conn.execute(delete(runs).where(runs.c.user_id == uid))
+            rows.append(
+                RepairRow(CORRUPTION, uid, "remove orphan runs", "removed", len(found), 0, 0.0, saved.id)
+            )
+    return rows
+
+
+def _repairs(
+    session: Session, detection: Detection, params: RecoveryParams, *, dry_run: bool
+) -> list[RepairRow]:
+    rows = _rebuild_rows(session, INVARIANTS, detection.users_to_rebuild, dry_run=dry_run)
+    if PERFORMANCE in detection.scenarios:
+        rows += _partial_rows(session, detection.slow, params, dry_run=dry_run)
+    rows += _corruption_rows(session, detection.users_to_repair, dry_run=dry_run)
+    rows += remove_orphan_runs(session, detection.orphan_owners, dry_run=dry_run)
+    return rows
+
+
+def dry_run_repairs(session: Session, detection: Detection, params: RecoveryParams) -> Repairs:
+    """Return what the repair would do to each user (every rebuild rolled back)."""
+    return Repairs("Dry run of the repair", _repairs(session, detection, params, dry_run=True))
+
+
+def repair(session: Session, detection: Detection, params: RecoveryParams) -> Repairs:
+    """Return the real repair, scenario by scenario; skipped when dry_run is True."""
+    label = "Repair"
+    if params.dry_run:
+        return Repairs(label, skipped="dry_run=True: the dry run above is all this run does")
+    return Repairs(label, _repairs(session, detection, params, dry_run=False), dry_run=False)
+
+
+def verify(session: Session, detection: Detection, done: Repairs) -> InvariantCheck:
+    """Return the invariant scan after the repair (the detection's, when nothing was written)."""
+    if done.dry_run:
+        return InvariantCheck(detection.check.report, "Verify (dry run, nothing written: as detected)")
+    return scan_invariants(session, label="Verify after the repair")
+
+
+def violations_chart(detection: Detection, after: InvariantCheck) -> Chart:
+    """Return violations per kind before and after the repair."""
+    figure = violations_before_after(detection.check.by_kind, after.by_kind)
+    return Chart("violations before and after", figure)
+
+
+def affected_timezones_chart(session: Session, detection: Detection) -> Chart:
+    """Return the timezones of the users the scenarios found."""
+    users = sorted(set(detection.check.report.users_with_violations) | set(detection.slow))
+    return timezones_chart(session, users)
+
+
+def slow_users_chart(session: Session, *, top: int = 10) -> Chart:
+    """Return the users with the slowest recorded rebuilds."""
+    history = history_frame(session.storage, ALL_HISTORY)
+    return Chart("slowest users", slowest_users_chart(slowest_users_frame(history, top)))
+
+
+def recovery_verdict(
+    params: RecoveryParams, detection: Detection, dry: Repairs, done: Repairs, after: InvariantCheck
+) -> Verdict:
+    """Return the one-line outcome of the recovery and its figures."""
+    before = detection.check.report
+    outcomes = done.outcomes() if not done.skipped else dry.outcomes()
+    figures: dict[str, object] = {
+        **params.common.record(),
+        "dry_run": params.dry_run,
+        "scenarios": list(params.scenarios),
+        "violations_before": before.total,
+        "users_with_violations_before": len(before.users_with_violations),
+        "violations_after": after.report.total,
+        "users_with_violations_after": len(after.report.users_with_violations),
+        "violations_by_kind_before": detection.check.by_kind,
+        "slow_users": len(detection.slow),
+        "outcomes": outcomes,
+    }
+    if detection.nothing_found:
+        return Verdict("no violations and no slow users found: nothing to repair", "ok", figures)
+    users = len({r.user_id for r in dry.rows})
+    if params.dry_run:
+        return Verdict(
+            f"dry run: {before.total} violations in {len(before.users_with_violations)} users, "
+            f"{len(detection.slow)} slow users; the repair would touch {users} users; "
+            "run with dry_run=False to repair",
+            "problem",
+            figures,
+        )
+    bad = [r for r in done.rows if r.outcome.startswith(("failed", "could not", "still slow"))]
+    repaired = sum(1 for r in done.rows if r.outcome in ("repaired", "removed"))
+    text = f"repaired {repaired} users; {after.report.total} violations remain" + (
+        f"; {len(bad)} users not repaired or still slow" if bad else ""
+    )
+    return Verdict(text, "ok" if after.report.ok and not bad else "problem", figures)

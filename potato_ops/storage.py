@@ -11,7 +11,7 @@ from dataclasses import replace
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, insert, inspect, update
+from sqlalchemy import Connection, Engine, delete, insert, inspect, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from potato_ops import audit, history, queries, timezones
@@ -46,7 +46,7 @@ from potato_ops.runs import (
     parse_date_range,
     system_clock,
 )
-from potato_ops.schema import RUNS_V2_FLAG, check_schema, create_schema, feature_flags, metadata
+from potato_ops.schema import RUNS_V2_FLAG, check_schema, create_schema, feature_flags, metadata, runs
 
 if TYPE_CHECKING:
     from potato_ops.bulk import BulkConfig, BulkResult, Progress
@@ -392,6 +392,34 @@ class Storage:
                 ],
             )
         return self.get_user_runs(user_id)
+
+    def remove_orphan_runs(self, owner_ids: Sequence[str], *, dry_run: bool = False) -> dict[str, Backup]:
+        """Back up and delete the runs of ids that are not users; return the backups by owner.
+
+        A rebuild cannot repair such runs (there is no user to rebuild). Ownership is checked
+        again under the per-user locks; ids that are users are left alone. A dry run returns
+        the backups it would take (ids None) and writes nothing.
+        """
+        taken: dict[str, Backup] = {}
+        ids = sorted(set(owner_ids))
+        if not ids:
+            return taken
+        try:
+            with self._write() as conn:
+                lock_users(conn, ids)
+                existing = {u.id for u in queries.fetch_users(conn, ids)}
+                stored = queries.fetch_runs(conn, ids)
+                orphans = [uid for uid in ids if uid not in existing and stored.get(uid)]
+                made = [backups.make_backup(uid, stored[uid], self.now(), reason="orphan") for uid in orphans]
+                if dry_run:
+                    taken = {b.user_id: b for b in made}
+                    raise _Rollback
+                taken = {b.user_id: b for b in backups.save_backups(conn, made)}
+                if orphans:
+                    conn.execute(delete(runs).where(runs.c.user_id.in_(orphans)))
+        except _Rollback:
+            pass
+        return taken
 
     def prune_backups(self, older_than: timedelta | datetime, keep_latest: int = 1) -> int:
         """Delete backups older than the age (or instant), keeping each user's newest ones."""

@@ -17,21 +17,16 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import polars as pl
-from sqlalchemy import delete
 
-from potato_ops.backup import make_backup, save_backups
 from potato_ops.charts.monitoring import slowest_users_chart
 from potato_ops.charts.runs import violations_before_after
-from potato_ops.db import lock_users, read_connection, write_transaction
 from potato_ops.errors import BackupError, UserNotFoundError
 from potato_ops.metrics import history_frame, slowest_users_frame
 from potato_ops.models import MULTIPLE_ACTIVE, ORPHAN, OVERLAP, RebuildResult
-from potato_ops.queries import fetch_runs, fetch_users
 from potato_ops.runbook.display import Chart, Shown, Verdict
 from potato_ops.runbook.params import RecoveryParams
 from potato_ops.runbook.scan import InvariantCheck, scan_invariants, timezones_chart
 from potato_ops.runbook.session import Session
-from potato_ops.schema import runs
 
 INVARIANTS, PERFORMANCE, CORRUPTION = "invariant_violations", "performance_degradation", "data_corruption"
 ALL_HISTORY = "36500d"
@@ -294,33 +289,12 @@ def _corruption_rows(session: Session, uids: list[str], *, dry_run: bool) -> lis
 
 def remove_orphan_runs(session: Session, owner_ids: list[str], *, dry_run: bool) -> list[RepairRow]:
     """Back up and delete the runs of ids that are not users (re-checked under the lock)."""
-    if not owner_ids:
-        return []
-    storage = session.storage
-    if dry_run:
-        with read_connection(storage.engine) as conn:
-            existing = {u.id for u in fetch_users(conn, owner_ids)}
-            stored = fetch_runs(conn, owner_ids)
-        return [
-            RepairRow(CORRUPTION, uid, "remove orphan runs", "would remove", len(stored[uid]))
-            for uid in owner_ids
-            if uid not in existing and stored.get(uid)
-        ]
-    rows: list[RepairRow] = []
-    with write_transaction(storage.engine) as conn:
-        lock_users(conn, owner_ids)
-        existing = {u.id for u in fetch_users(conn, owner_ids)}
-        stored = fetch_runs(conn, owner_ids)
-        for uid in owner_ids:
-            found = stored.get(uid, [])
-            if uid in existing or not found:
-                continue
-            saved = save_backups(conn, [make_backup(uid, found, storage.now(), reason="orphan")])[0]
-            conn.execute(delete(runs).where(runs.c.user_id == uid))
-            rows.append(
-                RepairRow(CORRUPTION, uid, "remove orphan runs", "removed", len(found), 0, 0.0, saved.id)
-            )
-    return rows
+    taken = session.storage.remove_orphan_runs(owner_ids, dry_run=dry_run)
+    outcome = "would remove" if dry_run else "removed"
+    return [
+        RepairRow(CORRUPTION, uid, "remove orphan runs", outcome, b.metadata.total_runs, 0, 0.0, b.id)
+        for uid, b in sorted(taken.items())
+    ]
 
 
 def _repairs(

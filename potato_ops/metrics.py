@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,7 @@ from potato_ops.errors import InvalidDateRangeError
 from potato_ops.history import PARTIAL_REBUILD, REBUILD
 from potato_ops.models import VIOLATION_KINDS, InvariantReport
 from potato_ops.queries import as_utc
+from potato_ops.record import to_json_value
 from potato_ops.runs import ONE_DAY, local_today
 from potato_ops.schema import ops_backups, ops_operations, ops_rebuild_history, runs, users
 from potato_ops.timezones import users_with_pending_timezone_changes
@@ -114,12 +115,18 @@ class Metrics:
         """Return the figures alert rules read, keyed by exactly ``alerts.METRIC_NAMES``."""
         return {name: getattr(self, name) for name in METRIC_NAMES}
 
+    def to_json(self) -> dict[str, Any]:
+        """Return every field plus ``no_data`` as JSON-ready values (ISO instants)."""
+        data: dict[str, Any] = to_json_value(asdict(self))
+        data["no_data"] = self.no_data
+        return data
+
     def window_text(self) -> str:
         """Return the window in words: ``operation X`` or ``START .. END``."""
         if self.operation_id is not None:
             return f"operation {self.operation_id}"
-        start = self.window_start.isoformat() if self.window_start else "the beginning"
-        end = self.window_end.isoformat() if self.window_end else "now"
+        start = self.window_start.isoformat(timespec="seconds") if self.window_start else "?"
+        end = self.window_end.isoformat(timespec="seconds") if self.window_end else "?"
         return f"{start} .. {end}"
 
     def summary(self) -> str:
@@ -137,10 +144,7 @@ class Metrics:
                 f"{self.rebuild_invariant_violations} violations found by rebuilds"
             )
         if self.scanned:
-            head += (
-                f"; scan: {self.invariant_violations} violations "
-                f"in {self.users_with_violations} users"
-            )
+            head += f"; scan: {self.invariant_violations} violations in {self.users_with_violations} users"
         return head
 
 
@@ -257,13 +261,11 @@ def rebuild_figures(
 
     row = conn.execute(
         select(
-            func.count().label("count"),
+            func.count().label("rebuilds"),
             func.coalesce(func.sum(case((ranked.c.success, 1), else_=0)), 0).label("ok"),
             func.count(distinct(ranked.c.user_id)).label("users"),
             func.coalesce(func.sum(ranked.c.violations), 0).label("violations"),
-            func.count(
-                distinct(case((ranked.c.d > slow_threshold_ms, ranked.c.user_id)))
-            ).label("slow"),
+            func.count(distinct(case((ranked.c.d > slow_threshold_ms, ranked.c.user_id)))).label("slow"),
             func.avg(ranked.c.d).label("avg"),
             percentile(50).label("p50"),
             percentile(95).label("p95"),
@@ -271,7 +273,7 @@ def rebuild_figures(
         )
     ).one()
     return RebuildFigures(
-        count=int(row.count),
+        count=int(row.rebuilds),
         successes=int(row.ok),
         users=int(row.users),
         violations=int(row.violations),
@@ -317,9 +319,7 @@ def stale_active_flags(conn: Connection, now: datetime) -> int:
 def backup_figures(conn: Connection, now: datetime) -> tuple[int, float | None, float | None]:
     """Return (backups kept, age of the oldest in hours, age of the newest in hours)."""
     b = ops_backups
-    row = conn.execute(
-        select(func.count(), func.min(b.c.created_at), func.max(b.c.created_at))
-    ).one()
+    row = conn.execute(select(func.count(), func.min(b.c.created_at), func.max(b.c.created_at))).one()
     count, oldest, newest = int(row[0]), row[1], row[2]
 
     def age(instant: datetime | None) -> float | None:
@@ -458,7 +458,14 @@ def history_frame(
     )
     with read_connection(storage.engine) as conn:
         rows = [
-            (as_utc(r.finished_at), r.user_id, r.kind, float(r.duration_ms), bool(r.success), int(r.violations))
+            (
+                as_utc(r.finished_at),
+                r.user_id,
+                r.kind,
+                float(r.duration_ms),
+                bool(r.success),
+                int(r.violations),
+            )
             for r in conn.execute(query)
         ]
     return pl.DataFrame(rows, schema=HISTORY_SCHEMA, orient="row")

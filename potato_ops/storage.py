@@ -127,7 +127,8 @@ class Storage:
         try:
             check_schema(self._engine)
         except SQLAlchemyError as exc:
-            raise SchemaError(f"cannot read the schema of {self.url}: {exc}") from exc
+            first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise SchemaError(f"cannot read the schema of {self.url}: {first}") from exc
 
     def _require_schema(self) -> None:
         """Raise SchemaError if the contract's tables are missing; checked once, on first use."""

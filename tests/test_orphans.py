@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from conftest import add_runs, add_user, snapshot, spans
-
 from potato_ops import Storage
+from tests.conftest import add_runs, add_user, snapshot, spans
 
 
 def test_orphan_runs_are_backed_up_and_removed(storage: Storage) -> None:

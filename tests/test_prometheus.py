@@ -1,0 +1,219 @@
+"""Prometheus text exposition of the metrics, and ``potato-ops metrics`` on both databases."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
+
+from potato_ops import Storage
+from potato_ops.alerts import METRIC_HELP, METRIC_NAMES
+from potato_ops.cli import app
+from potato_ops.metrics import Metrics
+from potato_ops.prometheus import render_prometheus
+from tests.test_metrics import add_history
+
+WINDOW_END = datetime(2024, 3, 10, 15, 0, tzinfo=UTC)
+
+FIGURES: dict[str, float | int | None] = {
+    "rebuild_success_rate": 0.75,
+    "rebuild_failure_rate": 0.25,
+    "rebuild_count": 4,
+    "rebuild_avg_duration_ms": 250.0,
+    "rebuild_p50_duration_ms": 250.0,
+    "rebuild_p95_duration_ms": 385.0,
+    "rebuild_max_duration_ms": 400.0,
+    "users_processed": 3,
+    "rebuild_invariant_violations": 1,
+    "invariant_violations": 2,
+    "users_with_violations": 1,
+    "stale_active_flags": 0,
+    "timezone_changes_pending": 5,
+    "slow_users": 0,
+    "backups_count": 7,
+    "backup_oldest_age_hours": 30.5,
+    "backup_newest_age_hours": 0.25,
+    "operations_failed": 0,
+    "operations_interrupted": 1,
+}
+
+
+def metrics_of(figures: dict[str, float | int | None], **extra: Any) -> Metrics:
+    """A Metrics of the last 24 hours holding these figures."""
+    fields: dict[str, Any] = dict(figures) | {
+        "window_start": WINDOW_END - timedelta(hours=24),
+        "window_end": WINDOW_END,
+        "operation_id": None,
+        "computed_at": WINDOW_END,
+        "slow_threshold_ms": 1000.0,
+        "scanned": figures["invariant_violations"] is not None,
+    }
+    return Metrics(**(fields | extra))
+
+
+def samples(text: str) -> dict[str, float]:
+    """Return every sample of an exposition as ``name{labels}`` -> value."""
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            found[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+    return found
+
+
+def test_every_figure_is_a_potato_gauge() -> None:
+    metrics = metrics_of(FIGURES, violations_by_kind={"overlap": 0, "phantom_day": 1, "stale_active": 1})
+
+    assert samples(render_prometheus(metrics)) == {
+        "potato_rebuild_success_rate": 0.75,
+        "potato_rebuild_failure_rate": 0.25,
+        "potato_rebuild_count": 4.0,
+        "potato_rebuild_avg_duration_ms": 250.0,
+        "potato_rebuild_p50_duration_ms": 250.0,
+        "potato_rebuild_p95_duration_ms": 385.0,
+        "potato_rebuild_max_duration_ms": 400.0,
+        "potato_users_processed": 3.0,
+        "potato_rebuild_invariant_violations": 1.0,
+        "potato_invariant_violations": 2.0,
+        "potato_users_with_violations": 1.0,
+        "potato_stale_active_flags": 0.0,
+        "potato_timezone_changes_pending": 5.0,
+        "potato_slow_users": 0.0,
+        "potato_backups_count": 7.0,
+        "potato_backup_oldest_age_hours": 30.5,
+        "potato_backup_newest_age_hours": 0.25,
+        "potato_operations_failed": 0.0,
+        "potato_operations_interrupted": 1.0,
+        'potato_invariant_violations_by_kind{kind="overlap"}': 0.0,
+        'potato_invariant_violations_by_kind{kind="phantom_day"}': 1.0,
+        'potato_invariant_violations_by_kind{kind="stale_active"}': 1.0,
+        "potato_metrics_no_data": 0.0,
+        "potato_metrics_window_seconds": 86400.0,
+        "potato_slow_threshold_ms": 1000.0,
+    }
+
+
+def test_gauges_carry_the_rules_help_text() -> None:
+    families = {f.name: f for f in text_string_to_metric_families(render_prometheus(metrics_of(FIGURES)))}
+
+    for name in METRIC_NAMES:
+        assert (families["potato_" + name].type, families["potato_" + name].documentation) == (
+            "gauge",
+            METRIC_HELP[name],
+        )
+
+
+def test_figures_without_data_are_absent_not_zero() -> None:
+    empty = FIGURES | {
+        "rebuild_success_rate": None,
+        "rebuild_failure_rate": None,
+        "rebuild_count": 0,
+        "rebuild_avg_duration_ms": None,
+        "rebuild_p50_duration_ms": None,
+        "rebuild_p95_duration_ms": None,
+        "rebuild_max_duration_ms": None,
+        "invariant_violations": None,  # scan skipped
+        "users_with_violations": None,
+        "backup_oldest_age_hours": None,
+        "backup_newest_age_hours": None,
+    }
+
+    found = samples(render_prometheus(metrics_of(empty)))
+
+    assert sorted(name for name in METRIC_NAMES if "potato_" + name not in found) == sorted(
+        [
+            "rebuild_success_rate",
+            "rebuild_failure_rate",
+            "rebuild_avg_duration_ms",
+            "rebuild_p50_duration_ms",
+            "rebuild_p95_duration_ms",
+            "rebuild_max_duration_ms",
+            "invariant_violations",
+            "users_with_violations",
+            "backup_oldest_age_hours",
+            "backup_newest_age_hours",
+        ]
+    )
+    assert (found["potato_rebuild_count"], found["potato_metrics_no_data"]) == (0.0, 1.0)
+    assert not any(name.startswith("potato_invariant_violations_by_kind") for name in found)
+
+
+# --- the command -------------------------------------------------------------------------------
+
+
+def add_rebuilds(storage: Storage, *rows: tuple[str, float, bool, str]) -> None:
+    """Record (user, duration ms, success, operation) rebuilds that finished an hour ago."""
+    finished = datetime.now(UTC) - timedelta(hours=1)
+    for user, ms, ok, op in rows:
+        add_history(storage, user, finished, ms, success=ok, operation_id=op)
+
+
+def invoke(db_url: str, *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, ["metrics", *args], env={"POTATO_DATABASE_URL": db_url})
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_metrics_command_prints_the_exposition(storage: Storage, db_url: str) -> None:
+    add_rebuilds(storage, ("a", 100, True, "op-1"), ("b", 300, False, "op-1"), ("c", 50, True, "x"))
+
+    code, out, err = invoke(db_url)
+
+    assert (code, err) == (0, "")
+    found = samples(out)
+    assert {
+        name: found[name]
+        for name in (
+            "potato_rebuild_count",
+            "potato_rebuild_success_rate",
+            "potato_rebuild_max_duration_ms",
+            "potato_invariant_violations",
+            "potato_metrics_no_data",
+        )
+    } == {
+        "potato_rebuild_count": 3.0,
+        "potato_rebuild_success_rate": 2 / 3,
+        "potato_rebuild_max_duration_ms": 300.0,
+        "potato_invariant_violations": 0.0,
+        "potato_metrics_no_data": 0.0,
+    }
+
+
+def test_metrics_command_as_json_for_one_operation(storage: Storage, db_url: str) -> None:
+    add_rebuilds(storage, ("a", 100, True, "op-1"), ("b", 300, False, "op-1"), ("c", 50, True, "x"))
+
+    code, out, _ = invoke(db_url, "--json", "--no-scan", "--operation", "op-1")
+
+    assert code == 0
+    data = json.loads(out)
+    assert {name: data[name] for name in METRIC_NAMES} == {
+        "rebuild_success_rate": 0.5,
+        "rebuild_failure_rate": 0.5,
+        "rebuild_count": 2,
+        "rebuild_avg_duration_ms": 200.0,
+        "rebuild_p50_duration_ms": 200.0,
+        "rebuild_p95_duration_ms": 290.0,
+        "rebuild_max_duration_ms": 300.0,
+        "users_processed": 2,
+        "rebuild_invariant_violations": 0,
+        "invariant_violations": None,
+        "users_with_violations": None,
+        "stale_active_flags": 0,
+        "timezone_changes_pending": 0,
+        "slow_users": 0,
+        "backups_count": 0,
+        "backup_oldest_age_hours": None,
+        "backup_newest_age_hours": None,
+        "operations_failed": 0,
+        "operations_interrupted": 0,
+    }
+    assert (data["operation_id"], data["no_data"], data["scanned"]) == ("op-1", False, False)
+
+
+def test_metrics_command_refuses_an_unreadable_since(storage: Storage, db_url: str) -> None:
+    code, out, err = invoke(db_url, "--since", "last tuesday")
+
+    assert (code, out) == (1, "")
+    assert err == ("error: since 'last tuesday' is neither a duration (24h, 7d, 90m) nor an ISO datetime\n")

@@ -83,14 +83,24 @@ class RunRecord:
 
 
 def notebooks_dir() -> Path:
-    """Return the notebooks folder: $POTATO_OPS_NOTEBOOKS_DIR, else ./notebooks, else the repo's."""
+    """Return the notebooks folder.
+
+    $POTATO_OPS_NOTEBOOKS_DIR, else the checkout the package runs from (an editable install),
+    else the copy installed with the package (<prefix>/share/potato-ops/notebooks), else
+    ./notebooks.
+    """
     configured = os.environ.get(NOTEBOOKS_DIR_ENV)
     if configured:
         return Path(configured).expanduser()
-    local = Path("notebooks")
-    if local.is_dir():
-        return local.resolve()
-    return Path(__file__).resolve().parents[1] / "notebooks"
+    candidates = (
+        Path(__file__).resolve().parents[1] / "notebooks",
+        Path(sys.prefix) / "share" / "potato-ops" / "notebooks",
+        Path("notebooks").resolve(),
+    )
+    for candidate in candidates:
+        if _notebook_paths(candidate):
+            return candidate
+    return candidates[-1]
 
 
 def _notebook_paths(directory: Path) -> list[Path]:

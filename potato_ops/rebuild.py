@@ -8,7 +8,9 @@ a little Python. Only runs whose dates are wrong are replaced; right ones keep t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
@@ -101,22 +103,42 @@ def _intersects(run: Run, lo: date, hi: date) -> bool:
     return run.end_date >= lo and run.start_date <= hi
 
 
+@contextmanager
+def _timed(timings: dict[str, float] | None, phase: str) -> Iterator[None]:
+    """Add the block's wall time (ms) to timings[phase], when timings are wanted."""
+    if timings is None:
+        yield
+        return
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[phase] = timings.get(phase, 0.0) + (time.perf_counter() - t0) * 1000
+
+
 def rebuild_batch(
-    conn: Connection, batch: Sequence[User], options: BatchOptions, now: datetime
+    conn: Connection,
+    batch: Sequence[User],
+    options: BatchOptions,
+    now: datetime,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, UserOutcome]:
     """Rebuild the users' runs in the caller's transaction and validate them; don't commit.
 
     The caller commits when every outcome succeeded (or only the good ones, retrying the
-    others alone), and rolls back for a dry run.
+    others alone), and rolls back for a dry run. ``timings``, when given, receives the ms
+    spent in each phase: lock, read, compute, backup, write, validate.
     """
     ids = [u.id for u in batch]
-    lock_users(conn, ids)
+    with _timed(timings, "lock"):
+        lock_users(conn, ids)
     f = options.from_date or FIRST_DAY
     t = options.to_date or LAST_DAY
     todays = {u.id: local_today(u.timezone, now) for u in batch}
     min_yesterday = min(todays.values(), default=now.date()) - 2 * ONE_DAY
 
-    stored = fetch_runs(conn, ids, touching=(f - ONE_DAY, t + ONE_DAY), active_after=min_yesterday)
+    with _timed(timings, "read"):
+        stored = fetch_runs(conn, ids, touching=(f - ONE_DAY, t + ONE_DAY), active_after=min_yesterday)
     plans: dict[str, _Plan] = {}
     for user in batch:
         mine = stored.get(user.id, [])
@@ -126,8 +148,9 @@ def rebuild_batch(
         hi = max([t, *(r.end_date for r in touched)])
         plans[user.id] = _Plan(user, todays[user.id], touched, protected, lo, hi)
 
-    _plan_expected(conn, plans, partial=options.partial)
+    _plan_expected(conn, plans, partial=options.partial, timings=timings)
 
+    t_diff = time.perf_counter()
     outcomes: dict[str, UserOutcome] = {}
     to_delete: list[Run] = []
     to_deactivate: list[Run] = []
@@ -158,29 +181,47 @@ def rebuild_batch(
             created_runs=list(diff.create),
         )
 
-    _take_backups(conn, plans, outcomes, options, now)
-    _write(conn, to_delete, to_deactivate, to_insert, to_activate)
-    _validate(conn, plans, outcomes, partial=options.partial)
+    if timings is not None:
+        timings["compute"] = timings.get("compute", 0.0) + (time.perf_counter() - t_diff) * 1000
+    with _timed(timings, "backup"):
+        _take_backups(conn, plans, outcomes, options, now)
+    with _timed(timings, "write"):
+        _write(conn, to_delete, to_deactivate, to_insert, to_activate)
+    with _timed(timings, "validate"):
+        _validate(conn, plans, outcomes, partial=options.partial)
     return outcomes
 
 
-def _plan_expected(conn: Connection, plans: dict[str, _Plan], *, partial: bool) -> None:
+def _plan_expected(
+    conn: Connection,
+    plans: dict[str, _Plan],
+    *,
+    partial: bool,
+    timings: dict[str, float] | None = None,
+) -> None:
     """Read the marks around each user's window and compute the runs it should hold."""
     if not plans:
         return
     if not partial:
-        marks = fetch_marked_dates(conn, list(plans))
-        for uid, plan in plans.items():
-            plan.marks = marks.get(uid, [])
-            plan.expected = expected_runs(uid, plan.marks, plan.today)
+        with _timed(timings, "read"):
+            marks = fetch_marked_dates(conn, list(plans))
+        with _timed(timings, "compute"):
+            for uid, plan in plans.items():
+                plan.marks = marks.get(uid, [])
+                plan.expected = expected_runs(uid, plan.marks, plan.today)
         return
 
     pending = dict(plans)
     pad = _MARK_PAD
     while pending:
-        read_lo = max(FIRST_DAY, min(p.lo for p in pending.values()) - pad)
-        read_hi = min(LAST_DAY, max(p.hi for p in pending.values()) + pad)
-        marks = fetch_marked_dates(conn, list(pending), between=(read_lo, read_hi))
+        # Clamp before shifting: an open bound (FIRST_DAY/LAST_DAY) +/- pad is out of range.
+        lo_edge = min(p.lo for p in pending.values())
+        hi_edge = max(p.hi for p in pending.values())
+        read_lo = FIRST_DAY if lo_edge - FIRST_DAY <= pad else lo_edge - pad
+        read_hi = LAST_DAY if LAST_DAY - hi_edge <= pad else hi_edge + pad
+        with _timed(timings, "read"):
+            marks = fetch_marked_dates(conn, list(pending), between=(read_lo, read_hi))
+        t_group = time.perf_counter()
         unfinished: dict[str, _Plan] = {}
         for uid, plan in pending.items():
             groups = [
@@ -200,6 +241,9 @@ def _plan_expected(conn: Connection, plans: dict[str, _Plan], *, partial: bool) 
             plan.check_lo = min([plan.lo, *(g.start_date for g in groups)])
             plan.check_hi = max([plan.hi, *(g.end_date for g in groups)])
             plan.marks = [d for d in marks.get(uid, []) if plan.check_lo <= d <= plan.check_hi]
+        if timings is not None:
+            spent = (time.perf_counter() - t_group) * 1000
+            timings["compute"] = timings.get("compute", 0.0) + spent
         pending = unfinished
         pad = pad * 4
 

@@ -219,6 +219,7 @@ ops_operation_items = Table(
     Column("changed", Boolean),
     Column("runs_deleted", Integer),
     Column("runs_created", Integer),
+    Column("active_flags_changed", Integer),
     Column("duration_ms", Float),
     Column("error_class", Text),
     Column("error_message", Text),

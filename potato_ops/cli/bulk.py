@@ -1,7 +1,287 @@
-"""Commands (being written)."""
+"""Bulk commands: ``bulk-rebuild``, ``progress``, ``resume``, ``cancel``, ``operations``, ``prune-backups``.
+
+Each opens the database, makes one library call and prints the outcome; a long run shows a
+``tqdm`` progress bar on stderr (the library only calls back).
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Annotated, Never
 
 import typer
+from tqdm.auto import tqdm
+
+from potato_ops import bulk
+from potato_ops.bulk import BulkConfig, BulkResult, Progress
+from potato_ops.cli.common import DatabaseOption, expected_failures, fail
+from potato_ops.exitcodes import ExitCode
+from potato_ops.storage import Storage
+
+_SHOWN_ERRORS = 10
+
+OperationArgument = Annotated[
+    str,
+    typer.Argument(metavar="OPID", help="The operation id that bulk-rebuild printed.", show_default=False),
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Show no progress bar.")]
+
+
+class ProgressBar:
+    """A progress callback that draws a ``tqdm.auto`` bar (a widget in notebooks).
+
+    Use it as a context manager, so the bar is closed whatever happens::
+
+        with ProgressBar() as bar:
+            storage.bulk_rebuild_users(ids, config, progress=bar)
+    """
+
+    def __init__(self, *, disable: bool = False, desc: str = "rebuilding users") -> None:
+        self.disable = disable
+        self.desc = desc
+        self._bar: tqdm[Never] | None = None
+
+    def __call__(self, progress: Progress) -> None:
+        bar = self._bar
+        if bar is None:
+            bar = self._bar = tqdm(
+                total=progress.total_users,
+                initial=progress.processed_users,
+                desc=self.desc,
+                unit="user",
+                disable=self.disable,
+                file=sys.stderr,
+            )
+        bar.update(progress.processed_users - bar.n)
+        if progress.failed_users:
+            bar.set_postfix(failed=progress.failed_users, refresh=False)
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _read_ids(path: Path) -> list[str]:
+    """Return the ids in a file (one a line; blank lines and # comments skipped; - is stdin)."""
+    text = sys.stdin.read() if str(path) == "-" else path.read_text()
+    ids = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    return [i for i in ids if i]
+
+
+def _print_result(result: BulkResult) -> None:
+    per_hour = (
+        (result.completed_users + result.failed_users) / max(result.total_duration_ms, 1e-9) * 3_600_000
+    )
+    if result.dry_run:
+        typer.echo(
+            f"[DRY RUN] would change {result.users_changed} of {result.total_users} users "
+            f"(delete {result.runs_deleted} runs, create {result.runs_created}); nothing written"
+        )
+        for change in result.changes[:_SHOWN_ERRORS]:
+            typer.echo(
+                f"  {change.user_id}: delete {change.runs_to_delete}, create {change.runs_to_create}, "
+                f"active flags {change.active_flags_changed}"
+            )
+        if len(result.changes) > _SHOWN_ERRORS:
+            typer.echo(f"  … and {len(result.changes) - _SHOWN_ERRORS} more")
+    else:
+        typer.echo(
+            f"changed {result.users_changed} users (deleted {result.runs_deleted} runs, "
+            f"created {result.runs_created})"
+        )
+    typer.echo(
+        f"operation {result.operation_id}: {result.status}; completed {result.completed_users}, "
+        f"failed {result.failed_users}, pending {result.pending_users} of {result.total_users}"
+    )
+    typer.echo(
+        f"duration {result.total_duration_ms / 1000:.1f} s ({per_hour:,.0f} users/hour), "
+        f"average {result.average_duration_ms:.2f} ms per user"
+    )
+    if result.error:
+        typer.echo(f"error: {result.error}")
+    for err in result.errors[:_SHOWN_ERRORS]:
+        typer.echo(f"  failed {err.user_id}: {err.error_class}: {err.message}")
+    if len(result.errors) > _SHOWN_ERRORS:
+        typer.echo(f"  … and {len(result.errors) - _SHOWN_ERRORS} more failed users")
+
+
+def _exit_for(result: BulkResult) -> None:
+    if result.status != "completed" or result.failed_users:
+        raise typer.Exit(int(ExitCode.PROBLEM_FOUND))
+
+
+def _progress_line(p: Progress) -> str:
+    eta = "" if p.eta_seconds is None else f", eta {p.eta_seconds:.0f} s"
+    mode = "dry run" if p.dry_run else "real run"
+    cancel = ", cancel requested" if p.cancel_requested and p.status == "running" else ""
+    created = p.created_at.isoformat(timespec="seconds") if p.created_at else "-"
+    return (
+        f"{p.operation_id}  {p.status:<11} {mode:<8}  {p.processed_users}/{p.total_users} processed, "
+        f"{p.completed_users} completed, {p.failed_users} failed, {p.users_changed} changed{eta}"
+        f"{cancel}  created {created}"
+    )
+
+
+def bulk_rebuild(
+    all_users: Annotated[bool, typer.Option("--all", help="Rebuild every user.")] = False,
+    user_ids_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--user-ids-file",
+            help="File of user ids, one a line (# comments allowed); - reads stdin.",
+            show_default=False,
+        ),
+    ] = None,
+    from_date: Annotated[
+        str | None, typer.Option("--from", help="Partial rebuild from this date (YYYY-MM-DD).")
+    ] = None,
+    to_date: Annotated[
+        str | None, typer.Option("--to", help="Partial rebuild up to this date (YYYY-MM-DD).")
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Users per batch (one transaction each).")
+    ] = 10,
+    workers: Annotated[int, typer.Option("--workers", help="Batches run at once.")] = 5,
+    execute: Annotated[
+        bool, typer.Option("--execute", help="Really write (the default is a dry run that writes nothing).")
+    ] = False,
+    skip_backup: Annotated[
+        bool, typer.Option("--skip-backup", help="Keep no backups of the runs replaced (risky).")
+    ] = False,
+    ignore_feature_flag: Annotated[
+        bool,
+        typer.Option("--ignore-feature-flag", help="Run for real even while ff.potato.runs_v2 is off."),
+    ] = False,
+    max_failure_rate: Annotated[
+        float,
+        typer.Option(
+            "--max-failure-rate", help="Abort once more than this share (0..1) of 100+ users failed."
+        ),
+    ] = 0.01,
+    quiet: QuietOption = False,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Rebuild many users' runs in batches across workers (a dry run unless --execute).
+
+    Exit codes: 0 all users completed; 3 some users failed or the run stopped early.
+    """
+    if all_users == (user_ids_file is not None):
+        raise fail("give exactly one of --all or --user-ids-file", ExitCode.USAGE)
+    ids: list[str] | None = None
+    if user_ids_file is not None:
+        try:
+            ids = _read_ids(user_ids_file)
+        except OSError as exc:
+            raise fail(f"cannot read {user_ids_file}: {exc.strerror or exc}") from None
+    config = BulkConfig(
+        batch_size=batch_size,
+        max_workers=workers,
+        dry_run=not execute,
+        from_date=from_date,
+        to_date=to_date,
+        skip_backup=skip_backup,
+        max_failure_rate=max_failure_rate,
+        ignore_feature_flag=ignore_feature_flag,
+    )
+    storage = Storage.connect(database_url)
+    with ProgressBar(disable=quiet) as bar:
+        result = bulk.bulk_rebuild_users(storage, ids, config, progress=bar)
+    _print_result(result)
+    _exit_for(result)
+
+
+def progress(operation_id: OperationArgument, database_url: DatabaseOption = None) -> None:
+    """Show an operation's progress: counts, status and ETA (works from any process)."""
+    storage = Storage.connect(database_url)
+    p = storage.get_rebuild_progress(operation_id)
+    typer.echo(_progress_line(p))
+    if p.error:
+        typer.echo(f"error: {p.error}")
+
+
+def resume(
+    operation_id: OperationArgument,
+    failed_only: Annotated[
+        bool, typer.Option("--failed-only", help="Retry only the users that failed.")
+    ] = False,
+    quiet: QuietOption = False,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Finish an interrupted, cancelled or failed operation: only its users not completed.
+
+    Exit codes: 0 all users completed; 1 its runner is still alive; 3 some users failed.
+    """
+    storage = Storage.connect(database_url)
+    with ProgressBar(disable=quiet, desc="resuming") as bar:
+        result = storage.resume_bulk_rebuild(operation_id, failed_only=failed_only, progress=bar)
+    _print_result(result)
+    _exit_for(result)
+
+
+def cancel(operation_id: OperationArgument, database_url: DatabaseOption = None) -> None:
+    """Stop an operation at its next batch boundary."""
+    storage = Storage.connect(database_url)
+    p = storage.cancel_bulk_rebuild(operation_id)
+    if p.status == "running":
+        typer.echo(f"cancel requested; the runner stops at its next batch boundary\n{_progress_line(p)}")
+    else:
+        typer.echo(_progress_line(p))
+
+
+def operations(
+    status: Annotated[
+        str | None,
+        typer.Option(
+            "--status", help="Only operations with this status (e.g. interrupted).", show_default=False
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", help="How many to show, newest first.")] = 20,
+    database_url: DatabaseOption = None,
+) -> None:
+    """List recent bulk operations with their status, newest first."""
+    storage = Storage.connect(database_url)
+    found = storage.list_operations(status, limit)
+    if not found:
+        typer.echo("no operations")
+    for p in found:
+        typer.echo(_progress_line(p))
+
+
+def prune_backups(
+    older_than: Annotated[
+        float,
+        typer.Option("--older-than", metavar="DAYS", min=0, help="Delete backups older than this many days."),
+    ],
+    keep_latest: Annotated[
+        int,
+        typer.Option("--keep-latest", min=0, help="Keep each user's newest N backups whatever their age."),
+    ] = 1,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Delete old backups, keeping each user's newest ones."""
+    storage = Storage.connect(database_url)
+    deleted = storage.prune_backups(timedelta(days=older_than), keep_latest=keep_latest)
+    typer.echo(
+        f"deleted {deleted} backups older than {older_than:g} days (kept each user's newest {keep_latest})"
+    )
 
 
 def register(app: typer.Typer) -> None:
-    """Add no commands yet."""
+    """Add the bulk commands to app."""
+    app.command("bulk-rebuild")(expected_failures(bulk_rebuild))
+    app.command("progress")(expected_failures(progress))
+    app.command("resume")(expected_failures(resume))
+    app.command("cancel")(expected_failures(cancel))
+    app.command("operations")(expected_failures(operations))
+    app.command("prune-backups")(expected_failures(prune_backups))

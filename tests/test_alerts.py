@@ -135,9 +135,7 @@ def test_default_rules_fire_exactly_past_their_thresholds(
 def test_firing_alert_carries_the_values_it_read() -> None:
     alerts = evaluate(default_rules(), HEALTHY | {"rebuild_success_rate": 0.9})
     assert alerts == [
-        FiringAlert(
-            FAILURE_RATE, "P1", "rebuild_success_rate < 0.99", {"rebuild_success_rate": 0.9}
-        )
+        FiringAlert(FAILURE_RATE, "P1", "rebuild_success_rate < 0.99", {"rebuild_success_rate": 0.9})
     ]
 
 
@@ -155,12 +153,8 @@ C = cmp("backups_count", "<", 3)
         pytest.param("  rebuild_count>1  ", A, id="no-spaces"),
         pytest.param("(rebuild_count > 1)", A, id="parenthesised"),
         pytest.param("((rebuild_count > 1))", A, id="double-parens"),
-        pytest.param(
-            "rebuild_count > 1 and slow_users > 2 and backups_count < 3", And((A, B, C)), id="and"
-        ),
-        pytest.param(
-            "rebuild_count > 1 or slow_users > 2 or backups_count < 3", Or((A, B, C)), id="or"
-        ),
+        pytest.param("rebuild_count > 1 and slow_users > 2 and backups_count < 3", And((A, B, C)), id="and"),
+        pytest.param("rebuild_count > 1 or slow_users > 2 or backups_count < 3", Or((A, B, C)), id="or"),
         pytest.param(
             "rebuild_count > 1 or slow_users > 2 and backups_count < 3",
             Or((A, And((B, C)))),
@@ -215,12 +209,8 @@ def test_parse_condition_reads_numbers(number: str, value: float) -> None:
     ("text", "message"),
     [
         pytest.param("", "expected a metric name or '(' at column 1, found end", id="empty"),
-        pytest.param(
-            "rebuild_count", "expected a comparison operator", id="missing-operator-and-number"
-        ),
-        pytest.param(
-            "rebuild_count >", "expected a number after '>' at column 16", id="missing-number"
-        ),
+        pytest.param("rebuild_count", "expected a comparison operator", id="missing-operator-and-number"),
+        pytest.param("rebuild_count >", "expected a number after '>' at column 16", id="missing-number"),
         pytest.param("rebuild_count > slow_users", "expected a number", id="metric-vs-metric"),
         pytest.param("rebuild_count >> 5", "expected a number after '>'", id="doubled-operator"),
         pytest.param("rebuild_count = 5", "did you mean '=='?", id="single-equals"),
@@ -238,9 +228,7 @@ def test_parse_condition_reads_numbers(number: str, value: float) -> None:
         pytest.param("()", "expected a metric name or '(' at column 2", id="empty-parens"),
         pytest.param("rebuild_count > 1 and", "found end of condition", id="dangling-and"),
         pytest.param("or rebuild_count > 1", "expected a metric name", id="leading-or"),
-        pytest.param(
-            "rebuild_count > 1 slow_users > 2", "expected 'and', 'or'", id="missing-connective"
-        ),
+        pytest.param("rebuild_count > 1 slow_users > 2", "expected 'and', 'or'", id="missing-connective"),
         pytest.param("rebuild_count > 1 AND slow_users > 2", "found 'AND'", id="uppercase-and"),
         pytest.param("rebuild_count > 1 && slow_users > 2", "unexpected character '&'", id="&&"),
         pytest.param("not rebuild_count > 1", "unknown metric 'not'", id="not"),
@@ -461,24 +449,16 @@ def test_an_empty_alerts_list_is_no_rules() -> None:
             "expected a metric name",
             id="malformed-block-condition",
         ),
-        pytest.param(
-            GOOD + _entry("Two", "slow_users > 1", "P3"), 7, "unknown severity 'P3'", id="P3"
-        ),
-        pytest.param(
-            GOOD + _entry("Two", "slow_users > 1", "high"), 7, "expected one of P0", id="word"
-        ),
-        pytest.param(
-            GOOD + _entry("Two", "slow_users > 1", "p1"), 7, "unknown severity", id="lowercase"
-        ),
+        pytest.param(GOOD + _entry("Two", "slow_users > 1", "P3"), 7, "unknown severity 'P3'", id="P3"),
+        pytest.param(GOOD + _entry("Two", "slow_users > 1", "high"), 7, "expected one of P0", id="word"),
+        pytest.param(GOOD + _entry("Two", "slow_users > 1", "p1"), 7, "unknown severity", id="lowercase"),
         pytest.param(
             GOOD + "  - condition: slow_users > 1\n    severity: P1\n",
             5,
             "missing 'name'",
             id="missing-name",
         ),
-        pytest.param(
-            GOOD + _entry("  ", "slow_users > 1", "P1"), 5, "'name' is empty", id="empty-name"
-        ),
+        pytest.param(GOOD + _entry("  ", "slow_users > 1", "P1"), 5, "'name' is empty", id="empty-name"),
         pytest.param(
             GOOD + _entry("One", "slow_users > 2", "P2"),
             5,
@@ -497,9 +477,7 @@ def test_an_empty_alerts_list_is_no_rules() -> None:
             "missing 'severity'",
             id="missing-severity",
         ),
-        pytest.param(
-            GOOD + "  - name: Two\n", 5, "missing 'condition', 'severity'", id="missing-two"
-        ),
+        pytest.param(GOOD + "  - name: Two\n", 5, "missing 'condition', 'severity'", id="missing-two"),
         pytest.param(GOOD + "  - {}\n", 5, "missing 'name', 'condition'", id="empty-entry"),
         pytest.param(
             GOOD + _entry("Two", "slow_users > 1", "P1") + "    runbook: docs/x.md\n",
@@ -554,9 +532,7 @@ def test_an_empty_alerts_list_is_no_rules() -> None:
             "not valid YAML",
             id="yaml-syntax",
         ),
-        pytest.param(
-            GOOD + "  - name: Two\n   condition: x\n", 6, "not valid YAML", id="yaml-indent"
-        ),
+        pytest.param(GOOD + "  - name: Two\n   condition: x\n", 6, "not valid YAML", id="yaml-indent"),
         pytest.param("alerts:\n\t- name: x\n", 2, "not valid YAML", id="yaml-tab"),
         pytest.param("alerts: []\n---\nalerts: []\n", 2, "single document", id="two-documents"),
         pytest.param("alerts: []\n\x07\n", 2, "not valid YAML", id="control-character"),
@@ -619,9 +595,7 @@ def test_load_rules_refuses_an_unreadable_file(tmp_path: Path, content: bytes | 
         pytest.param("{tag}\n", 1, id="whole-document"),
         pytest.param("alerts: {tag}\n", 1, id="alerts-value"),
         pytest.param("alerts:\n  - {tag}\n", 2, id="entry"),
-        pytest.param(
-            "alerts:\n  - name: x\n    condition: {tag}\n    severity: P1\n", 3, id="condition"
-        ),
+        pytest.param("alerts:\n  - name: x\n    condition: {tag}\n    severity: P1\n", 3, id="condition"),
         pytest.param(
             "alerts:\n  - name: {tag}\n    condition: slow_users > 1\n    severity: P1\n",
             2,

@@ -137,8 +137,14 @@ def rebuild_batch(
     todays = {u.id: local_today(u.timezone, now) for u in batch}
     min_yesterday = min(todays.values(), default=now.date()) - 2 * ONE_DAY
 
+    # Every run is read when a backup of every user is wanted anyway (one read, not two);
+    # otherwise a partial rebuild reads only the runs near its window and the flagged ones.
+    read_all = not options.partial or options.backup == BACKUP_ALWAYS
     with _timed(timings, "read"):
-        stored = fetch_runs(conn, ids, touching=(f - ONE_DAY, t + ONE_DAY), active_after=min_yesterday)
+        if read_all:
+            stored = fetch_runs(conn, ids)
+        else:
+            stored = fetch_runs(conn, ids, touching=(f - ONE_DAY, t + ONE_DAY), active_after=min_yesterday)
     plans: dict[str, _Plan] = {}
     for user in batch:
         mine = stored.get(user.id, [])
@@ -260,7 +266,7 @@ def _take_backups(
     wanted = [uid for uid, outcome in outcomes.items() if options.backup == BACKUP_ALWAYS or outcome.changed]
     if not wanted:
         return
-    if options.partial:
+    if options.partial and options.backup != BACKUP_ALWAYS:
         everything = fetch_runs(conn, wanted)
     else:
         everything = {uid: plans[uid].touched + plans[uid].protected for uid in wanted}

@@ -62,25 +62,12 @@ def _pg_unavailable(reason: str) -> None:
 @pytest.fixture(scope="session")
 def pg_server_url() -> Iterator[str]:
     """Create a session database on the test server; yield its URL; drop it after."""
-    name = f"potato_test_{uuid.uuid4().hex[:10]}"
     try:
-        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        url, admin = fresh_pg_database()
     except Exception as exc:  # any failure to reach the server means: no PostgreSQL here
         _pg_unavailable(f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}")
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
     yield url
-    with admin.connect() as conn:
-        conn.execute(
-            text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = :n AND pid <> pg_backend_pid()"
-            ),
-            {"n": name},
-        )
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-    admin.dispose()
+    drop_pg_database(url, admin)
 
 
 def fresh_pg_database(admin_url: str = PG_ADMIN_URL) -> tuple[str, Engine]:

@@ -18,10 +18,11 @@ from sqlalchemy import Connection, and_, delete, insert, update
 
 from potato_ops.backup import make_backup, save_backups
 from potato_ops.db import chunks, lock_users
-from potato_ops.models import MULTIPLE_ACTIVE, STALE_ACTIVE, Backup, Run, User, Violation
+from potato_ops.models import Backup, Run, User, Violation
 from potato_ops.queries import fetch_marked_dates, fetch_runs
 from potato_ops.runs import (
     ONE_DAY,
+    check_active_flags,
     check_invariants,
     diff_runs,
     expected_runs,
@@ -334,27 +335,30 @@ def _set_active(conn: Connection, targets: list[Run], value: bool) -> None:
 def _validate(
     conn: Connection, plans: dict[str, _Plan], outcomes: dict[str, UserOutcome], *, partial: bool
 ) -> None:
-    """Re-read the runs written and check every invariant against the marks planned from.
+    """Check every invariant on each user's runs as they now stand, against the planned marks.
 
+    Users whose runs were written are re-read; for the others the runs read under the lock at
+    the start are the runs that stand (nothing was written), so they are checked as read.
     Checking against the same read of the marks the plan used (not a fresh one) keeps a mark
     the app writes meanwhile from failing a correct rebuild; that mark is the next rebuild's.
     """
-    ids = list(plans)
-    if not ids:
-        return
-    if partial:
-        lo = min(p.check_lo for p in plans.values()) - ONE_DAY
-        hi = max(p.check_hi for p in plans.values()) + ONE_DAY
-        min_yesterday = min(p.today for p in plans.values()) - 2 * ONE_DAY
-        after = fetch_runs(conn, ids, touching=(lo, hi), active_after=min_yesterday)
-    else:
-        after = fetch_runs(conn, ids)
+    changed = [uid for uid, outcome in outcomes.items() if outcome.changed]
+    after: dict[str, list[Run]] = {}
+    if changed and partial:
+        lo = min(plans[u].check_lo for u in changed) - ONE_DAY
+        hi = max(plans[u].check_hi for u in changed) + ONE_DAY
+        min_yesterday = min(plans[u].today for u in changed) - 2 * ONE_DAY
+        after = fetch_runs(conn, changed, touching=(lo, hi), active_after=min_yesterday)
+    elif changed:
+        after = fetch_runs(conn, changed)
+    written = set(changed)
     for uid, plan in plans.items():
-        mine = after.get(uid, [])
-        window = (plan.check_lo, plan.check_hi)
+        if uid in written:
+            mine = after.get(uid, [])
+        else:
+            mine = sorted(plan.touched + plan.protected, key=lambda r: (r.start_date, r.id or 0))
         near = [r for r in mine if _intersects(r, plan.check_lo - ONE_DAY, plan.check_hi + ONE_DAY)]
-        shape = check_invariants(uid, near, plan.marks, plan.today, window=window)
-        flags = check_invariants(uid, mine, [], plan.today, window=(LAST_DAY, LAST_DAY))
-        outcomes[uid].violations = [v for v in shape if v.kind not in (STALE_ACTIVE, MULTIPLE_ACTIVE)] + [
-            v for v in flags if v.kind in (STALE_ACTIVE, MULTIPLE_ACTIVE)
-        ]
+        window = (plan.check_lo, plan.check_hi)
+        outcomes[uid].violations = check_invariants(
+            uid, near, plan.marks, plan.today, window=window, flags=False
+        ) + check_active_flags(uid, mine, plan.today)

@@ -225,11 +225,13 @@ def check_invariants(
     *,
     user_exists: bool = True,
     window: tuple[date, date] | None = None,
+    flags: bool = True,
 ) -> list[Violation]:
     """Return every invariant the runs break against the user's marked dates.
 
     ``window`` limits the coverage and completeness checks to the dates in it (the marks are
-    only known there); the other checks look at every run given.
+    only known there); the other checks look at every run given. ``flags=False`` leaves out
+    the active-flag checks (see ``check_active_flags``).
     """
     violations: list[Violation] = []
     marks = sorted({d.toordinal() for d in marked_dates})
@@ -302,7 +304,14 @@ def check_invariants(
             uncovered.append(m)
     violations.extend(_day_violations(UNCOVERED_DAY, user_id, uncovered, "marked but in no run"))
 
-    # active flags
+    if flags:
+        violations.extend(check_active_flags(user_id, runs, today))
+    return violations
+
+
+def check_active_flags(user_id: str, runs: Sequence[Run], today: date) -> list[Violation]:
+    """Return the active-flag violations: more than one run flagged, or a flag against the rule."""
+    violations: list[Violation] = []
     flagged = [r for r in runs if r.active]
     if len(flagged) > 1:
         violations.append(

@@ -33,9 +33,10 @@ from potato_ops import (
     ledger,
 )
 from potato_ops.bulk import Progress, UserError
-from potato_ops.cli.bulk import ProgressBar, register
+from potato_ops.cli.bulk import register
 from potato_ops.db import write_transaction
 from potato_ops.models import ORPHAN
+from potato_ops.progress_bar import ProgressBar
 from potato_ops.schema import (
     RUNS_V2_FLAG,
     ops_backups,

@@ -9,16 +9,15 @@ from __future__ import annotations
 import sys
 from datetime import timedelta
 from pathlib import Path
-from types import TracebackType
-from typing import Annotated, Never
+from typing import Annotated
 
 import typer
-from tqdm.auto import tqdm
 
 from potato_ops import bulk
 from potato_ops.bulk import BulkConfig, BulkResult, Progress
 from potato_ops.cli.common import DatabaseOption, expected_failures, fail
 from potato_ops.exitcodes import ExitCode
+from potato_ops.progress_bar import ProgressBar
 from potato_ops.storage import Storage
 
 _SHOWN_ERRORS = 10
@@ -28,48 +27,6 @@ OperationArgument = Annotated[
     typer.Argument(metavar="OPID", help="The operation id that bulk-rebuild printed.", show_default=False),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Show no progress bar.")]
-
-
-class ProgressBar:
-    """A progress callback that draws a ``tqdm.auto`` bar (a widget in notebooks).
-
-    Use it as a context manager, so the bar is closed whatever happens::
-
-        with ProgressBar() as bar:
-            storage.bulk_rebuild_users(ids, config, progress=bar)
-    """
-
-    def __init__(self, *, disable: bool = False, desc: str = "rebuilding users") -> None:
-        self.disable = disable
-        self.desc = desc
-        self._bar: tqdm[Never] | None = None
-
-    def __call__(self, progress: Progress) -> None:
-        bar = self._bar
-        if bar is None:
-            bar = self._bar = tqdm(
-                total=progress.total_users,
-                initial=progress.processed_users,
-                desc=self.desc,
-                unit="user",
-                disable=self.disable,
-                file=sys.stderr,
-            )
-        bar.update(progress.processed_users - bar.n)
-        if progress.failed_users:
-            bar.set_postfix(failed=progress.failed_users, refresh=False)
-
-    def __enter__(self) -> ProgressBar:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._bar is not None:
-            self._bar.close()
 
 
 def _read_ids(path: Path) -> list[str]:

@@ -10,6 +10,7 @@ from potato_ops.bulk import BulkConfig, BulkResult, Progress
 from potato_ops.charts.monitoring import duration_histogram, slowest_users_chart
 from potato_ops.errors import FeatureFlagError
 from potato_ops.metrics import HISTORY_SCHEMA, history_frame, slowest_users_frame
+from potato_ops.progress_bar import ProgressBar
 from potato_ops.runbook.display import Chart, Shown, Verdict
 from potato_ops.runbook.params import BulkParams
 from potato_ops.runbook.scan import InvariantCheck, scan_invariants
@@ -184,7 +185,10 @@ def bulk_dry_run(session: Session, plan: BulkPlan) -> BulkStep:
     label = "Execute the dry run"
     if not plan.user_ids:
         return BulkStep(label, skipped="no users to rebuild")
-    result = session.storage.bulk_rebuild_users(plan.user_ids, replace(plan.config, dry_run=True))
+    with ProgressBar(desc="dry run") as bar:
+        result = session.storage.bulk_rebuild_users(
+            plan.user_ids, replace(plan.config, dry_run=True), progress=bar
+        )
     return BulkStep(label, result)
 
 
@@ -197,7 +201,8 @@ def bulk_execute(session: Session, plan: BulkPlan) -> BulkStep:
         return BulkStep(label, skipped="no users to rebuild")
     partial = plan.config.from_date is not None or plan.config.to_date is not None
     try:
-        result = session.storage.bulk_rebuild_users(plan.user_ids, plan.config)
+        with ProgressBar() as bar:
+            result = session.storage.bulk_rebuild_users(plan.user_ids, plan.config, progress=bar)
     except FeatureFlagError as exc:
         return BulkStep(label, refused=str(exc), partial=partial)
     return BulkStep(label, result, partial=partial)

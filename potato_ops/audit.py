@@ -11,7 +11,8 @@ pure checker that validates every rebuild, so a rebuild and a scan can never dis
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import date, datetime
+from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import Connection, bindparam, func, select, text, update
 
@@ -76,10 +77,23 @@ def _suspects_by_shape(conn: Connection, user_ids: Sequence[str] | None) -> set[
     return found
 
 
-def _flag_candidates(
-    conn: Connection, user_ids: Sequence[str] | None, now: datetime
-) -> list[tuple[int, str, date, date, bool, str | None, bool]]:
-    """Return (id, user, start, end, active, timezone, user exists) of runs whose flag may matter."""
+class FlagRow(NamedTuple):
+    """A run whose active flag may matter, with what the rule says it should be."""
+
+    id: int
+    user_id: str
+    active: bool
+    should_be_active: bool
+    user_exists: bool
+
+    @property
+    def wrong(self) -> bool:
+        """Return True when the stored flag disagrees with the rule."""
+        return self.active != self.should_be_active
+
+
+def flag_rows(conn: Connection, user_ids: Sequence[str] | None, now: datetime) -> list[FlagRow]:
+    """Return every run flagged active or recent enough to be active, judged by the rule at now."""
     # Local today differs from UTC's date by at most a day either way, so any run that
     # should be active ends on or after UTC's date minus two days.
     earliest = now.date() - 2 * ONE_DAY
@@ -96,23 +110,26 @@ def _flag_candidates(
         .select_from(runs.outerjoin(users, users.c.id == runs.c.user_id))
         .where(runs.c.active.is_(True) | (runs.c.end_date >= earliest))
     )
-    rows: list[tuple[int, str, date, date, bool, str | None, bool]] = []
+    rows: list[FlagRow] = []
     parts: Iterable[Sequence[str] | None] = [None] if user_ids is None else chunks(list(user_ids))
     for part in parts:
         q = query if part is None else query.where(runs.c.user_id.in_(part))
-        rows.extend(
-            (r.id, r.user_id, r.start_date, r.end_date, bool(r.active), r.timezone, bool(r.exists))
-            for r in conn.execute(q)
-        )
+        for r in conn.execute(q):
+            should = r.start_date <= r.end_date and is_active(
+                r.start_date, r.end_date, local_today(r.timezone, now)
+            )
+            rows.append(FlagRow(r.id, r.user_id, bool(r.active), should, bool(r.exists)))
     return rows
+
+
+def count_wrong_flags(conn: Connection, now: datetime) -> int:
+    """Return how many runs' active flags disagree with the rule (the scan's stale_active)."""
+    return sum(1 for row in flag_rows(conn, None, now) if row.wrong)
 
 
 def _suspects_by_flags_and_owner(conn: Connection, user_ids: Sequence[str] | None, now: datetime) -> set[str]:
     found: set[str] = set()
-    for _id, uid, start, end, active, tz, exists in _flag_candidates(conn, user_ids, now):
-        should = start <= end and is_active(start, end, local_today(tz, now))
-        if active != should or not exists:
-            found.add(uid)
+    found.update(r.user_id for r in flag_rows(conn, user_ids, now) if r.wrong or not r.user_exists)
     orphan_query = (
         select(runs.c.user_id)
         .distinct()
@@ -193,23 +210,18 @@ def refresh_active_flags(conn: Connection, now: datetime) -> int:
     Runs in the caller's writing transaction. Only users whose flags are wrong are locked,
     then re-read under the lock, so a concurrent rebuild is never overwritten.
     """
-    wrong = {
-        uid
-        for _id, uid, start, end, active, tz, exists in _flag_candidates(conn, None, now)
-        if exists and active != (start <= end and is_active(start, end, local_today(tz, now)))
-    }
+    wrong = {r.user_id for r in flag_rows(conn, None, now) if r.user_exists and r.wrong}
     if not wrong:
         return 0
     ordered = sorted(wrong)
     lock_users(conn, ordered)
     off: list[tuple[int, str]] = []
     on: list[tuple[int, str]] = []
-    for _id, uid, start, end, active, tz, _exists in _flag_candidates(conn, ordered, now):
-        should = start <= end and is_active(start, end, local_today(tz, now))
-        if active and not should:
-            off.append((_id, uid))
-        elif should and not active:
-            on.append((_id, uid))
+    for r in flag_rows(conn, ordered, now):
+        if r.active and not r.should_be_active:
+            off.append((r.id, r.user_id))
+        elif r.should_be_active and not r.active:
+            on.append((r.id, r.user_id))
     changed = 0
     for targets, value in ((off, False), (on, True)):  # off first: one active run per user
         for part in chunks(targets):

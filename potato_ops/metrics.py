@@ -34,19 +34,18 @@ from sqlalchemy import (
     cast,
     distinct,
     func,
-    literal,
     select,
 )
 
 from potato_ops.alerts import METRIC_HELP, METRIC_NAMES
+from potato_ops.audit import count_wrong_flags
 from potato_ops.db import read_connection
 from potato_ops.errors import InvalidDateRangeError
 from potato_ops.history import PARTIAL_REBUILD, REBUILD
 from potato_ops.models import VIOLATION_KINDS, InvariantReport
 from potato_ops.queries import as_utc
 from potato_ops.record import to_json_value
-from potato_ops.runs import ONE_DAY, local_today
-from potato_ops.schema import ops_backups, ops_operations, ops_rebuild_history, runs, users
+from potato_ops.schema import ops_backups, ops_operations, ops_rebuild_history
 from potato_ops.timezones import users_with_pending_timezone_changes
 
 if TYPE_CHECKING:
@@ -286,34 +285,8 @@ def rebuild_figures(
 
 
 def stale_active_flags(conn: Connection, now: datetime) -> int:
-    """Return how many runs are flagged active although, by the rule, they are not.
-
-    Local today depends on each user's zone: it is computed once per distinct zone and handed
-    to one counting statement as a CASE over the zone, so the runs are never fetched.
-    """
-    zones = [z for (z,) in conn.execute(select(users.c.timezone).distinct()) if z is not None]
-    utc_today = local_today(None, now)
-    today_by_zone = {z: local_today(z, now) for z in zones}
-    zone = users.c.timezone
-
-    def local(days_back: int) -> ColumnElement[Any]:
-        shifted = {z: d - days_back * ONE_DAY for z, d in today_by_zone.items()}
-        fallback = literal(utc_today - days_back * ONE_DAY, runs.c.end_date.type)
-        if not shifted:
-            return fallback
-        return case(shifted, value=zone, else_=fallback)
-
-    is_active_now = and_(
-        runs.c.start_date <= runs.c.end_date,
-        runs.c.start_date <= local(0),
-        runs.c.end_date >= local(1),
-    )
-    query = (
-        select(func.count())
-        .select_from(runs.outerjoin(users, users.c.id == runs.c.user_id))
-        .where(runs.c.active, ~is_active_now)
-    )
-    return int(conn.execute(query).scalar_one())
+    """Return how many runs' active flags disagree with the rule at now, as the scan counts them."""
+    return count_wrong_flags(conn, now)
 
 
 def backup_figures(conn: Connection, now: datetime) -> tuple[int, float | None, float | None]:

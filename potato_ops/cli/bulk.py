@@ -15,7 +15,7 @@ import typer
 
 from potato_ops import bulk
 from potato_ops.bulk import BulkConfig, BulkResult, Progress
-from potato_ops.cli.common import DatabaseOption, expected_failures, fail
+from potato_ops.cli.common import DatabaseOption, FromDateOption, ToDateOption, expected_failures, fail
 from potato_ops.exitcodes import ExitCode
 from potato_ops.progress_bar import ProgressBar
 from potato_ops.storage import Storage
@@ -100,12 +100,8 @@ def bulk_rebuild(
             show_default=False,
         ),
     ] = None,
-    from_date: Annotated[
-        str | None, typer.Option("--from", help="Partial rebuild from this date (YYYY-MM-DD).")
-    ] = None,
-    to_date: Annotated[
-        str | None, typer.Option("--to", help="Partial rebuild up to this date (YYYY-MM-DD).")
-    ] = None,
+    from_date: FromDateOption = None,
+    to_date: ToDateOption = None,
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Users per batch (one transaction each).")
     ] = 10,

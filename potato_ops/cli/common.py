@@ -28,6 +28,13 @@ DatabaseOption = Annotated[
     ),
 ]
 
+FromDateOption = Annotated[
+    str | None, typer.Option("--from", help="Partial rebuild from this date (YYYY-MM-DD).")
+]
+ToDateOption = Annotated[
+    str | None, typer.Option("--to", help="Partial rebuild up to this date (YYYY-MM-DD).")
+]
+
 
 def fail(message: str, code: ExitCode = ExitCode.ERROR) -> typer.Exit:
     """Print one masked line on stderr and return the Exit to raise."""

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from tqdm.auto import tqdm
 
-from potato_ops.cli.common import DatabaseOption, expected_failures, fail
+from potato_ops.cli.common import DatabaseOption, FromDateOption, ToDateOption, expected_failures, fail
 from potato_ops.exitcodes import ExitCode
 from potato_ops.models import RebuildResult, Run, jsonable
 from potato_ops.storage import Storage
@@ -117,12 +117,8 @@ def register(app: typer.Typer) -> None:
     def rebuild(
         user_id: UserIdOption = None,
         email: EmailOption = None,
-        from_date: Annotated[
-            str | None, typer.Option("--from", help="Partial rebuild from this date (YYYY-MM-DD).")
-        ] = None,
-        to_date: Annotated[
-            str | None, typer.Option("--to", help="Partial rebuild up to this date (YYYY-MM-DD).")
-        ] = None,
+        from_date: FromDateOption = None,
+        to_date: ToDateOption = None,
         dry_run: Annotated[
             bool, typer.Option("--dry-run", help="Compute and show the changes, then roll back.")
         ] = False,

@@ -30,10 +30,10 @@ from pathlib import Path
 from sqlalchemy import create_engine, func, insert, select, text
 
 from potato_ops import Storage, fixed_clock
-from potato_ops.audit import grouped_marks_sql
-from potato_ops.metrics import compute_metrics
-from potato_ops.schema import day_marks, ops_backups, ops_rebuild_history, ops_timezone_changes, runs
-from potato_ops.synth import seed
+from potato_ops.db.schema import day_marks, ops_backups, ops_rebuild_history, ops_timezone_changes, runs
+from potato_ops.demo.synth import seed
+from potato_ops.monitoring.metrics import compute_metrics
+from potato_ops.ops.scan import grouped_marks_sql
 
 NOW = datetime(2024, 3, 10, 15, 0, tzinfo=UTC)
 DEFAULT_PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -175,7 +175,7 @@ def bench(backend: str, users: int, days: int, repeat: int, pg_admin_url: str) -
             f"(seeded in {time.perf_counter() - t0:.1f} s)"
         )
         report = storage.validate_invariants()
-        metrics = compute_metrics(storage)
+        metrics = compute_metrics(storage.database)
         print(
             f"scan: {report.total} violations in {len(report.users_with_violations)} users; "
             f"metrics: {metrics.summary()}"
@@ -185,8 +185,8 @@ def bench(backend: str, users: int, days: int, repeat: int, pg_admin_url: str) -
                 "bare gaps-and-islands SELECT": bare_query(storage, fetch=True),
                 "  the same, rows counted in the db": bare_query(storage, fetch=False),
                 "validate_invariants() (whole scan)": storage.validate_invariants,
-                "compute_metrics(scan=False)": lambda: compute_metrics(storage, scan=False),
-                "compute_metrics() (with scan)": lambda: compute_metrics(storage),
+                "compute_metrics(scan=False)": lambda: compute_metrics(storage.database, scan=False),
+                "compute_metrics() (with scan)": lambda: compute_metrics(storage.database),
             },
             repeat,
         )

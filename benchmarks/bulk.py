@@ -39,12 +39,12 @@ from pathlib import Path
 from sqlalchemy import Column, Date, MetaData, Table, Text, create_engine, insert, text, update
 
 from potato_ops import BulkConfig, Storage, fixed_clock
-from potato_ops.audit import grouped_marks_sql
-from potato_ops.bulk import bulk_rebuild_users
-from potato_ops.models import ORPHAN
-from potato_ops.runs import local_today
-from potato_ops.schema import RUNS_V2_FLAG, runs
-from potato_ops.synth import CORRUPTIONS_POSTGRES, CORRUPTIONS_SQLITE, inject_corruption, seed
+from potato_ops.db.schema import RUNS_V2_FLAG, runs
+from potato_ops.demo.synth import CORRUPTIONS_POSTGRES, CORRUPTIONS_SQLITE, inject_corruption, seed
+from potato_ops.domain.dates import local_today
+from potato_ops.domain.models import ViolationKind
+from potato_ops.ops.bulk.api import bulk_rebuild_users
+from potato_ops.ops.scan import grouped_marks_sql
 
 NOW = datetime(2024, 3, 10, 15, 0, tzinfo=UTC)
 DEFAULT_PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -99,7 +99,7 @@ def analyze(storage: Storage) -> None:
 
 def timed_bulk(storage: Storage, name: str, config: BulkConfig) -> Figure:
     cpu0, t0 = time.process_time(), time.perf_counter()
-    result = bulk_rebuild_users(storage, None, config)
+    result = bulk_rebuild_users(storage.database, None, config)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     assert result.status == "completed", result
     return Figure(
@@ -159,7 +159,7 @@ def run_backend(backend: str, args: argparse.Namespace) -> None:
             f"(seeded in {time.perf_counter() - t0:.0f} s)"
         )
         kinds = CORRUPTIONS_POSTGRES if backend == "postgres" else CORRUPTIONS_SQLITE
-        kinds = tuple(k for k in kinds if k != ORPHAN)
+        kinds = tuple(k for k in kinds if k != ViolationKind.ORPHAN)
         rng = random.Random(7)
         config = BulkConfig(batch_size=args.batch_size, max_workers=args.workers, dry_run=False)
         last30 = (NOW.date() - timedelta(days=29)).isoformat()
@@ -176,7 +176,7 @@ def run_backend(backend: str, args: argparse.Namespace) -> None:
         analyze(storage)
         figures.append(timed_bulk(storage, "bulk, full, every user wrong", config))
         left = storage.validate_invariants().violations
-        ghosts = {v.user_id for v in left if v.kind == ORPHAN}
+        ghosts = {v.user_id for v in left if v.kind == ViolationKind.ORPHAN}
         figures.append(timed_bulk(storage, "bulk, full, dry run", BulkConfig(args.batch_size, args.workers)))
         analyze(storage)
         bare = bare_rebuild(storage)

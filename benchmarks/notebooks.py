@@ -22,10 +22,10 @@ from datetime import timedelta
 from pathlib import Path
 
 from potato_ops import Storage
+from potato_ops.db.schema import RUNS_V2_FLAG
+from potato_ops.demo.synth import seed
 from potato_ops.errors import SchemaError, UserNotFoundError
-from potato_ops.runner import run_notebook
-from potato_ops.schema import RUNS_V2_FLAG
-from potato_ops.synth import seed
+from potato_ops.notebook_runs.execute import run_notebook
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 AUDIT_TARGET_S = 30.0

@@ -42,9 +42,10 @@ from pathlib import Path
 from sqlalchemy import create_engine, delete, insert, select, text, update
 
 from potato_ops import Storage, fixed_clock
-from potato_ops.runs import expected_runs, local_today
-from potato_ops.schema import runs
-from potato_ops.synth import seed
+from potato_ops.db.schema import runs
+from potato_ops.demo.synth import seed
+from potato_ops.domain.dates import local_today
+from potato_ops.domain.runs import expected_runs
 
 NOW = datetime(2024, 3, 10, 15, 0, tzinfo=UTC)
 PG_ADMIN_URL = os.environ.get("POTATO_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")

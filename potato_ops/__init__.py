@@ -1,6 +1,18 @@
 """potato-ops: rebuild, back up, restore and validate Project Potato's runs table."""
 
-from potato_ops.bulk import BulkConfig, BulkResult, Progress
+from potato_ops.domain.dates import fixed_clock
+from potato_ops.domain.models import (
+    Backup,
+    BackupMetadata,
+    DayMark,
+    InvariantReport,
+    RebuildResult,
+    Run,
+    User,
+    ValidationResult,
+    Violation,
+)
+from potato_ops.domain.runs import group_consecutive_dates
 from potato_ops.errors import (
     BackupError,
     ConfigError,
@@ -13,18 +25,8 @@ from potato_ops.errors import (
     SchemaError,
     UserNotFoundError,
 )
-from potato_ops.models import (
-    Backup,
-    BackupMetadata,
-    DayMark,
-    InvariantReport,
-    RebuildResult,
-    Run,
-    User,
-    ValidationResult,
-    Violation,
-)
-from potato_ops.runs import fixed_clock, group_consecutive_dates
+from potato_ops.ops.bulk.config import BulkConfig
+from potato_ops.ops.bulk.results import BulkResult, Progress
 from potato_ops.storage import Storage
 
 __version__ = "0.1.0"

@@ -10,8 +10,8 @@ import sys
 from datetime import datetime
 
 from potato_ops import BulkConfig, Storage
-from potato_ops.bulk import bulk_rebuild_users
-from potato_ops.runs import fixed_clock
+from potato_ops.domain.dates import fixed_clock
+from potato_ops.ops.bulk.api import bulk_rebuild_users
 
 
 def main(argv: list[str]) -> int:
@@ -21,7 +21,7 @@ def main(argv: list[str]) -> int:
     storage.get_feature_flag()  # connect before saying ready
     print("ready", flush=True)
     config = BulkConfig(batch_size=batch_size, max_workers=workers, dry_run=False, ignore_feature_flag=True)
-    result = bulk_rebuild_users(storage, None, config)
+    result = bulk_rebuild_users(storage.database, None, config)
     print("done", result.operation_id, flush=True)
     return 0
 

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, insert, text
 
 from potato_ops import Storage
-from potato_ops.schema import day_marks, metadata, runs, users
+from potato_ops.db.schema import day_marks, metadata, runs, users
 
 PG_ADMIN_URL = os.environ.get("POTATO_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 NOW = datetime(2024, 3, 10, 15, 0, tzinfo=UTC)

@@ -7,17 +7,11 @@ from textwrap import dedent
 
 import pytest
 
-from potato_ops.alerts import (
-    METRIC_HELP,
-    METRIC_NAMES,
+from potato_ops.errors import PotatoOpsError, RuleError
+from potato_ops.monitoring.alerts import (
     SEVERITIES,
     AlertRule,
-    And,
-    Comparison,
-    Condition,
     FiringAlert,
-    Or,
-    condition_metrics,
     default_rules,
     evaluate,
     highest_severity,
@@ -25,7 +19,8 @@ from potato_ops.alerts import (
     parse_condition,
     parse_rules,
 )
-from potato_ops.errors import PotatoOpsError, RuleError
+from potato_ops.monitoring.conditions import And, Comparison, Condition, Or, condition_metrics
+from potato_ops.monitoring.metrics import METRIC_HELP, METRIC_NAMES
 
 HEALTHY: dict[str, float | int | None] = {name: 0 for name in METRIC_NAMES} | {
     "rebuild_success_rate": 1.0,

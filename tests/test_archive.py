@@ -16,7 +16,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from potato_ops.archive import (
+from potato_ops.errors import SecretLeakError
+from potato_ops.notebook_runs.archive import (
     GENESIS_HASH,
     ArchivedRun,
     archive_run,
@@ -25,7 +26,6 @@ from potato_ops.archive import (
     new_run_id,
     verify_reports,
 )
-from potato_ops.errors import SecretLeakError
 
 SECRET = "Sup3rS3cret"
 URL = f"postgresql+psycopg://ops:{SECRET}@localhost/x"

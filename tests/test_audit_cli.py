@@ -19,10 +19,10 @@ import pytest
 from typer.testing import CliRunner
 
 from potato_ops import Storage
-from potato_ops.archive import list_runs
-from potato_ops.audit_job import AUDIT_DATABASE_URL_ENV, AUDIT_NOTEBOOK
 from potato_ops.cli import app
 from potato_ops.exitcodes import ExitCode
+from potato_ops.monitoring.scheduled_audit import AUDIT_DATABASE_URL_ENV, AUDIT_NOTEBOOK
+from potato_ops.notebook_runs.archive import list_runs
 from tests.test_metrics import add_history
 
 REPO_NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -225,11 +225,11 @@ def test_the_notebook_gets_the_window_the_alerts_judged(
         notebooks,
         """\
         from potato_ops import Storage
-        from potato_ops.metrics import compute_metrics
-        from potato_ops.record import record_result
+        from potato_ops.monitoring.metrics import compute_metrics
+        from potato_ops.notebook_runs.result import record_result
 
         metrics = compute_metrics(
-            Storage.connect(env_var=database_url_env),
+            Storage.connect(env_var=database_url_env).database,
             since=since,
             scan=False,
             slow_threshold_ms=slow_threshold_ms,

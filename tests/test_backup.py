@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import update
 
 from potato_ops import Storage
-from potato_ops.schema import runs
+from potato_ops.db.schema import runs
 from tests.conftest import NOW, MutableClock, add_runs, add_user, spans
 
 Spans = list[tuple[str, str]]

@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import Engine, create_engine, select, text, update
 
 from potato_ops import Backup, BackupError, Run, SchemaError, Storage
-from potato_ops.backup import make_backup
-from potato_ops.schema import ops_backups
+from potato_ops.db.backups import make_backup
+from potato_ops.db.schema import ops_backups
 from tests.conftest import (
     NOW,
     MutableClock,

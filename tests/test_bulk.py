@@ -30,14 +30,10 @@ from potato_ops import (
     OperationRunningError,
     Storage,
     group_consecutive_dates,
-    ledger,
 )
-from potato_ops.bulk import Progress, UserError
 from potato_ops.cli.bulk import register
-from potato_ops.db import write_transaction
-from potato_ops.models import ORPHAN
-from potato_ops.progress_bar import ProgressBar
-from potato_ops.schema import (
+from potato_ops.db.engine import write_transaction
+from potato_ops.db.schema import (
     RUNS_V2_FLAG,
     ops_backups,
     ops_operation_items,
@@ -45,7 +41,11 @@ from potato_ops.schema import (
     ops_rebuild_history,
     runs,
 )
-from potato_ops.synth import seed
+from potato_ops.demo.synth import seed
+from potato_ops.domain.models import ViolationKind
+from potato_ops.ops.bulk import ledger, ownership, rows
+from potato_ops.ops.bulk.results import Progress, UserError
+from potato_ops.runbook.progress import ProgressBar
 from tests.conftest import NOW, MutableClock, add_runs, add_user, snapshot, spans
 
 REAL = BulkConfig(batch_size=4, max_workers=3, dry_run=False)
@@ -131,8 +131,8 @@ def drop_refusal(storage: Storage) -> None:
 def test_bulk_repairs_exactly_the_corrupted_users(flag_on: Storage) -> None:
     storage = flag_on
     seeded = seed(storage.engine, users_count=40, days=90, corrupt=0.3, now=NOW)
-    broken = {u for u, kind in seeded.corrupted.items() if kind != ORPHAN}
-    ghosts = {u for u, kind in seeded.corrupted.items() if kind == ORPHAN}
+    broken = {u for u, kind in seeded.corrupted.items() if kind != ViolationKind.ORPHAN}
+    ghosts = {u for u, kind in seeded.corrupted.items() if kind == ViolationKind.ORPHAN}
     assert broken and ghosts
 
     result = storage.bulk_rebuild_users(seeded.user_ids, REAL)
@@ -188,7 +188,7 @@ def test_dry_run_writes_only_its_ledger_rows_and_tells_what_would_change(flag_on
     assert len(after["ops_operation_items"]) == 30
     assert dry.dry_run and dry.status == "completed" and dry.completed_users == 30
     would = {(c.user_id, c.runs_to_delete, c.runs_to_create, c.active_flags_changed) for c in dry.changes}
-    assert {c[0] for c in would} == {u for u, k in seeded.corrupted.items() if k != ORPHAN}
+    assert {c[0] for c in would} == {u for u, k in seeded.corrupted.items() if k != ViolationKind.ORPHAN}
 
     real = storage.bulk_rebuild_users(seeded.user_ids, REAL)
     did = {(c.user_id, c.runs_to_delete, c.runs_to_create, c.active_flags_changed) for c in real.changes}
@@ -396,7 +396,7 @@ def test_a_live_runner_cannot_be_taken_over(flag_on: Storage) -> None:
     assert (result.status, result.completed_users) == ("completed", 12)
 
 
-def fabricate_dead_run(storage: Storage, user_ids: list[str], runner: ledger.Runner) -> str:
+def fabricate_dead_run(storage: Storage, user_ids: list[str], runner: ownership.Runner) -> str:
     """Write an operation claimed by a runner that does not exist (as a crash leaves it)."""
     config = BulkConfig(batch_size=3, max_workers=2, dry_run=False).to_json()
     with write_transaction(storage.engine) as conn:
@@ -417,7 +417,9 @@ def fabricate_dead_run(storage: Storage, user_ids: list[str], runner: ledger.Run
 def test_an_operation_whose_runner_died_is_interrupted_and_resumable(flag_on: Storage) -> None:
     storage = flag_on
     seeded = seed(storage.engine, users_count=9, days=30, now=NOW, with_runs=False)
-    op = fabricate_dead_run(storage, seeded.user_ids, ledger.Runner(socket.gethostname(), dead_pid(), "1/x"))
+    op = fabricate_dead_run(
+        storage, seeded.user_ids, ownership.Runner(socket.gethostname(), dead_pid(), "1/x")
+    )
 
     progress = storage.get_rebuild_progress(op)
 
@@ -431,17 +433,17 @@ def test_an_operation_whose_runner_died_is_interrupted_and_resumable(flag_on: St
 
 def test_cancel_of_an_operation_whose_runner_died_cancels_at_once(flag_on: Storage) -> None:
     seeded = seed(flag_on.engine, users_count=3, days=10, now=NOW, with_runs=False)
-    op = fabricate_dead_run(flag_on, seeded.user_ids, ledger.Runner("elsewhere", 1, "1/x"))
+    op = fabricate_dead_run(flag_on, seeded.user_ids, ownership.Runner("elsewhere", 1, "1/x"))
     with flag_on.engine.begin() as conn:  # another host's runner: only its heartbeat tells
         conn.execute(
-            update(ops_operations).values(heartbeat_at=NOW - ledger.STALE_AFTER - timedelta(seconds=1))
+            update(ops_operations).values(heartbeat_at=NOW - ownership.STALE_AFTER - timedelta(seconds=1))
         )
     assert flag_on.cancel_bulk_rebuild(op).status == "cancelled"
 
 
-def _op_run_by(pid: int, token: str, host: str | None = None) -> ledger.OperationRow:
+def _op_run_by(pid: int, token: str, host: str | None = None) -> rows.OperationRow:
     host = host or socket.gethostname()
-    return ledger.OperationRow(
+    return rows.OperationRow(
         "x", "bulk_rebuild", "running", False, {}, 0, NOW, NOW, NOW, None, host, pid, token, False, None
     )
 
@@ -451,17 +453,17 @@ def test_runner_liveness_by_process_start_time() -> None:
     op = _op_run_by
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        started = ledger._process_start(child.pid)
+        started = ownership._process_start(child.pid)
         assert started is not None
-        assert ledger._process_runner_alive(op(child.pid, f"{started}/t"), NOW)
-        assert not ledger._process_runner_alive(op(child.pid, "12345/t"), NOW)  # pid reused
-        assert not ledger._process_runner_alive(op(os.getpid(), "1/unknown-token"), NOW)
-        assert ledger._process_runner_alive(op(1, "1/x", host="elsewhere"), NOW + timedelta(minutes=1))
-        assert not ledger._process_runner_alive(op(1, "1/x", host="elsewhere"), NOW + timedelta(hours=1))
+        assert ownership._process_runner_alive(op(child.pid, f"{started}/t"), NOW)
+        assert not ownership._process_runner_alive(op(child.pid, "12345/t"), NOW)  # pid reused
+        assert not ownership._process_runner_alive(op(os.getpid(), "1/unknown-token"), NOW)
+        assert ownership._process_runner_alive(op(1, "1/x", host="elsewhere"), NOW + timedelta(minutes=1))
+        assert not ownership._process_runner_alive(op(1, "1/x", host="elsewhere"), NOW + timedelta(hours=1))
     finally:
         child.kill()
         child.wait()
-    assert not ledger._process_runner_alive(op(child.pid, f"{started}/t"), NOW)
+    assert not ownership._process_runner_alive(op(child.pid, f"{started}/t"), NOW)
 
 
 def test_progress_eta_comes_from_the_recent_rate(flag_on: Storage, clock: MutableClock) -> None:
@@ -541,7 +543,7 @@ def test_readers_see_old_runs_or_new_runs_never_a_mix(flag_on: Storage) -> None:
 def test_app_writing_marks_during_a_bulk_run(flag_on: Storage) -> None:
     storage = flag_on
     seeded = seed(storage.engine, users_count=60, days=60, corrupt=0.3, now=NOW)
-    ghosts = {u for u, k in seeded.corrupted.items() if k == ORPHAN}
+    ghosts = {u for u, k in seeded.corrupted.items() if k == ViolationKind.ORPHAN}
     with storage.engine.begin() as conn:
         conn.execute(runs.delete().where(runs.c.user_id.in_(ghosts)))
     first = NOW.date() - timedelta(days=70)
@@ -603,7 +605,7 @@ def test_bulk_commands_end_to_end(storage: Storage, db_url: str, tmp_path: Path)
     # The command runs on the system clock: put the flags right for it, then count who is wrong.
     live = Storage.connect(db_url)
     live.refresh_active_runs()
-    ghosts = {u for u, k in seeded.corrupted.items() if k == ORPHAN}
+    ghosts = {u for u, k in seeded.corrupted.items() if k == ViolationKind.ORPHAN}
     broken = len(set(live.validate_invariants().users_with_violations) - ghosts)
     live.close()
     assert broken > 0

@@ -23,10 +23,10 @@ import pytest
 from sqlalchemy import func, select
 
 from potato_ops import BulkConfig, Storage, group_consecutive_dates
-from potato_ops.bulk import bulk_rebuild_users
-from potato_ops.models import ORPHAN
-from potato_ops.schema import day_marks, ops_backups, ops_operation_items, ops_rebuild_history, runs
-from potato_ops.synth import CORRUPTIONS_POSTGRES, CORRUPTIONS_SQLITE, inject_corruption, seed
+from potato_ops.db.schema import day_marks, ops_backups, ops_operation_items, ops_rebuild_history, runs
+from potato_ops.demo.synth import CORRUPTIONS_POSTGRES, CORRUPTIONS_SQLITE, inject_corruption, seed
+from potato_ops.domain.models import ViolationKind
+from potato_ops.ops.bulk.api import bulk_rebuild_users
 from tests.conftest import NOW
 
 USERS = 250
@@ -105,7 +105,7 @@ def test_killed_bulk_runs_resume_to_the_clean_result(storage: Storage, db_url: s
     seeded = seed(storage.engine, users_count=USERS, days=DAYS, now=NOW)
     ids = seeded.user_ids
     kinds = CORRUPTIONS_POSTGRES if storage.dialect == "postgresql" else CORRUPTIONS_SQLITE
-    kinds = tuple(k for k in kinds if k != ORPHAN)  # a rebuild cannot remove runs of no user
+    kinds = tuple(k for k in kinds if k != ViolationKind.ORPHAN)  # a rebuild cannot remove runs of no user
 
     # A run that is not killed tells how long a run lasts, so the kills land inside one.
     inject_corruption(storage.engine, ids, USERS // 3, kinds, rng, NOW)
@@ -133,7 +133,7 @@ def test_killed_bulk_runs_resume_to_the_clean_result(storage: Storage, db_url: s
             config = BulkConfig(
                 batch_size=BATCH, max_workers=WORKERS, dry_run=False, ignore_feature_flag=True
             )
-            operation_id = bulk_rebuild_users(storage, None, config).operation_id
+            operation_id = bulk_rebuild_users(storage.database, None, config).operation_id
         else:
             [op] = left
             status = settled_status(storage, op.operation_id)

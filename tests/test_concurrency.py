@@ -16,9 +16,9 @@ from itertools import pairwise
 from sqlalchemy import insert, update
 
 from potato_ops import RebuildResult, Run, Storage
-from potato_ops.db import write_transaction
-from potato_ops.runs import group_consecutive_dates
-from potato_ops.schema import day_marks
+from potato_ops.db.engine import write_transaction
+from potato_ops.db.schema import day_marks
+from potato_ops.domain.runs import group_consecutive_dates
 from tests.conftest import NOW, add_user
 
 UID = "busy"

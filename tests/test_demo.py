@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from potato_ops import Storage
 from potato_ops.cli import app
 from potato_ops.config import default_sqlite_path
-from potato_ops.demo import fresh_demo_database
+from potato_ops.demo.showcase import fresh_demo_database
 from potato_ops.errors import ConfigError
 from tests.conftest import add_user
 

@@ -9,18 +9,9 @@ import pytest
 from sqlalchemy import delete, select
 
 from potato_ops import Storage
-from potato_ops.models import (
-    ADJACENT,
-    MALFORMED,
-    MULTIPLE_ACTIVE,
-    ORPHAN,
-    OVERLAP,
-    PHANTOM_DAY,
-    STALE_ACTIVE,
-    UNCOVERED_DAY,
-)
-from potato_ops.schema import day_marks, runs, users
-from potato_ops.synth import SeedResult, seed
+from potato_ops.db.schema import day_marks, runs, users
+from potato_ops.demo.synth import SeedResult, seed
+from potato_ops.domain.models import ViolationKind
 from tests.conftest import MutableClock
 
 USERS = 150
@@ -54,9 +45,16 @@ def _day_counts(storage: Storage) -> tuple[int, int]:
 
 def test_validate_invariants_finds_exactly_the_corrupted_users(storage: Storage, seeded: SeedResult) -> None:
     # The seed holds every kind of corruption this database can store.
-    kinds = {MALFORMED, ADJACENT, PHANTOM_DAY, UNCOVERED_DAY, STALE_ACTIVE, ORPHAN}
+    kinds = {
+        ViolationKind.MALFORMED,
+        ViolationKind.ADJACENT,
+        ViolationKind.PHANTOM_DAY,
+        ViolationKind.UNCOVERED_DAY,
+        ViolationKind.STALE_ACTIVE,
+        ViolationKind.ORPHAN,
+    }
     if storage.dialect == "sqlite":
-        kinds.add(OVERLAP)
+        kinds.add(ViolationKind.OVERLAP)
     assert set(seeded.corrupted.values()) == kinds
     assert len(seeded.corrupted) == round(USERS * 0.3)
 
@@ -69,7 +67,7 @@ def test_validate_invariants_finds_exactly_the_corrupted_users(storage: Storage,
     missed = {uid: kind for uid, kind in seeded.corrupted.items() if kind not in detected[uid]}
     assert missed == {}
     assert storage.detect_data_corruption() == sorted(seeded.corrupted)
-    overlapping = sorted(u for u, k in seeded.corrupted.items() if k == OVERLAP)
+    overlapping = sorted(u for u, k in seeded.corrupted.items() if k == ViolationKind.OVERLAP)
     assert storage.get_users_with_overlapping_runs() == overlapping
     assert storage.get_users_with_multiple_active_runs() == []
 
@@ -79,25 +77,25 @@ def test_report_counts_match_what_was_injected(storage: Storage, seeded: SeedRes
     injected = Counter(seeded.corrupted.values())
     phantom, uncovered = _day_counts(storage)
     assert report.counts() == {
-        "overlapping_runs": injected[OVERLAP],
+        "overlapping_runs": injected[ViolationKind.OVERLAP],
         "multiple_active_runs": 0,
-        "adjacent_runs": injected[ADJACENT],
+        "adjacent_runs": injected[ViolationKind.ADJACENT],
         "uncovered_days": uncovered,
         "phantom_days": phantom,
-        "stale_active": injected[STALE_ACTIVE],
-        "malformed_runs": injected[MALFORMED],
-        "orphan_runs": injected[ORPHAN],
+        "stale_active": injected[ViolationKind.STALE_ACTIVE],
+        "malformed_runs": injected[ViolationKind.MALFORMED],
+        "orphan_runs": injected[ViolationKind.ORPHAN],
     }
     # Every uncovered day comes from a deleted run; every phantom day from a stretched run
     # (one day each) or an orphan's run (three days each).
-    assert uncovered >= injected[UNCOVERED_DAY]
-    assert phantom == injected[PHANTOM_DAY] + 3 * injected[ORPHAN]
+    assert uncovered >= injected[ViolationKind.UNCOVERED_DAY]
+    assert phantom == injected[ViolationKind.PHANTOM_DAY] + 3 * injected[ViolationKind.ORPHAN]
     assert report.total == len(report.violations)
     assert not report.ok
     kinds = Counter(v.kind for v in report.violations)
-    assert kinds[MULTIPLE_ACTIVE] == 0
-    assert {k for k in kinds if k not in (PHANTOM_DAY, UNCOVERED_DAY)} == {
-        k for k in injected if k not in (PHANTOM_DAY, UNCOVERED_DAY)
+    assert kinds[ViolationKind.MULTIPLE_ACTIVE] == 0
+    assert {k for k in kinds if k not in (ViolationKind.PHANTOM_DAY, ViolationKind.UNCOVERED_DAY)} == {
+        k for k in injected if k not in (ViolationKind.PHANTOM_DAY, ViolationKind.UNCOVERED_DAY)
     }
 
 
@@ -111,14 +109,14 @@ def test_scan_of_some_users_reports_only_them(storage: Storage, seeded: SeedResu
 
 
 def test_rebuilding_the_corrupted_users_leaves_only_the_orphans(storage: Storage, seeded: SeedResult) -> None:
-    orphans = sorted(u for u, k in seeded.corrupted.items() if k == ORPHAN)
+    orphans = sorted(u for u, k in seeded.corrupted.items() if k == ViolationKind.ORPHAN)
     for uid in seeded.corrupted:
         if uid not in orphans:
             result = storage.rebuild_user_runs(uid, backup=False)
             assert result.success, (uid, result.invariant_violations)
     report = storage.validate_invariants()
     assert report.users_with_violations == orphans
-    assert {v.kind for v in report.violations} == {ORPHAN, PHANTOM_DAY}
+    assert {v.kind for v in report.violations} == {ViolationKind.ORPHAN, ViolationKind.PHANTOM_DAY}
     with storage.engine.begin() as conn:
         conn.execute(delete(runs).where(runs.c.user_id.in_(orphans)))
     assert storage.validate_invariants().ok
@@ -135,6 +133,6 @@ def test_clock_past_midnight_makes_stale_flags_that_refresh_fixes(
     assert storage.validate_invariants().ok
     clock.advance(days=2)
     report = storage.validate_invariants()
-    assert {v.kind for v in report.violations} == {STALE_ACTIVE}
+    assert {v.kind for v in report.violations} == {ViolationKind.STALE_ACTIVE}
     assert storage.refresh_active_runs() == report.stale_active > 0
     assert storage.validate_invariants().ok

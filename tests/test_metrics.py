@@ -17,16 +17,17 @@ from polars.testing import assert_frame_equal
 from sqlalchemy import insert
 
 from potato_ops import Storage
-from potato_ops.alerts import METRIC_NAMES
 from potato_ops.charts.monitoring import (
     duration_histogram,
     slowest_users_chart,
     success_rate_chart,
     violations_by_kind_chart,
 )
+from potato_ops.db.schema import ops_operations, ops_rebuild_history
 from potato_ops.errors import InvalidDateRangeError
-from potato_ops.metrics import (
+from potato_ops.monitoring.metrics import (
     HISTORY_SCHEMA,
+    METRIC_NAMES,
     compute_metrics,
     history_frame,
     metrics_frame,
@@ -34,7 +35,6 @@ from potato_ops.metrics import (
     slowest_users_frame,
     success_rate_frame,
 )
-from potato_ops.schema import ops_operations, ops_rebuild_history
 from tests.conftest import NOW, MutableClock, add_runs, add_user
 
 
@@ -160,7 +160,7 @@ EXPECTED_DEFAULT_WINDOW: dict[str, float | int | None] = {
 
 
 def test_metrics_of_the_default_window(seeded: Storage) -> None:
-    metrics = compute_metrics(seeded)
+    metrics = compute_metrics(seeded.database)
 
     assert metrics.as_dict() == pytest.approx(EXPECTED_DEFAULT_WINDOW)
     assert list(metrics.as_dict()) == list(METRIC_NAMES)
@@ -179,7 +179,7 @@ def test_metrics_of_the_default_window(seeded: Storage) -> None:
 
 
 def test_metrics_of_one_operation(seeded: Storage) -> None:
-    metrics = compute_metrics(seeded, operation_id="bulk-1", scan=False)
+    metrics = compute_metrics(seeded.database, operation_id="bulk-1", scan=False)
 
     # bulk-1 rebuilt u1 (100 ms, ok) and u2 (200 ms, failed).
     # p50: rank 0.5 -> 150.  p95: rank 0.95 -> 100 + 0.95 * 100 = 195.
@@ -221,7 +221,7 @@ SINCE_CASES: list[tuple[str, list[float]]] = [
 
 @pytest.mark.parametrize(("since", "durations"), SINCE_CASES, ids=[c[0] for c in SINCE_CASES])
 def test_since_selects_the_window(seeded: Storage, since: str, durations: list[float]) -> None:
-    metrics = compute_metrics(seeded, since=since, scan=False)
+    metrics = compute_metrics(seeded.database, since=since, scan=False)
 
     assert metrics.rebuild_count == len(durations)
     assert metrics.rebuild_max_duration_ms == max(durations)
@@ -229,7 +229,7 @@ def test_since_selects_the_window(seeded: Storage, since: str, durations: list[f
 
 
 def test_an_empty_window_has_no_data_and_no_division_by_zero(seeded: Storage) -> None:
-    metrics = compute_metrics(seeded, since="2024-03-10T14:30:00+00:00", scan=False)
+    metrics = compute_metrics(seeded.database, since="2024-03-10T14:30:00+00:00", scan=False)
 
     assert metrics.no_data is True
     assert metrics.as_dict() == pytest.approx(
@@ -256,7 +256,7 @@ def test_an_empty_window_has_no_data_and_no_division_by_zero(seeded: Storage) ->
 
 
 def test_an_empty_database_has_no_data(storage: Storage) -> None:
-    metrics = compute_metrics(storage)
+    metrics = compute_metrics(storage.database)
 
     assert metrics.no_data is True
     assert metrics.as_dict() == {
@@ -283,14 +283,14 @@ def test_an_empty_database_has_no_data(storage: Storage) -> None:
 
 
 def test_slow_threshold_is_a_parameter(seeded: Storage) -> None:
-    assert compute_metrics(seeded, scan=False, slow_threshold_ms=250).slow_users == 3  # u1 u3 u4
-    assert compute_metrics(seeded, scan=False, slow_threshold_ms=1500).slow_users == 0
+    assert compute_metrics(seeded.database, scan=False, slow_threshold_ms=250).slow_users == 3  # u1 u3 u4
+    assert compute_metrics(seeded.database, scan=False, slow_threshold_ms=1500).slow_users == 0
 
 
 def test_a_single_rebuild_is_every_percentile(storage: Storage) -> None:
     add_history(storage, "u1", "14:00", 42.5)
 
-    metrics = compute_metrics(storage, scan=False)
+    metrics = compute_metrics(storage.database, scan=False)
 
     assert (
         metrics.rebuild_avg_duration_ms,
@@ -307,7 +307,7 @@ def test_percentiles_interpolate_between_ranks(storage: Storage, n: int) -> None
     for i, ms in enumerate(durations):
         add_history(storage, f"u{i}", "14:00", ms)
 
-    metrics = compute_metrics(storage, scan=False)
+    metrics = compute_metrics(storage.database, scan=False)
 
     # statistics' "inclusive" quantiles are percentile_cont: linear between adjacent ranks.
     cuts = statistics.quantiles(durations, n=100, method="inclusive")
@@ -321,7 +321,7 @@ def test_a_real_rebuild_is_counted(storage: Storage) -> None:
     storage.rebuild_user_runs("u1")
     storage.rebuild_user_runs("u1", dry_run=True)  # a dry run records nothing
 
-    metrics = compute_metrics(storage)
+    metrics = compute_metrics(storage.database)
 
     assert (metrics.rebuild_count, metrics.users_processed, metrics.rebuild_success_rate) == (
         1,
@@ -360,12 +360,12 @@ def test_parse_since_refuses_what_it_cannot_read(text: str) -> None:
 
 def test_a_window_ending_before_it_starts_is_refused(storage: Storage) -> None:
     with pytest.raises(InvalidDateRangeError, match="is after until"):
-        compute_metrics(storage, since="2024-03-10T12:00", until=at("11:00"))
+        compute_metrics(storage.database, since="2024-03-10T12:00", until=at("11:00"))
 
 
 def test_a_window_and_an_operation_together_are_refused(storage: Storage) -> None:
     with pytest.raises(InvalidDateRangeError, match="either a window"):
-        compute_metrics(storage, since="24h", operation_id="bulk-1")
+        compute_metrics(storage.database, since="24h", operation_id="bulk-1")
 
 
 # --- frames ------------------------------------------------------------------------------------
@@ -373,7 +373,7 @@ def test_a_window_and_an_operation_together_are_refused(storage: Storage) -> Non
 
 def test_history_frame_holds_the_rows_the_metrics_count(seeded: Storage) -> None:
     assert_frame_equal(
-        history_frame(seeded, "6h"),
+        history_frame(seeded.database, "6h"),
         pl.DataFrame(
             [
                 (at("10:00"), "u1", "rebuild", 400.0, True, 2),
@@ -388,7 +388,7 @@ def test_history_frame_holds_the_rows_the_metrics_count(seeded: Storage) -> None
 
 
 def test_history_frame_of_an_empty_window_keeps_its_columns(storage: Storage) -> None:
-    assert_frame_equal(history_frame(storage), pl.DataFrame(schema=HISTORY_SCHEMA))
+    assert_frame_equal(history_frame(storage.database), pl.DataFrame(schema=HISTORY_SCHEMA))
 
 
 HISTORY_FRAME = pl.DataFrame(
@@ -435,7 +435,7 @@ def test_slowest_users() -> None:
 
 
 def test_metrics_frame_has_one_row_per_metric(seeded: Storage) -> None:
-    frame = metrics_frame(compute_metrics(seeded, since="2024-03-10T14:30", scan=False))
+    frame = metrics_frame(compute_metrics(seeded.database, since="2024-03-10T14:30", scan=False))
 
     assert frame.columns == ["metric", "value", "help"]
     assert frame["metric"].to_list() == list(METRIC_NAMES)
@@ -456,8 +456,8 @@ def _texts(figure: Figure) -> tuple[str, str, str]:
 
 
 def test_charts_are_labelled_and_of_fixed_size(seeded: Storage) -> None:
-    history = history_frame(seeded)
-    metrics = compute_metrics(seeded)
+    history = history_frame(seeded.database)
+    metrics = compute_metrics(seeded.database)
     figures = [
         duration_histogram(history, slow_threshold_ms=1000),
         success_rate_chart(success_rate_frame(history)),
@@ -475,7 +475,7 @@ def test_charts_are_labelled_and_of_fixed_size(seeded: Storage) -> None:
 
 
 def test_charts_of_no_data_say_so(storage: Storage) -> None:
-    empty = history_frame(storage)
+    empty = history_frame(storage.database)
     figures = [
         duration_histogram(empty),
         success_rate_chart(success_rate_frame(empty)),

@@ -17,18 +17,24 @@ import pytest
 from sqlalchemy import delete
 
 from potato_ops import Storage
+from potato_ops.db.schema import RUNS_V2_FLAG, runs
+from potato_ops.demo.synth import SeedResult, seed
+from potato_ops.domain.models import User, ViolationKind
 from potato_ops.exitcodes import ExitCode
-from potato_ops.models import ADJACENT, MALFORMED, PHANTOM_DAY, STALE_ACTIVE, UNCOVERED_DAY, User
-from potato_ops.runner import RunRecord, run_notebook
-from potato_ops.schema import RUNS_V2_FLAG, runs
-from potato_ops.synth import SeedResult, seed
+from potato_ops.notebook_runs.execute import RunRecord, run_notebook
 
 pytestmark = pytest.mark.notebook
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 CELL_TIMEOUT_S = 120
 # Kinds a single-user rebuild repairs (orphans have no user; overlap is refused by PostgreSQL).
-REBUILDABLE = (MALFORMED, ADJACENT, PHANTOM_DAY, UNCOVERED_DAY, STALE_ACTIVE)
+REBUILDABLE = (
+    ViolationKind.MALFORMED,
+    ViolationKind.ADJACENT,
+    ViolationKind.PHANTOM_DAY,
+    ViolationKind.UNCOVERED_DAY,
+    ViolationKind.STALE_ACTIVE,
+)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete
 
-from potato_ops.schema import runs
+from potato_ops.db.schema import runs
 from tests.test_notebooks import SeededDatabase, run, seed_database
 
 pytestmark = [pytest.mark.notebook, pytest.mark.postgres]

@@ -10,10 +10,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from potato_ops import Storage
-from potato_ops.alerts import METRIC_HELP, METRIC_NAMES
 from potato_ops.cli import app
-from potato_ops.metrics import Metrics
-from potato_ops.prometheus import render_prometheus
+from potato_ops.monitoring.metrics import METRIC_HELP, METRIC_NAMES, Metrics
+from potato_ops.monitoring.prometheus import render_prometheus
 from tests.test_metrics import add_history
 
 WINDOW_END = datetime(2024, 3, 10, 15, 0, tzinfo=UTC)

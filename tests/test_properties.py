@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 from sqlalchemy import delete, insert
 
 from potato_ops import Storage
-from potato_ops.runs import group_consecutive_dates, is_active, local_today
-from potato_ops.schema import (
+from potato_ops.db.schema import (
     day_marks,
     ops_backups,
     ops_rebuild_history,
@@ -20,6 +19,8 @@ from potato_ops.schema import (
     runs,
     users,
 )
+from potato_ops.domain.dates import local_today
+from potato_ops.domain.runs import group_consecutive_dates, is_active
 from tests.conftest import NOW
 
 UID = "prop-user"

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import select, update
 
 from potato_ops import InvalidTimezoneError, Run, Storage
-from potato_ops.models import ADJACENT, OVERLAP, PHANTOM_DAY, STALE_ACTIVE, UNCOVERED_DAY
-from potato_ops.schema import RUNS_V2_FLAG, day_marks, ops_rebuild_history, runs
+from potato_ops.db.schema import RUNS_V2_FLAG, day_marks, ops_rebuild_history, runs
+from potato_ops.domain.models import ViolationKind
 from tests.conftest import NOW, MutableClock, add_runs, add_user, snapshot, spans
 
 D = date.fromisoformat
@@ -454,11 +454,14 @@ def run(start: str, end: str, active: bool = False) -> Run:
     ("after", "kinds"),
     [
         ([run("2024-03-01", "2024-03-03"), run("2024-03-08", "2024-03-09", True)], []),
-        ([run("2024-03-01", "2024-03-03"), run("2024-03-08", "2024-03-09")], [STALE_ACTIVE]),
-        ([run("2024-03-01", "2024-03-02"), run("2024-03-08", "2024-03-09", True)], [UNCOVERED_DAY]),
+        ([run("2024-03-01", "2024-03-03"), run("2024-03-08", "2024-03-09")], [ViolationKind.STALE_ACTIVE]),
+        (
+            [run("2024-03-01", "2024-03-02"), run("2024-03-08", "2024-03-09", True)],
+            [ViolationKind.UNCOVERED_DAY],
+        ),
         (
             [run("2024-03-01", "2024-03-04"), run("2024-03-08", "2024-03-09", True)],
-            [PHANTOM_DAY],
+            [ViolationKind.PHANTOM_DAY],
         ),
         (
             [
@@ -466,7 +469,7 @@ def run(start: str, end: str, active: bool = False) -> Run:
                 run("2024-03-02", "2024-03-03"),
                 run("2024-03-08", "2024-03-09", True),
             ],
-            [ADJACENT],
+            [ViolationKind.ADJACENT],
         ),
         (
             [
@@ -474,7 +477,7 @@ def run(start: str, end: str, active: bool = False) -> Run:
                 run("2024-03-02", "2024-03-03"),
                 run("2024-03-08", "2024-03-09", True),
             ],
-            [OVERLAP],
+            [ViolationKind.OVERLAP],
         ),
     ],
     ids=["valid", "stale-flag", "uncovered", "phantom", "adjacent", "overlap"],

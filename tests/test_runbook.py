@@ -11,8 +11,8 @@ from matplotlib.figure import Figure
 from potato_ops import Storage
 from potato_ops.charts.calendar import run_calendar
 from potato_ops.charts.runs import bucket_lengths, run_length_chart, timezone_chart
+from potato_ops.domain.models import Run
 from potato_ops.errors import SchemaError
-from potato_ops.models import Run
 from potato_ops.runbook import (
     Chart,
     RunbookParameterError,

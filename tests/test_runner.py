@@ -12,17 +12,12 @@ import typer
 from jupyter_client.kernelspec import KernelSpecManager
 from typer.testing import CliRunner
 
-from potato_ops.archive import list_runs, verify_reports
 from potato_ops.errors import NotebookError, NotebookParameterError, SecretLeakError
 from potato_ops.exitcodes import ExitCode
-from potato_ops.record import result_payload, verdict_line
-from potato_ops.runner import (
-    ParameterInfo,
-    check_parameters,
-    list_notebooks,
-    resolve_notebook,
-    run_notebook,
-)
+from potato_ops.notebook_runs.archive import list_runs, verify_reports
+from potato_ops.notebook_runs.execute import list_notebooks, resolve_notebook, run_notebook
+from potato_ops.notebook_runs.parameters import ParameterInfo, check_parameters
+from potato_ops.notebook_runs.result import result_payload, verdict_line
 
 FIXTURES = Path(__file__).parent / "fixtures" / "notebooks"
 OUTCOMES = FIXTURES / "01_outcomes.ipynb"

@@ -9,26 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from potato_ops.domain.dates import local_today
+from potato_ops.domain.invariants import check_invariants
+from potato_ops.domain.models import Run, ViolationKind
+from potato_ops.domain.runs import diff_runs, expected_runs, group_consecutive_dates, is_active
 from potato_ops.errors import InvalidDateRangeError
-from potato_ops.models import (
-    ADJACENT,
-    MALFORMED,
-    MULTIPLE_ACTIVE,
-    ORPHAN,
-    OVERLAP,
-    PHANTOM_DAY,
-    STALE_ACTIVE,
-    UNCOVERED_DAY,
-    Run,
-)
-from potato_ops.runs import (
-    check_invariants,
-    diff_runs,
-    expected_runs,
-    group_consecutive_dates,
-    is_active,
-    local_today,
-)
 
 D = date.fromisoformat
 
@@ -365,41 +350,53 @@ MARKS_1_TO_5 = days("2024-03-01", "2024-03-05")
     ("stored", "marks", "today", "user_exists", "kinds"),
     [
         ([run("2024-03-01", "2024-03-05")], MARKS_1_TO_5, TODAY, True, []),
-        ([run("2024-03-05", "2024-03-01", count=1)], [], TODAY, True, [MALFORMED]),
-        ([run("2024-03-01", "2024-03-05", count=4)], MARKS_1_TO_5, TODAY, True, [MALFORMED]),
+        ([run("2024-03-05", "2024-03-01", count=1)], [], TODAY, True, [ViolationKind.MALFORMED]),
+        ([run("2024-03-01", "2024-03-05", count=4)], MARKS_1_TO_5, TODAY, True, [ViolationKind.MALFORMED]),
         (
             [run("2024-03-01", "2024-03-03"), run("2024-03-03", "2024-03-05")],
             MARKS_1_TO_5,
             TODAY,
             True,
-            [OVERLAP],
+            [ViolationKind.OVERLAP],
         ),
         (
             [run("2024-03-01", "2024-03-05"), run("2024-03-01", "2024-03-05")],
             MARKS_1_TO_5,
             TODAY,
             True,
-            [OVERLAP],
+            [ViolationKind.OVERLAP],
         ),
         (
             [run("2024-03-01", "2024-03-02"), run("2024-03-03", "2024-03-05")],
             MARKS_1_TO_5,
             TODAY,
             True,
-            [ADJACENT],
+            [ViolationKind.ADJACENT],
         ),
-        ([run("2024-03-01", "2024-03-06")], MARKS_1_TO_5, TODAY, True, [PHANTOM_DAY]),
-        ([run("2024-03-01", "2024-03-03")], MARKS_1_TO_5, TODAY, True, [UNCOVERED_DAY]),
+        ([run("2024-03-01", "2024-03-06")], MARKS_1_TO_5, TODAY, True, [ViolationKind.PHANTOM_DAY]),
+        ([run("2024-03-01", "2024-03-03")], MARKS_1_TO_5, TODAY, True, [ViolationKind.UNCOVERED_DAY]),
         (
             [run("2024-03-01", "2024-03-03", True), run("2024-03-05", "2024-03-05", True)],
             [*days("2024-03-01", "2024-03-03"), D("2024-03-05")],
             D("2024-03-05"),
             True,
-            [MULTIPLE_ACTIVE, STALE_ACTIVE],
+            [ViolationKind.MULTIPLE_ACTIVE, ViolationKind.STALE_ACTIVE],
         ),
-        ([run("2024-03-01", "2024-03-05", True)], MARKS_1_TO_5, TODAY, True, [STALE_ACTIVE]),
-        ([run("2024-03-01", "2024-03-05")], MARKS_1_TO_5, D("2024-03-06"), True, [STALE_ACTIVE]),
-        ([run("2024-03-01", "2024-03-05")], [], TODAY, False, [ORPHAN, PHANTOM_DAY]),
+        ([run("2024-03-01", "2024-03-05", True)], MARKS_1_TO_5, TODAY, True, [ViolationKind.STALE_ACTIVE]),
+        (
+            [run("2024-03-01", "2024-03-05")],
+            MARKS_1_TO_5,
+            D("2024-03-06"),
+            True,
+            [ViolationKind.STALE_ACTIVE],
+        ),
+        (
+            [run("2024-03-01", "2024-03-05")],
+            [],
+            TODAY,
+            False,
+            [ViolationKind.ORPHAN, ViolationKind.PHANTOM_DAY],
+        ),
     ],
     ids=[
         "correct",
@@ -430,13 +427,13 @@ def test_check_invariants_kinds(
         (
             [run("2024-03-01", "2024-03-10")],
             [*days("2024-03-01", "2024-03-02"), *days("2024-03-06", "2024-03-08"), D("2024-03-10")],
-            PHANTOM_DAY,
+            ViolationKind.PHANTOM_DAY,
             [3, 1],
         ),
         (
             [run("2024-03-04", "2024-03-04")],
             [*days("2024-03-01", "2024-03-04"), *days("2024-03-07", "2024-03-08")],
-            UNCOVERED_DAY,
+            ViolationKind.UNCOVERED_DAY,
             [3, 2],
         ),
     ],
@@ -452,7 +449,7 @@ def test_day_violations_come_one_per_stretch_with_day_counts(
 def test_window_limits_coverage_and_completeness() -> None:
     marks = [*days("2024-01-01", "2024-01-03"), *days("2024-03-01", "2024-03-05")]
     stored = [run("2024-03-01", "2024-03-05")]  # January's marks have no run
-    assert [v.kind for v in check_invariants("u", stored, marks, TODAY)] == [UNCOVERED_DAY]
+    assert [v.kind for v in check_invariants("u", stored, marks, TODAY)] == [ViolationKind.UNCOVERED_DAY]
     window = (D("2024-02-15"), D("2024-03-31"))
     assert check_invariants("u", stored, marks, TODAY, window=window) == []
 

@@ -11,7 +11,7 @@ from urllib.parse import quote
 import pytest
 
 from potato_ops.errors import SecretLeakError
-from potato_ops.scrub import (
+from potato_ops.redact import (
     SecretScrubFilter,
     collect_secrets,
     ensure_no_secrets,

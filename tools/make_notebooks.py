@@ -88,7 +88,7 @@ SINGLE_USER = Spec(
         *COMMON_PARAMETERS,
     ),
     (
-        "from potato_ops.record import record_result\n"
+        "from potato_ops.notebook_runs.result import record_result\n"
         "from potato_ops.runbook import open_session, safety_checklist\n"
         "from potato_ops.runbook.user import (\n"
         "    execute_rebuild,\n"
@@ -139,7 +139,7 @@ PARTIAL = Spec(
         *COMMON_PARAMETERS,
     ),
     (
-        "from potato_ops.record import record_result\n"
+        "from potato_ops.notebook_runs.result import record_result\n"
         "from potato_ops.runbook import open_session, safety_checklist\n"
         "from potato_ops.runbook.user import (\n"
         "    execute_rebuild,\n"
@@ -197,7 +197,7 @@ BULK = Spec(
         *COMMON_PARAMETERS,
     ),
     (
-        "from potato_ops.record import record_result\n"
+        "from potato_ops.notebook_runs.result import record_result\n"
         "from potato_ops.runbook import open_session, safety_checklist\n"
         "from potato_ops.runbook.bulk import (\n"
         "    bulk_dry_run,\n"
@@ -251,7 +251,7 @@ TIMEZONE = Spec(
         *COMMON_PARAMETERS,
     ),
     (
-        "from potato_ops.record import record_result\n"
+        "from potato_ops.notebook_runs.result import record_result\n"
         "from potato_ops.runbook import open_session, safety_checklist\n"
         "from potato_ops.runbook.timezone import (\n"
         "    find_affected_users,\n"
@@ -298,7 +298,7 @@ RECOVERY = Spec(
         *COMMON_PARAMETERS,
     ),
     (
-        "from potato_ops.record import record_result\n"
+        "from potato_ops.notebook_runs.result import record_result\n"
         "from potato_ops.runbook import open_session, safety_checklist\n"
         "from potato_ops.runbook.recovery import (\n"
         "    affected_timezones_chart,\n"
@@ -347,7 +347,7 @@ RESTORE = Spec(
         *COMMON_PARAMETERS,
     ),
     (
-        "from potato_ops.record import record_result\n"
+        "from potato_ops.notebook_runs.result import record_result\n"
         "from potato_ops.runbook import open_session, safety_checklist\n"
         "from potato_ops.runbook.restore import (\n"
         "    choose_backup,\n"
@@ -389,7 +389,7 @@ AUDIT = Spec(
         *COMMON_PARAMETERS,
     ),
     (
-        "from potato_ops.record import record_result\n"
+        "from potato_ops.notebook_runs.result import record_result\n"
         "from potato_ops.runbook import open_session, safety_checklist\n"
         "from potato_ops.runbook.audit import (\n"
         "    affected_timezones_chart,\n"
@@ -439,7 +439,7 @@ TROUBLESHOOT = Spec(
         *COMMON_PARAMETERS,
     ),
     (
-        "from potato_ops.record import record_result\n"
+        "from potato_ops.notebook_runs.result import record_result\n"
         "from potato_ops.runbook import open_session, safety_checklist\n"
         "from potato_ops.runbook.troubleshoot import (\n"
         "    check_backups,\n"

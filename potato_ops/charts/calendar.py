@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from potato_ops.models import Run
+from potato_ops.domain.models import Run
 
 FIGSIZE = (12.0, 4.2)
 DPI = 100

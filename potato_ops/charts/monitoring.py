@@ -1,6 +1,6 @@
 """Monitoring charts: rebuild durations, success rate over time, slowest users, violations.
 
-Each function takes a frame from ``potato_ops.metrics`` (or the metrics' counts) and returns a
+Each function takes a frame from ``potato_ops.monitoring.metrics`` (or the metrics' counts) and returns a
 matplotlib ``Figure`` of a fixed size drawn on the Agg canvas; no pyplot state is touched, so
 figures never pile up in a long-running process. Empty data gives a labelled "no data" chart.
 """

@@ -13,11 +13,12 @@ from typing import Annotated
 
 import typer
 
-from potato_ops import bulk
-from potato_ops.bulk import BulkConfig, BulkResult, Progress
 from potato_ops.cli.common import DatabaseOption, FromDateOption, ToDateOption, expected_failures, fail
 from potato_ops.exitcodes import ExitCode
-from potato_ops.progress_bar import ProgressBar
+from potato_ops.ops.bulk import api as bulk
+from potato_ops.ops.bulk.config import BulkConfig
+from potato_ops.ops.bulk.results import BulkResult, Progress
+from potato_ops.runbook.progress import ProgressBar
 from potato_ops.storage import Storage
 
 _SHOWN_ERRORS = 10
@@ -149,7 +150,7 @@ def bulk_rebuild(
     )
     storage = Storage.connect(database_url)
     with ProgressBar(disable=quiet) as bar:
-        result = bulk.bulk_rebuild_users(storage, ids, config, progress=bar)
+        result = bulk.bulk_rebuild_users(storage.database, ids, config, progress=bar)
     _print_result(result)
     _exit_for(result)
 

@@ -9,10 +9,10 @@ import typer
 from tqdm.auto import tqdm
 
 from potato_ops.cli.common import DatabaseOption, FromDateOption, ToDateOption, expected_failures, fail
+from potato_ops.demo.synth import seed
+from potato_ops.domain.models import RebuildResult, Run, jsonable
 from potato_ops.exitcodes import ExitCode
-from potato_ops.models import RebuildResult, Run, jsonable
 from potato_ops.storage import Storage
-from potato_ops.synth import seed
 
 
 def _runs_table(runs: list[Run]) -> str:

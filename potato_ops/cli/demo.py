@@ -10,9 +10,9 @@ import typer
 
 from potato_ops.cli.common import expected_failures
 from potato_ops.config import DATABASE_URL_ENV, REPORTS_DIR_ENV
-from potato_ops.demo import run_demo
-from potato_ops.record import verdict_line
-from potato_ops.runner import RunRecord
+from potato_ops.demo.showcase import run_demo
+from potato_ops.notebook_runs.execute import RunRecord
+from potato_ops.notebook_runs.result import verdict_line
 
 
 def _describe(step: str, record: RunRecord) -> None:

@@ -8,11 +8,11 @@ from typing import Annotated
 
 import typer
 
-from potato_ops.audit_job import describe_alert, run_audit
 from potato_ops.cli.common import DatabaseOption, expected_failures
 from potato_ops.cli.notebooks import ReportsDirOption
-from potato_ops.metrics import DEFAULT_SLOW_THRESHOLD_MS, compute_metrics
-from potato_ops.prometheus import render_prometheus
+from potato_ops.monitoring.metrics import DEFAULT_SLOW_THRESHOLD_MS, compute_metrics
+from potato_ops.monitoring.prometheus import render_prometheus
+from potato_ops.monitoring.scheduled_audit import describe_alert, run_audit
 from potato_ops.storage import Storage
 
 SinceOption = Annotated[
@@ -64,7 +64,7 @@ def audit(
     storage = Storage.connect(database_url)
     try:
         outcome = run_audit(
-            storage,
+            storage.database,
             rules_file=rules,
             since=since,
             notebook=not no_notebook,
@@ -109,7 +109,7 @@ def metrics(
     storage = Storage.connect(database_url)
     try:
         figures = compute_metrics(
-            storage,
+            storage.database,
             since=since,
             operation_id=operation,
             scan=scan,

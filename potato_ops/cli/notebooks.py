@@ -12,13 +12,13 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand
 
-from potato_ops.archive import list_runs, verify_reports
 from potato_ops.cli.common import expected_failures, fail
 from potato_ops.config import REPORTS_DIR_ENV
 from potato_ops.exitcodes import ExitCode
-from potato_ops.record import verdict_line
-from potato_ops.runner import list_notebooks, notebooks_dir, run_notebook
-from potato_ops.scrub import SecretScrubFilter
+from potato_ops.notebook_runs.archive import list_runs, verify_reports
+from potato_ops.notebook_runs.execute import list_notebooks, notebooks_dir, run_notebook
+from potato_ops.notebook_runs.result import verdict_line
+from potato_ops.redact import SecretScrubFilter
 
 PARAMETER_FLAGS = ("-p", "--parameter")
 

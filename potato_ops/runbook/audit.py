@@ -10,14 +10,15 @@ from dataclasses import dataclass, field, replace
 
 import polars as pl
 
-from potato_ops.alerts import FiringAlert, default_rules, evaluate, highest_severity, load_rules
 from potato_ops.charts.monitoring import (
     duration_histogram,
     slowest_users_chart,
     success_rate_chart,
     violations_by_kind_chart,
 )
-from potato_ops.metrics import (
+from potato_ops.domain.models import InvariantReport
+from potato_ops.monitoring.alerts import FiringAlert, default_rules, evaluate, highest_severity, load_rules
+from potato_ops.monitoring.metrics import (
     Metrics,
     compute_metrics,
     history_frame,
@@ -26,7 +27,6 @@ from potato_ops.metrics import (
     success_rate_frame,
     violations_by_kind,
 )
-from potato_ops.models import InvariantReport
 from potato_ops.runbook.display import Chart, Shown, Verdict, violations_frame
 from potato_ops.runbook.params import AuditParams
 from potato_ops.runbook.scan import run_lengths_chart, timezones_chart
@@ -111,7 +111,7 @@ def audit_metrics(session: Session, params: AuditParams) -> AuditFigures:
     storage = session.storage
     report = storage.validate_invariants() if params.scan else None
     metrics = compute_metrics(
-        storage, since=params.since, scan=False, slow_threshold_ms=params.slow_threshold_ms
+        storage.database, since=params.since, scan=False, slow_threshold_ms=params.slow_threshold_ms
     )
     if report is not None:
         metrics = replace(
@@ -121,7 +121,7 @@ def audit_metrics(session: Session, params: AuditParams) -> AuditFigures:
             scanned=True,
             violations_by_kind=violations_by_kind(report),
         )
-    return AuditFigures(metrics, report, history_frame(storage, params.since))
+    return AuditFigures(metrics, report, history_frame(storage.database, params.since))
 
 
 @dataclass(frozen=True, repr=False)

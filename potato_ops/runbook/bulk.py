@@ -6,13 +6,14 @@ from dataclasses import dataclass, replace
 
 import polars as pl
 
-from potato_ops.bulk import BulkConfig, BulkResult, Progress
 from potato_ops.charts.monitoring import duration_histogram, slowest_users_chart
 from potato_ops.errors import FeatureFlagError
-from potato_ops.metrics import HISTORY_SCHEMA, history_frame, slowest_users_frame
-from potato_ops.progress_bar import ProgressBar
+from potato_ops.monitoring.metrics import HISTORY_SCHEMA, history_frame, slowest_users_frame
+from potato_ops.ops.bulk.config import BulkConfig
+from potato_ops.ops.bulk.results import BulkResult, Progress
 from potato_ops.runbook.display import Chart, Shown, Verdict
 from potato_ops.runbook.params import BulkParams
+from potato_ops.runbook.progress import ProgressBar
 from potato_ops.runbook.scan import InvariantCheck, scan_invariants
 from potato_ops.runbook.session import Session
 
@@ -248,7 +249,7 @@ def validate_bulk(session: Session, plan: BulkPlan) -> InvariantCheck:
 def _operation_history(session: Session, step: BulkStep) -> pl.DataFrame:
     if step.result is None:
         return pl.DataFrame(schema=HISTORY_SCHEMA)
-    return history_frame(session.storage, operation_id=step.result.operation_id)
+    return history_frame(session.storage.database, operation_id=step.result.operation_id)
 
 
 def duration_chart(session: Session, step: BulkStep, *, slow_threshold_ms: float = 1000) -> Chart:

@@ -18,8 +18,8 @@ from typing import Any, Literal
 import polars as pl
 from matplotlib.figure import Figure
 
-from potato_ops.models import Run, Violation
-from potato_ops.record import verdict_line
+from potato_ops.domain.models import Run, Violation
+from potato_ops.notebook_runs.result import verdict_line
 
 Status = Literal["ok", "problem"]
 

@@ -16,9 +16,9 @@ from datetime import date, datetime
 from pathlib import Path
 
 from potato_ops.config import DATABASE_URL_ENV, mask_secrets
+from potato_ops.domain.dates import parse_date_range, system_clock, validate_timezone
 from potato_ops.errors import InvalidDateRangeError, InvalidTimezoneError, NotebookParameterError
-from potato_ops.metrics import parse_since
-from potato_ops.runs import parse_date_range, system_clock, validate_timezone
+from potato_ops.monitoring.metrics import parse_since
 
 SCENARIOS: tuple[str, ...] = (
     "invariant_violations",

@@ -20,9 +20,9 @@ import polars as pl
 
 from potato_ops.charts.monitoring import slowest_users_chart
 from potato_ops.charts.runs import violations_before_after
+from potato_ops.domain.models import RebuildResult, ViolationKind
 from potato_ops.errors import BackupError, UserNotFoundError
-from potato_ops.metrics import history_frame, slowest_users_frame
-from potato_ops.models import MULTIPLE_ACTIVE, ORPHAN, OVERLAP, RebuildResult
+from potato_ops.monitoring.metrics import history_frame, slowest_users_frame
 from potato_ops.runbook.display import Chart, Shown, Verdict
 from potato_ops.runbook.params import RecoveryParams
 from potato_ops.runbook.scan import InvariantCheck, scan_invariants, timezones_chart
@@ -110,7 +110,7 @@ def detect(session: Session, params: RecoveryParams) -> Detection:
     by_kind: dict[str, set[str]] = {}
     for v in report.violations:
         by_kind.setdefault(v.kind, set()).add(v.user_id)
-    orphans = sorted(by_kind.get(ORPHAN, set()))
+    orphans = sorted(by_kind.get(ViolationKind.ORPHAN, set()))
     slow = (
         session.storage.get_users_with_slow_rebuild_history(params.slow_threshold_ms)
         if PERFORMANCE in params.scenarios
@@ -119,8 +119,8 @@ def detect(session: Session, params: RecoveryParams) -> Detection:
     return Detection(
         params.scenarios,
         check,
-        sorted(by_kind.get(OVERLAP, set())),
-        sorted(by_kind.get(MULTIPLE_ACTIVE, set())),
+        sorted(by_kind.get(ViolationKind.OVERLAP, set())),
+        sorted(by_kind.get(ViolationKind.MULTIPLE_ACTIVE, set())),
         sorted(set(report.users_with_violations) - set(orphans)),
         orphans if CORRUPTION in params.scenarios else [],
         slow,
@@ -342,7 +342,7 @@ def affected_timezones_chart(session: Session, detection: Detection) -> Chart:
 
 def slow_users_chart(session: Session, *, top: int = 10) -> Chart:
     """Return the users with the slowest recorded rebuilds."""
-    history = history_frame(session.storage, ALL_HISTORY)
+    history = history_frame(session.storage.database, ALL_HISTORY)
     return Chart("slowest users", slowest_users_chart(slowest_users_frame(history, top)))
 
 

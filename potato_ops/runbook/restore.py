@@ -7,14 +7,14 @@ from typing import Any
 
 import polars as pl
 
-from potato_ops.backup import verify_backup
+from potato_ops.db.backups import verify_backup
+from potato_ops.domain.models import Backup, Run, Violation
+from potato_ops.domain.runs import is_active
 from potato_ops.errors import BackupError
-from potato_ops.models import Backup, Run, Violation
 from potato_ops.runbook.display import Chart, Shown, Status, Verdict
 from potato_ops.runbook.params import RestoreParams
 from potato_ops.runbook.session import Session
 from potato_ops.runbook.user import UserSnapshot, user_calendar
-from potato_ops.runs import is_active
 
 BACKUP_SCHEMA: dict[str, Any] = {
     "backup_id": pl.Int64,

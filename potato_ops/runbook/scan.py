@@ -11,13 +11,13 @@ from sqlalchemy import func, select
 
 from potato_ops.charts.monitoring import violations_by_kind_chart
 from potato_ops.charts.runs import run_length_chart, timezone_chart
-from potato_ops.db import chunks, read_connection
-from potato_ops.metrics import violations_by_kind
-from potato_ops.models import InvariantReport
-from potato_ops.queries import fetch_users
+from potato_ops.db.engine import chunks, read_connection
+from potato_ops.db.reads import fetch_users
+from potato_ops.db.schema import runs
+from potato_ops.domain.models import InvariantReport
+from potato_ops.monitoring.metrics import violations_by_kind
 from potato_ops.runbook.display import Chart, Shown, count_lines, violations_frame
 from potato_ops.runbook.session import Session
-from potato_ops.schema import runs
 
 UNKNOWN_ZONE = "(user missing)"
 

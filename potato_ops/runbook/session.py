@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import polars as pl
 from sqlalchemy.exc import SQLAlchemyError
 
-from potato_ops.alerts import default_rules
+from potato_ops.db.schema import RUNS_V2_FLAG
 from potato_ops.errors import ConfigError, SchemaError
+from potato_ops.monitoring.alerts import default_rules
 from potato_ops.runbook.display import Shown
 from potato_ops.runbook.params import Common
-from potato_ops.schema import RUNS_V2_FLAG
 from potato_ops.storage import Storage
 
 TABLE_ROWS = 100

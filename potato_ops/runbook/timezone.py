@@ -12,12 +12,13 @@ from datetime import date
 import polars as pl
 
 from potato_ops.charts.runs import timezone_chart
+from potato_ops.domain.dates import local_today
+from potato_ops.domain.models import RebuildResult, Run, User
+from potato_ops.domain.runs import expected_runs
 from potato_ops.errors import UserNotFoundError
-from potato_ops.models import RebuildResult, Run, User
 from potato_ops.runbook.display import Chart, Shown, Verdict
 from potato_ops.runbook.params import TimezoneParams
 from potato_ops.runbook.session import Session
-from potato_ops.runs import expected_runs, local_today
 
 
 @dataclass(frozen=True)

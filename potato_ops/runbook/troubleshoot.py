@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 import polars as pl
 from sqlalchemy import inspect
 
-from potato_ops.backup import verify_backup
+from potato_ops.db.backups import verify_backup
+from potato_ops.domain.dates import local_today
+from potato_ops.domain.runs import group_consecutive_dates
 from potato_ops.errors import BackupError, SchemaError
 from potato_ops.runbook.display import Chart, Shown, Verdict
 from potato_ops.runbook.params import TroubleshootParams
 from potato_ops.runbook.session import Session
 from potato_ops.runbook.user import RebuildStep, UserSnapshot, execute_rebuild, user_calendar
-from potato_ops.runs import group_consecutive_dates, local_today
 
 
 @dataclass(frozen=True, repr=False)

@@ -14,12 +14,13 @@ from datetime import date, timedelta
 import polars as pl
 
 from potato_ops.charts.calendar import run_calendar
+from potato_ops.domain.dates import ONE_DAY, parse_date_range
+from potato_ops.domain.models import DayMark, RebuildResult, Run, User, Violation
+from potato_ops.domain.runs import is_active
 from potato_ops.errors import BackupError, UserNotFoundError
-from potato_ops.models import DayMark, RebuildResult, Run, User, Violation
 from potato_ops.runbook.display import Chart, Shown, Verdict, runs_frame, violations_frame
 from potato_ops.runbook.params import SingleUserParams, UserRef
 from potato_ops.runbook.session import Session
-from potato_ops.runs import ONE_DAY, is_active, parse_date_range
 
 FULL_REBUILD_TARGET_MS = 1000.0  # playbook: <1 s for a typical user (365 days)
 

@@ -1,0 +1,181 @@
+"""Persisted backups of users' runs: checksummed snapshots, restore, retention."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from datetime import date, datetime
+
+from sqlalchemy import Connection, RowMapping, delete, func, insert, select
+from sqlalchemy.exc import DataError, IntegrityError
+
+from potato_ops.db.reads import as_utc
+from potato_ops.db.schema import ops_backups, runs
+from potato_ops.domain.models import Backup, BackupMetadata, Run
+from potato_ops.domain.runs import is_active
+from potato_ops.errors import BackupError
+
+
+def _run_dict(run: Run) -> dict[str, object]:
+    return {
+        "id": run.id,
+        "start_date": run.start_date.isoformat(),
+        "end_date": run.end_date.isoformat(),
+        "day_count": run.day_count,
+        "active": run.active,
+    }
+
+
+def backup_checksum(user_id: str, backup_runs: Sequence[Run]) -> str:
+    """Return the SHA-256 of the canonical JSON of a user's runs."""
+    body = json.dumps(
+        {"user_id": user_id, "runs": [_run_dict(r) for r in backup_runs]},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def make_backup(
+    user_id: str,
+    user_runs: Sequence[Run],
+    timestamp: datetime,
+    *,
+    reason: str = "manual",
+    operation_id: str | None = None,
+) -> Backup:
+    """Return an unsaved backup (id None) of the runs given."""
+    ordered = sorted(user_runs, key=lambda r: (r.start_date, r.end_date, r.id or 0))
+    meta = BackupMetadata(len(ordered), backup_checksum(user_id, ordered), reason, operation_id)
+    return Backup(None, user_id, timestamp, list(ordered), meta)
+
+
+def save_backups(conn: Connection, backups: Sequence[Backup]) -> list[Backup]:
+    """Persist backups in one statement; return them with their ids."""
+    if not backups:
+        return []
+    rows = [
+        {
+            "user_id": b.user_id,
+            "created_at": b.timestamp,
+            "operation_id": b.metadata.operation_id,
+            "reason": b.metadata.reason,
+            "run_count": b.metadata.total_runs,
+            "checksum": b.metadata.checksum,
+            "payload": json.dumps([_run_dict(r) for r in b.runs], separators=(",", ":")),
+        }
+        for b in backups
+    ]
+    ids = conn.execute(insert(ops_backups).returning(ops_backups.c.id, sort_by_parameter_order=True), rows)
+    return [
+        Backup(new_id, b.user_id, b.timestamp, b.runs, b.metadata)
+        for (new_id,), b in zip(ids.all(), backups, strict=True)
+    ]
+
+
+def _from_row(row: RowMapping) -> Backup:
+    user_id = str(row["user_id"])
+    payload = json.loads(str(row["payload"]))
+    backup_runs = [
+        Run(
+            r["id"],
+            user_id,
+            date.fromisoformat(r["start_date"]),
+            date.fromisoformat(r["end_date"]),
+            int(r["day_count"]),
+            bool(r["active"]),
+        )
+        for r in payload
+    ]
+    created = row["created_at"]
+    assert isinstance(created, datetime)
+    meta = BackupMetadata(
+        int(row["run_count"]),
+        str(row["checksum"]),
+        str(row["reason"]),
+        None if row["operation_id"] is None else str(row["operation_id"]),
+    )
+    return Backup(int(row["id"]), user_id, as_utc(created), backup_runs, meta)
+
+
+def fetch_backups(conn: Connection, user_id: str) -> list[Backup]:
+    """Return a user's persisted backups, newest first."""
+    rows = conn.execute(
+        select(ops_backups)
+        .where(ops_backups.c.user_id == user_id)
+        .order_by(ops_backups.c.created_at.desc(), ops_backups.c.id.desc())
+    ).mappings()
+    return [_from_row(r) for r in rows]
+
+
+def fetch_backup(conn: Connection, backup_id: int) -> Backup:
+    """Return one persisted backup, or raise BackupError."""
+    row = conn.execute(select(ops_backups).where(ops_backups.c.id == backup_id)).mappings().first()
+    if row is None:
+        raise BackupError(f"no backup with id {backup_id}")
+    return _from_row(row)
+
+
+def verify_backup(user_id: str, backup: Backup) -> None:
+    """Raise BackupError unless the backup belongs to user_id and its checksum matches."""
+    if backup.user_id != user_id:
+        raise BackupError(f"backup {backup.id} belongs to user {backup.user_id!r}, not {user_id!r}: refused")
+    if any(r.user_id != user_id for r in backup.runs):
+        raise BackupError(f"backup {backup.id} holds runs of another user: refused")
+    ordered = sorted(backup.runs, key=lambda r: (r.start_date, r.end_date, r.id or 0))
+    if backup_checksum(user_id, ordered) != backup.metadata.checksum:
+        raise BackupError(f"backup {backup.id} fails its checksum (tampered or corrupt): refused")
+    if backup.metadata.total_runs != len(backup.runs):
+        raise BackupError(
+            f"backup {backup.id} says {backup.metadata.total_runs} runs but holds {len(backup.runs)}"
+        )
+
+
+def replace_runs(conn: Connection, user_id: str, new_runs: Sequence[Run], today: date) -> int:
+    """Replace all of a user's runs with new_runs (ids kept); return how many were deleted.
+
+    The active flag is set by the rule at ``today``; if corrupt runs would make more than one
+    active, only the latest-ending one is flagged, as the partial unique index requires.
+    """
+    deleted = conn.execute(delete(runs).where(runs.c.user_id == user_id)).rowcount
+    flags = [is_active(r.start_date, r.end_date, today) and r.start_date <= r.end_date for r in new_runs]
+    if sum(flags) > 1:
+        latest = max((i for i, f in enumerate(flags) if f), key=lambda i: new_runs[i].end_date)
+        flags = [i == latest for i in range(len(flags))]
+    rows = [
+        {
+            **({"id": r.id} if r.id is not None else {}),
+            "user_id": user_id,
+            "start_date": r.start_date,
+            "end_date": r.end_date,
+            "day_count": r.day_count,
+            "active": flag,
+        }
+        for r, flag in zip(new_runs, flags, strict=True)
+    ]
+    try:
+        with conn.begin_nested():
+            for row in rows:
+                conn.execute(insert(runs), row)
+    except (IntegrityError, DataError) as exc:  # DataError: PostgreSQL's span of start > end
+        raise BackupError(f"the backup's runs cannot be stored: {exc.orig}") from exc
+    return int(deleted)
+
+
+def prune_backups(conn: Connection, cutoff: datetime, keep_latest: int = 1) -> int:
+    """Delete backups created before cutoff, keeping each user's newest ``keep_latest``."""
+    ranked = select(
+        ops_backups.c.id,
+        func.row_number()
+        .over(
+            partition_by=ops_backups.c.user_id,
+            order_by=(ops_backups.c.created_at.desc(), ops_backups.c.id.desc()),
+        )
+        .label("rank"),
+    ).subquery()
+    keep = select(ranked.c.id).where(ranked.c.rank <= keep_latest)
+    result = conn.execute(
+        delete(ops_backups).where(ops_backups.c.created_at < cutoff, ops_backups.c.id.not_in(keep))
+    )
+    return int(result.rowcount)

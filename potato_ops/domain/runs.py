@@ -1,0 +1,90 @@
+"""Pure run logic: the active rule, grouping marked dates into runs, expected runs, diffs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date
+
+from potato_ops.domain.dates import ONE_DAY, parse_date
+from potato_ops.domain.models import Run
+
+
+def is_active(start_date: date, end_date: date, today: date) -> bool:
+    """Return True if a run starting and ending on these dates is active on ``today``.
+
+    Active means the streak includes today, or ended yesterday and can still be continued.
+    """
+    return start_date <= today and end_date >= today - ONE_DAY
+
+
+def group_consecutive_dates(dates: Iterable[date | str]) -> list[tuple[date, date]]:
+    """Return the sorted ``(start, end)`` pairs of maximal streaks of consecutive dates.
+
+    Duplicates and input order don't matter.
+    """
+    # Dates (the usual case, by the hundred thousand in a bulk batch) skip parse_date.
+    ordinals = sorted({(d if type(d) is date else parse_date(d)).toordinal() for d in dates})
+    groups: list[tuple[date, date]] = []
+    if not ordinals:
+        return groups
+    start = prev = ordinals[0]
+    for current in ordinals[1:]:
+        if current != prev + 1:
+            groups.append((date.fromordinal(start), date.fromordinal(prev)))
+            start = current
+        prev = current
+    groups.append((date.fromordinal(start), date.fromordinal(prev)))
+    return groups
+
+
+def expected_runs(user_id: str, marked_dates: Iterable[date], today: date) -> list[Run]:
+    """Return the runs a user's marked dates give (ids None), sorted, with the active rule."""
+    return [
+        Run(None, user_id, s, e, (e - s).days + 1, is_active(s, e, today))
+        for s, e in group_consecutive_dates(marked_dates)
+    ]
+
+
+# ---------------------------------------------------------------------------- diff
+
+
+@dataclass(frozen=True)
+class RunDiff:
+    """How to turn stored runs into expected runs with the fewest writes."""
+
+    keep: list[Run]  # stored runs whose dates and day_count are right (ids preserved)
+    delete: list[Run]  # stored runs to remove
+    create: list[Run]  # expected runs to insert (ids None)
+    deactivate: list[Run]  # kept runs whose active flag must become False
+    activate: list[Run]  # kept runs whose active flag must become True
+
+    @property
+    def changed(self) -> bool:
+        """Return True if any write is needed."""
+        return bool(self.delete or self.create or self.deactivate or self.activate)
+
+
+def diff_runs(stored: Sequence[Run], expected: Sequence[Run]) -> RunDiff:
+    """Return the writes that turn ``stored`` into ``expected``, matching on dates and count."""
+    wanted: dict[tuple[date, date, int], Run] = {(r.start_date, r.end_date, r.day_count): r for r in expected}
+    keep: list[Run] = []
+    delete: list[Run] = []
+    deactivate: list[Run] = []
+    activate: list[Run] = []
+    matched: set[tuple[date, date, int]] = set()
+    for run in sorted(stored, key=lambda r: (r.start_date, r.end_date, r.id or 0)):
+        key = (run.start_date, run.end_date, run.day_count)
+        target = wanted.get(key)
+        if target is None or key in matched:
+            delete.append(run)
+            continue
+        matched.add(key)
+        keep.append(run)
+        if run.active and not target.active:
+            deactivate.append(run)
+        elif target.active and not run.active:
+            activate.append(run)
+    create = [r for k, r in wanted.items() if k not in matched]
+    create.sort(key=lambda r: r.start_date)
+    return RunDiff(keep, delete, create, deactivate, activate)

@@ -1,0 +1,495 @@
+"""Monitoring figures over a window of recorded history: the playbook's key metrics.
+
+``compute_metrics`` reads what the database recorded (the rebuild history, the operations
+ledger, the backups and the timezone-change log) with a few set-based statements, optionally
+runs a fresh whole-database invariant scan, and returns a frozen ``Metrics`` whose
+``as_dict()`` carries exactly the names alert rules may read (``METRIC_NAMES``).
+
+The window is ``[since, until]`` (both ends included) over ``finished_at``: by default the last
+24 hours of the storage clock, or a single bulk operation's rows. A figure that needs data the
+window does not hold (a rate or a duration with no rebuilds) is None, never a division by zero;
+``no_data`` says so. Counts are 0 then. "Rebuilds" are full and partial rebuilds; restores are
+recorded in the same table but are not rebuilds and count nowhere here.
+
+State figures (the scan, stale active flags, pending timezone changes, backups, interrupted
+operations) describe the database now, whatever the window.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import polars as pl
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Float,
+    and_,
+    case,
+    cast,
+    distinct,
+    func,
+    select,
+)
+
+from potato_ops.db.engine import read_connection
+from potato_ops.db.history import PARTIAL_REBUILD, REBUILD
+from potato_ops.db.reads import as_utc
+from potato_ops.db.schema import ops_backups, ops_operations, ops_rebuild_history
+from potato_ops.db.timezone_log import users_with_pending_timezone_changes
+from potato_ops.domain.models import InvariantReport, ViolationKind
+from potato_ops.errors import InvalidDateRangeError
+from potato_ops.notebook_runs.result import to_json_value
+from potato_ops.ops.database import Database
+from potato_ops.ops.scan import count_wrong_flags, validate_invariants
+
+METRIC_HELP: dict[str, str] = {
+    "rebuild_success_rate": "share 0..1 of rebuilds in the window that succeeded",
+    "rebuild_failure_rate": "share 0..1 of rebuilds in the window that failed",
+    "rebuild_count": "number of rebuilds in the window",
+    "rebuild_avg_duration_ms": "mean duration of a rebuild in the window, in milliseconds",
+    "rebuild_p50_duration_ms": "median duration of a rebuild in the window, in milliseconds",
+    "rebuild_p95_duration_ms": "95th percentile rebuild duration in the window, in milliseconds",
+    "rebuild_max_duration_ms": "longest rebuild in the window, in milliseconds",
+    "users_processed": "number of users whose runs were rebuilt in the window",
+    "rebuild_invariant_violations": "invariant violations found by rebuilds in the window",
+    "invariant_violations": "invariant violations found by a fresh whole-database scan",
+    "users_with_violations": "number of users with at least one invariant violation",
+    "stale_active_flags": "runs still flagged active although they have ended",
+    "timezone_changes_pending": "timezone changes whose runs have not been rebuilt yet",
+    "slow_users": "users whose rebuild took longer than the slow-user threshold",
+    "backups_count": "number of run backups kept",
+    "backup_oldest_age_hours": "age of the oldest backup, in hours",
+    "backup_newest_age_hours": "age of the newest backup, in hours",
+    "operations_failed": "bulk operations that ended in failure",
+    "operations_interrupted": "bulk operations that stopped before finishing",
+}
+
+METRIC_NAMES: tuple[str, ...] = tuple(METRIC_HELP)
+
+log = logging.getLogger("potato_ops")
+
+DEFAULT_WINDOW = timedelta(hours=24)
+DEFAULT_SLOW_THRESHOLD_MS = 1000.0
+REBUILD_KINDS: tuple[str, ...] = (REBUILD, PARTIAL_REBUILD)
+
+_DURATION = re.compile(r"(?P<amount>\d+(?:\.\d+)?)\s*(?P<unit>[smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+HISTORY_SCHEMA: dict[str, Any] = {
+    "finished_at": pl.Datetime("us", "UTC"),
+    "user_id": pl.String,
+    "kind": pl.String,
+    "duration_ms": pl.Float64,
+    "success": pl.Boolean,
+    "violations": pl.Int64,
+}
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """The monitoring figures of one window (see the module docstring for their meaning).
+
+    The fields named in ``METRIC_NAMES`` are the ones alert rules read; the others say
+    which window they describe and hold detail for charts.
+    """
+
+    rebuild_success_rate: float | None
+    rebuild_failure_rate: float | None
+    rebuild_count: int
+    rebuild_avg_duration_ms: float | None
+    rebuild_p50_duration_ms: float | None
+    rebuild_p95_duration_ms: float | None
+    rebuild_max_duration_ms: float | None
+    users_processed: int  # distinct users with a rebuild attempt in the window, failed or not
+    rebuild_invariant_violations: int
+    invariant_violations: int | None  # None when the scan was skipped
+    users_with_violations: int | None
+    stale_active_flags: int
+    timezone_changes_pending: int  # users whose latest change has not been rebuilt since
+    slow_users: int  # distinct users with a rebuild in the window slower than the threshold
+    backups_count: int
+    backup_oldest_age_hours: float | None
+    backup_newest_age_hours: float | None
+    operations_failed: int  # operations that failed, finishing inside the window
+    operations_interrupted: int  # operations now interrupted, whenever they stopped
+    window_start: datetime | None
+    window_end: datetime | None
+    operation_id: str | None
+    computed_at: datetime
+    slow_threshold_ms: float
+    scanned: bool
+    violations_by_kind: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def no_data(self) -> bool:
+        """Return True when the window holds no rebuild, so rates and durations are None."""
+        return self.rebuild_count == 0
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        """Return the figures alert rules read, keyed by exactly ``METRIC_NAMES``."""
+        return {name: getattr(self, name) for name in METRIC_NAMES}
+
+    def to_json(self) -> dict[str, Any]:
+        """Return every field plus ``no_data`` as JSON-ready values (ISO instants)."""
+        data: dict[str, Any] = to_json_value(asdict(self))
+        data["no_data"] = self.no_data
+        return data
+
+    def window_text(self) -> str:
+        """Return the window in words: ``operation X`` or ``START .. END``."""
+        if self.operation_id is not None:
+            return f"operation {self.operation_id}"
+        start = self.window_start.isoformat(timespec="seconds") if self.window_start else "?"
+        end = self.window_end.isoformat(timespec="seconds") if self.window_end else "?"
+        return f"{start} .. {end}"
+
+    def summary(self) -> str:
+        """Return one line saying what the window held (or that it held no data)."""
+        if self.no_data:
+            head = f"no data: no rebuilds recorded in {self.window_text()}"
+        else:
+            assert self.rebuild_success_rate is not None
+            head = (
+                f"{self.rebuild_count} rebuilds of {self.users_processed} users in "
+                f"{self.window_text()}: success {self.rebuild_success_rate:.2%}, "
+                f"avg {self.rebuild_avg_duration_ms:.1f} ms, "
+                f"p95 {self.rebuild_p95_duration_ms:.1f} ms, "
+                f"max {self.rebuild_max_duration_ms:.1f} ms, "
+                f"{self.rebuild_invariant_violations} violations found by rebuilds"
+            )
+        if self.scanned:
+            head += f"; scan: {self.invariant_violations} violations in {self.users_with_violations} users"
+        return head
+
+
+# --- the window --------------------------------------------------------------------------------
+
+
+def parse_since(value: str | datetime | timedelta, now: datetime) -> datetime:
+    """Return the instant a window starts, in UTC.
+
+    Accepts a duration back from ``now`` (``90m``, ``24h``, ``7d``, ``2w``; units s m h d w),
+    an ISO datetime (naive means UTC) or date (its midnight UTC), a ``timedelta`` or a datetime.
+    Raises InvalidDateRangeError for anything else.
+    """
+    if isinstance(value, timedelta):
+        return as_utc(now) - value
+    if isinstance(value, datetime):
+        return as_utc(value)
+    text = value.strip()
+    duration = _DURATION.fullmatch(text)
+    if duration:
+        seconds = float(duration["amount"]) * _UNIT_SECONDS[duration["unit"]]
+        return as_utc(now) - timedelta(seconds=seconds)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidDateRangeError(
+            f"since {value!r} is neither a duration (24h, 7d, 90m) nor an ISO datetime"
+        ) from None
+    return as_utc(parsed)
+
+
+def _window_condition(
+    start: datetime | None, end: datetime | None, operation_id: str | None
+) -> ColumnElement[bool]:
+    h = ops_rebuild_history
+    conditions: list[ColumnElement[bool]] = [h.c.kind.in_(REBUILD_KINDS)]
+    if operation_id is not None:
+        conditions.append(h.c.operation_id == operation_id)
+    if start is not None:
+        conditions.append(h.c.finished_at >= start)
+    if end is not None:
+        conditions.append(h.c.finished_at <= end)
+    return and_(*conditions)
+
+
+def _resolve_window(
+    now: datetime,
+    since: str | datetime | timedelta | None,
+    until: datetime | None,
+    operation_id: str | None,
+) -> tuple[datetime | None, datetime | None]:
+    if operation_id is not None:
+        if since is not None or until is not None:
+            raise InvalidDateRangeError("give either a window (since/until) or an operation")
+        return None, None
+    end = as_utc(until) if until is not None else as_utc(now)
+    start = parse_since(since if since is not None else DEFAULT_WINDOW, now)
+    if start > end:
+        raise InvalidDateRangeError(f"since {start.isoformat()} is after until {end.isoformat()}")
+    return start, end
+
+
+# --- the queries -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RebuildFigures:
+    """What the rebuild history of a window says."""
+
+    count: int
+    successes: int
+    users: int
+    violations: int
+    slow_users: int
+    avg_ms: float | None
+    p50_ms: float | None
+    p95_ms: float | None
+    max_ms: float | None
+
+
+def rebuild_figures(
+    conn: Connection, condition: ColumnElement[bool], slow_threshold_ms: float
+) -> RebuildFigures:
+    """Return counts and durations of the history rows matching ``condition``, in one SELECT.
+
+    Percentiles are ``percentile_cont`` (linear interpolation between the two nearest ranks),
+    written with window functions and integer arithmetic so both dialects compute them.
+    """
+    h = ops_rebuild_history
+    ranked = (
+        select(
+            h.c.user_id,
+            h.c.success,
+            h.c.violations,
+            h.c.duration_ms.label("d"),
+            (func.row_number().over(order_by=h.c.duration_ms) - 1).label("i"),
+            func.count().over().label("n"),
+        )
+        .where(condition)
+        .subquery()
+    )
+
+    def percentile(percent: int) -> ColumnElement[Any]:
+        scaled = (ranked.c.n - 1) * percent  # the rank p * (n - 1), times 100
+        below = scaled // 100
+        weight = cast(scaled % 100, Float) / 100.0
+        return func.sum(
+            case(
+                (ranked.c.i == below, ranked.c.d * (1 - weight)),
+                (ranked.c.i == below + 1, ranked.c.d * weight),
+                else_=0.0,
+            )
+        )
+
+    row = conn.execute(
+        select(
+            func.count().label("rebuilds"),
+            func.coalesce(func.sum(case((ranked.c.success, 1), else_=0)), 0).label("ok"),
+            func.count(distinct(ranked.c.user_id)).label("users"),
+            func.coalesce(func.sum(ranked.c.violations), 0).label("violations"),
+            func.count(distinct(case((ranked.c.d > slow_threshold_ms, ranked.c.user_id)))).label("slow"),
+            func.avg(ranked.c.d).label("avg"),
+            percentile(50).label("p50"),
+            percentile(95).label("p95"),
+            func.max(ranked.c.d).label("max"),
+        )
+    ).one()
+    return RebuildFigures(
+        count=int(row.rebuilds),
+        successes=int(row.ok),
+        users=int(row.users),
+        violations=int(row.violations),
+        slow_users=int(row.slow),
+        avg_ms=_float(row.avg),
+        p50_ms=_float(row.p50),
+        p95_ms=_float(row.p95),
+        max_ms=_float(row.max),
+    )
+
+
+def stale_active_flags(conn: Connection, now: datetime) -> int:
+    """Return how many runs' active flags disagree with the rule at now, as the scan counts them."""
+    return count_wrong_flags(conn, now)
+
+
+def backup_figures(conn: Connection, now: datetime) -> tuple[int, float | None, float | None]:
+    """Return (backups kept, age of the oldest in hours, age of the newest in hours)."""
+    b = ops_backups
+    row = conn.execute(select(func.count(), func.min(b.c.created_at), func.max(b.c.created_at))).one()
+    count, oldest, newest = int(row[0]), row[1], row[2]
+
+    def age(instant: datetime | None) -> float | None:
+        return None if instant is None else (as_utc(now) - as_utc(instant)).total_seconds() / 3600
+
+    return count, age(oldest), age(newest)
+
+
+def operation_figures(
+    conn: Connection,
+    start: datetime | None,
+    end: datetime | None,
+    operation_id: str | None,
+) -> tuple[int, int]:
+    """Return (operations failed within the window, operations interrupted now)."""
+    o = ops_operations
+    ended = func.coalesce(o.c.finished_at, o.c.heartbeat_at, o.c.started_at, o.c.created_at)
+    in_window: list[ColumnElement[bool]] = [o.c.status == "failed"]
+    if start is not None:
+        in_window.append(ended >= start)
+    if end is not None:
+        in_window.append(ended <= end)
+    query = select(
+        func.coalesce(func.sum(case((and_(*in_window), 1), else_=0)), 0),
+        func.coalesce(func.sum(case((o.c.status == "interrupted", 1), else_=0)), 0),
+    )
+    if operation_id is not None:
+        query = query.where(o.c.id == operation_id)
+    failed, interrupted = conn.execute(query).one()
+    return int(failed), int(interrupted)
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def violations_by_kind(report: InvariantReport) -> dict[str, int]:
+    """Return the number of violation records of each kind, every kind listed, in order."""
+    counted = Counter(v.kind for v in report.violations)
+    return {kind: counted.get(kind, 0) for kind in tuple(ViolationKind)}
+
+
+# --- the figures -------------------------------------------------------------------------------
+
+
+def compute_metrics(
+    db: Database,
+    *,
+    since: str | datetime | timedelta | None = None,
+    until: datetime | None = None,
+    operation_id: str | None = None,
+    scan: bool = True,
+    slow_threshold_ms: float = DEFAULT_SLOW_THRESHOLD_MS,
+) -> Metrics:
+    """Return the monitoring figures of a window (last 24 h by default) or of one operation.
+
+    ``since`` is a duration back from the storage clock's now (``24h``), an ISO datetime or a
+    datetime; ``scan`` runs ``validate_invariants()`` over the whole database (the costly part).
+    """
+    now = as_utc(db.now())
+    start, end = _resolve_window(now, since, until, operation_id)
+    condition = _window_condition(start, end, operation_id)
+    with read_connection(db.engine) as conn:
+        rebuilds = rebuild_figures(conn, condition, slow_threshold_ms)
+        stale = stale_active_flags(conn, now)
+        pending = len(users_with_pending_timezone_changes(conn))
+        backups, oldest, newest = backup_figures(conn, now)
+        failed, interrupted = operation_figures(conn, start, end, operation_id)
+    report = validate_invariants(db) if scan else None
+    count = rebuilds.count
+    metrics = Metrics(
+        rebuild_success_rate=rebuilds.successes / count if count else None,
+        rebuild_failure_rate=(count - rebuilds.successes) / count if count else None,
+        rebuild_count=count,
+        rebuild_avg_duration_ms=rebuilds.avg_ms,
+        rebuild_p50_duration_ms=rebuilds.p50_ms,
+        rebuild_p95_duration_ms=rebuilds.p95_ms,
+        rebuild_max_duration_ms=rebuilds.max_ms,
+        users_processed=rebuilds.users,
+        rebuild_invariant_violations=rebuilds.violations,
+        invariant_violations=report.total if report is not None else None,
+        users_with_violations=len(report.users_with_violations) if report is not None else None,
+        stale_active_flags=stale,
+        timezone_changes_pending=pending,
+        slow_users=rebuilds.slow_users,
+        backups_count=backups,
+        backup_oldest_age_hours=oldest,
+        backup_newest_age_hours=newest,
+        operations_failed=failed,
+        operations_interrupted=interrupted,
+        window_start=start,
+        window_end=end,
+        operation_id=operation_id,
+        computed_at=now,
+        slow_threshold_ms=float(slow_threshold_ms),
+        scanned=report is not None,
+        violations_by_kind=violations_by_kind(report) if report is not None else {},
+    )
+    log.info("metrics: %s", metrics.summary())
+    return metrics
+
+
+# --- frames for charts -------------------------------------------------------------------------
+
+
+def metrics_frame(metrics: Metrics) -> pl.DataFrame:
+    """Return one row per alert metric: ``metric``, ``value`` (null without data), ``help``."""
+    values = metrics.as_dict()
+    return pl.DataFrame(
+        {
+            "metric": list(METRIC_NAMES),
+            "value": [_float(values[name]) for name in METRIC_NAMES],
+            "help": [METRIC_HELP[name] for name in METRIC_NAMES],
+        },
+        schema={"metric": pl.String, "value": pl.Float64, "help": pl.String},
+    )
+
+
+def history_frame(
+    db: Database,
+    since: str | datetime | timedelta | None = None,
+    *,
+    until: datetime | None = None,
+    operation_id: str | None = None,
+) -> pl.DataFrame:
+    """Return the window's rebuilds, one row each, oldest first (the rows the metrics count).
+
+    Columns: finished_at (UTC), user_id, kind, duration_ms, success, violations.
+    """
+    start, end = _resolve_window(as_utc(db.now()), since, until, operation_id)
+    h = ops_rebuild_history
+    query = (
+        select(h.c.finished_at, h.c.user_id, h.c.kind, h.c.duration_ms, h.c.success, h.c.violations)
+        .where(_window_condition(start, end, operation_id))
+        .order_by(h.c.finished_at, h.c.user_id, h.c.id)
+    )
+    with read_connection(db.engine) as conn:
+        rows = [
+            (
+                as_utc(r.finished_at),
+                r.user_id,
+                r.kind,
+                float(r.duration_ms),
+                bool(r.success),
+                int(r.violations),
+            )
+            for r in conn.execute(query)
+        ]
+    return pl.DataFrame(rows, schema=HISTORY_SCHEMA, orient="row")
+
+
+def success_rate_frame(history: pl.DataFrame, every: str = "1h") -> pl.DataFrame:
+    """Return the success rate per period (hour by default) of a ``history_frame``.
+
+    Columns: period (start of the period, UTC), rebuilds, successes, success_rate. Periods
+    without rebuilds are absent.
+    """
+    return (
+        history.group_by(pl.col("finished_at").dt.truncate(every).alias("period"))
+        .agg(
+            pl.len().cast(pl.Int64).alias("rebuilds"),
+            pl.col("success").sum().cast(pl.Int64).alias("successes"),
+        )
+        .with_columns((pl.col("successes") / pl.col("rebuilds")).alias("success_rate"))
+        .sort("period")
+    )
+
+
+def slowest_users_frame(history: pl.DataFrame, top: int = 10) -> pl.DataFrame:
+    """Return the ``top`` users by their slowest rebuild: user_id, max_duration_ms, rebuilds."""
+    return (
+        history.group_by("user_id")
+        .agg(
+            pl.col("duration_ms").max().alias("max_duration_ms"),
+            pl.len().cast(pl.Int64).alias("rebuilds"),
+        )
+        .sort(["max_duration_ms", "user_id"], descending=[True, False])
+        .head(top)
+    )

@@ -1,0 +1,452 @@
+"""Running runbook notebooks headless: find them, check their parameters, execute, archive.
+
+``run_notebook`` is the one way the CLI and the tests run a notebook. Parameters are checked
+against the notebook's ``parameters`` cell before any kernel starts (see
+``potato_ops.notebook_runs.parameters``, whose public names are re-exported here); the kernel is pinned to
+this interpreter; every run that starts is archived (see ``potato_ops.notebook_runs.archive``), whatever its
+outcome, and its status becomes an exit code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import platform
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import IO, Any
+
+import nbformat
+import papermill
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import AsyncKernelManager
+from nbclient.exceptions import CellTimeoutError
+from papermill.exceptions import PapermillExecutionError
+from traitlets import default
+
+from potato_ops.config import reports_dir as default_reports_dir
+from potato_ops.errors import NotebookError
+from potato_ops.exitcodes import ExitCode
+from potato_ops.notebook_runs import archive
+from potato_ops.notebook_runs.parameters import (
+    ParameterInfo,
+    check_parameters,
+    notebook_parameters,
+    read_notebook,
+)
+from potato_ops.notebook_runs.result import RESULT_MIMETYPE, RESULT_STATUSES, to_json_value
+
+logger = logging.getLogger("potato_ops")
+
+NOTEBOOKS_DIR_ENV = "POTATO_OPS_NOTEBOOKS_DIR"
+PINNED_KERNEL = "python3"
+KERNEL_START_TIMEOUT_S = 60
+
+EXIT_CODES = {
+    "ok": ExitCode.OK,
+    "problem": ExitCode.PROBLEM_FOUND,
+    "error": ExitCode.EXECUTION_FAILED,
+    "timeout": ExitCode.EXECUTION_FAILED,
+}
+
+
+@dataclass(frozen=True)
+class NotebookInfo:
+    """A runbook notebook found in the notebooks folder."""
+
+    name: str
+    path: Path
+    parameters: tuple[ParameterInfo, ...]
+    title: str = ""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """The outcome of one archived run: status, exit code and where the record lives."""
+
+    status: str
+    exit_code: ExitCode
+    run_dir: Path
+    notebook_path: Path
+    html_path: Path
+    result_path: Path
+    result: dict[str, Any]
+    summary_path: Path
+
+
+# -- finding notebooks ---------------------------------------------------------------------------
+
+
+def notebooks_dir() -> Path:
+    """Return the notebooks folder.
+
+    $POTATO_OPS_NOTEBOOKS_DIR, else the checkout the package runs from (an editable install),
+    else the copy installed with the package (<prefix>/share/potato-ops/notebooks), else
+    ./notebooks.
+    """
+    configured = os.environ.get(NOTEBOOKS_DIR_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    candidates = (
+        Path(__file__).resolve().parents[1] / "notebooks",
+        Path(sys.prefix) / "share" / "potato-ops" / "notebooks",
+        Path("notebooks").resolve(),
+    )
+    for candidate in candidates:
+        if _notebook_paths(candidate):
+            return candidate
+    return candidates[-1]
+
+
+def _notebook_paths(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.glob("*.ipynb") if p.is_file() and not p.name.startswith("."))
+
+
+def resolve_notebook(name: str | os.PathLike[str]) -> Path:
+    """Return the notebook's path from a name (``03_bulk_recovery[.ipynb]``), number or path."""
+    text = os.fspath(name)
+    as_path = Path(text).expanduser()
+    if as_path.is_file() and (as_path.suffix == ".ipynb" or len(as_path.parts) > 1):
+        return as_path.resolve()
+    directory = notebooks_dir()
+    available = _notebook_paths(directory)
+    stem = as_path.name.removesuffix(".ipynb")
+    matches = [p for p in available if p.stem == stem]
+    if not matches:
+        matches = [p for p in available if p.stem.startswith(f"{stem}_")]
+    if len(matches) == 1:
+        return matches[0]
+    if not available:
+        raise NotebookError(f"no notebook {text!r}: {directory} holds no notebooks (set {NOTEBOOKS_DIR_ENV})")
+    names = ", ".join(p.stem for p in (matches or available))
+    if matches:
+        raise NotebookError(f"{text!r} matches several notebooks: {names}")
+    raise NotebookError(f"no notebook {text!r} in {directory}; available: {names}")
+
+
+def list_notebooks() -> list[NotebookInfo]:
+    """Return every notebook of the notebooks folder with its parameters, sorted by name."""
+    return [
+        NotebookInfo(path.stem, path, tuple(notebook_parameters(path)), _title(path))
+        for path in _notebook_paths(notebooks_dir())
+    ]
+
+
+def _title(path: Path) -> str:
+    for cell in read_notebook(path).cells:
+        if cell.cell_type == "markdown":
+            for line in str(cell.source).splitlines():
+                if line.strip():
+                    return line.strip().lstrip("#").strip()
+    return ""
+
+
+# -- the kernel ----------------------------------------------------------------------------------
+
+
+def _write_pinned_kernelspec(kernels_dir: Path) -> None:
+    """Write a ``python3`` kernelspec that starts this interpreter's ipykernel."""
+    spec_dir = kernels_dir / PINNED_KERNEL
+    spec_dir.mkdir(parents=True)
+    package_root = str(Path(__file__).resolve().parents[1])
+    python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": f"Python {platform.python_version()} (potato-ops)",
+        "language": "python",
+        "env": {"PYTHONPATH": python_path},
+        "metadata": {"debugger": False},
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1), encoding="utf-8")
+
+
+def _pinned_kernel_manager(kernels_dir: Path, kernel_log: IO[str]) -> type[AsyncKernelManager]:
+    """Return a kernel manager class that looks in ``kernels_dir`` before any installed spec."""
+
+    class PinnedKernelManager(AsyncKernelManager):
+        @default("kernel_spec_manager")
+        def _pinned_spec_manager(self) -> KernelSpecManager:
+            manager = KernelSpecManager(data_dir=self.data_dir)
+            manager.kernel_dirs = [str(kernels_dir), *manager.kernel_dirs]
+            return manager
+
+        async def start_kernel(self, **kw: Any) -> None:  # type: ignore[override]  # async like its parent
+            # The kernel's own stdout/stderr carry start-up chatter, not cell output.
+            kw.setdefault("stdout", kernel_log)
+            kw.setdefault("stderr", kernel_log)
+            await super().start_kernel(**kw)
+
+    return PinnedKernelManager
+
+
+# -- running -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Outcome:
+    status: str = "ok"
+    verdict: str = ""
+    error: dict[str, Any] | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def run_notebook(
+    notebook: str | os.PathLike[str],
+    parameters: Mapping[str, object] | None = None,
+    *,
+    reports_dir: str | os.PathLike[str] | None = None,
+    cell_timeout: float | None = 600,
+    kernel_name: str = PINNED_KERNEL,
+    log_output: bool = False,
+    progress_bar: bool = False,
+) -> RunRecord:
+    """Return the archived record of running the notebook headless with these parameters.
+
+    Raises NotebookParameterError before anything runs (and archives nothing) when a
+    parameter is refused; every run that starts is archived, whatever its outcome.
+    """
+    path = resolve_notebook(notebook)
+    checked = check_parameters(path, parameters or {})
+    name = path.stem
+    reports = default_reports_dir(reports_dir)
+    started_at = dt.datetime.now(dt.UTC)
+    run_id = archive.new_run_id(name, started_at)
+    logger.info("running %s as %s", name, run_id)
+    clock = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="potato-ops-run-") as tmp:
+        work = Path(tmp)
+        output = work / f"{name}.ipynb"
+        with _kernel_log(work) as kernel_log:
+            outcome = _execute(
+                path,
+                output,
+                checked,
+                work,
+                kernel_log,
+                cell_timeout=cell_timeout,
+                kernel_name=kernel_name,
+                log_output=log_output,
+                progress_bar=progress_bar,
+            )
+        duration = time.monotonic() - clock
+        finished_at = dt.datetime.now(dt.UTC)
+        executed = read_notebook(output if output.exists() else path)
+    if outcome.status == "timeout":
+        _mark_timeout(executed, outcome.verdict)
+    result = {
+        "run_id": run_id,
+        "notebook": name,
+        "source": str(path),
+        "source_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "status": outcome.status,
+        "exit_code": int(EXIT_CODES[outcome.status]),
+        "verdict": outcome.verdict,
+        "parameters": to_json_value(checked, "parameters"),
+        "figures": outcome.record.get("figures", {}),
+        "operation_ids": outcome.record.get("operation_ids", []),
+        "database": outcome.record.get("database", {}),
+        "error": outcome.error,
+        "started_at": started_at.isoformat(),
+        "finished_at": finished_at.isoformat(),
+        "duration_s": round(duration, 3),
+        "kernel_start_s": _kernel_start_seconds(executed),
+        "cell_timeout_s": cell_timeout,
+        "kernel_name": kernel_name,
+        "potato_ops_version": _package_version(),
+        "python_version": platform.python_version(),
+        "papermill_version": papermill.__version__,
+        "hostname": socket.gethostname(),
+    }
+    archived = archive.archive_run(
+        run_id=run_id, notebook_name=name, notebook=executed, result=result, reports_dir=reports
+    )
+    logger.info(
+        "%s: %s (%s), archived in %s",
+        name,
+        outcome.status,
+        archived.result.get("verdict", ""),
+        archived.run_dir,
+    )
+    return RunRecord(
+        status=outcome.status,
+        exit_code=EXIT_CODES[outcome.status],
+        run_dir=archived.run_dir,
+        notebook_path=archived.notebook_path,
+        html_path=archived.html_path,
+        result_path=archived.result_path,
+        result=archived.result,
+        summary_path=archived.summary_path,
+    )
+
+
+@contextmanager
+def _kernel_log(work: Path) -> Iterator[IO[str]]:
+    log_path = work / "kernel.log"
+    with log_path.open("w", encoding="utf-8") as sink:
+        yield sink
+    text = log_path.read_text(encoding="utf-8", errors="replace").strip()
+    if text:
+        logger.debug("kernel output:\n%s", text)
+
+
+def _execute(
+    path: Path,
+    output: Path,
+    parameters: dict[str, object],
+    work: Path,
+    kernel_log: IO[str],
+    *,
+    cell_timeout: float | None,
+    kernel_name: str,
+    log_output: bool,
+    progress_bar: bool,
+) -> _Outcome:
+    kernels_dir = work / "kernels"
+    _write_pinned_kernelspec(kernels_dir)
+    try:
+        with _checked_parameters_not_reported():
+            papermill.execute_notebook(
+                str(path),
+                str(output),
+                parameters=parameters,
+                kernel_name=kernel_name,
+                progress_bar=progress_bar,
+                log_output=log_output,
+                start_timeout=KERNEL_START_TIMEOUT_S,
+                execution_timeout=cell_timeout,
+                kernel_manager_class=_pinned_kernel_manager(kernels_dir, kernel_log),
+            )
+    except PapermillExecutionError as exc:
+        error = {
+            "cell_index": exc.cell_index,
+            "execution_count": exc.exec_count,
+            "ename": exc.ename,
+            "evalue": exc.evalue,
+        }
+        where = f"cell {exc.cell_index + 1} (In [{exc.exec_count}])"
+        return _failed("error", error, f"{where} raised {exc.ename}: {exc.evalue}", output)
+    except CellTimeoutError:
+        index = _last_started_cell(output)
+        error = {
+            "cell_index": index,
+            "ename": "CellTimeoutError",
+            "evalue": f"the cell did not finish within {cell_timeout} s",
+        }
+        where = f"cell {index + 1}" if index is not None else "a cell"
+        return _failed("timeout", error, f"{where} did not finish within {cell_timeout} s", output)
+    except Exception as exc:  # a dead kernel, a kernel that never started, ...
+        error = {
+            "cell_index": _last_started_cell(output),
+            "ename": type(exc).__name__,
+            "evalue": str(exc),
+        }
+        return _failed("error", error, f"the run failed: {type(exc).__name__}: {exc}", output)
+    record = _find_record(read_notebook(output))
+    if record is None:
+        error = {
+            "cell_index": None,
+            "ename": "ResultMissing",
+            "evalue": "the notebook finished without calling potato_ops.record.record_result",
+        }
+        return _Outcome("error", error["evalue"], error)
+    return _Outcome(record["status"], record["verdict"], None, record)
+
+
+class _DropUnknownParameterWarning(logging.Filter):
+    """Papermill cannot read every annotation (``str | None``); the runner has checked them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Passed unknown parameter")
+
+
+@contextmanager
+def _checked_parameters_not_reported() -> Iterator[None]:
+    papermill_log = logging.getLogger("papermill")
+    quiet = _DropUnknownParameterWarning()
+    papermill_log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        papermill_log.removeFilter(quiet)
+
+
+def _failed(status: str, error: dict[str, Any], verdict: str, output: Path) -> _Outcome:
+    record = _find_record(read_notebook(output)) if output.exists() else None
+    return _Outcome(status, " ".join(verdict.split()), error, record or {})
+
+
+def _find_record(nb: Any) -> dict[str, Any] | None:
+    """Return the last result record the notebook displayed, or None."""
+    found: dict[str, Any] | None = None
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {}) if out.get("output_type") != "stream" else {}
+            payload = data.get(RESULT_MIMETYPE)
+            if isinstance(payload, str):
+                try:
+                    payload = json.loads(payload)
+                except ValueError:
+                    payload = None
+            if (
+                isinstance(payload, Mapping)
+                and payload.get("status") in RESULT_STATUSES
+                and isinstance(payload.get("verdict"), str)
+            ):
+                found = {
+                    "verdict": payload["verdict"],
+                    "status": payload["status"],
+                    "figures": dict(payload.get("figures") or {}),
+                    "operation_ids": list(payload.get("operation_ids") or []),
+                    "database": dict(payload.get("database") or {}),
+                }
+    return found
+
+
+def _last_started_cell(output: Path) -> int | None:
+    if not output.exists():
+        return None
+    index = None
+    for i, cell in enumerate(read_notebook(output).cells):
+        if cell.get("metadata", {}).get("papermill", {}).get("start_time"):
+            index = i
+    return index
+
+
+def _mark_timeout(nb: Any, verdict: str) -> None:
+    message = f"**Timed out:** {verdict}."
+    marker = nbformat.v4.new_markdown_cell(message)  # type: ignore[no-untyped-call]
+    marker.metadata["tags"] = ["potato-ops-timeout"]
+    nb.cells.insert(0, marker)
+
+
+def _kernel_start_seconds(nb: Any) -> float | None:
+    """Return seconds from papermill's start to the first cell's start (kernel start-up)."""
+    try:
+        begun = dt.datetime.fromisoformat(nb.metadata["papermill"]["start_time"])
+        first = next(
+            c.metadata["papermill"]["start_time"]
+            for c in nb.cells
+            if c.get("metadata", {}).get("papermill", {}).get("start_time")
+        )
+        return round((dt.datetime.fromisoformat(first) - begun).total_seconds(), 3)
+    except (KeyError, TypeError, ValueError, StopIteration):
+        return None
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("potato-ops")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"

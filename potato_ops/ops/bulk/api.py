@@ -1,0 +1,232 @@
+"""Bulk rebuilds: many users in batches across workers, with a ledger for progress and resume.
+
+A run, step by step:
+
+1. The config is checked and, for a real run, the feature flag: bad input raises before
+   anything is written.
+2. The operation and one item per user go into the ledger (``potato_ops.ops.bulk.ledger``), owned by
+   this process's runner (on PostgreSQL it also holds the operation's session lock).
+3. The pending users, in their stable order, go in batches to ``max_workers`` threads, each
+   batch on a connection of its own, in ONE writing transaction: ``rebuild_batch`` (backups
+   of the users it changes, delete, insert, validation of the batch), then the history rows
+   and the items marked completed. All of a user's changes commit at once, so a reader sees
+   a user's old runs or new runs, never a mix; a crash loses at most uncommitted batches,
+   whose items are still pending. A batch with any failing user (violations or an error) is
+   rolled back and each of its users is redone alone, so one bad user never fails its
+   neighbours; a user failing alone gets a failed item (error class and message) and a
+   failed history row. A dry run rolls every batch back and then writes only its items.
+4. Between batches the coordinator stamps the heartbeat, reads a cancel request, checks the
+   failure rate, and reports progress to the optional callback.
+5. The operation ends completed, failed (failure rate exceeded or an unexpected error),
+   cancelled, or, when the process is killed, stays "running" with its runner gone, which
+   ``get_rebuild_progress`` reports as interrupted and ``resume_bulk_rebuild`` takes over.
+
+Rebuilding a user is idempotent (only wrong runs are replaced, and only changed users are
+backed up), so redoing a batch that never committed can neither duplicate runs nor backups.
+
+This module is the public API, thin functions over: ``potato_ops.ops.bulk.config`` (BulkConfig),
+``potato_ops.ops.bulk.executor`` (steps 3 to 5: the batches, the workers, the coordinator) and
+``potato_ops.ops.bulk.results`` (Progress, BulkResult and the ETA, read from the ledger).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+
+from potato_ops.db.engine import read_connection, write_transaction
+from potato_ops.db.schema import RUNS_V2_FLAG
+from potato_ops.errors import ConfigError, FeatureFlagError, OperationRunningError
+from potato_ops.ops.bulk import ledger, ownership, rows
+from potato_ops.ops.bulk.config import BulkConfig
+from potato_ops.ops.bulk.executor import KIND, BulkRun
+from potato_ops.ops.bulk.results import (
+    BulkResult,
+    Progress,
+    ProgressCallback,
+    progress_of,
+    stored_result,
+)
+from potato_ops.ops.database import Database
+
+log = logging.getLogger("potato_ops")
+
+
+# ---------------------------------------------------------------------------- public API
+
+
+def bulk_rebuild_users(
+    db: Database,
+    user_ids: Sequence[str] | None,
+    config: BulkConfig | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+) -> BulkResult:
+    """Rebuild the users (None: every user) in batches across workers; return the outcome.
+
+    Raises ConfigError / InvalidDateRangeError for bad input and FeatureFlagError for a real
+    run while ``ff.potato.runs_v2`` is off, before anything is written. Ids of no existing
+    user fail in the ledger with UserNotFoundError; the others go on.
+    """
+    config = config or BulkConfig()
+    if isinstance(user_ids, str):
+        raise ConfigError("user_ids must be a list of ids, not one string")
+    _check_flag(db, config)
+    operation_id = uuid.uuid4().hex
+    runner = ownership.new_runner()
+    try:
+        with ownership.operation_lock(db.engine, operation_id) as got:
+            if not got:  # a fresh random id: cannot happen unless the lock namespace collides
+                raise OperationRunningError(f"operation {operation_id} is locked by another session")
+            now = db.now()
+            with write_transaction(db.engine) as conn:
+                total = ledger.create_operation(
+                    conn,
+                    operation_id,
+                    kind=KIND,
+                    dry_run=config.dry_run,
+                    config=config.to_json(),
+                    user_ids=user_ids,
+                    runner=runner,
+                    now=now,
+                )
+                ledger.claim(conn, operation_id, runner, now, previous=runner.token)
+            log.info(
+                "bulk operation %s: %d users, %s, batch %d, workers %d",
+                operation_id,
+                total,
+                "dry run" if config.dry_run else "real run",
+                config.batch_size,
+                config.max_workers,
+            )
+            return BulkRun(db, operation_id, config, runner, progress).execute(None)
+    finally:
+        ownership.release_runner(runner)
+
+
+def get_rebuild_progress(db: Database, operation_id: str) -> Progress:
+    """Return the operation's progress; a running one whose runner is gone is interrupted."""
+    with read_connection(db.engine) as conn:
+        op = ledger.fetch_operation(conn, operation_id)
+    return progress_of(db, _settle(db, op))
+
+
+def list_operations(db: Database, status: str | None = None, limit: int = 20) -> list[Progress]:
+    """Return recent operations, newest first, optionally only those with this status."""
+    if status is not None and status not in rows.STATUSES:
+        raise ConfigError(f"status must be one of {', '.join(rows.STATUSES)}, not {status!r}")
+    if limit < 1:
+        raise ConfigError(f"limit must be at least 1, not {limit}")
+    with read_connection(db.engine) as conn:
+        live = [op for s in rows.LIVE for op in ledger.recent_operations(conn, s, 1000)]
+    for op in live:  # mark the ones whose runner is gone, so the filter sees them as such
+        _settle(db, op)
+    with read_connection(db.engine) as conn:
+        found = ledger.recent_operations(conn, status, limit)
+    return [progress_of(db, op) for op in found]
+
+
+def resume_bulk_rebuild(
+    db: Database,
+    operation_id: str,
+    *,
+    failed_only: bool = False,
+    progress: ProgressCallback | None = None,
+) -> BulkResult:
+    """Finish an operation whose runner is gone: only its users not yet completed.
+
+    A completed operation is returned as it is (no-op), unless ``failed_only``: then only
+    its failed users are tried again. Raises OperationRunningError while the operation's
+    runner is alive, OperationNotFoundError for an unknown id.
+    """
+    with read_connection(db.engine) as conn:
+        op = ledger.fetch_operation(conn, operation_id)
+        counts = ledger.item_counts(conn, operation_id)
+    config = BulkConfig.from_json(op.config)
+    if _nothing_to_resume(op, counts, failed_only):
+        return stored_result(db, op)
+    _check_flag(db, config)
+    runner = ownership.new_runner()
+    try:
+        with ownership.operation_lock(db.engine, operation_id) as got:
+            if not got:
+                raise OperationRunningError(_running_message(op))
+            now = db.now()
+            with write_transaction(db.engine) as conn:
+                op = ledger.fetch_operation(conn, operation_id)
+                counts = ledger.item_counts(conn, operation_id)
+                if _nothing_to_resume(op, counts, failed_only):
+                    return stored_result(db, op)
+                # On PostgreSQL the lock we hold proves the old runner gone.
+                pg = db.dialect == "postgresql"
+                if not pg and op.status in rows.LIVE and ownership.runner_alive(conn, op, now):
+                    raise OperationRunningError(_running_message(op))
+                if not ledger.claim(conn, operation_id, runner, now, previous=op.runner_token):
+                    raise OperationRunningError(
+                        f"operation {operation_id} was just taken over by another process"
+                    )
+                only: list[str] | None = None
+                if failed_only:
+                    only = [item.user_id for item in ledger.failed_items(conn, operation_id)]
+                ledger.reopen_failed(conn, operation_id)
+            log.info("bulk operation %s resumed (was %s)", operation_id, op.status)
+            previous = op.status if op.status not in rows.LIVE else rows.INTERRUPTED
+            return BulkRun(db, operation_id, config, runner, progress).execute(only, status_if_left=previous)
+    finally:
+        ownership.release_runner(runner)
+
+
+def cancel_bulk_rebuild(db: Database, operation_id: str) -> Progress:
+    """Stop an operation at its next batch boundary; return its progress.
+
+    A live runner is asked to stop (it reports cancelled when it does); an operation whose
+    runner is gone is marked cancelled at once; a finished one is left as it is.
+    """
+    with write_transaction(db.engine) as conn:
+        op = ledger.fetch_operation(conn, operation_id)
+        now = db.now()
+        if op.status in (rows.PENDING, rows.RUNNING) and ownership.runner_alive(conn, op, now):
+            ledger.request_cancel(conn, operation_id)
+        elif op.status in (rows.PENDING, rows.RUNNING, rows.INTERRUPTED):
+            ledger.request_cancel(conn, operation_id)
+            ledger.set_status(conn, operation_id, rows.CANCELLED, now, expect_token=op.runner_token)
+    log.info("bulk operation %s: cancel requested", operation_id)
+    return get_rebuild_progress(db, operation_id)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _check_flag(db: Database, config: BulkConfig) -> None:
+    if config.dry_run or config.ignore_feature_flag:
+        return
+    if not db.get_feature_flag(RUNS_V2_FLAG):
+        raise FeatureFlagError(
+            f"feature flag {RUNS_V2_FLAG} is off: a real bulk rebuild is refused "
+            "(turn the flag on, or set ignore_feature_flag)"
+        )
+
+
+def _nothing_to_resume(op: rows.OperationRow, counts: rows.ItemCounts, failed_only: bool) -> bool:
+    if failed_only:
+        return counts.failed == 0
+    return op.status == rows.COMPLETED
+
+
+def _running_message(op: rows.OperationRow) -> str:
+    where = f" (pid {op.runner_pid} on {op.runner_host})" if op.runner_pid else ""
+    return f"operation {op.id} is still being run by a live runner{where}: refusing to take it over"
+
+
+def _settle(db: Database, op: rows.OperationRow) -> rows.OperationRow:
+    """Return op; a live-status one whose runner is gone is marked interrupted in the ledger."""
+    if op.status not in rows.LIVE:
+        return op
+    with read_connection(db.engine) as conn:
+        alive = ownership.runner_alive(conn, op, db.now())
+    if alive:
+        return op
+    with write_transaction(db.engine) as conn:
+        ledger.set_status(conn, op.id, rows.INTERRUPTED, db.now(), expect_token=op.runner_token)
+        return ledger.fetch_operation(conn, op.id)

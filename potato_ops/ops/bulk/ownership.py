@@ -1,0 +1,148 @@
+"""Who runs a bulk operation, and whether that runner is still at work.
+
+Decided by something the runner holds, never by heartbeat age alone:
+
+* PostgreSQL: the runner holds a session-level advisory lock keyed by the operation id on a
+  connection of its own for the run's life; the server drops it the moment the process dies.
+* SQLite: the runner records its host, pid and a token holding the process's start time (from
+  ``/proc``, so a reused pid is not mistaken for it). On another host only the heartbeat can
+  tell, so there a runner is taken for gone once its heartbeat is ``STALE_AFTER`` old.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine, text
+
+from potato_ops.db.engine import LOCK_NS_OPERATION, is_postgres
+from potato_ops.ops.bulk.rows import OperationRow
+
+STALE_AFTER = timedelta(minutes=10)  # heartbeat age after which another host's runner is gone
+
+
+@dataclass(frozen=True)
+class Runner:
+    """Who runs an operation: host, process id, and a token unique to this run."""
+
+    host: str
+    pid: int
+    token: str  # "<process start time>/<random>"
+
+
+_live_tokens: set[str] = set()  # runners alive in this process
+_live_lock = threading.Lock()
+
+
+def _process_start(pid: int) -> str | None:
+    """Return the process's start time (clock ticks since boot), or None if it is not running."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):  # a zombie has exited; only its exit status remains
+        return None
+    return fields[19]
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def new_runner() -> Runner:
+    """Return a runner identity for this process, registered as alive until released."""
+    pid = os.getpid()
+    token = f"{_process_start(pid) or '-'}/{uuid.uuid4().hex}"
+    with _live_lock:
+        _live_tokens.add(token)
+    return Runner(socket.gethostname(), pid, token)
+
+
+def release_runner(runner: Runner) -> None:
+    """Forget a runner of this process (its run has ended)."""
+    with _live_lock:
+        _live_tokens.discard(runner.token)
+
+
+def _process_runner_alive(op: OperationRow, now: datetime) -> bool:
+    """Return True if the runner recorded on op (SQLite's way) is still at work."""
+    if op.runner_pid is None or op.runner_token is None:
+        return False
+    if op.runner_host != socket.gethostname():
+        beat = op.heartbeat_at or op.started_at or op.created_at
+        return now - beat < STALE_AFTER
+    if op.runner_pid == os.getpid():
+        with _live_lock:
+            return op.runner_token in _live_tokens
+    started = op.runner_token.split("/", 1)[0]
+    if started == "-" or not Path("/proc").is_dir():
+        return _pid_running(op.runner_pid)
+    return _process_start(op.runner_pid) == started
+
+
+@contextmanager
+def operation_lock(engine: Engine, operation_id: str) -> Iterator[bool]:
+    """Hold the operation's runner lock while the block runs; yield False if another holds it.
+
+    On PostgreSQL a session-level advisory lock on a connection of its own, released (or
+    dropped by the server with the process) at the end; on SQLite always True (the runner's
+    pid and token in the ledger say who runs it).
+    """
+    if engine.dialect.name != "postgresql":
+        yield True
+        return
+    with engine.connect() as conn:
+        got = bool(
+            conn.execute(
+                text("SELECT pg_try_advisory_lock(:ns, hashtext(:op))"),
+                {"ns": LOCK_NS_OPERATION, "op": operation_id},
+            ).scalar_one()
+        )
+        conn.commit()  # keep no transaction open: the lock is session-level
+        try:
+            yield got
+        finally:
+            if got:
+                conn.execute(
+                    text("SELECT pg_advisory_unlock(:ns, hashtext(:op))"),
+                    {"ns": LOCK_NS_OPERATION, "op": operation_id},
+                )
+                conn.commit()
+
+
+def _pg_runner_alive(conn: Connection, operation_id: str) -> bool:
+    """Return True if some session holds the operation's runner lock (looked up, not taken)."""
+    return bool(
+        conn.execute(
+            text(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                "AND classid = CAST(:ns AS oid) "
+                "AND objid = CAST(CAST(hashtext(:op) AS bigint) & 4294967295 AS oid) "
+                "AND objsubid = 2 AND granted)"
+            ),
+            {"ns": LOCK_NS_OPERATION, "op": operation_id},
+        ).scalar_one()
+    )
+
+
+def runner_alive(conn: Connection, op: OperationRow, now: datetime) -> bool:
+    """Return True if the operation's runner is still at work."""
+    if is_postgres(conn):
+        return _pg_runner_alive(conn, op.id)
+    return _process_runner_alive(op, now)

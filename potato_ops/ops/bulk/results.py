@@ -1,0 +1,177 @@
+"""What the ledger says about a bulk operation: its progress, ETA and result.
+
+Counts come from the ledger's items, so they cover every run of a resumed operation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import Connection
+
+from potato_ops.db.engine import read_connection
+from potato_ops.ops.bulk import ledger, rows
+from potato_ops.ops.database import Database
+
+MAX_LISTED = 100_000  # BulkResult.errors / changes list at most this many users
+
+ProgressCallback = Callable[["Progress"], None]
+
+
+@dataclass(frozen=True)
+class UserError:
+    """Why one user failed."""
+
+    user_id: str
+    error_class: str
+    message: str
+
+
+@dataclass(frozen=True)
+class UserChange:
+    """What a (dry) run did or would do to one user."""
+
+    user_id: str
+    runs_to_delete: int
+    runs_to_create: int
+    active_flags_changed: int
+
+
+@dataclass(frozen=True)
+class BulkResult:
+    """The outcome of a bulk operation.
+
+    Counts come from the ledger, so they cover every run of a resumed operation.
+    ``total_duration_ms`` is this call's wall time (for a completed operation returned as
+    is, finished minus started); ``average_duration_ms`` is the mean per-user share of its
+    batch's time. ``timings`` sums the ms each phase took in this call, over all workers.
+    """
+
+    operation_id: str
+    total_users: int
+    completed_users: int
+    failed_users: int
+    total_duration_ms: float
+    average_duration_ms: float
+    errors: list[UserError]
+    status: str = "completed"
+    dry_run: bool = True
+    users_changed: int = 0
+    changes: list[UserChange] = field(default_factory=list)
+    runs_deleted: int = 0
+    runs_created: int = 0
+    pending_users: int = 0
+    error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A bulk operation's progress as the ledger records it."""
+
+    operation_id: str
+    status: str
+    processed_users: int
+    total_users: int
+    completed_users: int
+    failed_users: int
+    started_at: datetime | None
+    updated_at: datetime | None
+    eta_seconds: float | None
+    kind: str = "bulk_rebuild"
+    dry_run: bool = True
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    users_changed: int = 0
+    cancel_requested: bool = False
+
+
+def _eta(
+    counts: rows.ItemCounts, finishes: list[tuple[datetime, int]], started: datetime | None
+) -> float | None:
+    """Return seconds left at the recent rate (users per second over the last batches)."""
+    if counts.pending == 0:
+        return 0.0
+    if len(finishes) >= 2:
+        span = (finishes[-1][0] - finishes[0][0]).total_seconds()
+        users = sum(n for _, n in finishes[1:])
+    elif finishes and started is not None:
+        span = (finishes[0][0] - started).total_seconds()
+        users = finishes[0][1]
+    else:
+        return None
+    if span <= 0 or users <= 0:
+        return None
+    return counts.pending / (users / span)
+
+
+def progress_of(db: Database, op: rows.OperationRow) -> Progress:
+    with read_connection(db.engine) as conn:
+        counts = ledger.item_counts(conn, op.id)
+        eta = None
+        if op.status == rows.RUNNING:
+            eta = _eta(counts, ledger.recent_finishes(conn, op.id), op.started_at)
+        elif op.status == rows.COMPLETED:
+            eta = 0.0
+    return Progress(
+        operation_id=op.id,
+        status=op.status,
+        processed_users=counts.processed,
+        total_users=counts.total,
+        completed_users=counts.completed,
+        failed_users=counts.failed,
+        started_at=op.started_at,
+        updated_at=op.finished_at or op.heartbeat_at,
+        eta_seconds=eta,
+        kind=op.kind,
+        dry_run=op.dry_run,
+        created_at=op.created_at,
+        finished_at=op.finished_at,
+        error=op.error,
+        users_changed=counts.changed,
+        cancel_requested=op.cancel_requested,
+    )
+
+
+def stored_result(db: Database, op: rows.OperationRow) -> BulkResult:
+    """Return a finished operation's result as the ledger holds it (no work done)."""
+    duration = 0.0
+    if op.started_at is not None and op.finished_at is not None:
+        duration = (op.finished_at - op.started_at).total_seconds() * 1000
+    with read_connection(db.engine) as conn:
+        return result_from_ledger(conn, op, duration, {})
+
+
+def result_from_ledger(
+    conn: Connection, op: rows.OperationRow, duration_ms: float, timings: dict[str, float]
+) -> BulkResult:
+    counts = ledger.item_counts(conn, op.id)
+    errors = [
+        UserError(i.user_id, i.error_class or "Error", i.error_message or "")
+        for i in ledger.failed_items(conn, op.id)[:MAX_LISTED]
+    ]
+    changes = [
+        UserChange(i.user_id, i.runs_deleted, i.runs_created, i.active_flags_changed)
+        for i in ledger.changed_items(conn, op.id)[:MAX_LISTED]
+    ]
+    return BulkResult(
+        operation_id=op.id,
+        total_users=counts.total,
+        completed_users=counts.completed,
+        failed_users=counts.failed,
+        total_duration_ms=duration_ms,
+        average_duration_ms=counts.duration_ms / counts.processed if counts.processed else 0.0,
+        errors=errors,
+        status=op.status,
+        dry_run=op.dry_run,
+        users_changed=counts.changed,
+        changes=changes,
+        runs_deleted=counts.runs_deleted,
+        runs_created=counts.runs_created,
+        pending_users=counts.pending,
+        error=op.error,
+        timings=timings,
+    )

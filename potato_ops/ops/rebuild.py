@@ -1,0 +1,510 @@
+"""The rebuild engine: one batch of users, full or partial, inside the caller's transaction.
+
+Single-user rebuilds are a batch of one; bulk rebuilds are many batches. Per batch it is a
+fixed number of statements whatever the batch size: lock, read runs, read marks, (backups),
+delete, deactivate, insert, activate, re-read, so the cost per user is a few rows of I/O and
+a little Python. Only runs whose dates are wrong are replaced; right ones keep their ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
+
+from sqlalchemy import Connection, and_, delete, insert, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from potato_ops.db import history
+from potato_ops.db.backups import make_backup, save_backups
+from potato_ops.db.engine import chunks, lock_users
+from potato_ops.db.reads import fetch_feature_flag, fetch_marked_dates, fetch_runs, fetch_user
+from potato_ops.db.schema import RUNS_V2_FLAG, runs
+from potato_ops.domain.dates import ONE_DAY, local_today, parse_date_range
+from potato_ops.domain.invariants import check_active_flags, check_invariants
+from potato_ops.domain.models import Backup, RebuildResult, Run, User, ValidationResult, Violation
+from potato_ops.domain.runs import diff_runs, expected_runs, is_active
+from potato_ops.ops.database import Database, Rollback
+
+log = logging.getLogger("potato_ops")
+
+FIRST_DAY = date(1, 1, 2)  # open bounds, one day inside date.min/max so +/- 1 day is safe
+LAST_DAY = date(9999, 12, 30)
+_MARK_PAD = timedelta(days=62)
+
+BACKUP_ALWAYS = "always"
+BACKUP_CHANGED = "changed"
+BACKUP_NEVER = "never"
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How to rebuild a batch."""
+
+    operation_id: str
+    from_date: date | None = None
+    to_date: date | None = None
+    backup: str = BACKUP_ALWAYS
+    backup_reason: str = "rebuild"
+
+    @property
+    def partial(self) -> bool:
+        """Return True for a date-range rebuild."""
+        return self.from_date is not None or self.to_date is not None
+
+
+@dataclass
+class UserOutcome:
+    """What the batch did (or would do) to one user."""
+
+    user_id: str
+    runs_deleted: int = 0
+    runs_created: int = 0
+    runs_unchanged: int = 0
+    active_flags_changed: int = 0
+    days_processed: int = 0
+    violations: list[Violation] = field(default_factory=list)
+    backup: Backup | None = None
+    deleted_runs: list[Run] = field(default_factory=list)
+    created_runs: list[Run] = field(default_factory=list)
+
+    @property
+    def success(self) -> bool:
+        """Return True when the user's runs validated."""
+        return not self.violations
+
+    @property
+    def changed(self) -> bool:
+        """Return True when the user's runs or flags were (or would be) written."""
+        return bool(self.runs_deleted or self.runs_created or self.active_flags_changed)
+
+
+@dataclass
+class _Plan:
+    user: User
+    today: date
+    touched: list[Run]  # stored runs the rebuild may replace
+    protected: list[Run]  # stored runs outside the window, fetched for their active flag
+    lo: date
+    hi: date
+    expected: list[Run] = field(default_factory=list)
+    check_lo: date = FIRST_DAY
+    check_hi: date = LAST_DAY
+    marks: list[date] = field(default_factory=list)  # the marks the plan was computed from
+
+    @property
+    def days(self) -> int:
+        return len(self.marks)
+
+
+def _intersects(run: Run, lo: date, hi: date) -> bool:
+    return run.end_date >= lo and run.start_date <= hi
+
+
+@contextmanager
+def _timed(timings: dict[str, float] | None, phase: str) -> Iterator[None]:
+    """Add the block's wall time (ms) to timings[phase], when timings are wanted."""
+    if timings is None:
+        yield
+        return
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[phase] = timings.get(phase, 0.0) + (time.perf_counter() - t0) * 1000
+
+
+def rebuild_batch(
+    conn: Connection,
+    batch: Sequence[User],
+    options: BatchOptions,
+    now: datetime,
+    timings: dict[str, float] | None = None,
+) -> dict[str, UserOutcome]:
+    """Rebuild the users' runs in the caller's transaction and validate them; don't commit.
+
+    The caller commits when every outcome succeeded (or only the good ones, retrying the
+    others alone), and rolls back for a dry run. ``timings``, when given, receives the ms
+    spent in each phase: lock, read, compute, backup, write, validate.
+    """
+    ids = [u.id for u in batch]
+    with _timed(timings, "lock"):
+        lock_users(conn, ids)
+    f = options.from_date or FIRST_DAY
+    t = options.to_date or LAST_DAY
+    todays = {u.id: local_today(u.timezone, now) for u in batch}
+    min_yesterday = min(todays.values(), default=now.date()) - 2 * ONE_DAY
+
+    # Every run is read when a backup of every user is wanted anyway (one read, not two);
+    # otherwise a partial rebuild reads only the runs near its window and the flagged ones.
+    read_all = not options.partial or options.backup == BACKUP_ALWAYS
+    with _timed(timings, "read"):
+        if read_all:
+            stored = fetch_runs(conn, ids)
+        else:
+            stored = fetch_runs(conn, ids, touching=(f - ONE_DAY, t + ONE_DAY), active_after=min_yesterday)
+    plans: dict[str, _Plan] = {}
+    for user in batch:
+        mine = stored.get(user.id, [])
+        touched = [r for r in mine if _intersects(r, f - ONE_DAY, t + ONE_DAY)]
+        protected = [r for r in mine if not _intersects(r, f - ONE_DAY, t + ONE_DAY)]
+        lo = min([f, *(r.start_date for r in touched)])
+        hi = max([t, *(r.end_date for r in touched)])
+        plans[user.id] = _Plan(user, todays[user.id], touched, protected, lo, hi)
+
+    _plan_expected(conn, plans, partial=options.partial, timings=timings)
+
+    t_diff = time.perf_counter()
+    outcomes: dict[str, UserOutcome] = {}
+    to_delete: list[Run] = []
+    to_deactivate: list[Run] = []
+    to_insert: list[Run] = []
+    to_activate: list[Run] = []
+    for uid, plan in plans.items():
+        diff = diff_runs(plan.touched, plan.expected)
+        deactivate = list(diff.deactivate)
+        activate = list(diff.activate)
+        for r in plan.protected:
+            should = r.start_date <= r.end_date and is_active(r.start_date, r.end_date, plan.today)
+            if r.active and not should:
+                deactivate.append(r)
+            elif should and not r.active:
+                activate.append(r)
+        to_delete += diff.delete
+        to_deactivate += deactivate
+        to_insert += diff.create
+        to_activate += activate
+        outcomes[uid] = UserOutcome(
+            uid,
+            runs_deleted=len(diff.delete),
+            runs_created=len(diff.create),
+            runs_unchanged=len(diff.keep),
+            active_flags_changed=len(deactivate) + len(activate),
+            days_processed=plan.days,
+            deleted_runs=list(diff.delete),
+            created_runs=list(diff.create),
+        )
+
+    if timings is not None:
+        timings["compute"] = timings.get("compute", 0.0) + (time.perf_counter() - t_diff) * 1000
+    with _timed(timings, "backup"):
+        _take_backups(conn, plans, outcomes, options, now)
+    with _timed(timings, "write"):
+        _write(conn, to_delete, to_deactivate, to_insert, to_activate)
+    with _timed(timings, "validate"):
+        _validate(conn, plans, outcomes, partial=options.partial)
+    return outcomes
+
+
+def _plan_expected(
+    conn: Connection,
+    plans: dict[str, _Plan],
+    *,
+    partial: bool,
+    timings: dict[str, float] | None = None,
+) -> None:
+    """Read the marks around each user's window and compute the runs it should hold."""
+    if not plans:
+        return
+    if not partial:
+        with _timed(timings, "read"):
+            marks = fetch_marked_dates(conn, list(plans))
+        with _timed(timings, "compute"):
+            for uid, plan in plans.items():
+                plan.marks = marks.get(uid, [])
+                plan.expected = expected_runs(uid, plan.marks, plan.today)
+        return
+
+    pending = dict(plans)
+    pad = _MARK_PAD
+    while pending:
+        # Clamp before shifting: an open bound (FIRST_DAY/LAST_DAY) +/- pad is out of range.
+        lo_edge = min(p.lo for p in pending.values())
+        hi_edge = max(p.hi for p in pending.values())
+        read_lo = FIRST_DAY if lo_edge - FIRST_DAY <= pad else lo_edge - pad
+        read_hi = LAST_DAY if LAST_DAY - hi_edge <= pad else hi_edge + pad
+        with _timed(timings, "read"):
+            marks = fetch_marked_dates(conn, list(pending), between=(read_lo, read_hi))
+        t_group = time.perf_counter()
+        unfinished: dict[str, _Plan] = {}
+        for uid, plan in pending.items():
+            groups = [
+                r
+                for r in expected_runs(uid, marks.get(uid, []), plan.today)
+                if _intersects(r, plan.lo, plan.hi)
+            ]
+            # A streak reaching the edge of what was read may go on beyond it: read further.
+            if groups and (
+                (groups[0].start_date == read_lo and read_lo > FIRST_DAY)
+                or (groups[-1].end_date == read_hi and read_hi < LAST_DAY)
+            ):
+                unfinished[uid] = plan
+                continue
+            protected_spans = {(r.start_date, r.end_date) for r in plan.protected}
+            plan.expected = [g for g in groups if (g.start_date, g.end_date) not in protected_spans]
+            plan.check_lo = min([plan.lo, *(g.start_date for g in groups)])
+            plan.check_hi = max([plan.hi, *(g.end_date for g in groups)])
+            plan.marks = [d for d in marks.get(uid, []) if plan.check_lo <= d <= plan.check_hi]
+        if timings is not None:
+            spent = (time.perf_counter() - t_group) * 1000
+            timings["compute"] = timings.get("compute", 0.0) + spent
+        pending = unfinished
+        pad = pad * 4
+
+
+def _take_backups(
+    conn: Connection,
+    plans: dict[str, _Plan],
+    outcomes: dict[str, UserOutcome],
+    options: BatchOptions,
+    now: datetime,
+) -> None:
+    if options.backup == BACKUP_NEVER:
+        return
+    wanted = [uid for uid, outcome in outcomes.items() if options.backup == BACKUP_ALWAYS or outcome.changed]
+    if not wanted:
+        return
+    if options.partial and options.backup != BACKUP_ALWAYS:
+        everything = fetch_runs(conn, wanted)
+    else:
+        everything = {uid: plans[uid].touched + plans[uid].protected for uid in wanted}
+    made = [
+        make_backup(
+            uid,
+            everything.get(uid, []),
+            now,
+            reason=options.backup_reason,
+            operation_id=options.operation_id,
+        )
+        for uid in wanted
+    ]
+    for saved in save_backups(conn, made):
+        outcomes[saved.user_id].backup = saved
+
+
+def _write(
+    conn: Connection,
+    to_delete: list[Run],
+    to_deactivate: list[Run],
+    to_insert: list[Run],
+    to_activate: list[Run],
+) -> None:
+    """Apply the writes in an order the one-active index and no-overlap constraint accept."""
+    for part in chunks(to_delete):
+        conn.execute(
+            delete(runs).where(
+                runs.c.user_id.in_({r.user_id for r in part}),
+                runs.c.id.in_([r.id for r in part]),
+            )
+        )
+    _set_active(conn, to_deactivate, False)
+    if to_insert:
+        conn.execute(
+            insert(runs),
+            [
+                {
+                    "user_id": r.user_id,
+                    "start_date": r.start_date,
+                    "end_date": r.end_date,
+                    "day_count": r.day_count,
+                    "active": r.active,
+                }
+                for r in to_insert
+            ],
+        )
+    _set_active(conn, to_activate, True)
+
+
+def _set_active(conn: Connection, targets: list[Run], value: bool) -> None:
+    for part in chunks(targets):
+        conn.execute(
+            update(runs)
+            .where(
+                and_(
+                    runs.c.user_id.in_({r.user_id for r in part}),
+                    runs.c.id.in_([r.id for r in part]),
+                )
+            )
+            .values(active=value)
+        )
+
+
+def _validate(
+    conn: Connection, plans: dict[str, _Plan], outcomes: dict[str, UserOutcome], *, partial: bool
+) -> None:
+    """Check every invariant on each user's runs as they now stand, against the planned marks.
+
+    Users whose runs were written are re-read; for the others the runs read under the lock at
+    the start are the runs that stand (nothing was written), so they are checked as read.
+    Checking against the same read of the marks the plan used (not a fresh one) keeps a mark
+    the app writes meanwhile from failing a correct rebuild; that mark is the next rebuild's.
+    """
+    changed = [uid for uid, outcome in outcomes.items() if outcome.changed]
+    after: dict[str, list[Run]] = {}
+    if changed and partial:
+        lo = min(plans[u].check_lo for u in changed) - ONE_DAY
+        hi = max(plans[u].check_hi for u in changed) + ONE_DAY
+        min_yesterday = min(plans[u].today for u in changed) - 2 * ONE_DAY
+        after = fetch_runs(conn, changed, touching=(lo, hi), active_after=min_yesterday)
+    elif changed:
+        after = fetch_runs(conn, changed)
+    written = set(changed)
+    for uid, plan in plans.items():
+        if uid in written:
+            mine = after.get(uid, [])
+        else:
+            mine = sorted(plan.touched + plan.protected, key=lambda r: (r.start_date, r.id or 0))
+        near = [r for r in mine if _intersects(r, plan.check_lo - ONE_DAY, plan.check_hi + ONE_DAY)]
+        window = (plan.check_lo, plan.check_hi)
+        outcomes[uid].violations = check_invariants(
+            uid, near, plan.marks, plan.today, window=window, flags=False
+        ) + check_active_flags(uid, mine, plan.today)
+
+
+def history_entry(
+    options: BatchOptions,
+    outcome: UserOutcome | None,
+    *,
+    user_id: str,
+    kind: str,
+    started: datetime,
+    finished: datetime,
+    duration_ms: float,
+    error: str | None = None,
+) -> history.HistoryEntry:
+    """Return the rebuild-history entry of one user's rebuild (single-user and bulk alike)."""
+    return history.HistoryEntry(
+        operation_id=options.operation_id,
+        user_id=user_id,
+        kind=kind,
+        started_at=started,
+        finished_at=finished,
+        duration_ms=duration_ms,
+        success=error is None and outcome is not None and outcome.success,
+        runs_deleted=outcome.runs_deleted if outcome else 0,
+        runs_created=outcome.runs_created if outcome else 0,
+        days_processed=outcome.days_processed if outcome else 0,
+        violations=len(outcome.violations) if outcome else 0,
+        from_date=options.from_date,
+        to_date=options.to_date,
+        error=error,
+    )
+
+
+def rebuild_user_runs(
+    db: Database,
+    user_id: str,
+    from_date: date | str | None = None,
+    to_date: date | str | None = None,
+    *,
+    backup: bool = True,
+    dry_run: bool = False,
+) -> RebuildResult:
+    """Rebuild one user's runs (all, or those touching the range) in one transaction.
+
+    Backup, rebuild and validation commit together; on any violation nothing is
+    committed and ``success`` is False. A dry run computes the same and rolls back.
+    """
+    lo, hi = parse_date_range(from_date, to_date)
+    options = BatchOptions(
+        uuid.uuid4().hex,
+        lo,
+        hi,
+        backup=BACKUP_ALWAYS if backup else BACKUP_NEVER,
+        backup_reason="dry_run" if dry_run else "rebuild",
+    )
+    kind = history.PARTIAL_REBUILD if options.partial else history.REBUILD
+    started = db.now()
+    t0 = time.perf_counter()
+    outcome: UserOutcome | None = None
+    error: str | None = None
+    user: User | None = None
+    flag = False
+    try:
+        with db.write() as conn:
+            # Read in the rebuild's own transaction: two connections and their round
+            # trips fewer. UserNotFoundError rolls back a transaction that wrote nothing.
+            user = fetch_user(conn, user_id)
+            flag = fetch_feature_flag(conn, RUNS_V2_FLAG)
+            outcome = rebuild_batch(conn, [user], options, started)[user.id]
+            if dry_run or not outcome.success:
+                raise Rollback
+            duration = (time.perf_counter() - t0) * 1000
+            entry = history_entry(
+                options,
+                outcome,
+                user_id=user.id,
+                kind=kind,
+                started=started,
+                finished=db.now(),
+                duration_ms=duration,
+            )
+            history.record_history(conn, [entry])
+    except Rollback:
+        pass
+    except SQLAlchemyError as exc:
+        if user is None:
+            raise  # the user could not even be read: nothing to report on
+        error = f"{exc.__class__.__name__}: {getattr(exc, 'orig', exc)}"
+        log.warning("rebuild of %s rolled back: %s", user_id, error)
+    assert user is not None  # read first in the transaction, or raised
+    duration = (time.perf_counter() - t0) * 1000
+    if outcome is None:
+        outcome = UserOutcome(user.id)
+    success = error is None and outcome.success
+    if not success and not dry_run:
+        with db.write() as conn:
+            entry = history_entry(
+                options,
+                outcome,
+                user_id=user.id,
+                kind=kind,
+                started=started,
+                finished=db.now(),
+                duration_ms=duration,
+                error=error or "invariant violations",
+            )
+            history.record_history(conn, [entry])
+    saved_backup = outcome.backup
+    if saved_backup is not None and (dry_run or not success):
+        saved_backup = replace(saved_backup, id=None)  # rolled back: not in the database
+    return RebuildResult(
+        success=success,
+        operation_id=options.operation_id,
+        runs_deleted=outcome.runs_deleted,
+        runs_created=outcome.runs_created,
+        total_days_processed=outcome.days_processed,
+        duration_ms=duration,
+        invariant_violations=outcome.violations,
+        backup=saved_backup,
+        user_id=user.id,
+        dry_run=dry_run,
+        from_date=lo,
+        to_date=hi,
+        runs_unchanged=outcome.runs_unchanged,
+        active_flags_changed=outcome.active_flags_changed,
+        deleted_runs=outcome.deleted_runs,
+        created_runs=outcome.created_runs,
+        feature_flag_enabled=flag,
+        error=error,
+    )
+
+
+def validate_rebuild_results(
+    db: Database, user_id: str, before_runs: Sequence[Run], after_runs: Sequence[Run]
+) -> ValidationResult:
+    """Check after_runs against the user's marks and every invariant.
+
+    ``before_runs`` is the state before the rebuild; it is reported on, never trusted.
+    """
+    with db.read() as conn:
+        user = fetch_user(conn, user_id)
+        marks = fetch_marked_dates(conn, [user_id]).get(user_id, [])
+    violations = check_invariants(user_id, list(after_runs), marks, local_today(user.timezone, db.now()))
+    if before_runs and not after_runs and marks:
+        log.info("user %s had %d runs before and none after", user_id, len(before_runs))
+    return ValidationResult(not violations, violations)

@@ -20,6 +20,15 @@ def should_be_active(start_date: date, end_date: date, today: date) -> bool:
     return start_date <= end_date and start_date <= today and end_date >= today - ONE_DAY
 
 
+def earliest_active_end(today: date) -> date:
+    """Return the earliest end_date a run can have and still be active on ``today``.
+
+    Set-based reads filter on it (with any flagged run) to fetch only runs whose flag may matter;
+    ``should_be_active`` then judges each one.
+    """
+    return today - ONE_DAY
+
+
 def group_consecutive_dates(dates: Iterable[date | str]) -> list[tuple[date, date]]:
     """Return the sorted ``(start, end)`` pairs of maximal streaks of consecutive dates.
 

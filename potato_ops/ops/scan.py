@@ -25,7 +25,7 @@ from potato_ops.db.schema import runs, users
 from potato_ops.domain.dates import ONE_DAY, local_today
 from potato_ops.domain.invariants import check_invariants
 from potato_ops.domain.models import InvariantReport, Violation, ViolationKind
-from potato_ops.domain.runs import should_be_active
+from potato_ops.domain.runs import earliest_active_end, should_be_active
 from potato_ops.ops.database import Database
 
 _CLASSIFY_CHUNK = 500
@@ -89,9 +89,8 @@ class FlagRow(NamedTuple):
 
 def flag_rows(conn: Connection, user_ids: Sequence[str] | None, now: datetime) -> list[FlagRow]:
     """Return every run flagged active or recent enough to be active, judged by the rule at now."""
-    # Local today differs from UTC's date by at most a day either way, so any run that
-    # should be active ends on or after UTC's date minus two days.
-    earliest = now.date() - 2 * ONE_DAY
+    # Local today is never earlier than UTC's date minus one day (zones reach UTC-12).
+    earliest = earliest_active_end(now.date() - ONE_DAY)
     query = (
         select(
             runs.c.id,

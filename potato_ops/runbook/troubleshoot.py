@@ -158,6 +158,10 @@ REMEDIES: dict[ViolationKind, Remedy] = {
 }
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def remedy_items(violations: list[Violation]) -> list[tuple[str, str]]:
     """Return one line per kind of violation found: how many, the likely cause, the procedure."""
     items: list[tuple[str, str]] = []
@@ -170,7 +174,8 @@ def remedy_items(violations: list[Violation]) -> list[tuple[str, str]]:
         items.append(
             (
                 "problem",
-                f"{kind}: {len(found)} violations in {users} users. Likely cause: {remedy.cause}. "
+                f"{kind}: {_count(len(found), 'violation')} in {_count(users, 'user')}. "
+                f"Likely cause: {remedy.cause}. "
                 f"Procedure: {remedy.procedure}",
             )
         )

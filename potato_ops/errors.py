@@ -15,10 +15,10 @@
     ├── RuleError                   malformed alert rules file (carries the line number)
     ├── NotebookError               runbook notebook problems
     │   ├── NotebookParameterError  unknown parameter name or wrong type
-    │   └── NotebookExecutionError  a cell failed or timed out (carries cell index, error name)
-    └── ReportError                 archive problems
-        ├── SecretLeakError         an archived file would have held a secret: nothing written
-        └── ReportIntegrityError    a record does not match its manifest or the chained index
+    │   └── NotebookExecutionError  a cell failed or timed out (the CLI maps it to its exit code;
+    │                               the runner reports a failed cell in its result instead)
+    └── ReportError                 archive problems (malformed run id or index line)
+        └── SecretLeakError         an archived file would have held a secret: nothing written
 
 Every error message is safe to show: database URLs in them are masked.
 """
@@ -106,7 +106,3 @@ class ReportError(PotatoOpsError):
 
 class SecretLeakError(ReportError):
     """Writing would have archived a secret; the run fails closed."""
-
-
-class ReportIntegrityError(ReportError):
-    """An archived record does not match its manifest or the chained index."""

@@ -25,7 +25,7 @@ from potato_ops.domain.models import (
     ValidationResult,
     ViolationKind,
 )
-from potato_ops.domain.runs import is_active
+from potato_ops.domain.runs import should_be_active
 from potato_ops.errors import InvalidDateRangeError
 from potato_ops.ops import rebuild, restore, scan
 from potato_ops.ops.bulk import api as bulk
@@ -136,7 +136,7 @@ class Storage:
         """Return the run active now by the rule (not by the stored flag), or None."""
         today = self.local_today(self.get_user(user_id))
         for run in self.get_user_runs(user_id):
-            if run.start_date <= run.end_date and is_active(run.start_date, run.end_date, today):
+            if should_be_active(run.start_date, run.end_date, today):
                 return run
         return None
 
@@ -186,9 +186,12 @@ class Storage:
         with self.database.read() as conn:
             return backups.fetch_backup(conn, int(backup_id))
 
-    def restore_user_runs(self, user_id: str, backup: Backup | int) -> list[Run]:
-        """Replace the user's runs with the backup's, atomically; return the restored runs."""
-        return restore.restore_user_runs(self.database, user_id, backup)
+    def restore_user_runs(self, user_id: str, backup: Backup | int, *, dry_run: bool = False) -> list[Run]:
+        """Replace the user's runs with the backup's, atomically; return the restored runs.
+
+        A dry run returns the runs the restore would leave and writes nothing.
+        """
+        return restore.restore_user_runs(self.database, user_id, backup, dry_run=dry_run)
 
     def remove_orphan_runs(self, owner_ids: Sequence[str], *, dry_run: bool = False) -> dict[str, Backup]:
         """Back up and delete the runs of ids that are not users; return the backups by owner."""

@@ -20,7 +20,7 @@ from potato_ops.db.schema import (
     users,
 )
 from potato_ops.domain.dates import local_today
-from potato_ops.domain.runs import group_consecutive_dates, is_active
+from potato_ops.domain.runs import group_consecutive_dates
 from tests.conftest import NOW
 
 UID = "prop-user"
@@ -111,7 +111,7 @@ def expected(marked: set[int], timezone: str) -> list[tuple[date, date, int, boo
     """The runs the pure grouping gives, with the active rule at the storage clock."""
     today = local_today(timezone, NOW)
     return [
-        (s, e, (e - s).days + 1, is_active(s, e, today))
+        (s, e, (e - s).days + 1, s <= today and e >= today - timedelta(days=1))
         for s, e in group_consecutive_dates(day(o) for o in marked)
     ]
 

@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 from potato_ops.domain.dates import local_today
 from potato_ops.domain.invariants import check_invariants
 from potato_ops.domain.models import Run, ViolationKind
-from potato_ops.domain.runs import diff_runs, expected_runs, group_consecutive_dates, is_active
+from potato_ops.domain.runs import (
+    diff_runs,
+    earliest_active_end,
+    expected_runs,
+    group_consecutive_dates,
+    should_be_active,
+)
 from potato_ops.errors import InvalidDateRangeError
 
 D = date.fromisoformat
@@ -211,6 +217,8 @@ def test_local_today_refuses_a_naive_instant() -> None:
         ("2024-03-01", "2024-03-20", "2024-03-10", True),
         ("2024-02-27", "2024-02-29", "2024-03-01", True),
         ("2023-12-25", "2023-12-31", "2024-01-01", True),
+        ("2024-03-10", "2024-03-09", "2024-03-10", False),
+        ("2024-03-11", "2024-03-09", "2024-03-10", False),
     ],
     ids=[
         "ends-today",
@@ -221,10 +229,20 @@ def test_local_today_refuses_a_naive_instant() -> None:
         "spans-today-into-future",
         "ended-on-leap-day",
         "ended-new-years-eve",
+        "malformed-start-today-end-yesterday",
+        "malformed-start-tomorrow-end-yesterday",
     ],
 )
-def test_is_active(start: str, end: str, today: str, active: bool) -> None:
-    assert is_active(D(start), D(end), D(today)) is active
+def test_should_be_active(start: str, end: str, today: str, active: bool) -> None:
+    assert should_be_active(D(start), D(end), D(today)) is active
+
+
+@pytest.mark.parametrize("today", ["2024-03-10", "2024-01-01", "2024-03-01"])
+def test_no_run_ending_before_the_earliest_active_end_is_active(today: str) -> None:
+    t = D(today)
+    ends = [t + timedelta(days=k) for k in range(-5, 3)]
+    active_ends = [e for e in ends if should_be_active(e - timedelta(days=3), e, t)]
+    assert min(active_ends) == earliest_active_end(t) == t - timedelta(days=1)
 
 
 # Each row: zone, instant, then which of these runs is active at that instant for that user.
@@ -267,7 +285,7 @@ RUNS_TO_JUDGE = [
 )
 def test_active_rule_across_local_midnight(zone: str, instant: str, verdicts: list[bool]) -> None:
     today = local_today(zone, at(instant))
-    got = [is_active(D(s), D(e), today) for s, e in RUNS_TO_JUDGE]
+    got = [should_be_active(D(s), D(e), today) for s, e in RUNS_TO_JUDGE]
     assert got == verdicts
 
 

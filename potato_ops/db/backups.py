@@ -13,7 +13,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from potato_ops.db.reads import as_utc
 from potato_ops.db.schema import ops_backups, runs
 from potato_ops.domain.models import Backup, BackupMetadata, Run
-from potato_ops.domain.runs import is_active
+from potato_ops.domain.runs import should_be_active
 from potato_ops.errors import BackupError
 
 
@@ -139,7 +139,7 @@ def replace_runs(conn: Connection, user_id: str, new_runs: Sequence[Run], today:
     active, only the latest-ending one is flagged, as the partial unique index requires.
     """
     deleted = conn.execute(delete(runs).where(runs.c.user_id == user_id)).rowcount
-    flags = [is_active(r.start_date, r.end_date, today) and r.start_date <= r.end_date for r in new_runs]
+    flags = [should_be_active(r.start_date, r.end_date, today) for r in new_runs]
     if sum(flags) > 1:
         latest = max((i for i, f in enumerate(flags) if f), key=lambda i: new_runs[i].end_date)
         flags = [i == latest for i in range(len(flags))]

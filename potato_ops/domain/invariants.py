@@ -8,7 +8,7 @@ from datetime import date
 
 from potato_ops.domain.dates import ONE_DAY
 from potato_ops.domain.models import Run, Violation, ViolationKind
-from potato_ops.domain.runs import is_active
+from potato_ops.domain.runs import should_be_active
 
 _MAX_ENUMERATED_SPAN = 200_000
 
@@ -155,7 +155,7 @@ def check_active_flags(user_id: str, runs: Sequence[Run], today: date) -> list[V
             )
         )
     for r in runs:
-        should = r.start_date <= r.end_date and is_active(r.start_date, r.end_date, today)
+        should = should_be_active(r.start_date, r.end_date, today)
         if r.active != should:
             state = "flagged active but is not" if r.active else "is active but not flagged"
             violations.append(

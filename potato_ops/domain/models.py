@@ -1,14 +1,20 @@
-"""Plain records the package hands out: users, marks, runs, violations, results.
+"""Plain records the package hands out (users, marks, runs, violations, results) and ``jsonable``.
 
 Pure: no database import. Every record is a frozen dataclass; dates are ``datetime.date``.
+``jsonable`` is the one conversion of these records (and of any figures) to JSON values.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import date, datetime
-from enum import StrEnum
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, is_dataclass
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from enum import Enum, StrEnum
+from pathlib import PurePath
 from typing import Any
+from uuid import UUID
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,9 @@ class RebuildResult:
     created_runs: list[Run] = field(default_factory=list)
     feature_flag_enabled: bool = False
     error: str | None = None
+    # The user's runs as the validated rebuild left them, read in its own transaction: for a
+    # dry run, the runs it would leave (read before the rollback). Empty when it failed.
+    runs_after: list[Run] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -148,6 +157,10 @@ class InvariantReport:
         """Return True when nothing is violated."""
         return not self.violations
 
+    def users_with(self, kind: ViolationKind) -> list[str]:
+        """Return the users with at least one violation of this kind, sorted."""
+        return sorted({v.user_id for v in self.violations if v.kind == kind})
+
     def counts(self) -> dict[str, int]:
         """Return the count of each kind, keyed by the field name."""
         return {
@@ -162,12 +175,45 @@ class InvariantReport:
         }
 
 
-def jsonable(value: Any) -> Any:
-    """Return value with dates turned into ISO strings, recursively (for JSON payloads)."""
-    if isinstance(value, date):
+def jsonable(value: Any, where: str = "value") -> Any:
+    """Return ``value`` as plain JSON data (dict, list, str, int, float, bool, None).
+
+    The package's one converter, for records, CLI output and notebook results alike: dates
+    and times become ISO strings, durations seconds, enums their values, dataclasses dicts,
+    sets sorted lists, non-finite numbers None; numpy and polars scalars become Python values.
+    Anything else raises TypeError naming ``where`` it was found.
+    """
+    if value is None or isinstance(value, bool | str | int):
+        return value.value if isinstance(value, Enum) else value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, datetime | date | time):
         return value.isoformat()
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    return value
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            return None
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, Enum):
+        return jsonable(value.value, where)
+    if isinstance(value, UUID | PurePath):
+        return str(value)
+    if is_dataclass(value) and not isinstance(value, type):
+        return jsonable(asdict(value), where)
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value, key=repr) if isinstance(value, set | frozenset) else value
+        return [jsonable(v, f"{where}[{i}]") for i, v in enumerate(items)]
+    # numpy and polars scalars and arrays know how to become Python values.
+    for method in ("item", "tolist", "to_list"):
+        convert = getattr(value, method, None)
+        if callable(convert):
+            try:
+                converted = convert()
+            except (TypeError, ValueError):
+                continue
+            if converted is not value:
+                return jsonable(converted, where)
+    raise TypeError(f"{where} is a {type(value).__name__}, which cannot be recorded as JSON")

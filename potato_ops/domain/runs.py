@@ -10,12 +10,23 @@ from potato_ops.domain.dates import ONE_DAY, parse_date
 from potato_ops.domain.models import Run
 
 
-def is_active(start_date: date, end_date: date, today: date) -> bool:
-    """Return True if a run starting and ending on these dates is active on ``today``.
+def should_be_active(start_date: date, end_date: date, today: date) -> bool:
+    """Return True if a run with these dates should be flagged active on the user's ``today``.
 
-    Active means the streak includes today, or ended yesterday and can still be continued.
+    The one statement of the rule: the streak includes today, or ended yesterday and can still
+    be continued. A malformed run (start after end) is never active: it is no streak at all,
+    and flagging it would let it take the one active slot from a real run.
     """
-    return start_date <= today and end_date >= today - ONE_DAY
+    return start_date <= end_date and start_date <= today and end_date >= today - ONE_DAY
+
+
+def earliest_active_end(today: date) -> date:
+    """Return the earliest end_date a run can have and still be active on ``today``.
+
+    Set-based reads filter on it (with any flagged run) to fetch only runs whose flag may matter;
+    ``should_be_active`` then judges each one.
+    """
+    return today - ONE_DAY
 
 
 def group_consecutive_dates(dates: Iterable[date | str]) -> list[tuple[date, date]]:
@@ -41,7 +52,7 @@ def group_consecutive_dates(dates: Iterable[date | str]) -> list[tuple[date, dat
 def expected_runs(user_id: str, marked_dates: Iterable[date], today: date) -> list[Run]:
     """Return the runs a user's marked dates give (ids None), sorted, with the active rule."""
     return [
-        Run(None, user_id, s, e, (e - s).days + 1, is_active(s, e, today))
+        Run(None, user_id, s, e, (e - s).days + 1, should_be_active(s, e, today))
         for s, e in group_consecutive_dates(marked_dates)
     ]
 

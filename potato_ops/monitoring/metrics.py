@@ -42,9 +42,8 @@ from potato_ops.db.history import PARTIAL_REBUILD, REBUILD
 from potato_ops.db.reads import as_utc
 from potato_ops.db.schema import ops_backups, ops_operations, ops_rebuild_history
 from potato_ops.db.timezone_log import users_with_pending_timezone_changes
-from potato_ops.domain.models import InvariantReport, ViolationKind
+from potato_ops.domain.models import InvariantReport, ViolationKind, jsonable
 from potato_ops.errors import InvalidDateRangeError
-from potato_ops.notebook_runs.result import to_json_value
 from potato_ops.ops.database import Database
 from potato_ops.ops.scan import count_wrong_flags, validate_invariants
 
@@ -137,7 +136,7 @@ class Metrics:
 
     def to_json(self) -> dict[str, Any]:
         """Return every field plus ``no_data`` as JSON-ready values (ISO instants)."""
-        data: dict[str, Any] = to_json_value(asdict(self))
+        data: dict[str, Any] = jsonable(asdict(self))
         data["no_data"] = self.no_data
         return data
 

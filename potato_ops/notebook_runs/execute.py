@@ -35,6 +35,7 @@ from papermill.exceptions import PapermillExecutionError
 from traitlets import default
 
 from potato_ops.config import reports_dir as default_reports_dir
+from potato_ops.domain.models import jsonable
 from potato_ops.errors import NotebookError
 from potato_ops.exitcodes import ExitCode
 from potato_ops.notebook_runs import archive
@@ -44,7 +45,7 @@ from potato_ops.notebook_runs.parameters import (
     notebook_parameters,
     read_notebook,
 )
-from potato_ops.notebook_runs.result import RESULT_MIMETYPE, RESULT_STATUSES, to_json_value
+from potato_ops.notebook_runs.result import RESULT_MIMETYPE, RESULT_STATUSES
 
 logger = logging.getLogger("potato_ops")
 
@@ -253,7 +254,7 @@ def run_notebook(
         "status": outcome.status,
         "exit_code": int(EXIT_CODES[outcome.status]),
         "verdict": outcome.verdict,
-        "parameters": to_json_value(checked, "parameters"),
+        "parameters": jsonable(checked, "parameters"),
         "figures": outcome.record.get("figures", {}),
         "operation_ids": outcome.record.get("operation_ids", []),
         "database": outcome.record.get("database", {}),

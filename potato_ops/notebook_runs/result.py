@@ -11,17 +11,11 @@ which displays a single output carrying ``application/vnd.potato-ops.result+json
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
-import decimal
-import enum
-import math
-import uuid
 from collections.abc import Mapping, Sequence
-from pathlib import PurePath
 from typing import Any, Literal
 
 from potato_ops.config import mask_secrets
+from potato_ops.domain.models import jsonable
 
 RESULT_MIMETYPE = "application/vnd.potato-ops.result+json"
 RESULT_STATUSES = ("ok", "problem")
@@ -74,7 +68,7 @@ def result_payload(
     return {
         "verdict": " ".join(str(verdict).split()),
         "status": status,
-        "figures": {str(k): to_json_value(v, f"figures[{k!r}]") for k, v in (figures or {}).items()},
+        "figures": {str(k): jsonable(v, f"figures[{k!r}]") for k, v in (figures or {}).items()},
         "operation_ids": [str(op) for op in operation_ids],
         "database": {str(k): mask_secrets(str(v)) for k, v in (database or {}).items()},
     }
@@ -83,41 +77,3 @@ def result_payload(
 def verdict_line(status: str, verdict: str) -> str:
     """Return the one-line verdict shown to people: ``✅ ...`` or ``❌ ...``."""
     return f"{_STATUS_MARK.get(status, '❌')} {verdict}"
-
-
-def to_json_value(value: Any, where: str = "value") -> Any:
-    """Return ``value`` as plain JSON data (dict, list, str, int, float, bool, None)."""
-    if value is None or isinstance(value, bool | str | int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dt.datetime | dt.date | dt.time):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, decimal.Decimal):
-        if not value.is_finite():
-            return None
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, enum.Enum):
-        return to_json_value(value.value, where)
-    if isinstance(value, uuid.UUID | PurePath):
-        return str(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return to_json_value(dataclasses.asdict(value), where)
-    if isinstance(value, Mapping):
-        return {str(k): to_json_value(v, f"{where}[{k!r}]") for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        items = sorted(value, key=repr) if isinstance(value, set | frozenset) else value
-        return [to_json_value(v, f"{where}[{i}]") for i, v in enumerate(items)]
-    # numpy and polars scalars and arrays know how to become Python values.
-    for method in ("item", "tolist", "to_list"):
-        convert = getattr(value, method, None)
-        if callable(convert):
-            try:
-                converted = convert()
-            except (TypeError, ValueError):
-                continue
-            if converted is not value:
-                return to_json_value(converted, where)
-    raise TypeError(f"{where} is a {type(value).__name__}, which cannot be recorded as JSON")

@@ -27,7 +27,7 @@ from potato_ops.db.schema import RUNS_V2_FLAG, runs
 from potato_ops.domain.dates import ONE_DAY, local_today, parse_date_range
 from potato_ops.domain.invariants import check_active_flags, check_invariants
 from potato_ops.domain.models import Backup, RebuildResult, Run, User, ValidationResult, Violation
-from potato_ops.domain.runs import diff_runs, expected_runs, is_active
+from potato_ops.domain.runs import diff_runs, expected_runs, should_be_active
 from potato_ops.ops.database import Database, Rollback
 
 log = logging.getLogger("potato_ops")
@@ -169,7 +169,7 @@ def rebuild_batch(
         deactivate = list(diff.deactivate)
         activate = list(diff.activate)
         for r in plan.protected:
-            should = r.start_date <= r.end_date and is_active(r.start_date, r.end_date, plan.today)
+            should = should_be_active(r.start_date, r.end_date, plan.today)
             if r.active and not should:
                 deactivate.append(r)
             elif should and not r.active:
@@ -424,6 +424,7 @@ def rebuild_user_runs(
     error: str | None = None
     user: User | None = None
     flag = False
+    runs_after: list[Run] = []
     try:
         with db.write() as conn:
             # Read in the rebuild's own transaction: two connections and their round
@@ -431,6 +432,8 @@ def rebuild_user_runs(
             user = fetch_user(conn, user_id)
             flag = fetch_feature_flag(conn, RUNS_V2_FLAG)
             outcome = rebuild_batch(conn, [user], options, started)[user.id]
+            if outcome.success:
+                runs_after = fetch_runs(conn, [user.id]).get(user.id, [])
             if dry_run or not outcome.success:
                 raise Rollback
             duration = (time.perf_counter() - t0) * 1000
@@ -491,6 +494,7 @@ def rebuild_user_runs(
         created_runs=outcome.created_runs,
         feature_flag_enabled=flag,
         error=error,
+        runs_after=runs_after if success else [],
     )
 
 

@@ -29,11 +29,14 @@ def backup_user_runs(db: Database, user_id: str) -> Backup:
         return backups.save_backups(conn, [made])[0]
 
 
-def restore_user_runs(db: Database, user_id: str, backup: Backup | int) -> list[Run]:
+def restore_user_runs(
+    db: Database, user_id: str, backup: Backup | int, *, dry_run: bool = False
+) -> list[Run]:
     """Replace the user's runs with the backup's, atomically; return the restored runs.
 
     Refuses (BackupError, nothing changed) a backup of another user or a bad checksum.
-    Active flags are set by the rule at restore time.
+    Active flags are set by the rule at restore time. A dry run restores in a transaction
+    it rolls back, so the runs it returns are the ones the database would hold.
     """
     if not isinstance(backup, Backup):
         with db.read() as conn:
@@ -43,26 +46,33 @@ def restore_user_runs(db: Database, user_id: str, backup: Backup | int) -> list[
     backups.verify_backup(user_id, backup)
     started = db.now()
     t0 = time.perf_counter()
-    with db.write() as conn:
-        lock_users(conn, [user_id])
-        deleted = backups.replace_runs(conn, user_id, backup.runs, local_today(user.timezone, started))
-        history.record_history(
-            conn,
-            [
-                history.HistoryEntry(
-                    operation_id=uuid.uuid4().hex,
-                    user_id=user_id,
-                    kind=history.RESTORE,
-                    started_at=started,
-                    finished_at=db.now(),
-                    duration_ms=(time.perf_counter() - t0) * 1000,
-                    success=True,
-                    runs_deleted=deleted,
-                    runs_created=len(backup.runs),
-                )
-            ],
-        )
-        return fetch_runs(conn, [user_id]).get(user_id, [])
+    restored: list[Run] = []
+    try:
+        with db.write() as conn:
+            lock_users(conn, [user_id])
+            deleted = backups.replace_runs(conn, user_id, backup.runs, local_today(user.timezone, started))
+            restored = fetch_runs(conn, [user_id]).get(user_id, [])
+            if dry_run:
+                raise Rollback
+            history.record_history(
+                conn,
+                [
+                    history.HistoryEntry(
+                        operation_id=uuid.uuid4().hex,
+                        user_id=user_id,
+                        kind=history.RESTORE,
+                        started_at=started,
+                        finished_at=db.now(),
+                        duration_ms=(time.perf_counter() - t0) * 1000,
+                        success=True,
+                        runs_deleted=deleted,
+                        runs_created=len(backup.runs),
+                    )
+                ],
+            )
+    except Rollback:
+        pass
+    return restored
 
 
 def remove_orphan_runs(db: Database, owner_ids: Sequence[str], *, dry_run: bool = False) -> dict[str, Backup]:

@@ -1,4 +1,5 @@
-"""Whole-database invariant scans, detection queries and the active-flag refresh.
+"""Whole-database invariant scans, detection queries, the active-flag refresh, and the reads
+the runbook's database-wide views need (timezones, run lengths, indexes).
 
 The scan is set-based in two steps. First a few statements find the suspect users: those whose
 stored runs differ from the gaps-and-islands grouping of their marks (one full outer join),
@@ -10,19 +11,21 @@ pure checker that validates every rebuild, so a rebuild and a scan can never dis
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import Connection, bindparam, func, select, text, update
+from sqlalchemy import Connection, bindparam, func, inspect, select, text, update
 
 from potato_ops.db.engine import chunks, is_postgres, lock_users
-from potato_ops.db.reads import fetch_marked_dates, fetch_runs
+from potato_ops.db.reads import fetch_marked_dates, fetch_runs, fetch_users
 from potato_ops.db.schema import runs, users
 from potato_ops.domain.dates import ONE_DAY, local_today
 from potato_ops.domain.invariants import check_invariants
 from potato_ops.domain.models import InvariantReport, Violation, ViolationKind
-from potato_ops.domain.runs import is_active
+from potato_ops.domain.runs import earliest_active_end, should_be_active
 from potato_ops.ops.database import Database
 
 _CLASSIFY_CHUNK = 500
@@ -86,9 +89,8 @@ class FlagRow(NamedTuple):
 
 def flag_rows(conn: Connection, user_ids: Sequence[str] | None, now: datetime) -> list[FlagRow]:
     """Return every run flagged active or recent enough to be active, judged by the rule at now."""
-    # Local today differs from UTC's date by at most a day either way, so any run that
-    # should be active ends on or after UTC's date minus two days.
-    earliest = now.date() - 2 * ONE_DAY
+    # Local today is never earlier than UTC's date minus one day (zones reach UTC-12).
+    earliest = earliest_active_end(now.date() - ONE_DAY)
     query = (
         select(
             runs.c.id,
@@ -107,9 +109,7 @@ def flag_rows(conn: Connection, user_ids: Sequence[str] | None, now: datetime) -
     for part in parts:
         q = query if part is None else query.where(runs.c.user_id.in_(part))
         for r in conn.execute(q):
-            should = r.start_date <= r.end_date and is_active(
-                r.start_date, r.end_date, local_today(r.timezone, now)
-            )
+            should = should_be_active(r.start_date, r.end_date, local_today(r.timezone, now))
             rows.append(FlagRow(r.id, r.user_id, bool(r.active), should, bool(r.exists)))
     return rows
 
@@ -233,11 +233,61 @@ def validate_invariants(db: Database, user_ids: Sequence[str] | None = None) -> 
 
 def users_with(db: Database, kind: ViolationKind) -> list[str]:
     """Return the users with at least one violation of this kind."""
-    report = validate_invariants(db)
-    return sorted({v.user_id for v in report.violations if v.kind == kind})
+    return validate_invariants(db).users_with(kind)
 
 
 def refresh_active_runs(db: Database) -> int:
     """Bring every stale active flag up to date; return how many flags changed."""
     with db.write() as conn:
         return refresh_active_flags(conn, db.now())
+
+
+# ---------------------------------------------------------------------------- views' reads
+
+
+def timezones_of(db: Database, user_ids: Sequence[str]) -> dict[str, str]:
+    """Return the timezone of each of the users that exists, by id (missing ids left out)."""
+    with db.read() as conn:
+        return {u.id: u.timezone for u in fetch_users(conn, sorted(set(user_ids)))}
+
+
+def run_length_counts(db: Database, user_ids: Sequence[str] | None = None) -> dict[int, int]:
+    """Return how many stored runs have each day_count (every user's, or the given users')."""
+    query = select(runs.c.day_count, func.count()).group_by(runs.c.day_count)
+    counts: Counter[int] = Counter()
+    with db.read() as conn:
+        if user_ids is None:
+            counts.update({int(n): int(c) for n, c in conn.execute(query)})
+        else:
+            for part in chunks(sorted(set(user_ids))):
+                counts.update(
+                    {int(n): int(c) for n, c in conn.execute(query.where(runs.c.user_id.in_(part)))}
+                )
+    return dict(counts)
+
+
+@dataclass(frozen=True)
+class IndexCheck:
+    """The keys that keep per-user reads fast: day_marks' primary key, runs' indexes."""
+
+    day_marks_key: list[str]  # the primary key's columns, in order
+    runs_indexes: list[list[str]]  # each index's columns, in order
+
+    @property
+    def day_marks_keyed_by_user(self) -> bool:
+        """Return True when day_marks is keyed by (user_id, date)."""
+        return self.day_marks_key[:2] == ["user_id", "date"]
+
+    @property
+    def runs_indexed_by_user(self) -> bool:
+        """Return True when an index on runs starts with user_id."""
+        return any(cols and cols[0] == "user_id" for cols in self.runs_indexes)
+
+
+def index_check(db: Database) -> IndexCheck:
+    """Return the database's keys on day_marks and runs, as its catalog describes them."""
+    db.require_schema()
+    inspector = inspect(db.engine)
+    key = inspector.get_pk_constraint("day_marks").get("constrained_columns") or []
+    indexed = [[str(c) for c in ix["column_names"] if c is not None] for ix in inspector.get_indexes("runs")]
+    return IndexCheck([str(c) for c in key], indexed)

@@ -6,6 +6,9 @@
    validated, and restored from the backup when that fails. Runs of users that do not exist
    (orphans) cannot be rebuilt: they are backed up and removed.
 
+Every repair goes through the engine (``potato_ops.ops.repair``): a user's backup, rebuild,
+validation and, on failure, restore are one transaction that commits or rolls back whole.
+
 Detection is one whole-database scan: the per-kind user lists (``get_users_with_overlapping_runs``
 and the like) are read from its report, as Storage itself derives them, so a large database is
 scanned once, not once per list.
@@ -14,15 +17,14 @@ scanned once, not once per list.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 import polars as pl
 
 from potato_ops.charts.monitoring import slowest_users_chart
 from potato_ops.charts.runs import violations_before_after
-from potato_ops.domain.models import RebuildResult, ViolationKind
-from potato_ops.errors import BackupError, UserNotFoundError
+from potato_ops.domain.models import ViolationKind
 from potato_ops.monitoring.metrics import history_frame, slowest_users_frame
+from potato_ops.ops.repair import RepairStatus, UserRepair, repair_users
 from potato_ops.runbook.display import Chart, Shown, Verdict
 from potato_ops.runbook.params import RecoveryParams
 from potato_ops.runbook.scan import InvariantCheck, scan_invariants, timezones_chart
@@ -107,10 +109,7 @@ def detect(session: Session, params: RecoveryParams) -> Detection:
     """Return what the chosen scenarios must handle (one invariant scan, one history query)."""
     check = scan_invariants(session, label="Detect")
     report = check.report
-    by_kind: dict[str, set[str]] = {}
-    for v in report.violations:
-        by_kind.setdefault(v.kind, set()).add(v.user_id)
-    orphans = sorted(by_kind.get(ViolationKind.ORPHAN, set()))
+    orphans = report.users_with(ViolationKind.ORPHAN)
     slow = (
         session.storage.get_users_with_slow_rebuild_history(params.slow_threshold_ms)
         if PERFORMANCE in params.scenarios
@@ -119,8 +118,8 @@ def detect(session: Session, params: RecoveryParams) -> Detection:
     return Detection(
         params.scenarios,
         check,
-        sorted(by_kind.get(ViolationKind.OVERLAP, set())),
-        sorted(by_kind.get(ViolationKind.MULTIPLE_ACTIVE, set())),
+        report.users_with(ViolationKind.OVERLAP),
+        report.users_with(ViolationKind.MULTIPLE_ACTIVE),
         sorted(set(report.users_with_violations) - set(orphans)),
         orphans if CORRUPTION in params.scenarios else [],
         slow,
@@ -187,103 +186,50 @@ class Repairs(Shown):
         return pl.DataFrame(rows, schema=REPAIR_SCHEMA, orient="row")
 
 
-def _row(
-    scenario: str, uid: str, action: str, result: RebuildResult, outcome: str, backup_id: int | None = None
-) -> RepairRow:
-    return RepairRow(
-        scenario,
-        uid,
-        action,
-        outcome,
-        result.runs_deleted,
-        result.runs_created,
-        result.duration_ms,
-        backup_id,
-    )
+_ACTIONS = {INVARIANTS: "rebuild", CORRUPTION: "backup, rebuild, validate"}
 
 
-def _rebuild_rows(session: Session, scenario: str, uids: list[str], *, dry_run: bool) -> list[RepairRow]:
-    rows: list[RepairRow] = []
-    for uid in uids:
-        try:
-            result = session.storage.rebuild_user_runs(uid, dry_run=dry_run)
-        except UserNotFoundError as exc:
-            rows.append(RepairRow(scenario, uid, "rebuild", f"failed: {exc}"))
-            continue
-        if result.success:
-            outcome = (
-                ("would repair" if dry_run else "repaired")
-                if result.runs_deleted or result.runs_created or result.active_flags_changed
-                else "unchanged"
-            )
-        else:
-            outcome = "failed, rolled back"
-        rows.append(
-            _row(
-                scenario,
-                uid,
-                "rebuild",
-                result,
-                outcome,
-                result.backup.id if result.backup and not dry_run else None,
-            )
+def _outcome(scenario: str, done: UserRepair, params: RecoveryParams, *, dry_run: bool) -> str:
+    if done.status is RepairStatus.NO_USER:
+        return f"failed: {done.error}"
+    if done.status is RepairStatus.ROLLED_BACK:
+        # The backup, the rebuild and its validation were one transaction: its rollback is the
+        # playbook's restore, so the runs are exactly as they were backed up.
+        return (
+            "could not repair, rolled back to the runs as backed up"
+            if scenario == CORRUPTION
+            else ("failed, rolled back")
         )
-    return rows
+    if scenario == PERFORMANCE:
+        assert done.result is not None
+        return "still slow" if done.result.duration_ms > params.still_slow_ms else "fast enough"
+    if done.status is RepairStatus.UNCHANGED:
+        return "unchanged"
+    return "would repair" if dry_run else "repaired"
 
 
-def _partial_rows(
-    session: Session, uids: list[str], params: RecoveryParams, *, dry_run: bool
+def _repair_rows(
+    session: Session, scenario: str, uids: list[str], params: RecoveryParams, *, dry_run: bool
 ) -> list[RepairRow]:
+    """Repair each user through the engine (one transaction each) and describe what happened."""
+    recent = params.recent_days if scenario == PERFORMANCE else None
+    action = _ACTIONS.get(scenario, f"partial rebuild of the last {params.recent_days} days")
     rows: list[RepairRow] = []
-    storage = session.storage
-    for uid in uids:
-        try:
-            user = storage.get_user(uid)
-        except UserNotFoundError as exc:
-            rows.append(RepairRow(PERFORMANCE, uid, "partial rebuild", f"failed: {exc}"))
-            continue
-        today = storage.local_today(user)
-        result = storage.rebuild_user_runs(
-            uid, today - timedelta(days=params.recent_days), today, dry_run=dry_run
+    for done in repair_users(session.storage.database, uids, dry_run=dry_run, recent_days=recent):
+        r = done.result
+        kept = r.backup.id if r is not None and r.backup is not None else None
+        rows.append(
+            RepairRow(
+                scenario,
+                done.user_id,
+                action,
+                _outcome(scenario, done, params, dry_run=dry_run),
+                r.runs_deleted if r else 0,
+                r.runs_created if r else 0,
+                r.duration_ms if r else 0.0,
+                kept,
+            )
         )
-        if not result.success:
-            outcome = "failed, rolled back"
-        elif result.duration_ms > params.still_slow_ms:
-            outcome = "still slow"
-        else:
-            outcome = "fast enough"
-        action = f"partial rebuild of the last {params.recent_days} days"
-        rows.append(_row(PERFORMANCE, uid, action, result, outcome))
-    return rows
-
-
-def _corruption_rows(session: Session, uids: list[str], *, dry_run: bool) -> list[RepairRow]:
-    """Back up, rebuild, validate; restore the backup when the rebuild fails or does not validate."""
-    storage = session.storage
-    rows: list[RepairRow] = []
-    for uid in uids:
-        if dry_run:
-            rows.extend(_rebuild_rows(session, CORRUPTION, [uid], dry_run=True))
-            continue
-        try:
-            backup = storage.backup_user_runs(uid)
-        except UserNotFoundError as exc:
-            rows.append(RepairRow(CORRUPTION, uid, "backup, rebuild", f"failed: {exc}"))
-            continue
-        result = storage.rebuild_user_runs(uid, backup=False)
-        valid = (
-            result.success
-            and storage.validate_rebuild_results(uid, backup.runs, storage.get_user_runs(uid)).valid
-        )
-        if valid:
-            rows.append(_row(CORRUPTION, uid, "backup, rebuild", result, "repaired", backup.id))
-            continue
-        try:
-            storage.restore_user_runs(uid, backup)
-            outcome = "could not repair, restored from backup"
-        except BackupError as exc:
-            outcome = f"could not repair, restore refused: {exc}"
-        rows.append(_row(CORRUPTION, uid, "backup, rebuild", result, outcome, backup.id))
     return rows
 
 
@@ -300,10 +246,10 @@ def remove_orphan_runs(session: Session, owner_ids: list[str], *, dry_run: bool)
 def _repairs(
     session: Session, detection: Detection, params: RecoveryParams, *, dry_run: bool
 ) -> list[RepairRow]:
-    rows = _rebuild_rows(session, INVARIANTS, detection.users_to_rebuild, dry_run=dry_run)
+    rows = _repair_rows(session, INVARIANTS, detection.users_to_rebuild, params, dry_run=dry_run)
     if PERFORMANCE in detection.scenarios:
-        rows += _partial_rows(session, detection.slow, params, dry_run=dry_run)
-    rows += _corruption_rows(session, detection.users_to_repair, dry_run=dry_run)
+        rows += _repair_rows(session, PERFORMANCE, detection.slow, params, dry_run=dry_run)
+    rows += _repair_rows(session, CORRUPTION, detection.users_to_repair, params, dry_run=dry_run)
     rows += remove_orphan_runs(session, detection.orphan_owners, dry_run=dry_run)
     return rows
 

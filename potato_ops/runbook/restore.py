@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
 
 from potato_ops.db.backups import verify_backup
 from potato_ops.domain.models import Backup, Run, Violation
-from potato_ops.domain.runs import is_active
 from potato_ops.errors import BackupError
 from potato_ops.runbook.display import Chart, Shown, Status, Verdict
 from potato_ops.runbook.params import RestoreParams
@@ -131,19 +130,13 @@ def restore_backup(
     if not choice.intact:
         return RestoreStep(skipped=f"backup refused: {choice.problem}")
     backup = choice.chosen
-    if dry_run:
-        today = snapshot.local_today
-        projected = [
-            replace(
-                r,
-                active=today is not None
-                and r.start_date <= r.end_date
-                and is_active(r.start_date, r.end_date, today),
-            )
-            for r in backup.runs
-        ]
-        return RestoreStep(projected, dry_run=True)
     storage = session.storage
+    if dry_run:
+        try:
+            projected = storage.restore_user_runs(snapshot.user.id, backup, dry_run=True)
+        except BackupError as exc:
+            return RestoreStep(skipped=f"the restore would be refused: {exc}")
+        return RestoreStep(projected, dry_run=True)
     safety = storage.backup_user_runs(snapshot.user.id)
     try:
         restored = storage.restore_user_runs(snapshot.user.id, backup)

@@ -7,15 +7,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import polars as pl
-from sqlalchemy import func, select
 
 from potato_ops.charts.monitoring import violations_by_kind_chart
 from potato_ops.charts.runs import run_length_chart, timezone_chart
-from potato_ops.db.engine import chunks, read_connection
-from potato_ops.db.reads import fetch_users
-from potato_ops.db.schema import runs
 from potato_ops.domain.models import InvariantReport
 from potato_ops.monitoring.metrics import violations_by_kind
+from potato_ops.ops.scan import run_length_counts, timezones_of
 from potato_ops.runbook.display import Chart, Shown, count_lines, violations_frame
 from potato_ops.runbook.session import Session
 
@@ -64,10 +61,9 @@ def scan_invariants(
 
 def zones_of(session: Session, user_ids: Sequence[str]) -> dict[str, int]:
     """Return how many of the users live in each timezone (missing users counted apart)."""
-    wanted = sorted(set(user_ids))
-    with read_connection(session.storage.engine) as conn:
-        found = fetch_users(conn, wanted)
-    zones = Counter(u.timezone for u in found)
+    wanted = set(user_ids)
+    found = timezones_of(session.storage.database, sorted(wanted))
+    zones = Counter(found.values())
     missing = len(wanted) - len(found)
     if missing:
         zones[UNKNOWN_ZONE] += missing
@@ -83,16 +79,7 @@ def timezones_chart(
 
 def run_lengths(session: Session, user_ids: Sequence[str] | None = None) -> dict[int, int]:
     """Return how many stored runs have each day_count (every user, or the given ones)."""
-    query = select(runs.c.day_count, func.count()).group_by(runs.c.day_count)
-    counts: Counter[int] = Counter()
-    with read_connection(session.storage.engine) as conn:
-        if user_ids is None:
-            counts.update({int(n): int(c) for n, c in conn.execute(query)})
-        else:
-            for part in chunks(sorted(set(user_ids))):
-                rows = conn.execute(query.where(runs.c.user_id.in_(part)))
-                counts.update({int(n): int(c) for n, c in rows})
-    return dict(counts)
+    return run_length_counts(session.storage.database, user_ids)
 
 
 def run_lengths_chart(

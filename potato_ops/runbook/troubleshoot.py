@@ -1,7 +1,8 @@
 """08 troubleshooting: the playbook's common issues checked one by one, read-only.
 
-Without a user, only the database-wide checks run (schema, indexes, slow rebuilds, backups).
-Nothing here writes: the debug rebuild is a dry run.
+Without a user, only the database-wide checks run (schema, indexes, slow rebuilds, backups,
+and the invariant scan, each kind of violation found named with its likely cause and the
+procedure that repairs it). Nothing here writes: the debug rebuild is a dry run.
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import polars as pl
-from sqlalchemy import inspect
 
 from potato_ops.db.backups import verify_backup
 from potato_ops.domain.dates import local_today
+from potato_ops.domain.models import InvariantReport, Violation, ViolationKind
 from potato_ops.domain.runs import group_consecutive_dates
 from potato_ops.errors import BackupError, SchemaError
+from potato_ops.ops.scan import index_check
 from potato_ops.runbook.display import Chart, Shown, Verdict
 from potato_ops.runbook.params import TroubleshootParams
 from potato_ops.runbook.session import Session
@@ -40,10 +42,6 @@ class Findings(Shown):
         return self.items
 
 
-def _no_user(issue: str, snapshot: UserSnapshot) -> Findings:
-    return Findings(issue, [("skip", f"user checks skipped: {snapshot.problem}")])
-
-
 def check_day_marks(snapshot: UserSnapshot) -> Findings:
     """Return issue 1 ("No day_marks found for user"): the user exists and has marked days."""
     issue = 'Issue 1: "No day_marks found for user"'
@@ -62,21 +60,18 @@ def check_day_marks(snapshot: UserSnapshot) -> Findings:
 
 
 def _index_items(session: Session) -> list[tuple[str, str]]:
-    inspector = inspect(session.storage.engine)
-    items: list[tuple[str, str]] = []
-    pk = inspector.get_pk_constraint("day_marks").get("constrained_columns") or []
-    items.append(
+    found = index_check(session.storage.database)
+    return [
         ("ok", "day_marks is keyed by (user_id, date)")
-        if pk[:2] == ["user_id", "date"]
-        else ("problem", f"day_marks primary key is {pk}: expected (user_id, date), reads will be slow")
-    )
-    indexed = [ix["column_names"] for ix in inspector.get_indexes("runs")]
-    items.append(
+        if found.day_marks_keyed_by_user
+        else (
+            "problem",
+            f"day_marks primary key is {found.day_marks_key}: expected (user_id, date), reads will be slow",
+        ),
         ("ok", "runs has an index starting with user_id")
-        if any(cols and cols[0] == "user_id" for cols in indexed)
-        else ("problem", "runs has no index starting with user_id: rebuilds scan the table")
-    )
-    return items
+        if found.runs_indexed_by_user
+        else ("problem", "runs has no index starting with user_id: rebuilds scan the table"),
+    ]
 
 
 def check_rebuild_speed(session: Session, snapshot: UserSnapshot, params: TroubleshootParams) -> Findings:
@@ -111,24 +106,121 @@ def debug_rebuild(session: Session, snapshot: UserSnapshot) -> RebuildStep:
     return execute_rebuild(session, snapshot, dry_run=True)
 
 
+@dataclass(frozen=True)
+class Remedy:
+    """What usually causes one kind of violation, and the procedure that repairs it."""
+
+    cause: str
+    procedure: str
+
+
+# The playbook's guide, per kind: its likely cause and the notebook (or command) to run.
+REMEDIES: dict[ViolationKind, Remedy] = {
+    ViolationKind.MALFORMED: Remedy(
+        "a run written outside the engine (by hand or by an app bug): start after end, or a day_count "
+        "that does not match its dates",
+        "05_error_recovery (scenario data_corruption); 01_single_user_recovery for one user",
+    ),
+    ViolationKind.OVERLAP: Remedy(
+        "runs inserted outside the engine, or two writers rebuilding one user at once without its lock "
+        "(SQLite has no constraint against overlap)",
+        "05_error_recovery (scenario invariant_violations); 01_single_user_recovery for one user",
+    ),
+    ViolationKind.ADJACENT: Remedy(
+        "a streak stored as two runs: a run split outside the engine, or the day between two runs "
+        "marked with no rebuild after",
+        "02_partial_rebuild over the days where the runs meet; 05_error_recovery (scenario data_corruption) "
+        "for many users",
+    ),
+    ViolationKind.PHANTOM_DAY: Remedy(
+        "a run covering an unmarked day: the day was un-marked (value false or deleted) after the run "
+        "was written, or the run was stretched outside the engine",
+        "02_partial_rebuild over those days; 05_error_recovery (scenario data_corruption) for many users",
+    ),
+    ViolationKind.UNCOVERED_DAY: Remedy(
+        "marked days in no run: marks written by a backfill, import or sync with no rebuild after, "
+        "or a run deleted outside the engine",
+        "02_partial_rebuild over those days; 03_bulk_recovery when many users are affected",
+    ),
+    ViolationKind.MULTIPLE_ACTIVE: Remedy(
+        "active flags set outside the engine (the one-active index missing or bypassed)",
+        "05_error_recovery (scenario invariant_violations); 01_single_user_recovery for one user",
+    ),
+    ViolationKind.STALE_ACTIVE: Remedy(
+        "an active flag that went stale at the user's local midnight, or a timezone change with no "
+        "rebuild after",
+        "potato-ops refresh-active for every user; 04_timezone_migration after timezone changes",
+    ),
+    ViolationKind.ORPHAN: Remedy(
+        "runs of a user that no longer exists: the user was deleted and their runs were left behind",
+        "05_error_recovery (scenario data_corruption): the runs are backed up and removed",
+    ),
+}
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def remedy_items(violations: list[Violation]) -> list[tuple[str, str]]:
+    """Return one line per kind of violation found: how many, the likely cause, the procedure."""
+    items: list[tuple[str, str]] = []
+    for kind in ViolationKind:  # the contract's order
+        found = [v for v in violations if v.kind == kind]
+        if not found:
+            continue
+        users = len({v.user_id for v in found})
+        remedy = REMEDIES[kind]
+        items.append(
+            (
+                "problem",
+                f"{kind}: {_count(len(found), 'violation')} in {_count(users, 'user')}. "
+                f"Likely cause: {remedy.cause}. "
+                f"Procedure: {remedy.procedure}",
+            )
+        )
+    return items
+
+
+def _scan_items(report: InvariantReport) -> list[tuple[str, str]]:
+    if report.ok:
+        return [("ok", f"invariant scan: all invariants hold in {report.users_scanned} users")]
+    head = (
+        "problem",
+        f"invariant scan: {report.total} violations in {len(report.users_with_violations)} "
+        f"of {report.users_scanned} users",
+    )
+    return [head, *remedy_items(report.violations)]
+
+
 def check_invariant_causes(session: Session, snapshot: UserSnapshot, step: RebuildStep) -> Findings:
-    """Return issue 3 ("Invariant violations after rebuild"): the rebuild and the timezone edges."""
+    """Return issue 3 ("Invariant violations"): the database-wide scan, then the user's rebuild.
+
+    Each kind the scan finds is named with its likely cause and its procedure. With a user, the
+    dry-run rebuild says whether the stored runs are what the marks give, and the timezone edge
+    is shown.
+    """
     issue = 'Issue 3: "Invariant violations after rebuild"'
+    items = _scan_items(session.storage.validate_invariants())
     if snapshot.user is None or step.result is None:
-        return _no_user(issue, snapshot)
+        items.append(("skip", f"user checks skipped: {snapshot.problem}"))
+        return Findings(issue, items)
     r = step.result
-    items = [
+    items.append(
         (
             "ok" if not snapshot.violations else "warn",
-            f"violations in the stored runs now: {len(snapshot.violations)}",
-        ),
+            f"violations in this user's stored runs now: {len(snapshot.violations)}",
+        )
+    )
+    items.extend(remedy_items(snapshot.violations))
+    items.append(
         (
             "ok" if r.success else "problem",
             "a rebuild validates (dry run)"
             if r.success
             else f"a rebuild would fail: {len(r.invariant_violations)} violations",
-        ),
-    ]
+        )
+    )
     now = session.storage.now()
     utc_today, today = local_today("UTC", now), snapshot.local_today
     if today != utc_today:
@@ -142,16 +234,20 @@ def check_invariant_causes(session: Session, snapshot: UserSnapshot, step: Rebui
         )
     else:
         items.append(("ok", f"local today {today} in {snapshot.user.timezone} is UTC's date too"))
-    expected = group_consecutive_dates(snapshot.marked)
-    stored = [(x.start_date, x.end_date) for x in snapshot.runs]
-    items.append(
-        ("ok", f"stored runs equal the {len(expected)} consecutive groups of the marks")
-        if stored == expected
-        else (
-            "warn",
-            f"stored runs ({len(stored)}) differ from the consecutive groups ({len(expected)}): rebuild",
+    if r.success:
+        items.append(
+            (
+                "ok",
+                f"stored runs equal the {len(r.runs_after)} runs the marks give: a rebuild changes nothing",
+            )
+            if not step.changed
+            else (
+                "warn",
+                f"stored runs differ from what the marks give: a rebuild would delete {r.runs_deleted}, "
+                f"create {r.runs_created} runs and change {r.active_flags_changed} flags: "
+                "rebuild (01_single_user_recovery)",
+            )
         )
-    )
     return Findings(issue, items)
 
 

@@ -8,7 +8,7 @@ says why, so a notebook runs to its verdict on any database, even an empty one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 
 import polars as pl
@@ -16,7 +16,6 @@ import polars as pl
 from potato_ops.charts.calendar import run_calendar
 from potato_ops.domain.dates import ONE_DAY, parse_date_range
 from potato_ops.domain.models import DayMark, RebuildResult, Run, User, Violation
-from potato_ops.domain.runs import is_active
 from potato_ops.errors import BackupError, UserNotFoundError
 from potato_ops.runbook.display import Chart, Shown, Verdict, runs_frame, violations_frame
 from potato_ops.runbook.params import SingleUserParams, UserRef
@@ -113,7 +112,7 @@ def identify_user(session: Session, ref: UserRef) -> UserSnapshot:
 
 @dataclass(frozen=True, repr=False)
 class RebuildStep(Shown):
-    """A rebuild's result with the runs before and after (projected, for a dry run)."""
+    """A rebuild's result with the runs before and after (for a dry run: as it would leave them)."""
 
     result: RebuildResult | None
     before: list[Run] = field(default_factory=list)
@@ -181,19 +180,6 @@ class RebuildStep(Shown):
         return pl.concat([deleted, created]).select("change", pl.all().exclude("change"))
 
 
-def _projected(before: list[Run], result: RebuildResult, today: date) -> list[Run]:
-    gone = {r.id for r in result.deleted_runs}
-    kept = [r for r in before if r.id not in gone]
-    after = [*kept, *result.created_runs]
-    return sorted(
-        (
-            replace(r, active=r.start_date <= r.end_date and is_active(r.start_date, r.end_date, today))
-            for r in after
-        ),
-        key=lambda r: (r.start_date, r.end_date),
-    )
-
-
 def execute_rebuild(
     session: Session,
     snapshot: UserSnapshot,
@@ -211,12 +197,9 @@ def execute_rebuild(
     result = storage.rebuild_user_runs(
         snapshot.user.id, from_date, to_date, backup=keep_backup, dry_run=dry_run
     )
-    if dry_run or not result.success:
-        after = (
-            _projected(snapshot.runs, result, snapshot.local_today) if result.success else list(snapshot.runs)
-        )
-    else:
-        after = storage.get_user_runs(snapshot.user.id)
+    # A failed rebuild was rolled back: the runs stand as they were. A validated one (or a dry
+    # run of one) reports the runs it left, read in its own transaction.
+    after = list(result.runs_after) if result.success else list(snapshot.runs)
     target = partial_target_ms(from_date, to_date, snapshot.local_today)
     return RebuildStep(result, list(snapshot.runs), after, target)
 

@@ -29,8 +29,15 @@ from potato_ops.errors import UserNotFoundError
 from potato_ops.ops.bulk import ledger, ownership, rows
 from potato_ops.ops.bulk.config import BulkConfig
 from potato_ops.ops.bulk.results import BulkResult, Progress, ProgressCallback, result_from_ledger
-from potato_ops.ops.database import Database
-from potato_ops.ops.rebuild import BACKUP_CHANGED, BACKUP_NEVER, BatchOptions, UserOutcome, rebuild_batch
+from potato_ops.ops.database import Database, Rollback
+from potato_ops.ops.rebuild import (
+    BACKUP_CHANGED,
+    BACKUP_NEVER,
+    BatchOptions,
+    UserOutcome,
+    history_entry,
+    rebuild_batch,
+)
 
 log = logging.getLogger("potato_ops")
 
@@ -38,10 +45,6 @@ KIND = "bulk_rebuild"
 FAILURE_RATE_MIN_USERS = 100  # the failure rate is judged once this many users were processed
 HEARTBEAT_EVERY_S = 1.0
 _MESSAGE_CHARS = 500
-
-
-class _Rollback(Exception):
-    """Raised inside a batch's transaction to roll it back on purpose."""
 
 
 @dataclass
@@ -246,7 +249,7 @@ class BulkRun:
                 outcomes = rebuild_batch(conn, users, self.options, started, timings)
                 good = all(o.success for o in outcomes.values())
                 if self.config.dry_run or not good:
-                    raise _Rollback
+                    raise Rollback
                 results = self._results(user_ids, found, outcomes, tries, t0)
                 t_rec = time.perf_counter()
                 now = self.db.now()
@@ -256,7 +259,7 @@ class BulkRun:
                 timings["ledger"] = timings.get("ledger", 0.0) + (t_commit - t_rec) * 1000
             timings["commit"] = timings.get("commit", 0.0) + (time.perf_counter() - t_commit) * 1000
             return results
-        except _Rollback:
+        except Rollback:
             if self.config.dry_run or alone:
                 results = self._results(user_ids, found, outcomes, tries, t0)
                 self._record_outside(results, outcomes, started)
@@ -336,30 +339,20 @@ class BulkRun:
         started: datetime,
         now: datetime,
     ) -> list[history.HistoryEntry]:
-        entries = []
-        for r in results:
-            if r.error_class == UserNotFoundError.__name__:
-                continue  # nobody to rebuild: the ledger says so
-            o = outcomes.get(r.user_id)
-            entries.append(
-                history.HistoryEntry(
-                    operation_id=self.operation_id,
-                    user_id=r.user_id,
-                    kind=self.history_kind,
-                    started_at=started,
-                    finished_at=now,
-                    duration_ms=r.duration_ms,
-                    success=r.status == rows.COMPLETED,
-                    runs_deleted=r.runs_deleted,
-                    runs_created=r.runs_created,
-                    days_processed=o.days_processed if o else 0,
-                    violations=len(o.violations) if o else 0,
-                    from_date=self.options.from_date,
-                    to_date=self.options.to_date,
-                    error=None if r.status == rows.COMPLETED else f"{r.error_class}: {r.error_message}",
-                )
+        return [
+            history_entry(
+                self.options,
+                outcomes.get(r.user_id),
+                user_id=r.user_id,
+                kind=self.history_kind,
+                started=started,
+                finished=now,
+                duration_ms=r.duration_ms,
+                error=None if r.status == rows.COMPLETED else f"{r.error_class}: {r.error_message}",
             )
-        return entries
+            for r in results
+            if r.error_class != UserNotFoundError.__name__  # nobody to rebuild: the ledger says so
+        ]
 
     def _record_outside(
         self, results: list[rows.ItemResult], outcomes: dict[str, UserOutcome], started: datetime

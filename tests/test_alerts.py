@@ -20,7 +20,7 @@ from potato_ops.monitoring.alerts import (
     parse_rules,
 )
 from potato_ops.monitoring.conditions import And, Comparison, Condition, Or, condition_metrics
-from potato_ops.monitoring.metrics import METRIC_HELP, METRIC_NAMES
+from potato_ops.monitoring.names import METRIC_HELP, METRIC_NAMES
 
 HEALTHY: dict[str, float | int | None] = {name: 0 for name in METRIC_NAMES} | {
     "rebuild_success_rate": 1.0,
@@ -30,6 +30,8 @@ HEALTHY: dict[str, float | int | None] = {name: 0 for name in METRIC_NAMES} | {
 
 FAILURE_RATE = "Rebuild Failure Rate High"
 SLOW = "Rebuild Performance Slow"
+SCAN = "Invariant Violations Found By Scan"
+STALE = "Stale Active Flags"
 VIOLATIONS = "Invariant Violations"
 
 
@@ -73,17 +75,28 @@ def test_metric_names_are_the_documented_ones() -> None:
 # --- the shipped defaults ----------------------------------------------------------------------
 
 
-def test_default_file_loads_exactly_the_three_rules() -> None:
+def test_default_file_holds_the_playbooks_three_rules_then_the_scan_rules() -> None:
     rules = default_rules()
     assert [(r.name, r.condition_text, r.severity, r.line) for r in rules] == [
-        (FAILURE_RATE, "rebuild_success_rate < 0.99", "P1", 2),
-        (SLOW, "rebuild_avg_duration_ms > 1000", "P2", 5),
-        (VIOLATIONS, "rebuild_invariant_violations > 0", "P0", 8),
+        (FAILURE_RATE, "rebuild_success_rate < 0.99", "P1", 6),
+        (SLOW, "rebuild_avg_duration_ms > 1000", "P2", 14),
+        (VIOLATIONS, "rebuild_invariant_violations > 0", "P0", 22),
+        (SCAN, "invariant_violations > 0", "P0", 29),
+        (STALE, "stale_active_flags > 0", "P0", 36),
     ]
     assert [r.condition for r in rules] == [
         cmp("rebuild_success_rate", "<", 0.99),
         cmp("rebuild_avg_duration_ms", ">", 1000),
         cmp("rebuild_invariant_violations", ">", 0),
+        cmp("invariant_violations", ">", 0),
+        cmp("stale_active_flags", ">", 0),
+    ]
+    assert [(r.for_duration, r.annotations["runbook_url"]) for r in rules] == [
+        ("15m", "notebooks/05_error_recovery.ipynb"),
+        ("30m", "notebooks/08_troubleshooting.ipynb"),
+        ("0s", "notebooks/05_error_recovery.ipynb"),
+        ("0s", "notebooks/05_error_recovery.ipynb"),
+        ("0s", "notebooks/08_troubleshooting.ipynb"),
     ]
 
 
@@ -104,6 +117,9 @@ def test_default_file_on_disk_matches_the_packaged_one() -> None:
         pytest.param({"rebuild_avg_duration_ms": None}, [], id="duration-no-data"),
         pytest.param({"rebuild_invariant_violations": 0}, [], id="no-violations"),
         pytest.param({"rebuild_invariant_violations": 1}, [VIOLATIONS], id="one-violation"),
+        pytest.param({"invariant_violations": 1}, [SCAN], id="scan-finds-one"),
+        pytest.param({"invariant_violations": None}, [], id="scan-skipped"),
+        pytest.param({"stale_active_flags": 1}, [STALE], id="one-stale-flag"),
         pytest.param(
             {"rebuild_success_rate": 0.5, "rebuild_avg_duration_ms": 5000},
             [FAILURE_RATE, SLOW],

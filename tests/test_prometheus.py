@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from potato_ops import Storage
 from potato_ops.cli import app
-from potato_ops.monitoring.metrics import METRIC_HELP, METRIC_NAMES, Metrics
+from potato_ops.monitoring.metrics import Metrics
+from potato_ops.monitoring.names import EXPOSED, METRIC_NAMES
 from potato_ops.monitoring.prometheus import render_prometheus
 from tests.test_metrics import add_history
 
@@ -63,46 +64,51 @@ def samples(text: str) -> dict[str, float]:
     return found
 
 
-def test_every_figure_is_a_potato_gauge() -> None:
-    metrics = metrics_of(FIGURES, violations_by_kind={"overlap": 0, "phantom_day": 1, "stale_active": 1})
+def test_every_figure_is_a_gauge_in_base_units() -> None:
+    metrics = metrics_of(
+        FIGURES,
+        violations_by_kind={"overlap": 0, "phantom_day": 1, "stale_active": 1},
+        last_bulk_completed_at=datetime(2024, 3, 10, 14, 0, tzinfo=UTC),
+    )
 
-    assert samples(render_prometheus(metrics)) == {
-        "potato_rebuild_success_rate": 0.75,
-        "potato_rebuild_failure_rate": 0.25,
-        "potato_rebuild_count": 4.0,
-        "potato_rebuild_avg_duration_ms": 250.0,
-        "potato_rebuild_p50_duration_ms": 250.0,
-        "potato_rebuild_p95_duration_ms": 385.0,
-        "potato_rebuild_max_duration_ms": 400.0,
-        "potato_users_processed": 3.0,
-        "potato_rebuild_invariant_violations": 1.0,
-        "potato_invariant_violations": 2.0,
-        "potato_users_with_violations": 1.0,
-        "potato_stale_active_flags": 0.0,
-        "potato_timezone_changes_pending": 5.0,
-        "potato_slow_users": 0.0,
-        "potato_backups_count": 7.0,
-        "potato_backup_oldest_age_hours": 30.5,
-        "potato_backup_newest_age_hours": 0.25,
-        "potato_operations_failed": 0.0,
-        "potato_operations_interrupted": 1.0,
-        'potato_invariant_violations_by_kind{kind="overlap"}': 0.0,
-        'potato_invariant_violations_by_kind{kind="phantom_day"}': 1.0,
-        'potato_invariant_violations_by_kind{kind="stale_active"}': 1.0,
-        "potato_metrics_no_data": 0.0,
-        "potato_metrics_window_seconds": 86400.0,
-        "potato_slow_threshold_ms": 1000.0,
+    assert samples(render_prometheus(metrics, audit_succeeded_at=WINDOW_END)) == {
+        "potato_ops_rebuild_success_ratio": 0.75,
+        "potato_ops_rebuild_failure_ratio": 0.25,
+        "potato_ops_window_rebuilds": 4.0,
+        "potato_ops_rebuild_duration_mean_seconds": 0.25,
+        "potato_ops_rebuild_duration_p50_seconds": 0.25,
+        "potato_ops_rebuild_duration_p95_seconds": 0.385,
+        "potato_ops_rebuild_duration_max_seconds": 0.4,
+        "potato_ops_window_users_processed": 3.0,
+        "potato_ops_window_rebuild_invariant_violations": 1.0,
+        "potato_ops_invariant_violations": 2.0,
+        "potato_ops_users_with_violations": 1.0,
+        "potato_ops_stale_active_flags": 0.0,
+        "potato_ops_timezone_changes_pending": 5.0,
+        "potato_ops_window_slow_users": 0.0,
+        "potato_ops_backups": 7.0,
+        "potato_ops_backup_oldest_age_seconds": 30.5 * 3600,
+        "potato_ops_backup_newest_age_seconds": 0.25 * 3600,
+        "potato_ops_window_operations_failed": 0.0,
+        "potato_ops_operations_interrupted": 1.0,
+        'potato_ops_invariant_violations_by_kind{kind="overlap"}': 0.0,
+        'potato_ops_invariant_violations_by_kind{kind="phantom_day"}': 1.0,
+        'potato_ops_invariant_violations_by_kind{kind="stale_active"}': 1.0,
+        "potato_ops_window_no_data": 0.0,
+        "potato_ops_window_seconds": 86400.0,
+        "potato_ops_slow_threshold_seconds": 1.0,
+        "potato_ops_last_bulk_operation_completed_timestamp_seconds": 1710079200.0,
+        "potato_ops_last_audit_success_timestamp_seconds": 1710082800.0,
     }
 
 
-def test_gauges_carry_the_rules_help_text() -> None:
-    families = {f.name: f for f in text_string_to_metric_families(render_prometheus(metrics_of(FIGURES)))}
+def test_every_family_is_a_gauge_with_help_and_the_prefix() -> None:
+    text = render_prometheus(metrics_of(FIGURES, violations_by_kind={"overlap": 1}), WINDOW_END)
+    families = list(text_string_to_metric_families(text))
 
-    for name in METRIC_NAMES:
-        assert (families["potato_" + name].type, families["potato_" + name].documentation) == (
-            "gauge",
-            METRIC_HELP[name],
-        )
+    assert {f.type for f in families} == {"gauge"}
+    assert all(f.name.startswith("potato_ops_") and f.documentation.strip() for f in families)
+    assert not [f.name for f in families if f.name.endswith(("_total", "_count", "_ms", "_hours"))]
 
 
 def test_figures_without_data_are_absent_not_zero() -> None:
@@ -122,7 +128,7 @@ def test_figures_without_data_are_absent_not_zero() -> None:
 
     found = samples(render_prometheus(metrics_of(empty)))
 
-    assert sorted(name for name in METRIC_NAMES if "potato_" + name not in found) == sorted(
+    assert sorted(name for name in METRIC_NAMES if EXPOSED[name].name not in found) == sorted(
         [
             "rebuild_success_rate",
             "rebuild_failure_rate",
@@ -136,8 +142,9 @@ def test_figures_without_data_are_absent_not_zero() -> None:
             "backup_newest_age_hours",
         ]
     )
-    assert (found["potato_rebuild_count"], found["potato_metrics_no_data"]) == (0.0, 1.0)
-    assert not any(name.startswith("potato_invariant_violations_by_kind") for name in found)
+    assert (found["potato_ops_window_rebuilds"], found["potato_ops_window_no_data"]) == (0.0, 1.0)
+    assert not any(name.startswith("potato_ops_invariant_violations_by_kind") for name in found)
+    assert not any("timestamp" in name for name in found)
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -165,18 +172,18 @@ def test_metrics_command_prints_the_exposition(storage: Storage, db_url: str) ->
     assert {
         name: found[name]
         for name in (
-            "potato_rebuild_count",
-            "potato_rebuild_success_rate",
-            "potato_rebuild_max_duration_ms",
-            "potato_invariant_violations",
-            "potato_metrics_no_data",
+            "potato_ops_window_rebuilds",
+            "potato_ops_rebuild_success_ratio",
+            "potato_ops_rebuild_duration_max_seconds",
+            "potato_ops_invariant_violations",
+            "potato_ops_window_no_data",
         )
     } == {
-        "potato_rebuild_count": 3.0,
-        "potato_rebuild_success_rate": 2 / 3,
-        "potato_rebuild_max_duration_ms": 300.0,
-        "potato_invariant_violations": 0.0,
-        "potato_metrics_no_data": 0.0,
+        "potato_ops_window_rebuilds": 3.0,
+        "potato_ops_rebuild_success_ratio": 2 / 3,
+        "potato_ops_rebuild_duration_max_seconds": 0.3,
+        "potato_ops_invariant_violations": 0.0,
+        "potato_ops_window_no_data": 0.0,
     }
 
 

@@ -165,14 +165,20 @@ def parse_since(value: str | datetime | timedelta, now: datetime) -> datetime:
     duration = _DURATION.fullmatch(text)
     if duration:
         seconds = float(duration["amount"]) * _UNIT_SECONDS[duration["unit"]]
-        return as_utc(now) - timedelta(seconds=seconds)
+        try:
+            return as_utc(now) - timedelta(seconds=seconds)
+        except OverflowError:
+            raise InvalidDateRangeError(f"since {value!r} reaches back before the year 1") from None
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
         raise InvalidDateRangeError(
             f"since {value!r} is neither a duration (24h, 7d, 90m) nor an ISO datetime"
         ) from None
-    return as_utc(parsed)
+    try:
+        return as_utc(parsed)
+    except OverflowError:
+        raise InvalidDateRangeError(f"since {value!r} is out of range") from None
 
 
 def _window_condition(

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
 
+import pytest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
@@ -13,7 +20,7 @@ from potato_ops import Storage
 from potato_ops.cli import app
 from potato_ops.monitoring.metrics import Metrics
 from potato_ops.monitoring.names import EXPOSED, METRIC_NAMES
-from potato_ops.monitoring.prometheus import render_prometheus
+from potato_ops.monitoring.prometheus import MetricsCollector, render_prometheus, write_textfile
 from tests.test_metrics import add_history
 
 WINDOW_END = datetime(2024, 3, 10, 15, 0, tzinfo=UTC)
@@ -223,3 +230,121 @@ def test_metrics_command_refuses_an_unreadable_since(storage: Storage, db_url: s
 
     assert (code, out) == (1, "")
     assert err == ("error: since 'last tuesday' is neither a duration (24h, 7d, 90m) nor an ISO datetime\n")
+
+
+# --- handing the figures over: textfile and Pushgateway --------------------------------------------
+
+
+def test_textfile_is_replaced_whole_never_rewritten_in_place(tmp_path: Path) -> None:
+    target = tmp_path / "potato_ops.prom"
+    write_textfile(target, metrics_of(FIGURES))
+    first = target.read_text()
+    reader = target.open()  # a collector that opened the old file keeps reading all of it
+    inode = target.stat().st_ino
+
+    write_textfile(target, metrics_of(FIGURES | {"rebuild_count": 99}))
+
+    assert reader.read() == first
+    reader.close()
+    assert target.stat().st_ino != inode  # a new file renamed over the old one
+    assert samples(target.read_text())["potato_ops_window_rebuilds"] == 99.0
+    assert [p.name for p in tmp_path.iterdir()] == ["potato_ops.prom"]
+
+
+def test_a_textfile_write_that_fails_leaves_the_old_file_and_no_debris(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "potato_ops.prom"
+    write_textfile(target, metrics_of(FIGURES))
+    before = target.read_bytes()
+
+    def half_then_fail(self: MetricsCollector) -> Iterator[Metric]:
+        yield GaugeMetricFamily("potato_ops_half", "Half a file.", value=1.0)
+        raise RuntimeError("disk went away")
+
+    monkeypatch.setattr(MetricsCollector, "collect", half_then_fail)
+    with pytest.raises(RuntimeError):
+        write_textfile(target, metrics_of(FIGURES))
+
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["potato_ops.prom"]
+
+
+class _Gateway(BaseHTTPRequestHandler):
+    received: ClassVar[list[tuple[str, str, bytes]]] = []
+
+    def do_PUT(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.append(("PUT", self.path, body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def gateway() -> Iterator[tuple[str, list[tuple[str, str, bytes]]]]:
+    """A stand-in Pushgateway on a free local port, recording what it receives."""
+    _Gateway.received = []
+    server = HTTPServer(("127.0.0.1", 0), _Gateway)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", _Gateway.received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_audit_pushes_and_writes_the_figures_with_its_success_time(
+    storage: Storage, db_url: str, tmp_path: Path, gateway: tuple[str, list[tuple[str, str, bytes]]]
+) -> None:
+    url, received = gateway
+    add_rebuilds(storage, ("a", 100, True, "op-1"))
+    textfile = tmp_path / "potato_ops.prom"
+    started = datetime.now(UTC).timestamp()
+
+    result = CliRunner().invoke(
+        app,
+        ["audit", "--no-notebook", "--pushgateway", url, "--textfile", str(textfile)],
+        env={"POTATO_DATABASE_URL": db_url},
+    )
+
+    assert (result.exit_code, result.stderr) == (0, ""), result.stdout
+    [(method, path, body)] = received
+    assert (method, path) == ("PUT", "/metrics/job/potato_ops_audit")
+    pushed = samples(body.decode())
+    written = samples(textfile.read_text())
+    assert pushed == written
+    assert (
+        started <= pushed["potato_ops_last_audit_success_timestamp_seconds"] <= datetime.now(UTC).timestamp()
+    )
+    assert (pushed["potato_ops_window_rebuilds"], pushed["potato_ops_invariant_violations"]) == (1.0, 0.0)
+
+
+def test_an_unreachable_gateway_is_one_line_exit_1(storage: Storage, db_url: str) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    result = CliRunner().invoke(
+        app,
+        ["audit", "--no-notebook", "--pushgateway", f"http://127.0.0.1:{port}"],
+        env={"POTATO_DATABASE_URL": db_url},
+    )
+
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: --pushgateway http://127.0.0.1:{port}: push failed: ")
+    assert result.stderr.count("\n") == 1
+
+
+def test_metrics_textfile_holds_what_metrics_prints(storage: Storage, db_url: str, tmp_path: Path) -> None:
+    add_rebuilds(storage, ("a", 100, True, "op-1"), ("b", 300, False, "op-1"))
+    textfile = tmp_path / "potato_ops.prom"
+
+    code, out, err = invoke(db_url, "--textfile", str(textfile))
+    _, printed, _ = invoke(db_url)
+
+    assert (code, out, err) == (0, f"wrote {textfile}\n", "")
+    assert samples(textfile.read_text()) == samples(printed)

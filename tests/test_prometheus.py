@@ -348,3 +348,30 @@ def test_metrics_textfile_holds_what_metrics_prints(storage: Storage, db_url: st
 
     assert (code, out, err) == (0, f"wrote {textfile}\n", "")
     assert samples(textfile.read_text()) == samples(printed)
+
+
+def test_metrics_reads_the_last_successful_audit_from_the_archive(
+    storage: Storage, db_url: str, tmp_path: Path
+) -> None:
+    reports = tmp_path / "reports"
+    code, _, _ = invoke(db_url, "--reports-dir", str(reports))
+    assert code == 0
+    before = datetime.now(UTC).timestamp()
+
+    audited = CliRunner().invoke(
+        app, ["audit", "--reports-dir", str(reports)], env={"POTATO_DATABASE_URL": db_url}
+    )
+    code, out, err = invoke(db_url, "--no-scan", "--reports-dir", str(reports))
+
+    assert audited.exit_code == 0, audited.stdout + audited.stderr
+    assert (code, err) == (0, "")
+    stamp = samples(out)["potato_ops_last_audit_success_timestamp_seconds"]
+    assert before <= stamp <= datetime.now(UTC).timestamp()
+
+
+def test_no_archived_audit_means_no_audit_timestamp(storage: Storage, db_url: str, tmp_path: Path) -> None:
+    code, out, _ = invoke(db_url, "--no-scan", "--reports-dir", str(tmp_path / "empty"))
+
+    assert code == 0
+    assert "potato_ops_last_audit_success_timestamp_seconds" not in samples(out)
+    assert not (tmp_path / "empty").exists()

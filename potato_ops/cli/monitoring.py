@@ -181,15 +181,20 @@ def metrics(
     ] = True,
     slow_threshold_ms: SlowThresholdOption = DEFAULT_SLOW_THRESHOLD_MS,
     textfile: TextfileOption = None,
+    reports_dir: ReportsDirOption = None,
     database_url: DatabaseOption = None,
 ) -> None:
     """Print the monitoring metrics in Prometheus text format (for a scraper), or as JSON.
 
-    With --textfile, write them there instead (atomically, for node_exporter).
+    With --textfile, write them there instead (atomically, for node_exporter). The last
+    successful audit's time is read from the archive in --reports-dir.
     """
     _check_textfile(textfile)
     from potato_ops.monitoring.metrics import compute_metrics
     from potato_ops.monitoring.prometheus import render_prometheus, write_textfile
+    from potato_ops.monitoring.scheduled_audit import last_audit_success
+
+    audited_at = last_audit_success(reports_dir)
 
     storage = open_storage(database_url, must_exist=True)
     try:
@@ -204,11 +209,11 @@ def metrics(
     finally:
         storage.close()
     if textfile is not None:
-        typer.echo(f"wrote {write_textfile(textfile, figures)}")
+        typer.echo(f"wrote {write_textfile(textfile, figures, audited_at)}")
     elif as_json:
         typer.echo(json.dumps(figures.to_json(), indent=2))
     else:
-        typer.echo(render_prometheus(figures), nl=False)
+        typer.echo(render_prometheus(figures, audited_at), nl=False)
 
 
 def alerts_export(

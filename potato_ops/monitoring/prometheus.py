@@ -79,7 +79,7 @@ class MetricsCollector:
         if self._audit_succeeded_at is not None:
             yield GaugeMetricFamily(
                 LAST_AUDIT_SUCCESS,
-                "When the last audit computed its figures and evaluated its rules (Unix time).",
+                "When the last audit finished its figures and rules without failing (Unix time).",
                 value=self._audit_succeeded_at.timestamp(),
             )
 

@@ -632,3 +632,56 @@ def test_python_tags_construct_nothing(tmp_path: Path, template: str, line: int)
     assert not marker.exists()
     assert caught.value.line == line
     assert "!!python/object/apply:os.system is not allowed" in str(caught.value)
+
+
+# --- the Prometheus keys: for, labels, annotations ----------------------------------------------
+
+
+def test_for_labels_and_annotations_are_read() -> None:
+    [rule] = parse_rules(
+        dedent(
+            """\
+            alerts:
+              - name: "Slow"
+                condition: "slow_users > 0"
+                severity: P2
+                for: 1h30m
+                labels: {team: potato, tier: "2"}
+                annotations:
+                  runbook_url: notebooks/08_troubleshooting.ipynb
+            """
+        )
+    )
+    assert (rule.for_duration, dict(rule.labels), dict(rule.annotations)) == (
+        "1h30m",
+        {"team": "potato", "tier": "2"},
+        {"runbook_url": "notebooks/08_troubleshooting.ipynb"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("    for: 5 minutes\n", "line 5: 'for' of alert 'R' must be a Prometheus duration such as 5m"),
+        ("    for: 5\n", "line 5: 'for' of alert 'R' must be a string, found !!int '5'"),
+        ("    labels: [a]\n", "line 5: 'labels' of alert 'R' must be a mapping of names to strings"),
+        ("    labels: {severity: P0}\n", "line 5: 'labels' of alert 'R' may not set severity"),
+        ("    labels: {bad-name: x}\n", "line 5: 'bad-name' in 'labels' of alert 'R' is not a valid name"),
+        ("    labels: {__x: y}\n", "line 5: '__x' in 'labels' of alert 'R' is not a valid name"),
+        ("    annotations: {summary: [x]}\n", "line 5: annotations.summary of alert 'R' must be a string"),
+    ],
+    ids=[
+        "for-words",
+        "for-number",
+        "labels-list",
+        "labels-severity",
+        "labels-dash",
+        "labels-dunder",
+        "annot-list",
+    ],
+)
+def test_bad_prometheus_keys_name_their_line(extra: str, message: str) -> None:
+    text = 'alerts:\n  - name: R\n    condition: "slow_users > 0"\n    severity: P2\n' + extra
+    with pytest.raises(RuleError) as caught:
+        parse_rules(text)
+    assert str(caught.value).startswith(message)

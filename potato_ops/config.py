@@ -6,9 +6,6 @@ import os
 import re
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
 from potato_ops.errors import ConfigError
 
 DATABASE_URL_ENV = "POTATO_DATABASE_URL"
@@ -63,10 +60,17 @@ def resolve_database_url(url: str | None = None, env_var: str = DATABASE_URL_ENV
         path.parent.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{path}"
     chosen = normalize_url(chosen.strip())
+    # Imported here so that a command which never opens the database starts without SQLAlchemy.
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         parsed = make_url(chosen)
     except ArgumentError as exc:
         raise ConfigError(f"not a database URL: {mask_url(chosen)!r}") from exc
+    except ValueError:
+        # make_url reads the port with int(): "host:abc" fails there.
+        raise ConfigError(f"not a database URL (the port must be a number): {mask_url(chosen)!r}") from None
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise ConfigError(
             f"unsupported database {parsed.get_backend_name()!r} in {mask_url(chosen)!r}: "
@@ -88,7 +92,10 @@ def mask_secrets(text: str) -> str:
 
 def url_password(url: str) -> str | None:
     """Return the password inside a database URL, or None."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         return make_url(normalize_url(url)).password
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return None

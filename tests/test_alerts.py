@@ -20,7 +20,7 @@ from potato_ops.monitoring.alerts import (
     parse_rules,
 )
 from potato_ops.monitoring.conditions import And, Comparison, Condition, Or, condition_metrics
-from potato_ops.monitoring.metrics import METRIC_HELP, METRIC_NAMES
+from potato_ops.monitoring.names import METRIC_HELP, METRIC_NAMES
 
 HEALTHY: dict[str, float | int | None] = {name: 0 for name in METRIC_NAMES} | {
     "rebuild_success_rate": 1.0,
@@ -30,6 +30,8 @@ HEALTHY: dict[str, float | int | None] = {name: 0 for name in METRIC_NAMES} | {
 
 FAILURE_RATE = "Rebuild Failure Rate High"
 SLOW = "Rebuild Performance Slow"
+SCAN = "Invariant Violations Found By Scan"
+STALE = "Stale Active Flags"
 VIOLATIONS = "Invariant Violations"
 
 
@@ -73,17 +75,28 @@ def test_metric_names_are_the_documented_ones() -> None:
 # --- the shipped defaults ----------------------------------------------------------------------
 
 
-def test_default_file_loads_exactly_the_three_rules() -> None:
+def test_default_file_holds_the_playbooks_three_rules_then_the_scan_rules() -> None:
     rules = default_rules()
     assert [(r.name, r.condition_text, r.severity, r.line) for r in rules] == [
-        (FAILURE_RATE, "rebuild_success_rate < 0.99", "P1", 2),
-        (SLOW, "rebuild_avg_duration_ms > 1000", "P2", 5),
-        (VIOLATIONS, "rebuild_invariant_violations > 0", "P0", 8),
+        (FAILURE_RATE, "rebuild_success_rate < 0.99", "P1", 6),
+        (SLOW, "rebuild_avg_duration_ms > 1000", "P2", 14),
+        (VIOLATIONS, "rebuild_invariant_violations > 0", "P0", 22),
+        (SCAN, "invariant_violations > 0", "P0", 29),
+        (STALE, "stale_active_flags > 0", "P0", 36),
     ]
     assert [r.condition for r in rules] == [
         cmp("rebuild_success_rate", "<", 0.99),
         cmp("rebuild_avg_duration_ms", ">", 1000),
         cmp("rebuild_invariant_violations", ">", 0),
+        cmp("invariant_violations", ">", 0),
+        cmp("stale_active_flags", ">", 0),
+    ]
+    assert [(r.for_duration, r.annotations["runbook_url"]) for r in rules] == [
+        ("15m", "notebooks/05_error_recovery.ipynb"),
+        ("30m", "notebooks/08_troubleshooting.ipynb"),
+        ("0s", "notebooks/05_error_recovery.ipynb"),
+        ("0s", "notebooks/05_error_recovery.ipynb"),
+        ("0s", "notebooks/08_troubleshooting.ipynb"),
     ]
 
 
@@ -104,6 +117,9 @@ def test_default_file_on_disk_matches_the_packaged_one() -> None:
         pytest.param({"rebuild_avg_duration_ms": None}, [], id="duration-no-data"),
         pytest.param({"rebuild_invariant_violations": 0}, [], id="no-violations"),
         pytest.param({"rebuild_invariant_violations": 1}, [VIOLATIONS], id="one-violation"),
+        pytest.param({"invariant_violations": 1}, [SCAN], id="scan-finds-one"),
+        pytest.param({"invariant_violations": None}, [], id="scan-skipped"),
+        pytest.param({"stale_active_flags": 1}, [STALE], id="one-stale-flag"),
         pytest.param(
             {"rebuild_success_rate": 0.5, "rebuild_avg_duration_ms": 5000},
             [FAILURE_RATE, SLOW],
@@ -616,3 +632,56 @@ def test_python_tags_construct_nothing(tmp_path: Path, template: str, line: int)
     assert not marker.exists()
     assert caught.value.line == line
     assert "!!python/object/apply:os.system is not allowed" in str(caught.value)
+
+
+# --- the Prometheus keys: for, labels, annotations ----------------------------------------------
+
+
+def test_for_labels_and_annotations_are_read() -> None:
+    [rule] = parse_rules(
+        dedent(
+            """\
+            alerts:
+              - name: "Slow"
+                condition: "slow_users > 0"
+                severity: P2
+                for: 1h30m
+                labels: {team: potato, tier: "2"}
+                annotations:
+                  runbook_url: notebooks/08_troubleshooting.ipynb
+            """
+        )
+    )
+    assert (rule.for_duration, dict(rule.labels), dict(rule.annotations)) == (
+        "1h30m",
+        {"team": "potato", "tier": "2"},
+        {"runbook_url": "notebooks/08_troubleshooting.ipynb"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("    for: 5 minutes\n", "line 5: 'for' of alert 'R' must be a Prometheus duration such as 5m"),
+        ("    for: 5\n", "line 5: 'for' of alert 'R' must be a string, found !!int '5'"),
+        ("    labels: [a]\n", "line 5: 'labels' of alert 'R' must be a mapping of names to strings"),
+        ("    labels: {severity: P0}\n", "line 5: 'labels' of alert 'R' may not set severity"),
+        ("    labels: {bad-name: x}\n", "line 5: 'bad-name' in 'labels' of alert 'R' is not a valid name"),
+        ("    labels: {__x: y}\n", "line 5: '__x' in 'labels' of alert 'R' is not a valid name"),
+        ("    annotations: {summary: [x]}\n", "line 5: annotations.summary of alert 'R' must be a string"),
+    ],
+    ids=[
+        "for-words",
+        "for-number",
+        "labels-list",
+        "labels-severity",
+        "labels-dash",
+        "labels-dunder",
+        "annot-list",
+    ],
+)
+def test_bad_prometheus_keys_name_their_line(extra: str, message: str) -> None:
+    text = 'alerts:\n  - name: R\n    condition: "slow_users > 0"\n    severity: P2\n' + extra
+    with pytest.raises(RuleError) as caught:
+        parse_rules(text)
+    assert str(caught.value).startswith(message)

@@ -179,6 +179,7 @@ def test_a_bad_rules_file_is_one_line_and_exit_1(storage: Storage, db_url: str, 
 
 
 def test_a_database_without_the_schema_is_exit_1(tmp_path: Path) -> None:
+    (tmp_path / "empty.sqlite3").touch()
     code, out, err = audit(f"sqlite:///{tmp_path / 'empty.sqlite3'}", "--no-notebook")
 
     assert (code, out) == (ExitCode.ERROR, "")

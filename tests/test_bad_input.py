@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, select, text, update
 
-from potato_ops import Backup, BackupError, Run, SchemaError, Storage
+from potato_ops import Backup, BackupError, BulkConfig, ConfigError, Run, SchemaError, Storage
 from potato_ops.db.backups import make_backup
 from potato_ops.db.schema import ops_backups
+from potato_ops.ops.bulk.api import bulk_rebuild_users
 from tests.conftest import (
     NOW,
     MutableClock,
@@ -307,3 +308,32 @@ def test_schema_error_names_what_is_missing(
         assert storage.get_user_runs("u") == []
     finally:
         storage.close()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"batch_size": True},
+        {"max_workers": True},
+        {"max_failure_rate": True},
+        {"max_failure_rate": float("nan")},
+    ],
+    ids=["batch-size-true", "workers-true", "rate-true", "rate-nan"],
+)
+def test_bulk_config_refuses_booleans_for_numbers(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        BulkConfig(**options)
+
+
+@pytest.mark.parametrize(
+    "ids", [[None], [""], ["u", 3], ["u", "  "]], ids=["none", "empty", "number", "blank"]
+)
+def test_bulk_rebuild_refuses_ids_that_are_not_names(
+    storage: Storage, backups: dict[str, Backup], ids: list[Any]
+) -> None:
+    before = snapshot(storage)
+
+    with pytest.raises(ConfigError, match="user_ids must be non-empty strings"):
+        bulk_rebuild_users(storage.database, ids, BulkConfig(dry_run=False, ignore_feature_flag=True))
+
+    assert snapshot(storage) == before

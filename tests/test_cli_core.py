@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from potato_ops import Storage
 from potato_ops.cli import app
+from tests.conftest import add_user
 
 runner = CliRunner()
 
@@ -67,8 +68,10 @@ def test_seed_validate_rebuild_restore_round_trip(db_url: str) -> None:
     ],
     ids=["unknown-email", "from-after-to", "bad-date", "both-ids", "bad-zone", "no-backup"],
 )
-def test_expected_failures_are_one_line(db_url: str, args: list[str], code: int, message: str) -> None:
-    invoke(db_url, "init-db")
+def test_expected_failures_are_one_line(
+    db_url: str, storage: Storage, args: list[str], code: int, message: str
+) -> None:
+    add_user(storage, "u1", ["2024-01-01"])
     got, out, err = invoke(db_url, *args)
     assert got == code
     assert message in err

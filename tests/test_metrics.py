@@ -27,7 +27,6 @@ from potato_ops.db.schema import ops_operations, ops_rebuild_history
 from potato_ops.errors import InvalidDateRangeError
 from potato_ops.monitoring.metrics import (
     HISTORY_SCHEMA,
-    METRIC_NAMES,
     compute_metrics,
     history_frame,
     metrics_frame,
@@ -35,6 +34,7 @@ from potato_ops.monitoring.metrics import (
     slowest_users_frame,
     success_rate_frame,
 )
+from potato_ops.monitoring.names import METRIC_NAMES
 from tests.conftest import NOW, MutableClock, add_runs, add_user
 
 

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
 
+import pytest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from potato_ops import Storage
 from potato_ops.cli import app
-from potato_ops.monitoring.metrics import METRIC_HELP, METRIC_NAMES, Metrics
-from potato_ops.monitoring.prometheus import render_prometheus
+from potato_ops.monitoring.metrics import Metrics
+from potato_ops.monitoring.names import EXPOSED, METRIC_NAMES
+from potato_ops.monitoring.prometheus import MetricsCollector, render_prometheus, write_textfile
 from tests.test_metrics import add_history
 
 WINDOW_END = datetime(2024, 3, 10, 15, 0, tzinfo=UTC)
@@ -63,46 +71,51 @@ def samples(text: str) -> dict[str, float]:
     return found
 
 
-def test_every_figure_is_a_potato_gauge() -> None:
-    metrics = metrics_of(FIGURES, violations_by_kind={"overlap": 0, "phantom_day": 1, "stale_active": 1})
+def test_every_figure_is_a_gauge_in_base_units() -> None:
+    metrics = metrics_of(
+        FIGURES,
+        violations_by_kind={"overlap": 0, "phantom_day": 1, "stale_active": 1},
+        last_bulk_completed_at=datetime(2024, 3, 10, 14, 0, tzinfo=UTC),
+    )
 
-    assert samples(render_prometheus(metrics)) == {
-        "potato_rebuild_success_rate": 0.75,
-        "potato_rebuild_failure_rate": 0.25,
-        "potato_rebuild_count": 4.0,
-        "potato_rebuild_avg_duration_ms": 250.0,
-        "potato_rebuild_p50_duration_ms": 250.0,
-        "potato_rebuild_p95_duration_ms": 385.0,
-        "potato_rebuild_max_duration_ms": 400.0,
-        "potato_users_processed": 3.0,
-        "potato_rebuild_invariant_violations": 1.0,
-        "potato_invariant_violations": 2.0,
-        "potato_users_with_violations": 1.0,
-        "potato_stale_active_flags": 0.0,
-        "potato_timezone_changes_pending": 5.0,
-        "potato_slow_users": 0.0,
-        "potato_backups_count": 7.0,
-        "potato_backup_oldest_age_hours": 30.5,
-        "potato_backup_newest_age_hours": 0.25,
-        "potato_operations_failed": 0.0,
-        "potato_operations_interrupted": 1.0,
-        'potato_invariant_violations_by_kind{kind="overlap"}': 0.0,
-        'potato_invariant_violations_by_kind{kind="phantom_day"}': 1.0,
-        'potato_invariant_violations_by_kind{kind="stale_active"}': 1.0,
-        "potato_metrics_no_data": 0.0,
-        "potato_metrics_window_seconds": 86400.0,
-        "potato_slow_threshold_ms": 1000.0,
+    assert samples(render_prometheus(metrics, audit_succeeded_at=WINDOW_END)) == {
+        "potato_ops_rebuild_success_ratio": 0.75,
+        "potato_ops_rebuild_failure_ratio": 0.25,
+        "potato_ops_window_rebuilds": 4.0,
+        "potato_ops_rebuild_duration_mean_seconds": 0.25,
+        "potato_ops_rebuild_duration_p50_seconds": 0.25,
+        "potato_ops_rebuild_duration_p95_seconds": 0.385,
+        "potato_ops_rebuild_duration_max_seconds": 0.4,
+        "potato_ops_window_users_processed": 3.0,
+        "potato_ops_window_rebuild_invariant_violations": 1.0,
+        "potato_ops_invariant_violations": 2.0,
+        "potato_ops_users_with_violations": 1.0,
+        "potato_ops_stale_active_flags": 0.0,
+        "potato_ops_timezone_changes_pending": 5.0,
+        "potato_ops_window_slow_users": 0.0,
+        "potato_ops_backups": 7.0,
+        "potato_ops_backup_oldest_age_seconds": 30.5 * 3600,
+        "potato_ops_backup_newest_age_seconds": 0.25 * 3600,
+        "potato_ops_window_operations_failed": 0.0,
+        "potato_ops_operations_interrupted": 1.0,
+        'potato_ops_invariant_violations_by_kind{kind="overlap"}': 0.0,
+        'potato_ops_invariant_violations_by_kind{kind="phantom_day"}': 1.0,
+        'potato_ops_invariant_violations_by_kind{kind="stale_active"}': 1.0,
+        "potato_ops_window_no_data": 0.0,
+        "potato_ops_window_seconds": 86400.0,
+        "potato_ops_slow_threshold_seconds": 1.0,
+        "potato_ops_last_bulk_operation_completed_timestamp_seconds": 1710079200.0,
+        "potato_ops_last_audit_success_timestamp_seconds": 1710082800.0,
     }
 
 
-def test_gauges_carry_the_rules_help_text() -> None:
-    families = {f.name: f for f in text_string_to_metric_families(render_prometheus(metrics_of(FIGURES)))}
+def test_every_family_is_a_gauge_with_help_and_the_prefix() -> None:
+    text = render_prometheus(metrics_of(FIGURES, violations_by_kind={"overlap": 1}), WINDOW_END)
+    families = list(text_string_to_metric_families(text))
 
-    for name in METRIC_NAMES:
-        assert (families["potato_" + name].type, families["potato_" + name].documentation) == (
-            "gauge",
-            METRIC_HELP[name],
-        )
+    assert {f.type for f in families} == {"gauge"}
+    assert all(f.name.startswith("potato_ops_") and f.documentation.strip() for f in families)
+    assert not [f.name for f in families if f.name.endswith(("_total", "_count", "_ms", "_hours"))]
 
 
 def test_figures_without_data_are_absent_not_zero() -> None:
@@ -122,7 +135,7 @@ def test_figures_without_data_are_absent_not_zero() -> None:
 
     found = samples(render_prometheus(metrics_of(empty)))
 
-    assert sorted(name for name in METRIC_NAMES if "potato_" + name not in found) == sorted(
+    assert sorted(name for name in METRIC_NAMES if EXPOSED[name].name not in found) == sorted(
         [
             "rebuild_success_rate",
             "rebuild_failure_rate",
@@ -136,8 +149,9 @@ def test_figures_without_data_are_absent_not_zero() -> None:
             "backup_newest_age_hours",
         ]
     )
-    assert (found["potato_rebuild_count"], found["potato_metrics_no_data"]) == (0.0, 1.0)
-    assert not any(name.startswith("potato_invariant_violations_by_kind") for name in found)
+    assert (found["potato_ops_window_rebuilds"], found["potato_ops_window_no_data"]) == (0.0, 1.0)
+    assert not any(name.startswith("potato_ops_invariant_violations_by_kind") for name in found)
+    assert not any("timestamp" in name for name in found)
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -165,18 +179,18 @@ def test_metrics_command_prints_the_exposition(storage: Storage, db_url: str) ->
     assert {
         name: found[name]
         for name in (
-            "potato_rebuild_count",
-            "potato_rebuild_success_rate",
-            "potato_rebuild_max_duration_ms",
-            "potato_invariant_violations",
-            "potato_metrics_no_data",
+            "potato_ops_window_rebuilds",
+            "potato_ops_rebuild_success_ratio",
+            "potato_ops_rebuild_duration_max_seconds",
+            "potato_ops_invariant_violations",
+            "potato_ops_window_no_data",
         )
     } == {
-        "potato_rebuild_count": 3.0,
-        "potato_rebuild_success_rate": 2 / 3,
-        "potato_rebuild_max_duration_ms": 300.0,
-        "potato_invariant_violations": 0.0,
-        "potato_metrics_no_data": 0.0,
+        "potato_ops_window_rebuilds": 3.0,
+        "potato_ops_rebuild_success_ratio": 2 / 3,
+        "potato_ops_rebuild_duration_max_seconds": 0.3,
+        "potato_ops_invariant_violations": 0.0,
+        "potato_ops_window_no_data": 0.0,
     }
 
 
@@ -216,3 +230,148 @@ def test_metrics_command_refuses_an_unreadable_since(storage: Storage, db_url: s
 
     assert (code, out) == (1, "")
     assert err == ("error: since 'last tuesday' is neither a duration (24h, 7d, 90m) nor an ISO datetime\n")
+
+
+# --- handing the figures over: textfile and Pushgateway --------------------------------------------
+
+
+def test_textfile_is_replaced_whole_never_rewritten_in_place(tmp_path: Path) -> None:
+    target = tmp_path / "potato_ops.prom"
+    write_textfile(target, metrics_of(FIGURES))
+    first = target.read_text()
+    reader = target.open()  # a collector that opened the old file keeps reading all of it
+    inode = target.stat().st_ino
+
+    write_textfile(target, metrics_of(FIGURES | {"rebuild_count": 99}))
+
+    assert reader.read() == first
+    reader.close()
+    assert target.stat().st_ino != inode  # a new file renamed over the old one
+    assert samples(target.read_text())["potato_ops_window_rebuilds"] == 99.0
+    assert [p.name for p in tmp_path.iterdir()] == ["potato_ops.prom"]
+
+
+def test_a_textfile_write_that_fails_leaves_the_old_file_and_no_debris(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "potato_ops.prom"
+    write_textfile(target, metrics_of(FIGURES))
+    before = target.read_bytes()
+
+    def half_then_fail(self: MetricsCollector) -> Iterator[Metric]:
+        yield GaugeMetricFamily("potato_ops_half", "Half a file.", value=1.0)
+        raise RuntimeError("disk went away")
+
+    monkeypatch.setattr(MetricsCollector, "collect", half_then_fail)
+    with pytest.raises(RuntimeError):
+        write_textfile(target, metrics_of(FIGURES))
+
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["potato_ops.prom"]
+
+
+class _Gateway(BaseHTTPRequestHandler):
+    received: ClassVar[list[tuple[str, str, bytes]]] = []
+
+    def do_PUT(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.append(("PUT", self.path, body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def gateway() -> Iterator[tuple[str, list[tuple[str, str, bytes]]]]:
+    """A stand-in Pushgateway on a free local port, recording what it receives."""
+    _Gateway.received = []
+    server = HTTPServer(("127.0.0.1", 0), _Gateway)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", _Gateway.received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_audit_pushes_and_writes_the_figures_with_its_success_time(
+    storage: Storage, db_url: str, tmp_path: Path, gateway: tuple[str, list[tuple[str, str, bytes]]]
+) -> None:
+    url, received = gateway
+    add_rebuilds(storage, ("a", 100, True, "op-1"))
+    textfile = tmp_path / "potato_ops.prom"
+    started = datetime.now(UTC).timestamp()
+
+    result = CliRunner().invoke(
+        app,
+        ["audit", "--no-notebook", "--pushgateway", url, "--textfile", str(textfile)],
+        env={"POTATO_DATABASE_URL": db_url},
+    )
+
+    assert (result.exit_code, result.stderr) == (0, ""), result.stdout
+    [(method, path, body)] = received
+    assert (method, path) == ("PUT", "/metrics/job/potato_ops_audit")
+    pushed = samples(body.decode())
+    written = samples(textfile.read_text())
+    assert pushed == written
+    assert (
+        started <= pushed["potato_ops_last_audit_success_timestamp_seconds"] <= datetime.now(UTC).timestamp()
+    )
+    assert (pushed["potato_ops_window_rebuilds"], pushed["potato_ops_invariant_violations"]) == (1.0, 0.0)
+
+
+def test_an_unreachable_gateway_is_one_line_exit_1(storage: Storage, db_url: str) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    result = CliRunner().invoke(
+        app,
+        ["audit", "--no-notebook", "--pushgateway", f"http://127.0.0.1:{port}"],
+        env={"POTATO_DATABASE_URL": db_url},
+    )
+
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: --pushgateway http://127.0.0.1:{port}: push failed: ")
+    assert result.stderr.count("\n") == 1
+
+
+def test_metrics_textfile_holds_what_metrics_prints(storage: Storage, db_url: str, tmp_path: Path) -> None:
+    add_rebuilds(storage, ("a", 100, True, "op-1"), ("b", 300, False, "op-1"))
+    textfile = tmp_path / "potato_ops.prom"
+
+    code, out, err = invoke(db_url, "--textfile", str(textfile))
+    _, printed, _ = invoke(db_url)
+
+    assert (code, out, err) == (0, f"wrote {textfile}\n", "")
+    assert samples(textfile.read_text()) == samples(printed)
+
+
+def test_metrics_reads_the_last_successful_audit_from_the_archive(
+    storage: Storage, db_url: str, tmp_path: Path
+) -> None:
+    reports = tmp_path / "reports"
+    code, _, _ = invoke(db_url, "--reports-dir", str(reports))
+    assert code == 0
+    before = datetime.now(UTC).timestamp()
+
+    audited = CliRunner().invoke(
+        app, ["audit", "--reports-dir", str(reports)], env={"POTATO_DATABASE_URL": db_url}
+    )
+    code, out, err = invoke(db_url, "--no-scan", "--reports-dir", str(reports))
+
+    assert audited.exit_code == 0, audited.stdout + audited.stderr
+    assert (code, err) == (0, "")
+    stamp = samples(out)["potato_ops_last_audit_success_timestamp_seconds"]
+    assert before <= stamp <= datetime.now(UTC).timestamp()
+
+
+def test_no_archived_audit_means_no_audit_timestamp(storage: Storage, db_url: str, tmp_path: Path) -> None:
+    code, out, _ = invoke(db_url, "--no-scan", "--reports-dir", str(tmp_path / "empty"))
+
+    assert code == 0
+    assert "potato_ops_last_audit_success_timestamp_seconds" not in samples(out)
+    assert not (tmp_path / "empty").exists()

@@ -6,20 +6,25 @@ Each opens the database, makes one library call and prints the outcome; a long r
 
 from __future__ import annotations
 
+import math
 import sys
-from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from potato_ops.cli.common import DatabaseOption, FromDateOption, ToDateOption, expected_failures, fail
+from potato_ops.cli.common import (
+    DatabaseOption,
+    FromDateOption,
+    ToDateOption,
+    expected_failures,
+    fail,
+    open_storage,
+)
 from potato_ops.exitcodes import ExitCode
-from potato_ops.ops.bulk import api as bulk
-from potato_ops.ops.bulk.config import BulkConfig
-from potato_ops.ops.bulk.results import BulkResult, Progress
-from potato_ops.runbook.progress import ProgressBar
-from potato_ops.storage import Storage
+
+if TYPE_CHECKING:
+    from potato_ops.ops.bulk.results import BulkResult, Progress
 
 _SHOWN_ERRORS = 10
 
@@ -31,8 +36,16 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Show no progre
 
 
 def _read_ids(path: Path) -> list[str]:
-    """Return the ids in a file (one a line; blank lines and # comments skipped; - is stdin)."""
-    text = sys.stdin.read() if str(path) == "-" else path.read_text()
+    """Return the ids in a file (one a line; blank lines and # comments skipped; - is stdin).
+
+    Exit 1 naming the file when it is missing, unreadable or not UTF-8 text.
+    """
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise fail(f"--user-ids-file {path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise fail(f"--user-ids-file {path}: cannot read: {exc.strerror or exc}") from None
     ids = [line.split("#", 1)[0].strip() for line in text.splitlines()]
     return [i for i in ids if i]
 
@@ -130,14 +143,14 @@ def bulk_rebuild(
 
     Exit codes: 0 all users completed; 3 some users failed or the run stopped early.
     """
+    from potato_ops.ops.bulk import api as bulk
+    from potato_ops.ops.bulk.config import BulkConfig
+    from potato_ops.runbook.progress import ProgressBar
+
     if all_users == (user_ids_file is not None):
         raise fail("give exactly one of --all or --user-ids-file", ExitCode.USAGE)
-    ids: list[str] | None = None
-    if user_ids_file is not None:
-        try:
-            ids = _read_ids(user_ids_file)
-        except OSError as exc:
-            raise fail(f"cannot read {user_ids_file}: {exc.strerror or exc}") from None
+    ids = None if user_ids_file is None else _read_ids(user_ids_file)
+    # Checked before the database is opened: a refused config writes no operation.
     config = BulkConfig(
         batch_size=batch_size,
         max_workers=workers,
@@ -148,7 +161,7 @@ def bulk_rebuild(
         max_failure_rate=max_failure_rate,
         ignore_feature_flag=ignore_feature_flag,
     )
-    storage = Storage.connect(database_url)
+    storage = open_storage(database_url, must_exist=True)
     with ProgressBar(disable=quiet) as bar:
         result = bulk.bulk_rebuild_users(storage.database, ids, config, progress=bar)
     _print_result(result)
@@ -157,7 +170,7 @@ def bulk_rebuild(
 
 def progress(operation_id: OperationArgument, database_url: DatabaseOption = None) -> None:
     """Show an operation's progress: counts, status and ETA (works from any process)."""
-    storage = Storage.connect(database_url)
+    storage = open_storage(database_url, must_exist=True)
     p = storage.get_rebuild_progress(operation_id)
     typer.echo(_progress_line(p))
     if p.error:
@@ -176,7 +189,9 @@ def resume(
 
     Exit codes: 0 all users completed; 1 its runner is still alive; 3 some users failed.
     """
-    storage = Storage.connect(database_url)
+    from potato_ops.runbook.progress import ProgressBar
+
+    storage = open_storage(database_url, must_exist=True)
     with ProgressBar(disable=quiet, desc="resuming") as bar:
         result = storage.resume_bulk_rebuild(operation_id, failed_only=failed_only, progress=bar)
     _print_result(result)
@@ -185,7 +200,7 @@ def resume(
 
 def cancel(operation_id: OperationArgument, database_url: DatabaseOption = None) -> None:
     """Stop an operation at its next batch boundary."""
-    storage = Storage.connect(database_url)
+    storage = open_storage(database_url, must_exist=True)
     p = storage.cancel_bulk_rebuild(operation_id)
     if p.status == "running":
         typer.echo(f"cancel requested; the runner stops at its next batch boundary\n{_progress_line(p)}")
@@ -204,7 +219,7 @@ def operations(
     database_url: DatabaseOption = None,
 ) -> None:
     """List recent bulk operations with their status, newest first."""
-    storage = Storage.connect(database_url)
+    storage = open_storage(database_url, must_exist=True)
     found = storage.list_operations(status, limit)
     if not found:
         typer.echo("no operations")
@@ -224,8 +239,17 @@ def prune_backups(
     database_url: DatabaseOption = None,
 ) -> None:
     """Delete old backups, keeping each user's newest ones."""
-    storage = Storage.connect(database_url)
-    deleted = storage.prune_backups(timedelta(days=older_than), keep_latest=keep_latest)
+    from datetime import UTC, datetime, timedelta
+
+    if not math.isfinite(older_than):
+        raise fail(f"--older-than {older_than}: give a finite number of days", ExitCode.USAGE)
+    try:
+        age = timedelta(days=older_than)
+        datetime.now(UTC) - age  # the cutoff the library computes must exist
+    except OverflowError:
+        raise fail(f"--older-than {older_than:g}: reaches back before the year 1", ExitCode.USAGE) from None
+    storage = open_storage(database_url, must_exist=True)
+    deleted = storage.prune_backups(age, keep_latest=keep_latest)
     typer.echo(
         f"deleted {deleted} backups older than {older_than:g} days (kept each user's newest {keep_latest})"
     )

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from potato_ops.cli.common import expected_failures
-from potato_ops.config import DATABASE_URL_ENV, REPORTS_DIR_ENV
-from potato_ops.demo.showcase import run_demo
-from potato_ops.notebook_runs.execute import RunRecord
-from potato_ops.notebook_runs.result import verdict_line
+from potato_ops.cli.common import ReportsDirOption, expected_failures
+from potato_ops.config import DATABASE_URL_ENV
+
+if TYPE_CHECKING:
+    from potato_ops.notebook_runs.execute import RunRecord
 
 
 def _describe(step: str, record: RunRecord) -> None:
+    from potato_ops.notebook_runs.result import verdict_line
+
     typer.echo(f"{step}: {verdict_line(record.status, str(record.result.get('verdict', '')))}")
     typer.echo(f"    record: {record.run_dir}")
     typer.echo(f"    report: {record.html_path}")
@@ -28,16 +29,7 @@ def demo(
         float, typer.Option("--corrupt", min=0.001, max=1.0, help="Share of users to corrupt.")
     ] = 0.05,
     seed_value: Annotated[int, typer.Option("--seed", help="Random seed.")] = 42,
-    reports_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--reports-dir",
-            envvar=REPORTS_DIR_ENV,
-            show_envvar=True,
-            show_default=False,
-            help="Folder of archived runs. Default: ./reports.",
-        ),
-    ] = None,
+    reports_dir: ReportsDirOption = None,
     replace: Annotated[
         bool, typer.Option("--replace", help="Wipe the embedded database even if the demo did not create it.")
     ] = False,
@@ -48,6 +40,8 @@ def demo(
     dry run, repair, verify) through the runner, and prints where their records are. Exit 0
     when the repair leaves zero violations; 3 when it does not; 5 when a notebook failed.
     """
+    from potato_ops.demo.showcase import run_demo
+
     if os.environ.get(DATABASE_URL_ENV):
         typer.echo(f"note: ${DATABASE_URL_ENV} is set; the demo never uses it (embedded database only)")
     result = run_demo(

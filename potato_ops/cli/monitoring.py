@@ -1,19 +1,28 @@
-"""``potato-ops audit`` (scheduled monitoring audit) and ``potato-ops metrics`` (the figures)."""
+"""``potato-ops audit`` (the scheduled audit), ``metrics`` (the figures) and ``alerts export``.
+
+One function per command, registered by ``register``; each imports what it needs when it runs.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from potato_ops.cli.common import DatabaseOption, expected_failures
-from potato_ops.cli.notebooks import ReportsDirOption
-from potato_ops.monitoring.metrics import DEFAULT_SLOW_THRESHOLD_MS, compute_metrics
-from potato_ops.monitoring.prometheus import render_prometheus
-from potato_ops.monitoring.scheduled_audit import describe_alert, run_audit
-from potato_ops.storage import Storage
+from potato_ops.cli.common import DatabaseOption, ReportsDirOption, expected_failures, fail, open_storage
+from potato_ops.exitcodes import ExitCode
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from potato_ops.monitoring.metrics import Metrics
+
+# The default of --slow-threshold-ms; monitoring.metrics.DEFAULT_SLOW_THRESHOLD_MS is the
+# same number, checked by a test (importing it here would load polars for --help).
+DEFAULT_SLOW_THRESHOLD_MS = 1000.0
 
 SinceOption = Annotated[
     str | None,
@@ -29,18 +38,61 @@ SlowThresholdOption = Annotated[
     float,
     typer.Option("--slow-threshold-ms", min=0, help="A rebuild slower than this makes its user slow."),
 ]
+RulesOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--rules",
+        metavar="FILE",
+        show_default=False,
+        help="Alert rules (YAML, the playbook's form). Default: the shipped rules.",
+    ),
+]
+TextfileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--textfile",
+        metavar="PATH",
+        show_default=False,
+        help="Also write the figures, replaced atomically, to this *.prom file for node_exporter's "
+        "textfile collector.",
+    ),
+]
+
+
+def _check_textfile(path: Path | None) -> None:
+    """Refuse, before any work, a textfile that node_exporter would not read or that cannot be written."""
+    if path is None:
+        return
+    if path.suffix != ".prom":
+        raise fail(f"--textfile {path}: node_exporter's textfile collector reads only *.prom files")
+    if not path.parent.is_dir():
+        raise fail(f"--textfile {path}: folder {path.parent} does not exist")
+
+
+def _check_rules_file(path: Path | None) -> None:
+    if path is not None and not path.is_file():
+        raise fail(f"--rules {path}: no such file")
+
+
+def _hand_over(
+    figures: Metrics, textfile: Path | None, pushgateway: str | None, audited_at: datetime | None
+) -> str | None:
+    """Write the textfile and push to the gateway; return why that failed, or None."""
+    from potato_ops.errors import PotatoOpsError
+    from potato_ops.monitoring.prometheus import push_metrics, write_textfile
+
+    try:
+        if textfile is not None:
+            write_textfile(textfile, figures, audited_at)
+        if pushgateway is not None:
+            push_metrics(pushgateway, figures, audited_at)
+    except PotatoOpsError as exc:
+        return str(exc)
+    return None
 
 
 def audit(
-    rules: Annotated[
-        Path | None,
-        typer.Option(
-            "--rules",
-            metavar="FILE",
-            show_default=False,
-            help="Alert rules (YAML, the playbook's form). Default: the shipped rules.",
-        ),
-    ] = None,
+    rules: RulesOption = None,
     since: SinceOption = None,
     no_notebook: Annotated[
         bool,
@@ -52,17 +104,37 @@ def audit(
         float,
         typer.Option("--timeout", metavar="SECONDS", min=1, help="Longest a notebook cell may run."),
     ] = 600,
+    textfile: TextfileOption = None,
+    pushgateway: Annotated[
+        str | None,
+        typer.Option(
+            "--pushgateway",
+            metavar="URL",
+            show_default=False,
+            help="Also push the figures and the audit's success time to this Pushgateway "
+            "(job potato_ops_audit).",
+        ),
+    ] = None,
     database_url: DatabaseOption = None,
 ) -> None:
     """Compute the metrics, evaluate the alert rules, run and archive the audit notebook.
 
     Made for cron or a systemd timer. Prints the figures and every firing alert; the exit
     status is the most severe alert that fired: 0 none, 10 P2, 11 P1, 12 P0. Exit 1 when the
-    metrics cannot be computed (bad rules file, database unreachable, schema missing). A
-    notebook that fails is reported on stderr; the exit status still follows the alerts.
+    metrics cannot be computed (bad rules file, database unreachable, schema missing) or, with
+    no alert firing, when the figures could not be written or pushed. A notebook that fails is
+    reported on stderr; the exit status still follows the alerts.
     """
-    storage = Storage.connect(database_url)
+    _check_textfile(textfile)
+    _check_rules_file(rules)
+    from potato_ops.monitoring.metrics import parse_since
+    from potato_ops.monitoring.scheduled_audit import describe_alert, load_rules, run_audit
+
+    load_rules(rules)  # a bad rules file is refused before the database is opened
+    storage = open_storage(database_url, must_exist=True)
     try:
+        if since is not None:
+            parse_since(since, storage.now())
         outcome = run_audit(
             storage.database,
             rules_file=rules,
@@ -83,6 +155,11 @@ def audit(
         typer.echo(f"notebook: {outcome.run.status}; archived in {outcome.run.run_dir}")
     if outcome.notebook_error is not None:
         typer.echo(f"warning: {outcome.notebook_error}", err=True)
+    problem = _hand_over(outcome.metrics, textfile, pushgateway, outcome.metrics.computed_at)
+    if problem is not None:
+        if outcome.exit_code == ExitCode.OK:
+            raise fail(problem)
+        typer.echo(f"error: {problem}", err=True)
     raise typer.Exit(int(outcome.exit_code))
 
 
@@ -103,11 +180,25 @@ def metrics(
         typer.Option("--scan/--no-scan", help="Run the whole-database invariant scan (the slow part)."),
     ] = True,
     slow_threshold_ms: SlowThresholdOption = DEFAULT_SLOW_THRESHOLD_MS,
+    textfile: TextfileOption = None,
+    reports_dir: ReportsDirOption = None,
     database_url: DatabaseOption = None,
 ) -> None:
-    """Print the monitoring metrics in Prometheus text format (for a scraper), or as JSON."""
-    storage = Storage.connect(database_url)
+    """Print the monitoring metrics in Prometheus text format (for a scraper), or as JSON.
+
+    With --textfile, write them there instead (atomically, for node_exporter). The last
+    successful audit's time is read from the archive in --reports-dir.
+    """
+    _check_textfile(textfile)
+    from potato_ops.monitoring.metrics import compute_metrics
+    from potato_ops.monitoring.prometheus import render_prometheus, write_textfile
+    from potato_ops.monitoring.scheduled_audit import last_audit_success
+
+    audited_at = last_audit_success(reports_dir)
+
+    storage = open_storage(database_url, must_exist=True)
     try:
+        storage.database.check_schema()
         figures = compute_metrics(
             storage.database,
             since=since,
@@ -117,13 +208,55 @@ def metrics(
         )
     finally:
         storage.close()
-    if as_json:
+    if textfile is not None:
+        typer.echo(f"wrote {write_textfile(textfile, figures, audited_at)}")
+    elif as_json:
         typer.echo(json.dumps(figures.to_json(), indent=2))
     else:
-        typer.echo(render_prometheus(figures), nl=False)
+        typer.echo(render_prometheus(figures, audited_at), nl=False)
+
+
+def alerts_export(
+    rules: RulesOption = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", metavar="FILE", show_default=False, help="Write here instead of stdout."
+        ),
+    ] = None,
+    runbook_base_url: Annotated[
+        str,
+        typer.Option(
+            "--runbook-base-url",
+            metavar="URL",
+            help="Prefix for relative runbook links (e.g. your repository's URL).",
+        ),
+    ] = "",
+) -> None:
+    """Compile the alert rules into a Prometheus rules file (one group; check it with promtool)."""
+    _check_rules_file(rules)
+    if output is not None and not output.parent.is_dir():
+        raise fail(f"--output {output}: folder {output.parent} does not exist")
+    from potato_ops.monitoring.alerts import default_rules, load_rules
+    from potato_ops.monitoring.rules_export import render_prometheus_rules
+
+    text = render_prometheus_rules(default_rules() if rules is None else load_rules(rules), runbook_base_url)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise fail(f"--output {output}: cannot write: {exc.strerror or exc}") from None
+    typer.echo(f"wrote {output}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``audit`` and ``metrics`` to the application."""
+    """Add ``audit``, ``metrics`` and the ``alerts`` commands to the application."""
     app.command("audit")(expected_failures(audit))
     app.command("metrics")(expected_failures(metrics))
+    alerts_app = typer.Typer(
+        help="The alert rules, for Prometheus.", no_args_is_help=True, rich_markup_mode=None
+    )
+    alerts_app.command("export")(expected_failures(alerts_export))
+    app.add_typer(alerts_app, name="alerts")

@@ -6,32 +6,15 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from typer.core import TyperCommand
 
-from potato_ops.cli.common import expected_failures, fail
-from potato_ops.config import REPORTS_DIR_ENV
+from potato_ops.cli.common import ReportsDirOption, expected_failures, fail
 from potato_ops.exitcodes import ExitCode
-from potato_ops.notebook_runs.archive import list_runs, verify_reports
-from potato_ops.notebook_runs.execute import list_notebooks, notebooks_dir, run_notebook
-from potato_ops.notebook_runs.result import verdict_line
-from potato_ops.redact import SecretScrubFilter
 
 PARAMETER_FLAGS = ("-p", "--parameter")
-
-ReportsDirOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--reports-dir",
-        envvar=REPORTS_DIR_ENV,
-        show_envvar=True,
-        show_default=False,
-        help="Folder of archived runs. Default: ./reports.",
-    ),
-]
 
 
 class _ParameterPairsCommand(TyperCommand):
@@ -91,6 +74,9 @@ def run(
 
     Exit codes: 0 ok, 3 problem found, 4 parameters refused, 5 a cell failed or timed out.
     """
+    from potato_ops.notebook_runs.execute import run_notebook
+    from potato_ops.notebook_runs.result import verdict_line
+
     if list_only:
         _print_notebooks()
         return
@@ -115,6 +101,8 @@ def run(
 
 
 def _print_notebooks() -> None:
+    from potato_ops.notebook_runs.execute import list_notebooks, notebooks_dir
+
     found = list_notebooks()
     if not found:
         typer.echo(f"no notebooks in {notebooks_dir()}")
@@ -138,6 +126,8 @@ def _live_log(*, enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
+    from potato_ops.redact import SecretScrubFilter
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     handler.addFilter(_HideTemporaryPaths())
@@ -160,6 +150,8 @@ def _live_log(*, enabled: bool) -> Iterator[None]:
 
 def reports_list(reports_dir: ReportsDirOption = None) -> None:
     """List the archived runs, newest first."""
+    from potato_ops.notebook_runs.archive import list_runs
+
     runs = list_runs(reports_dir)
     if not runs:
         typer.echo("no archived runs")
@@ -173,6 +165,8 @@ def reports_verify(reports_dir: ReportsDirOption = None) -> None:
 
     Exit 0 when intact; 3 with one line per problem otherwise.
     """
+    from potato_ops.notebook_runs.archive import verify_reports
+
     report = verify_reports(reports_dir)
     if report.ok:
         typer.echo(f"ok: {report.checked} runs intact")
@@ -186,7 +180,9 @@ def reports_verify(reports_dir: ReportsDirOption = None) -> None:
 def register(app: typer.Typer) -> None:
     """Add ``run`` and the ``reports`` commands to the application."""
     app.command("run", cls=_ParameterPairsCommand)(expected_failures(run))
-    reports_app = typer.Typer(help="Inspect and verify the archive of notebook runs.", no_args_is_help=True)
+    reports_app = typer.Typer(
+        help="Inspect and verify the archive of notebook runs.", no_args_is_help=True, rich_markup_mode=None
+    )
     reports_app.command("list")(expected_failures(reports_list))
     reports_app.command("verify")(expected_failures(reports_verify))
     app.add_typer(reports_app, name="reports")

@@ -74,20 +74,31 @@ def save_backups(conn: Connection, backups: Sequence[Backup]) -> list[Backup]:
     ]
 
 
+def _payload_runs(backup_id: int, user_id: str, raw: object) -> list[Run]:
+    """Return the runs a backup row's payload holds; BackupError naming the backup if damaged."""
+    try:
+        payload = json.loads(str(raw))
+        if not isinstance(payload, list) or not all(isinstance(r, dict) for r in payload):
+            raise ValueError("not a list of runs")
+        return [
+            Run(
+                None if r["id"] is None else int(r["id"]),
+                user_id,
+                date.fromisoformat(r["start_date"]),
+                date.fromisoformat(r["end_date"]),
+                int(r["day_count"]),
+                bool(r["active"]),
+            )
+            for r in payload
+        ]
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
+        detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0][:120]
+        raise BackupError(f"backup {backup_id} is damaged: its runs cannot be read ({detail})") from None
+
+
 def _from_row(row: RowMapping) -> Backup:
     user_id = str(row["user_id"])
-    payload = json.loads(str(row["payload"]))
-    backup_runs = [
-        Run(
-            r["id"],
-            user_id,
-            date.fromisoformat(r["start_date"]),
-            date.fromisoformat(r["end_date"]),
-            int(r["day_count"]),
-            bool(r["active"]),
-        )
-        for r in payload
-    ]
+    backup_runs = _payload_runs(int(row["id"]), user_id, row["payload"])
     created = row["created_at"]
     assert isinstance(created, datetime)
     meta = BackupMetadata(
@@ -99,14 +110,29 @@ def _from_row(row: RowMapping) -> Backup:
     return Backup(int(row["id"]), user_id, as_utc(created), backup_runs, meta)
 
 
-def fetch_backups(conn: Connection, user_id: str) -> list[Backup]:
-    """Return a user's persisted backups, newest first."""
+def fetch_backups_reporting_damage(conn: Connection, user_id: str) -> tuple[list[Backup], list[BackupError]]:
+    """Return a user's readable backups, newest first, and one BackupError per damaged one."""
     rows = conn.execute(
         select(ops_backups)
         .where(ops_backups.c.user_id == user_id)
         .order_by(ops_backups.c.created_at.desc(), ops_backups.c.id.desc())
     ).mappings()
-    return [_from_row(r) for r in rows]
+    readable: list[Backup] = []
+    damaged: list[BackupError] = []
+    for row in rows:
+        try:
+            readable.append(_from_row(row))
+        except BackupError as exc:
+            damaged.append(exc)
+    return readable, damaged
+
+
+def fetch_backups(conn: Connection, user_id: str) -> list[Backup]:
+    """Return a user's persisted backups, newest first; BackupError names the first damaged one."""
+    readable, damaged = fetch_backups_reporting_damage(conn, user_id)
+    if damaged:
+        raise damaged[0]
+    return readable
 
 
 def fetch_backup(conn: Connection, backup_id: int) -> Backup:

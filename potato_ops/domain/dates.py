@@ -13,6 +13,10 @@ from potato_ops.errors import InvalidDateRangeError, InvalidTimezoneError
 log = logging.getLogger("potato_ops")
 Clock = Callable[[], datetime]
 ONE_DAY = timedelta(days=1)
+# A rebuild window widens by days to weeks around its bounds; a year's margin inside
+# date.min/date.max keeps that arithmetic from overflowing.
+EARLIEST_BOUND = date(2, 1, 1)
+LATEST_BOUND = date(9998, 12, 31)
 
 
 def system_clock() -> datetime:
@@ -44,9 +48,14 @@ def parse_date(value: date | str, name: str = "date") -> date:
 def parse_date_range(
     from_date: date | str | None, to_date: date | str | None
 ) -> tuple[date | None, date | None]:
-    """Return both bounds parsed; raises InvalidDateRangeError when from_date > to_date."""
+    """Return both bounds parsed; InvalidDateRangeError when from_date > to_date or out of range."""
     lo = None if from_date is None else parse_date(from_date, "from_date")
     hi = None if to_date is None else parse_date(to_date, "to_date")
+    for name, bound in (("from_date", lo), ("to_date", hi)):
+        if bound is not None and not EARLIEST_BOUND <= bound <= LATEST_BOUND:
+            raise InvalidDateRangeError(
+                f"{name} {bound} is outside the supported range {EARLIEST_BOUND}..{LATEST_BOUND}"
+            )
     if lo is not None and hi is not None and lo > hi:
         raise InvalidDateRangeError(f"from_date {lo} is after to_date {hi}")
     return lo, hi

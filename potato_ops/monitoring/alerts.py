@@ -6,20 +6,29 @@ A rules file is a mapping with one key, ``alerts``, holding a list of entries::
       - name: "Rebuild Failure Rate High"
         condition: "rebuild_success_rate < 0.99"
         severity: "P1"
+        for: "15m"                      # optional, Prometheus only: how long it must hold
+        labels: {team: "potato"}        # optional, extra Prometheus labels
+        annotations:                    # optional, Prometheus annotations
+          runbook_url: "notebooks/05_error_recovery.ipynb"
 
 A condition compares a known metric (one of ``METRIC_NAMES``) with a number (``METRIC OP
 NUMBER`` with OP one of ``< <= > >= == !=``); comparisons combine with ``and`` / ``or`` (``and``
 binds tighter) and parentheses. Conditions are parsed by ``potato_ops.monitoring.conditions``, whose
 public names are re-exported here; nothing in a rules file is ever executed, and YAML tags
-never construct objects.
+never construct objects. ``for``, ``labels`` and ``annotations`` matter only to the Prometheus
+rules that ``potato_ops.monitoring.rules_export`` compiles; the audit evaluates the condition now.
+
+A rules file is bounded (``MAX_RULES_BYTES``, ``MAX_RULES``): a rules file is a page of
+configuration, and an unbounded one would tie up the audit for minutes.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 
 import yaml
@@ -34,14 +43,23 @@ from potato_ops.monitoring.conditions import (
     condition_metrics,
     suggestion,
 )
-from potato_ops.monitoring.metrics import METRIC_NAMES
+from potato_ops.monitoring.names import METRIC_NAMES
 
 SEVERITIES: tuple[str, ...] = ("P0", "P1", "P2")
 
 
 DEFAULT_RULES_RESOURCE = "default_alerts.yaml"
 
-_RULE_KEYS: tuple[str, ...] = ("name", "condition", "severity")
+_REQUIRED_KEYS: tuple[str, ...] = ("name", "condition", "severity")
+_RULE_KEYS: tuple[str, ...] = (*_REQUIRED_KEYS, "for", "labels", "annotations")
+MAX_RULES_BYTES = 256 * 1024
+MAX_RULES = 1000
+DEFAULT_FOR = "0s"
+# Prometheus's duration grammar (units largest first, each at most once) and label names.
+_PROMETHEUS_DURATION = re.compile(r"(?:\d+y)?(?:\d+w)?(?:\d+d)?(?:\d+h)?(?:\d+m)?(?:\d+s)?(?:\d+ms)?")
+_LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Labels the export sets itself.
+_RESERVED_LABELS = frozenset({"severity", "alertname"})
 _TOP_LEVEL_KEY = "alerts"
 
 _YAML_TAG_PREFIX = "tag:yaml.org,2002:"
@@ -60,6 +78,9 @@ class AlertRule:
     condition_text: str
     severity: str
     line: int
+    for_duration: str = DEFAULT_FOR
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
@@ -166,6 +187,9 @@ def _compose(text: str) -> yaml.Node | None:
         ) from None
     except yaml.YAMLError as exc:
         raise RuleError(f"not valid YAML: {exc}") from None
+    except RecursionError:
+        # The composer recurses once per nesting level; a rules file is never this deep.
+        raise RuleError("not valid alert rules: YAML nested too deeply") from None
 
 
 def _rule_from_node(node: yaml.Node, taken_names: set[str]) -> AlertRule:
@@ -176,7 +200,7 @@ def _rule_from_node(node: yaml.Node, taken_names: set[str]) -> AlertRule:
             line=_line(node),
         )
     entries = _mapping_entries(node, _RULE_KEYS, "in an alert entry")
-    missing = [key for key in _RULE_KEYS if key not in entries]
+    missing = [key for key in _REQUIRED_KEYS if key not in entries]
     if missing:
         raise RuleError(f"alert entry is missing {', '.join(repr(key) for key in missing)}", line=_line(node))
 
@@ -202,11 +226,54 @@ def _rule_from_node(node: yaml.Node, taken_names: set[str]) -> AlertRule:
     except RuleError as exc:
         raise RuleError(f"alert {name!r}: {exc}", line=_line(condition_node)) from None
 
-    return AlertRule(name, condition, condition_text, severity, _line(node))
+    for_duration = DEFAULT_FOR
+    if "for" in entries:
+        for_node = entries["for"][1]
+        for_duration = _string_value(for_node, f"'for' of alert {name!r}").strip()
+        if not for_duration or not _PROMETHEUS_DURATION.fullmatch(for_duration):
+            raise RuleError(
+                f"'for' of alert {name!r} must be a Prometheus duration such as 5m or 1h30m, "
+                f"not {for_duration!r}",
+                line=_line(for_node),
+            )
+    labels = _string_map(entries, "labels", name)
+    reserved = sorted(_RESERVED_LABELS & set(labels))
+    if reserved:
+        raise RuleError(
+            f"'labels' of alert {name!r} may not set {', '.join(reserved)} (the export sets it)",
+            line=_line(entries["labels"][1]),
+        )
+    annotations = _string_map(entries, "annotations", name)
+    return AlertRule(
+        name, condition, condition_text, severity, _line(node), for_duration, labels, annotations
+    )
+
+
+def _string_map(entries: dict[str, tuple[yaml.Node, yaml.Node]], key: str, name: str) -> dict[str, str]:
+    """Return the string -> string mapping under ``key`` (empty when absent)."""
+    if key not in entries:
+        return {}
+    node = entries[key][1]
+    _refuse_foreign_tag(node)
+    if not isinstance(node, yaml.MappingNode):
+        raise RuleError(f"'{key}' of alert {name!r} must be a mapping of names to strings", line=_line(node))
+    found: dict[str, str] = {}
+    for key_node, value_node in node.value:
+        label = _string_value(key_node, f"a key in '{key}' of alert {name!r}")
+        if not _LABEL_NAME.fullmatch(label) or label.startswith("__"):
+            raise RuleError(
+                f"{label!r} in '{key}' of alert {name!r} is not a valid name", line=_line(key_node)
+            )
+        if label in found:
+            raise RuleError(f"duplicate key {label!r} in '{key}' of alert {name!r}", line=_line(key_node))
+        found[label] = _string_value(value_node, f"{key}.{label} of alert {name!r}")
+    return found
 
 
 def parse_rules(text: str) -> list[AlertRule]:
     """Return the rules in a rules file's text, in file order; RuleError names the bad line."""
+    if len(text) > MAX_RULES_BYTES:
+        raise RuleError(f"the rules file holds {len(text)} characters; at most {MAX_RULES_BYTES} are allowed")
     root = _compose(text)
     shape = "a mapping with an 'alerts:' list"
     if root is None:
@@ -222,6 +289,11 @@ def parse_rules(text: str) -> list[AlertRule]:
     if not isinstance(alerts_node, yaml.SequenceNode):
         raise RuleError("'alerts:' must hold a list of alert entries", line=_line(alerts_node))
 
+    if len(alerts_node.value) > MAX_RULES:
+        raise RuleError(
+            f"'alerts:' holds {len(alerts_node.value)} entries; at most {MAX_RULES} are allowed",
+            line=_line(alerts_node),
+        )
     rules: list[AlertRule] = []
     taken_names: set[str] = set()
     for entry in alerts_node.value:
@@ -234,8 +306,11 @@ def parse_rules(text: str) -> list[AlertRule]:
 def load_rules(source: str | os.PathLike[str]) -> list[AlertRule]:
     """Return the rules in the YAML file at ``source``; RuleError if unreadable or malformed."""
     try:
-        with open(source, encoding="utf-8") as handle:
-            text = handle.read()
+        with open(source, "rb") as handle:
+            raw = handle.read(MAX_RULES_BYTES + 1)
+        if len(raw) > MAX_RULES_BYTES:
+            raise RuleError(f"alert rules file {os.fspath(source)!r} is larger than {MAX_RULES_BYTES} bytes")
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise RuleError(f"cannot read alert rules file {os.fspath(source)!r}: {exc}") from None
     return parse_rules(text)

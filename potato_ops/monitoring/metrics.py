@@ -44,32 +44,9 @@ from potato_ops.db.schema import ops_backups, ops_operations, ops_rebuild_histor
 from potato_ops.db.timezone_log import users_with_pending_timezone_changes
 from potato_ops.domain.models import InvariantReport, ViolationKind, jsonable
 from potato_ops.errors import InvalidDateRangeError
+from potato_ops.monitoring.names import METRIC_HELP, METRIC_NAMES
 from potato_ops.ops.database import Database
 from potato_ops.ops.scan import count_wrong_flags, validate_invariants
-
-METRIC_HELP: dict[str, str] = {
-    "rebuild_success_rate": "share 0..1 of rebuilds in the window that succeeded",
-    "rebuild_failure_rate": "share 0..1 of rebuilds in the window that failed",
-    "rebuild_count": "number of rebuilds in the window",
-    "rebuild_avg_duration_ms": "mean duration of a rebuild in the window, in milliseconds",
-    "rebuild_p50_duration_ms": "median duration of a rebuild in the window, in milliseconds",
-    "rebuild_p95_duration_ms": "95th percentile rebuild duration in the window, in milliseconds",
-    "rebuild_max_duration_ms": "longest rebuild in the window, in milliseconds",
-    "users_processed": "number of users whose runs were rebuilt in the window",
-    "rebuild_invariant_violations": "invariant violations found by rebuilds in the window",
-    "invariant_violations": "invariant violations found by a fresh whole-database scan",
-    "users_with_violations": "number of users with at least one invariant violation",
-    "stale_active_flags": "runs still flagged active although they have ended",
-    "timezone_changes_pending": "timezone changes whose runs have not been rebuilt yet",
-    "slow_users": "users whose rebuild took longer than the slow-user threshold",
-    "backups_count": "number of run backups kept",
-    "backup_oldest_age_hours": "age of the oldest backup, in hours",
-    "backup_newest_age_hours": "age of the newest backup, in hours",
-    "operations_failed": "bulk operations that ended in failure",
-    "operations_interrupted": "bulk operations that stopped before finishing",
-}
-
-METRIC_NAMES: tuple[str, ...] = tuple(METRIC_HELP)
 
 log = logging.getLogger("potato_ops")
 
@@ -124,6 +101,8 @@ class Metrics:
     slow_threshold_ms: float
     scanned: bool
     violations_by_kind: dict[str, int] = field(default_factory=dict)
+    # When the newest bulk operation that completed finished; None when none ever did.
+    last_bulk_completed_at: datetime | None = None
 
     @property
     def no_data(self) -> bool:
@@ -185,14 +164,20 @@ def parse_since(value: str | datetime | timedelta, now: datetime) -> datetime:
     duration = _DURATION.fullmatch(text)
     if duration:
         seconds = float(duration["amount"]) * _UNIT_SECONDS[duration["unit"]]
-        return as_utc(now) - timedelta(seconds=seconds)
+        try:
+            return as_utc(now) - timedelta(seconds=seconds)
+        except OverflowError:
+            raise InvalidDateRangeError(f"since {value!r} reaches back before the year 1") from None
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
         raise InvalidDateRangeError(
             f"since {value!r} is neither a duration (24h, 7d, 90m) nor an ISO datetime"
         ) from None
-    return as_utc(parsed)
+    try:
+        return as_utc(parsed)
+    except OverflowError:
+        raise InvalidDateRangeError(f"since {value!r} is out of range") from None
 
 
 def _window_condition(
@@ -345,6 +330,13 @@ def operation_figures(
     return int(failed), int(interrupted)
 
 
+def last_completed_operation(conn: Connection) -> datetime | None:
+    """Return when the newest completed bulk operation finished (UTC), or None if none did."""
+    o = ops_operations
+    finished = conn.execute(select(func.max(o.c.finished_at)).where(o.c.status == "completed")).scalar()
+    return None if finished is None else as_utc(finished)
+
+
 def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
@@ -381,6 +373,7 @@ def compute_metrics(
         pending = len(users_with_pending_timezone_changes(conn))
         backups, oldest, newest = backup_figures(conn, now)
         failed, interrupted = operation_figures(conn, start, end, operation_id)
+        last_bulk = last_completed_operation(conn)
     report = validate_invariants(db) if scan else None
     count = rebuilds.count
     metrics = Metrics(
@@ -410,6 +403,7 @@ def compute_metrics(
         slow_threshold_ms=float(slow_threshold_ms),
         scanned=report is not None,
         violations_by_kind=violations_by_kind(report) if report is not None else {},
+        last_bulk_completed_at=last_bulk,
     )
     log.info("metrics: %s", metrics.summary())
     return metrics

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -26,6 +26,7 @@ from potato_ops.exitcodes import ExitCode
 from potato_ops.monitoring.alerts import AlertRule, FiringAlert, default_rules, evaluate, highest_severity
 from potato_ops.monitoring.alerts import load_rules as load_rules_file
 from potato_ops.monitoring.metrics import DEFAULT_SLOW_THRESHOLD_MS, Metrics, compute_metrics
+from potato_ops.notebook_runs.archive import list_runs
 from potato_ops.notebook_runs.execute import RunRecord, run_notebook
 from potato_ops.ops.database import Database
 
@@ -68,6 +69,22 @@ def describe_alert(alert: FiringAlert) -> str:
         f"{metric}={'no data' if value is None else f'{value:g}'}" for metric, value in alert.values.items()
     )
     return f"{alert.severity} {alert.name}: {alert.condition} ({values})"
+
+
+def last_audit_success(reports_dir: str | os.PathLike[str] | None = None) -> datetime | None:
+    """Return when the newest archived audit notebook run finished without failing, or None.
+
+    "Without failing" means its verdict was reached, ok or problem: a red verdict is a
+    successful audit that found something. None when the archive holds no such run.
+    """
+    for entry in reversed(list_runs(reports_dir)):
+        if entry.notebook == AUDIT_NOTEBOOK and entry.status not in _FAILED_RUN_STATUSES:
+            try:
+                finished = datetime.fromisoformat(entry.finished_at)
+            except ValueError:
+                continue
+            return finished if finished.tzinfo is not None else finished.replace(tzinfo=UTC)
+    return None
 
 
 def load_rules(rules_file: str | os.PathLike[str] | None) -> list[AlertRule]:

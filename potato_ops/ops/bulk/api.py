@@ -72,6 +72,10 @@ def bulk_rebuild_users(
     config = config or BulkConfig()
     if isinstance(user_ids, str):
         raise ConfigError("user_ids must be a list of ids, not one string")
+    if user_ids is not None:
+        bad = [u for u in user_ids if not isinstance(u, str) or not u.strip()]
+        if bad:
+            raise ConfigError(f"user_ids must be non-empty strings; found {bad[0]!r}")
     _check_flag(db, config)
     operation_id = uuid.uuid4().hex
     runner = ownership.new_runner()

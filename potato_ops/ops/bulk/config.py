@@ -30,12 +30,14 @@ class BulkConfig:
     ignore_feature_flag: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+        # bool is an int in Python; True as a batch size is a mistake, not 1.
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be a whole number of at least 1, not {self.batch_size!r}")
-        if not isinstance(self.max_workers, int) or not 1 <= self.max_workers <= MAX_WORKERS:
-            raise ConfigError(f"max_workers must be between 1 and {MAX_WORKERS}, not {self.max_workers!r}")
+        workers = self.max_workers
+        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
+            raise ConfigError(f"max_workers must be between 1 and {MAX_WORKERS}, not {workers!r}")
         rate = self.max_failure_rate
-        if not isinstance(rate, int | float) or not 0 <= rate <= 1:
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
             raise ConfigError(f"max_failure_rate must be between 0 and 1, not {rate!r}")
         self.date_range()
 

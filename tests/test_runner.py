@@ -185,6 +185,11 @@ def test_list_notebooks_reads_parameters_with_types_defaults_and_help() -> None:
         ({"dry_run": "no"}, {"dry_run": False}),
         ({"dry_run": "TRUE"}, {"dry_run": True}),
         ({"dry_run": "0"}, {"dry_run": False}),
+        ({"dry_run": "on"}, {"dry_run": True}),
+        ({"dry_run": 0}, {"dry_run": False}),
+        ({"user_ids": "[1, 2]"}, {"user_ids": ["1", "2"]}),
+        ({"user_ids": "a,,a, b"}, {"user_ids": ["a", "b"]}),
+        ({"outcome": " ok "}, {"outcome": "ok"}),
         ({"user_ids": "a, b,c"}, {"user_ids": ["a", "b", "c"]}),
         ({"user_ids": '["x,1", "y"]'}, {"user_ids": ["x,1", "y"]}),
         ({"user_ids": ""}, {"user_ids": []}),
@@ -207,23 +212,31 @@ def test_check_parameters_coerces_to_declared_types(
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"threshold": "abc"}, "parameter 'threshold' expects int, got 'abc'"),
-        ({"threshold": "1.5"}, "parameter 'threshold' expects int, got '1.5'"),
-        ({"threshold": True}, "parameter 'threshold' expects int, got 'True'"),
-        ({"ratio": "lots"}, "parameter 'ratio' expects float, got 'lots'"),
-        ({"ratio": "nan"}, "parameter 'ratio' expects float, got 'nan'"),
-        ({"dry_run": "maybe"}, "parameter 'dry_run' expects bool, got 'maybe'"),
-        ({"outcome": None}, "parameter 'outcome' expects str, got 'None'"),
-        ({"user_ids": "[1, 2]"}, "parameter 'user_ids' expects list[str], got '[1, 2]'"),
-        ({"user_ids": "[unclosed"}, "parameter 'user_ids' expects list[str], got '[unclosed'"),
-        ({"user_ids": [1]}, "parameter 'user_ids' expects list[str], got '[1]'"),
+        ({"threshold": "abc"}, "parameter threshold = 'abc' is not valid: expected a whole number"),
+        ({"threshold": "1.5"}, "parameter threshold = '1.5' is not valid: expected a whole number"),
+        ({"threshold": True}, "parameter threshold = 'True' is not valid: expected a whole number"),
+        ({"ratio": "lots"}, "parameter ratio = 'lots' is not valid: expected a number"),
+        ({"ratio": "nan"}, "parameter ratio = 'nan' is not valid: expected a number"),
+        (
+            {"dry_run": "maybe"},
+            "parameter dry_run = 'maybe' is not valid: expected True or False "
+            "(also true/false, yes/no, on/off, 1/0)",
+        ),
+        ({"dry_run": 2}, "parameter dry_run = '2' is not valid: expected True or False"),
+        ({"outcome": None}, "parameter outcome = 'None' is not valid: expected text"),
+        (
+            {"user_ids": "[unclosed"},
+            "parameter user_ids = '[unclosed' is not valid: expected a list of strings, "
+            "or strings separated by commas",
+        ),
+        ({"user_ids": [True]}, "parameter user_ids = '[True]' is not valid: expected a list of strings"),
     ],
     ids=lambda v: json.dumps(v) if isinstance(v, dict) else "",
 )
 def test_check_parameters_refuses_wrong_types(raw: dict[str, object], message: str) -> None:
     with pytest.raises(NotebookParameterError) as caught:
         check_parameters(OUTCOMES, raw)
-    assert str(caught.value) == message
+    assert str(caught.value).startswith(message)
 
 
 def test_check_parameters_refuses_unknown_names_listing_valid_ones() -> None:
@@ -438,7 +451,7 @@ def test_cli_run_list_shows_notebooks_and_parameters() -> None:
     ("args", "code", "message"),
     [
         (["-p", "nope", "1"], ExitCode.INVALID_PARAMETERS, "error: unknown parameter 'nope'"),
-        (["-p", "threshold", "x"], ExitCode.INVALID_PARAMETERS, "expects int, got 'x'"),
+        (["-p", "threshold", "x"], ExitCode.INVALID_PARAMETERS, "threshold = 'x' is not valid"),
         (["-p", "threshold"], ExitCode.USAGE, "takes two values: NAME VALUE"),
     ],
     ids=["unknown", "wrong-type", "missing-value"],

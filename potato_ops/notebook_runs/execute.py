@@ -32,19 +32,15 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from nbclient.exceptions import CellTimeoutError
 from papermill.exceptions import PapermillExecutionError
+from papermill.execute import ERROR_MARKER_TAG
 from traitlets import default
 
 from potato_ops.config import reports_dir as default_reports_dir
 from potato_ops.errors import NotebookError
 from potato_ops.exitcodes import ExitCode
 from potato_ops.notebook_runs import archive
-from potato_ops.notebook_runs.parameters import (
-    ParameterInfo,
-    check_parameters,
-    notebook_parameters,
-    read_notebook,
-)
-from potato_ops.notebook_runs.result import RESULT_MIMETYPE, RESULT_STATUSES, to_json_value
+from potato_ops.notebook_runs.parameters import ParameterInfo, check_parameters, notebook_parameters
+from potato_ops.notebook_runs.result import RESULT_MIMETYPE, RESULT_STATUSES, ProblemFound, to_json_value
 
 logger = logging.getLogger("potato_ops")
 
@@ -82,6 +78,14 @@ class RunRecord:
     result_path: Path
     result: dict[str, Any]
     summary_path: Path
+
+
+def read_notebook(path: Path) -> Any:
+    """Return the notebook at ``path`` as an nbformat v4 node; NotebookError if unreadable."""
+    try:
+        return nbformat.read(str(path), as_version=4)  # type: ignore[no-untyped-call]
+    except (OSError, ValueError) as exc:
+        raise NotebookError(f"cannot read notebook {path}: {exc}") from exc
 
 
 # -- finding notebooks ---------------------------------------------------------------------------
@@ -245,6 +249,8 @@ def run_notebook(
         executed = read_notebook(output if output.exists() else path)
     if outcome.status == "timeout":
         _mark_timeout(executed, outcome.verdict)
+    if outcome.status == "problem":
+        _drop_error_markers(executed)
     result = {
         "run_id": run_id,
         "notebook": name,
@@ -329,6 +335,10 @@ def _execute(
                 kernel_manager_class=_pinned_kernel_manager(kernels_dir, kernel_log),
             )
     except PapermillExecutionError as exc:
+        found = _find_record(read_notebook(output)) if output.exists() else None
+        if exc.ename == ProblemFound.__name__ and found is not None and found["status"] == "problem":
+            # The verdict cell raised on purpose, after the record: a problem, not a failed cell.
+            return _Outcome("problem", found["verdict"], None, found)
         error = {
             "cell_index": exc.cell_index,
             "execution_count": exc.exec_count,
@@ -358,7 +368,7 @@ def _execute(
         error = {
             "cell_index": None,
             "ename": "ResultMissing",
-            "evalue": "the notebook finished without calling potato_ops.record.record_result",
+            "evalue": "the notebook finished without calling potato_ops.notebook_runs.result.record_result",
         }
         return _Outcome("error", error["evalue"], error)
     return _Outcome(record["status"], record["verdict"], None, record)
@@ -429,6 +439,11 @@ def _mark_timeout(nb: Any, verdict: str) -> None:
     marker = nbformat.v4.new_markdown_cell(message)  # type: ignore[no-untyped-call]
     marker.metadata["tags"] = ["potato-ops-timeout"]
     nb.cells.insert(0, marker)
+
+
+def _drop_error_markers(nb: Any) -> None:
+    """Remove papermill's "An Exception was encountered" cells: a problem verdict is no crash."""
+    nb.cells = [c for c in nb.cells if ERROR_MARKER_TAG not in c.get("metadata", {}).get("tags", [])]
 
 
 def _kernel_start_seconds(nb: Any) -> float | None:

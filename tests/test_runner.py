@@ -157,7 +157,7 @@ def test_list_notebooks_reads_parameters_with_types_defaults_and_help() -> None:
     assert sorted(found) == ["01_outcomes", "02_leaky"]
     assert found["01_outcomes"].title == "Outcomes"
     assert found["01_outcomes"].parameters == (
-        ParameterInfo("outcome", "str", '"ok"', "how the run ends: ok, problem, raise, sleep or silent"),
+        ParameterInfo("outcome", "str", '"ok"', "how the run ends: ok, problem, raise, block or silent"),
         ParameterInfo("threshold", "int", "3", "how many problems make the run a problem"),
         ParameterInfo("ratio", "float", "0.5", "a fraction, to check float parameters"),
         ParameterInfo("dry_run", "bool", "True", "only pretend to change anything"),
@@ -328,30 +328,30 @@ def test_a_raising_cell_is_an_archived_error(reports: Path) -> None:
 
     assert (record.status, record.exit_code) == ("error", ExitCode.EXECUTION_FAILED)
     assert record.result["error"] == {
-        "cell_index": 4,
-        "execution_count": 4,
+        "cell_index": 5,
+        "execution_count": 5,
         "ename": "ValueError",
         "evalue": "threshold 3 is too low",
     }
-    assert record.result["verdict"] == "cell 5 (In [4]) raised ValueError: threshold 3 is too low"
+    assert record.result["verdict"] == "cell 6 (In [5]) raised ValueError: threshold 3 is too low"
     assert "ValueError" in record.html_path.read_text()
     assert verify_reports(reports).ok
 
 
 @pytest.mark.notebook
 @pytest.mark.usefixtures("hostile_kernelspec")
-def test_a_slow_cell_times_out_and_is_archived(reports: Path) -> None:
-    # The cells before the sleeping one import the package: give them time on a busy machine.
-    record = run_notebook("01", {"outcome": "sleep"}, reports_dir=reports, cell_timeout=6)
+def test_a_blocked_cell_times_out_and_is_archived(reports: Path) -> None:
+    # The cell waits on an event nothing sets, right after the parameters: whatever the machine's
+    # load, it is that cell, and only it, that reaches the timeout.
+    record = run_notebook("01", {"outcome": "block"}, reports_dir=reports, cell_timeout=6)
 
     assert (record.status, record.exit_code) == ("timeout", ExitCode.EXECUTION_FAILED)
     assert record.result["error"] == {
-        "cell_index": 4,
+        "cell_index": 3,
         "ename": "CellTimeoutError",
         "evalue": "the cell did not finish within 6 s",
     }
-    assert record.result["verdict"] == "cell 5 did not finish within 6 s"
-    assert record.result["duration_s"] < 30
+    assert record.result["verdict"] == "cell 4 did not finish within 6 s"
     assert "Timed out" in record.summary_path.read_text()
     assert verify_reports(reports).ok
 
@@ -392,6 +392,12 @@ def test_cli_run_reports_a_problem_with_exit_3(reports: Path) -> None:
     ]
     assert "Executing notebook with kernel: python3" in result.stderr
     assert "Executing Cell 5" in result.stderr
+    # The verdict cell raised ProblemFound on purpose: a problem, archived as one, not a failed cell.
+    archived = json.loads((reports / run_dir / "01_outcomes.result.json").read_text())
+    assert (archived["status"], archived["exit_code"], archived["error"]) == ("problem", 3, None)
+    executed = (reports / run_dir / "01_outcomes.ipynb").read_text()
+    assert "ProblemFound: problem: 2 users, label None" in executed
+    assert "papermill-error-cell-tag" not in executed
 
 
 @pytest.mark.notebook

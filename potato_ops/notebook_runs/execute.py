@@ -39,7 +39,12 @@ from potato_ops.config import reports_dir as default_reports_dir
 from potato_ops.errors import NotebookError
 from potato_ops.exitcodes import ExitCode
 from potato_ops.notebook_runs import archive
-from potato_ops.notebook_runs.parameters import ParameterInfo, check_parameters, notebook_parameters
+from potato_ops.notebook_runs.parameters import (
+    ParameterInfo,
+    check_parameters,
+    notebook_parameters,
+    notebook_title,
+)
 from potato_ops.notebook_runs.result import RESULT_MIMETYPE, RESULT_STATUSES, ProblemFound, to_json_value
 
 logger = logging.getLogger("potato_ops")
@@ -143,18 +148,9 @@ def resolve_notebook(name: str | os.PathLike[str]) -> Path:
 def list_notebooks() -> list[NotebookInfo]:
     """Return every notebook of the notebooks folder with its parameters, sorted by name."""
     return [
-        NotebookInfo(path.stem, path, tuple(notebook_parameters(path)), _title(path))
+        NotebookInfo(path.stem, path, tuple(notebook_parameters(path)), notebook_title(path))
         for path in _notebook_paths(notebooks_dir())
     ]
-
-
-def _title(path: Path) -> str:
-    for cell in read_notebook(path).cells:
-        if cell.cell_type == "markdown":
-            for line in str(cell.source).splitlines():
-                if line.strip():
-                    return line.strip().lstrip("#").strip()
-    return ""
 
 
 # -- the kernel ----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from potato_ops.config import mask_secrets
 from potato_ops.errors import NotebookError, NotebookParameterError
@@ -56,7 +57,14 @@ class ParameterInfo:
 
 # -- what a notebook declares --------------------------------------------------------------------
 
-_DECLARED: dict[tuple[Path, str], list[ParameterInfo]] = {}
+
+@dataclass(frozen=True)
+class _Declared:
+    title: str
+    parameters: tuple[ParameterInfo, ...]
+
+
+_DECLARED: dict[tuple[Path, str], _Declared] = {}
 
 
 def notebook_parameters(path: Path) -> list[ParameterInfo]:
@@ -65,31 +73,60 @@ def notebook_parameters(path: Path) -> list[ParameterInfo]:
     Read once per file content (keyed by its SHA-256), so listing notebooks and checking a
     run's parameters do not parse the same file twice.
     """
+    return list(_declared(path).parameters)
+
+
+def notebook_title(path: Path) -> str:
+    """Return the first line of the notebook's first markdown cell, without its ``#``."""
+    return _declared(path).title
+
+
+def _declared(path: Path) -> _Declared:
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise NotebookError(f"cannot read notebook {path}: {exc}") from exc
     key = (path.resolve(), hashlib.sha256(data).hexdigest())
     if key not in _DECLARED:
-        _DECLARED[key] = _declared_parameters(path, data)
-    return list(_DECLARED[key])
+        cells = _cells(path, data)
+        _DECLARED[key] = _Declared(_title(cells), tuple(_declared_parameters(path, cells)))
+    return _DECLARED[key]
 
 
-def _parameters_cell(path: Path, data: bytes) -> str | None:
-    """Return the source of the cell tagged ``parameters``, or None."""
+def _cells(path: Path, data: bytes) -> list[dict[str, Any]]:
     try:
         cells = json.loads(data)["cells"]
     except (ValueError, KeyError, TypeError) as exc:
         raise NotebookError(f"cannot read notebook {path}: {exc}") from exc
+    if not isinstance(cells, list):
+        raise NotebookError(f"cannot read notebook {path}: its cells are not a list")
+    return cells
+
+
+def _source(cell: dict[str, Any]) -> str:
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else str(source)
+
+
+def _title(cells: list[dict[str, Any]]) -> str:
+    for cell in cells:
+        if cell.get("cell_type") == "markdown":
+            for line in _source(cell).splitlines():
+                if line.strip():
+                    return line.strip().lstrip("#").strip()
+    return ""
+
+
+def _parameters_cell(cells: list[dict[str, Any]]) -> str | None:
+    """Return the source of the cell tagged ``parameters``, or None."""
     for cell in cells:
         if "parameters" in cell.get("metadata", {}).get("tags", []) and cell.get("cell_type") == "code":
-            source = cell.get("source", "")
-            return "".join(source) if isinstance(source, list) else str(source)
+            return _source(cell)
     return None
 
 
-def _declared_parameters(path: Path, data: bytes) -> list[ParameterInfo]:
-    source = _parameters_cell(path, data)
+def _declared_parameters(path: Path, cells: list[dict[str, Any]]) -> list[ParameterInfo]:
+    source = _parameters_cell(cells)
     if source is None:
         return []
     try:

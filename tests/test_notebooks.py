@@ -488,7 +488,7 @@ def test_a_red_verdict_fails_plain_papermill_and_nbconvert(
     command = {
         "papermill": [sys.executable, "-m", "papermill", str(source), str(out)],
         "nbconvert": [
-            *(sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute"),
+            *(sys.executable, "-m", "nbconvert", "--to", "notebook", "--execute"),
             *(str(source), "--output", str(out)),
         ],
     }[tool]

@@ -17,7 +17,7 @@ from potato_ops.exitcodes import ExitCode
 from potato_ops.notebook_runs.archive import list_runs, verify_reports
 from potato_ops.notebook_runs.execute import list_notebooks, resolve_notebook, run_notebook
 from potato_ops.notebook_runs.parameters import ParameterInfo, check_parameters
-from potato_ops.notebook_runs.result import result_payload, verdict_line
+from potato_ops.notebook_runs.result import ProblemFound, record_result, result_payload, verdict_line
 
 FIXTURES = Path(__file__).parent / "fixtures" / "notebooks"
 OUTCOMES = FIXTURES / "01_outcomes.ipynb"
@@ -129,6 +129,21 @@ def test_result_payload_turns_figures_into_json_values() -> None:
 def test_result_payload_refuses_what_it_cannot_record(kwargs: dict[str, Any], error: type[Exception]) -> None:
     with pytest.raises(error):
         result_payload("verdict", **kwargs)
+
+
+def test_a_problem_record_raises_a_one_line_error_after_it_is_displayed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    shown: list[dict[str, Any]] = []
+    monkeypatch.setattr("IPython.display.display", lambda data, raw: shown.append(data))
+
+    record_result("2 overlaps", status="ok")
+    with pytest.raises(ProblemFound) as caught:
+        record_result("3 overlaps", status="problem")
+
+    assert [d["text/plain"] for d in shown] == ["✅ 2 overlaps", "❌ 3 overlaps"]  # displayed first
+    assert str(caught.value) == "3 overlaps"
+    assert caught.value._render_traceback_() == ["ProblemFound: 3 overlaps"]  # JupyterLab's whole error
 
 
 def test_verdict_line() -> None:

@@ -3,9 +3,10 @@
 ``run_notebook`` is the one way the CLI and the tests run a notebook. Parameters are checked
 against the notebook's ``parameters`` cell before any kernel starts (see
 ``potato_ops.notebook_runs.parameters``); the kernel is pinned to this interpreter; every run
-that starts is archived (see ``potato_ops.notebook_runs.archive``), whatever its outcome, and its status becomes an exit code. A notebook whose verdict is a problem ends on
-``ProblemFound`` (raised by ``record_result`` after the record): that is the status "problem"
-(exit 3), told apart from a cell that failed (exit 5).
+that starts is archived (see ``potato_ops.notebook_runs.archive``), whatever its outcome, and
+its status becomes an exit code. A notebook whose verdict is a problem ends on ``ProblemFound``
+(raised by ``record_result`` after the record): that is the status "problem" (exit 3), told
+apart from a cell that failed (exit 5).
 """
 
 from __future__ import annotations

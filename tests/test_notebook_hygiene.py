@@ -1,4 +1,4 @@
-"""The committed notebooks: generated, output-free, parameters documented, thin, nbval-clean."""
+"""The committed notebooks: paired with their .py source, output-free, documented, thin, nbval-clean."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import jupytext
 import nbformat
 import pytest
 from click.testing import CliRunner
 from papermill.cli import papermill as papermill_cli
+
+from potato_ops.runbook import RunbookParameterError
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -59,11 +62,37 @@ def test_the_notebooks_are_the_playbook_procedures_in_order() -> None:
     assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == NAMES
 
 
-def test_the_notebooks_are_what_the_generator_writes() -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "make_notebooks.py"), "--check"], capture_output=True, text=True
+def _cells(nb: Any) -> list[tuple[str, str, list[str]]]:
+    """Return each cell's type, source and tags: what a pair must agree on (outputs aside)."""
+    return [(c.cell_type, c.source, list(c.get("metadata", {}).get("tags", []))) for c in nb.cells]
+
+
+def test_every_notebook_has_its_python_source_and_nothing_else_is_there() -> None:
+    sources = sorted(p.stem for p in NOTEBOOKS.glob("*.py"))
+    assert sources == NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_notebook_is_in_step_with_its_python_source(name: str) -> None:
+    notebook = _notebook(name)
+    source = jupytext.read(NOTEBOOKS / f"{name}.py")
+    assert notebook.metadata["jupytext"]["formats"] == "ipynb,py:percent"
+    assert _cells(source) == _cells(notebook), (
+        f"{name}.ipynb and {name}.py differ: run `jupytext --sync notebooks/{name}.py` "
+        "(or save it in JupyterLab, which keeps the pair in step)"
     )
-    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_pairing_check_sees_an_edit_on_either_side(tmp_path: Path) -> None:
+    name = NAMES[0]
+    notebook = _notebook(name)
+    notebook.cells[-1].source += "\n"
+    assert _cells(jupytext.read(NOTEBOOKS / f"{name}.py")) != _cells(notebook)
+    edited = tmp_path / f"{name}.py"
+    edited.write_text(
+        (NOTEBOOKS / f"{name}.py").read_text().replace("dry_run: bool = True", "dry_run: bool = False")
+    )
+    assert _cells(jupytext.read(edited)) != _cells(_notebook(name))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -132,9 +161,29 @@ def test_papermill_help_documents_every_parameter(name: str) -> None:
         assert " ".join(help_text.split()) in text, f"{name}: help of {parameter} not shown"
 
 
+NEED_A_USER = ("01_single_user_recovery", "02_partial_rebuild", "06_restore_from_backup")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_defaults_either_pass_the_check_cell_or_stop_there_naming_the_parameter(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("POTATO_DATABASE_URL", raising=False)
+    namespace: dict[str, Any] = {}
+    parameters, check = (cell.source for cell in _code_cells(name)[:2])
+    exec(compile(parameters, f"{name}[parameters]", "exec"), namespace)
+    if name in NEED_A_USER:
+        with pytest.raises(RunbookParameterError, match=r"no user chosen: .*set user_email or user_id"):
+            exec(compile(check, f"{name}[check]", "exec"), namespace)
+        return
+    exec(compile(check, f"{name}[check]", "exec"), namespace)
+    shown = str(namespace["params"])
+    assert "NO DATABASE CONFIGURED: $POTATO_DATABASE_URL is not set" in shown.splitlines()[1]
+
+
 @pytest.mark.notebook
 def test_the_committed_notebooks_pass_nbval_lax_on_the_embedded_database(tmp_path: Path) -> None:
-    """As committed, with no database configured, every notebook runs to its verdict."""
+    """As committed, with no database configured, every notebook that needs no user runs to its verdict."""
     env = {k: v for k, v in os.environ.items() if k != "POTATO_DATABASE_URL"}
     env["POTATO_OPS_HOME"] = str(tmp_path / "home")
     done = subprocess.run(
@@ -149,7 +198,7 @@ def test_the_committed_notebooks_pass_nbval_lax_on_the_embedded_database(tmp_pat
             "no:cacheprovider",
             "-o",
             "addopts=",
-            str(NOTEBOOKS),
+            *(str(NOTEBOOKS / f"{name}.ipynb") for name in NAMES if name not in NEED_A_USER),
         ],
         cwd=tmp_path,
         env=env,

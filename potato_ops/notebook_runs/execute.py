@@ -2,9 +2,11 @@
 
 ``run_notebook`` is the one way the CLI and the tests run a notebook. Parameters are checked
 against the notebook's ``parameters`` cell before any kernel starts (see
-``potato_ops.notebook_runs.parameters``, whose public names are re-exported here); the kernel is pinned to
-this interpreter; every run that starts is archived (see ``potato_ops.notebook_runs.archive``), whatever its
-outcome, and its status becomes an exit code.
+``potato_ops.notebook_runs.parameters``); the kernel is pinned to this interpreter; every run
+that starts is archived (see ``potato_ops.notebook_runs.archive``), whatever its outcome, and
+its status becomes an exit code. A notebook whose verdict is a problem ends on ``ProblemFound``
+(raised by ``record_result`` after the record): that is the status "problem" (exit 3), told
+apart from a cell that failed (exit 5).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from nbclient.exceptions import CellTimeoutError
 from papermill.exceptions import PapermillExecutionError
+from papermill.execute import ERROR_MARKER_TAG
 from traitlets import default
 
 from potato_ops.config import reports_dir as default_reports_dir
@@ -43,9 +46,9 @@ from potato_ops.notebook_runs.parameters import (
     ParameterInfo,
     check_parameters,
     notebook_parameters,
-    read_notebook,
+    notebook_title,
 )
-from potato_ops.notebook_runs.result import RESULT_MIMETYPE, RESULT_STATUSES
+from potato_ops.notebook_runs.result import RESULT_MIMETYPE, RESULT_STATUSES, ProblemFound
 
 logger = logging.getLogger("potato_ops")
 
@@ -83,6 +86,14 @@ class RunRecord:
     result_path: Path
     result: dict[str, Any]
     summary_path: Path
+
+
+def read_notebook(path: Path) -> Any:
+    """Return the notebook at ``path`` as an nbformat v4 node; NotebookError if unreadable."""
+    try:
+        return nbformat.read(str(path), as_version=4)  # type: ignore[no-untyped-call]
+    except (OSError, ValueError) as exc:
+        raise NotebookError(f"cannot read notebook {path}: {exc}") from exc
 
 
 # -- finding notebooks ---------------------------------------------------------------------------
@@ -140,18 +151,9 @@ def resolve_notebook(name: str | os.PathLike[str]) -> Path:
 def list_notebooks() -> list[NotebookInfo]:
     """Return every notebook of the notebooks folder with its parameters, sorted by name."""
     return [
-        NotebookInfo(path.stem, path, tuple(notebook_parameters(path)), _title(path))
+        NotebookInfo(path.stem, path, tuple(notebook_parameters(path)), notebook_title(path))
         for path in _notebook_paths(notebooks_dir())
     ]
-
-
-def _title(path: Path) -> str:
-    for cell in read_notebook(path).cells:
-        if cell.cell_type == "markdown":
-            for line in str(cell.source).splitlines():
-                if line.strip():
-                    return line.strip().lstrip("#").strip()
-    return ""
 
 
 # -- the kernel ----------------------------------------------------------------------------------
@@ -246,6 +248,8 @@ def run_notebook(
         executed = read_notebook(output if output.exists() else path)
     if outcome.status == "timeout":
         _mark_timeout(executed, outcome.verdict)
+    if outcome.status == "problem":
+        _drop_error_markers(executed)
     result = {
         "run_id": run_id,
         "notebook": name,
@@ -330,6 +334,10 @@ def _execute(
                 kernel_manager_class=_pinned_kernel_manager(kernels_dir, kernel_log),
             )
     except PapermillExecutionError as exc:
+        found = _find_record(read_notebook(output)) if output.exists() else None
+        if exc.ename == ProblemFound.__name__ and found is not None and found["status"] == "problem":
+            # The verdict cell raised on purpose, after the record: a problem, not a failed cell.
+            return _Outcome("problem", found["verdict"], None, found)
         error = {
             "cell_index": exc.cell_index,
             "execution_count": exc.exec_count,
@@ -359,7 +367,7 @@ def _execute(
         error = {
             "cell_index": None,
             "ename": "ResultMissing",
-            "evalue": "the notebook finished without calling potato_ops.record.record_result",
+            "evalue": "the notebook finished without calling potato_ops.notebook_runs.result.record_result",
         }
         return _Outcome("error", error["evalue"], error)
     return _Outcome(record["status"], record["verdict"], None, record)
@@ -430,6 +438,11 @@ def _mark_timeout(nb: Any, verdict: str) -> None:
     marker = nbformat.v4.new_markdown_cell(message)  # type: ignore[no-untyped-call]
     marker.metadata["tags"] = ["potato-ops-timeout"]
     nb.cells.insert(0, marker)
+
+
+def _drop_error_markers(nb: Any) -> None:
+    """Remove papermill's "An Exception was encountered" cells: a problem verdict is no crash."""
+    nb.cells = [c for c in nb.cells if ERROR_MARKER_TAG not in c.get("metadata", {}).get("tags", [])]
 
 
 def _kernel_start_seconds(nb: Any) -> float | None:

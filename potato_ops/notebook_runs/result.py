@@ -6,7 +6,10 @@ A notebook's last cell calls::
     record_result("3 users rebuilt, no violations", figures={"users": 3})
 
 which displays a single output carrying ``application/vnd.potato-ops.result+json`` (read by
-``potato_ops.notebook_runs.execute``) and a one-line ``text/plain`` verdict for people.
+``potato_ops.notebook_runs.execute``) and a one-line ``text/plain`` verdict for people. When the
+verdict is a problem it then raises ``ProblemFound``: every way of running the notebook (the
+runner, plain papermill, ``jupyter nbconvert --execute``, a person in JupyterLab) ends on that
+one-line error, after every output, the record included, is written.
 """
 
 from __future__ import annotations
@@ -23,6 +26,14 @@ RESULT_STATUSES = ("ok", "problem")
 _STATUS_MARK = {"ok": "✅", "problem": "❌"}
 
 
+class ProblemFound(Exception):  # named for the exit code it becomes, PROBLEM_FOUND
+    """The procedure's verdict is a problem; the message is the verdict."""
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython shows this instead of a traceback: the verdict is the whole story.
+        return [f"{type(self).__name__}: {self}"]
+
+
 def record_result(
     verdict: str,
     *,
@@ -31,11 +42,12 @@ def record_result(
     operation_ids: Sequence[str] = (),
     database: Mapping[str, str] | None = None,
 ) -> None:
-    """Display the notebook's result record; returns nothing.
+    """Display the notebook's result record; returns nothing, or raises ProblemFound.
 
     ``status`` is ``"ok"`` when the procedure found nothing wrong and ``"problem"`` when it
-    found what it was asked to report. ``figures`` are the numbers behind the verdict;
-    dates, decimals and numpy/polars scalars are converted to JSON values.
+    found what it was asked to report; a problem raises ``ProblemFound`` (message: the verdict)
+    once the record is displayed, so the run ends non-zero. ``figures`` are the numbers behind
+    the verdict; dates, decimals and numpy/polars scalars are converted to JSON values.
     """
     payload = result_payload(
         verdict,
@@ -50,6 +62,8 @@ def record_result(
         {RESULT_MIMETYPE: payload, "text/plain": verdict_line(status, payload["verdict"])},
         raw=True,
     )
+    if status == "problem":
+        raise ProblemFound(payload["verdict"])
 
 
 def result_payload(

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import date, datetime
 from pathlib import Path
+from typing import Any, cast
 
-from potato_ops.config import DATABASE_URL_ENV, mask_secrets
+from potato_ops.config import DATABASE_URL_ENV, default_sqlite_path, mask_secrets
 from potato_ops.domain.dates import parse_date_range, system_clock, validate_timezone
 from potato_ops.errors import InvalidDateRangeError, InvalidTimezoneError, NotebookParameterError
 from potato_ops.monitoring.metrics import parse_since
+from potato_ops.notebook_runs.parameters import parse_value, refuse_secrets
+from potato_ops.runbook.display import Shown
 
 SCENARIOS: tuple[str, ...] = (
     "invariant_violations",
@@ -27,8 +29,6 @@ SCENARIOS: tuple[str, ...] = (
 )
 ALL_SCENARIOS = "all"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_TRUE = ("true", "yes", "1", "on")
-_FALSE = ("false", "no", "0", "off")
 
 
 class RunbookParameterError(NotebookParameterError):
@@ -47,69 +47,40 @@ def _refuse(name: str, value: object, expected: str) -> RunbookParameterError:
     return RunbookParameterError(f"parameter {name} = {shown!r} is not valid: expected {expected}")
 
 
+def _parsed(name: str, value: object, type_name: str, *, secrets_checked: bool = True) -> object:
+    """Return the value read by the one parameter parser (the one ``potato-ops run`` uses)."""
+    try:
+        parsed = parse_value(name, value, type_name)
+        if secrets_checked:
+            refuse_secrets(name, parsed)
+    except NotebookParameterError as exc:
+        raise RunbookParameterError(str(exc)) from None
+    return parsed
+
+
 def text_param(name: str, value: object) -> str:
-    """Return value stripped, refusing anything but a string."""
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise _refuse(name, value, "a string")
-    return value.strip()
+    """Return value as stripped text."""
+    return str(_parsed(name, value, "str"))
 
 
 def flag_param(name: str, value: object) -> bool:
-    """Return value as a bool; accepts True/False and true/false, yes/no, 1/0 as text."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in (*_TRUE, *_FALSE):
-        return value.strip().lower() in _TRUE
-    raise _refuse(name, value, "True or False")
+    """Return value as a bool; accepts True/False and true/false, yes/no, on/off, 1/0."""
+    return bool(_parsed(name, value, "bool"))
 
 
-def int_param(name: str, value: object, *, minimum: int) -> int:
-    """Return value as an int no smaller than ``minimum``."""
-    number: int | None = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
-        number = int(value)
-    if number is None or number < minimum:
-        raise _refuse(name, value, f"a whole number >= {minimum}")
-    return number
+def int_param(name: str, value: object) -> int:
+    """Return value as an int within the bounds ``LIMITS`` sets for ``name``."""
+    return cast(int, _parsed(name, value, "int"))  # parse_value returns the declared type
 
 
-def float_param(name: str, value: object, *, minimum: float, maximum: float | None = None) -> float:
-    """Return value as a float within ``[minimum, maximum]``."""
-    number: float | None = None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            number = None
-    bounds = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-    if number is None or number != number or number < minimum:
-        raise _refuse(name, value, f"a number {bounds}")
-    if maximum is not None and number > maximum:
-        raise _refuse(name, value, f"a number {bounds}")
-    return number
+def float_param(name: str, value: object) -> float:
+    """Return value as a float within the bounds ``LIMITS`` sets for ``name``."""
+    return cast(float, _parsed(name, value, "float"))
 
 
 def ids_param(name: str, value: object) -> tuple[str, ...]:
     """Return a list of ids; accepts a list of strings or one comma-separated string."""
-    if isinstance(value, str):
-        items: Sequence[object] = value.split(",")
-    elif isinstance(value, list | tuple):
-        items = value
-    else:
-        raise _refuse(name, value, "a list of ids, or ids separated by commas")
-    found: list[str] = []
-    for item in items:
-        if not isinstance(item, str):
-            raise _refuse(name, value, "a list of ids (strings)")
-        if item.strip() and item.strip() not in found:
-            found.append(item.strip())
-    return tuple(found)
+    return tuple(cast(list[str], _parsed(name, value, "list[str]")))
 
 
 def date_range_param(from_date: object, to_date: object) -> tuple[date | None, date | None]:
@@ -139,7 +110,8 @@ def url_env_param(value: object) -> str:
     The variable named must be set, except the default one: without it, notebooks use the
     embedded SQLite database. A URL given here instead of a name is refused without echoing it.
     """
-    name = text_param("database_url_env", value)
+    # Parsed without the generic secret check: the message below says what to pass instead.
+    name = str(_parsed("database_url_env", value, "str", secrets_checked=False))
     if "://" in name or "@" in name:
         raise RunbookParameterError(
             "parameter database_url_env holds a URL (not shown); it takes the NAME of an "
@@ -167,6 +139,49 @@ class Common:
     def record(self) -> dict[str, str]:
         """Return the fields kept in the archived result."""
         return {"operator": self.operator or "(not given)", "ticket": self.ticket or "(not given)"}
+
+    @property
+    def embedded(self) -> bool:
+        """Return True when no database is configured and the embedded SQLite file is used."""
+        return not os.environ.get(self.database_url_env)
+
+    def embedded_warning(self) -> str:
+        """Return the line that says, loudly, that the embedded database is used."""
+        return (
+            f"NO DATABASE CONFIGURED: ${self.database_url_env} is not set, so this run uses the "
+            f"embedded SQLite database {default_sqlite_path()}, not the app's database"
+        )
+
+
+def _shown(value: object) -> str:
+    if value is None or value == ():
+        return "(none)"
+    if isinstance(value, tuple):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+class CheckedParams(Shown):
+    """The checked parameters of a notebook, shown as a list with the embedded-database warning."""
+
+    common: Common
+
+    def title(self) -> str:
+        return "Parameters"
+
+    def lines(self) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+        if self.common.embedded:
+            found.append(("warn", self.common.embedded_warning()))
+        for item in fields(cast(Any, self)):
+            if item.name != "common":
+                found.append(("info", f"{item.name}: {_shown(getattr(self, item.name))}"))
+        found.append(("info", f"operator: {self.common.operator or '(not given)'}"))
+        found.append(("info", f"ticket: {self.common.ticket or '(not given)'}"))
+        found.append(("info", f"database_url_env: {self.common.database_url_env}"))
+        return found
 
 
 def common_params(operator: object, ticket: object, database_url_env: object) -> Common:
@@ -204,11 +219,21 @@ def user_param(user_email: object, user_id: object) -> UserRef:
     return UserRef(email, uid)
 
 
+def required_user(user: UserRef, notebook: str) -> UserRef:
+    """Return the user reference, refusing none: a procedure on one user stops at once without one."""
+    if not user.given:
+        raise RunbookParameterError(
+            f"no user chosen: {notebook} works on one user; set user_email or user_id "
+            "(for example -p user_email name@example.org)"
+        )
+    return user
+
+
 # --- one record per notebook ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SingleUserParams:
+@dataclass(frozen=True, repr=False)
+class SingleUserParams(CheckedParams):
     """01 single-user recovery and 02 partial rebuild."""
 
     common: Common
@@ -235,22 +260,24 @@ def check_single_user_recovery(
 ) -> SingleUserParams:
     """Return the checked parameters of 01 (and, with a range, 02)."""
     lo, hi = date_range_param(from_date, to_date)
-    return SingleUserParams(
+    checked = SingleUserParams(
         common_params(operator, ticket, database_url_env),
         user_param(user_email, user_id),
         flag_param("dry_run", dry_run),
         flag_param("keep_backup", keep_backup),
         lo,
         hi,
-        int_param("calendar_days", calendar_days, minimum=7),
+        int_param("calendar_days", calendar_days),
     )
+    required_user(checked.user, "this single-user procedure")
+    return checked
 
 
 check_partial_rebuild = check_single_user_recovery
 
 
-@dataclass(frozen=True)
-class BulkParams:
+@dataclass(frozen=True, repr=False)
+class BulkParams(CheckedParams):
     """03 bulk recovery."""
 
     common: Common
@@ -285,19 +312,19 @@ def check_bulk_recovery(
     return BulkParams(
         common_params(operator, ticket, database_url_env),
         ids_param("user_ids", user_ids),
-        int_param("batch_size", batch_size, minimum=1),
-        int_param("max_workers", max_workers, minimum=1),
+        int_param("batch_size", batch_size),
+        int_param("max_workers", max_workers),
         flag_param("dry_run", dry_run),
         lo,
         hi,
         flag_param("skip_backup", skip_backup),
-        float_param("max_failure_rate", max_failure_rate, minimum=0.0, maximum=1.0),
+        float_param("max_failure_rate", max_failure_rate),
         flag_param("ignore_feature_flag", ignore_feature_flag),
     )
 
 
-@dataclass(frozen=True)
-class TimezoneParams:
+@dataclass(frozen=True, repr=False)
+class TimezoneParams(CheckedParams):
     """04 timezone migration."""
 
     common: Common
@@ -345,8 +372,8 @@ def since_param(value: object, *, allow_empty: bool) -> datetime | None:
         raise RunbookParameterError(f"parameter since: {exc}") from None
 
 
-@dataclass(frozen=True)
-class RecoveryParams:
+@dataclass(frozen=True, repr=False)
+class RecoveryParams(CheckedParams):
     """05 error recovery."""
 
     common: Common
@@ -380,14 +407,14 @@ def check_error_recovery(
         common_params(operator, ticket, database_url_env),
         scenarios,
         flag_param("dry_run", dry_run),
-        float_param("slow_threshold_ms", slow_threshold_ms, minimum=0.0),
-        int_param("recent_days", recent_days, minimum=1),
-        float_param("still_slow_ms", still_slow_ms, minimum=0.0),
+        float_param("slow_threshold_ms", slow_threshold_ms),
+        int_param("recent_days", recent_days),
+        float_param("still_slow_ms", still_slow_ms),
     )
 
 
-@dataclass(frozen=True)
-class RestoreParams:
+@dataclass(frozen=True, repr=False)
+class RestoreParams(CheckedParams):
     """06 restore from backup."""
 
     common: Common
@@ -409,18 +436,20 @@ def check_restore_from_backup(
     database_url_env: object,
 ) -> RestoreParams:
     """Return the checked parameters of 06; backup_id 0 means the newest backup."""
-    chosen = int_param("backup_id", backup_id, minimum=0)
-    return RestoreParams(
+    chosen = int_param("backup_id", backup_id)
+    checked = RestoreParams(
         common_params(operator, ticket, database_url_env),
         user_param(user_email, user_id),
         chosen or None,
         flag_param("dry_run", dry_run),
-        int_param("calendar_days", calendar_days, minimum=7),
+        int_param("calendar_days", calendar_days),
     )
+    required_user(checked.user, "restore from backup")
+    return checked
 
 
-@dataclass(frozen=True)
-class AuditParams:
+@dataclass(frozen=True, repr=False)
+class AuditParams(CheckedParams):
     """07 monitoring audit."""
 
     common: Common
@@ -452,15 +481,15 @@ def check_monitoring_audit(
     return AuditParams(
         common_params(operator, ticket, database_url_env),
         window,
-        float_param("slow_threshold_ms", slow_threshold_ms, minimum=0.0),
+        float_param("slow_threshold_ms", slow_threshold_ms),
         flag_param("scan", scan),
-        int_param("top_slow_users", top_slow_users, minimum=1),
+        int_param("top_slow_users", top_slow_users),
         path,
     )
 
 
-@dataclass(frozen=True)
-class TroubleshootParams:
+@dataclass(frozen=True, repr=False)
+class TroubleshootParams(CheckedParams):
     """08 troubleshooting."""
 
     common: Common
@@ -485,7 +514,7 @@ def check_troubleshooting(
     return TroubleshootParams(
         common_params(operator, ticket, database_url_env),
         user_param(user_email, user_id),
-        float_param("slow_threshold_ms", slow_threshold_ms, minimum=0.0),
-        int_param("many_marks", many_marks, minimum=1),
-        int_param("calendar_days", calendar_days, minimum=7),
+        float_param("slow_threshold_ms", slow_threshold_ms),
+        int_param("many_marks", many_marks),
+        int_param("calendar_days", calendar_days),
     )

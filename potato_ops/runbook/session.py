@@ -41,13 +41,10 @@ class Session(Shown):
 
     def lines(self) -> list[tuple[str, str]]:
         found = [
+            ("warn", self.common.embedded_warning())
+            if self.embedded
+            else ("info", f"from ${self.common.database_url_env}"),
             ("info", f"{self.database['url']} ({self.database['server_version']})"),
-            (
-                "info",
-                "embedded SQLite database ($" + self.common.database_url_env + " is not set)"
-                if self.embedded
-                else f"from ${self.common.database_url_env}",
-            ),
         ]
         if self.schema_created:
             found.append(("warn", "the embedded database had no tables: created them (empty)"))

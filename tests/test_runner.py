@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from potato_ops.errors import NotebookError, NotebookParameterError, SecretLeakError
 from potato_ops.exitcodes import ExitCode
 from potato_ops.notebook_runs.archive import list_runs, verify_reports
-from potato_ops.notebook_runs.execute import list_notebooks, resolve_notebook, run_notebook
+from potato_ops.notebook_runs.catalog import list_notebooks, resolve_notebook
+from potato_ops.notebook_runs.execute import run_notebook
 from potato_ops.notebook_runs.parameters import ParameterInfo, check_parameters
 from potato_ops.notebook_runs.result import ProblemFound, record_result, result_payload, verdict_line
 

@@ -74,14 +74,14 @@ def run(
 
     Exit codes: 0 ok, 3 problem found, 4 parameters refused, 5 a cell failed or timed out.
     """
-    from potato_ops.notebook_runs.execute import run_notebook
-    from potato_ops.notebook_runs.result import verdict_line
-
     if list_only:
         _print_notebooks()
         return
     if notebook is None:
         raise fail("give a notebook to run, or --list to see them", ExitCode.USAGE)
+    from potato_ops.notebook_runs.execute import run_notebook
+    from potato_ops.notebook_runs.result import verdict_line
+
     parameters: dict[str, object] = {}
     for pair in parameter or []:
         name, _, value = pair.partition("=")
@@ -101,7 +101,7 @@ def run(
 
 
 def _print_notebooks() -> None:
-    from potato_ops.notebook_runs.execute import list_notebooks, notebooks_dir
+    from potato_ops.notebook_runs.catalog import list_notebooks, notebooks_dir
 
     found = list_notebooks()
     if not found:

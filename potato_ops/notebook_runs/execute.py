@@ -42,17 +42,14 @@ from potato_ops.domain.models import jsonable
 from potato_ops.errors import NotebookError
 from potato_ops.exitcodes import ExitCode
 from potato_ops.notebook_runs import archive
+from potato_ops.notebook_runs.catalog import resolve_notebook
 from potato_ops.notebook_runs.parameters import (
-    ParameterInfo,
     check_parameters,
-    notebook_parameters,
-    notebook_title,
 )
 from potato_ops.notebook_runs.result import RESULT_MIMETYPE, RESULT_STATUSES, ProblemFound
 
 logger = logging.getLogger("potato_ops")
 
-NOTEBOOKS_DIR_ENV = "POTATO_OPS_NOTEBOOKS_DIR"
 PINNED_KERNEL = "python3"
 KERNEL_START_TIMEOUT_S = 60
 
@@ -62,16 +59,6 @@ EXIT_CODES = {
     "error": ExitCode.EXECUTION_FAILED,
     "timeout": ExitCode.EXECUTION_FAILED,
 }
-
-
-@dataclass(frozen=True)
-class NotebookInfo:
-    """A runbook notebook found in the notebooks folder."""
-
-    name: str
-    path: Path
-    parameters: tuple[ParameterInfo, ...]
-    title: str = ""
 
 
 @dataclass(frozen=True)
@@ -96,66 +83,6 @@ def read_notebook(path: Path) -> Any:
         raise NotebookError(f"cannot read notebook {path}: {exc}") from exc
 
 
-# -- finding notebooks ---------------------------------------------------------------------------
-
-
-def notebooks_dir() -> Path:
-    """Return the notebooks folder.
-
-    $POTATO_OPS_NOTEBOOKS_DIR, else the checkout the package runs from (an editable install),
-    else the copy installed with the package (<prefix>/share/potato-ops/notebooks), else
-    ./notebooks.
-    """
-    configured = os.environ.get(NOTEBOOKS_DIR_ENV)
-    if configured:
-        return Path(configured).expanduser()
-    candidates = (
-        Path(__file__).resolve().parents[1] / "notebooks",
-        Path(sys.prefix) / "share" / "potato-ops" / "notebooks",
-        Path("notebooks").resolve(),
-    )
-    for candidate in candidates:
-        if _notebook_paths(candidate):
-            return candidate
-    return candidates[-1]
-
-
-def _notebook_paths(directory: Path) -> list[Path]:
-    if not directory.is_dir():
-        return []
-    return sorted(p for p in directory.glob("*.ipynb") if p.is_file() and not p.name.startswith("."))
-
-
-def resolve_notebook(name: str | os.PathLike[str]) -> Path:
-    """Return the notebook's path from a name (``03_bulk_recovery[.ipynb]``), number or path."""
-    text = os.fspath(name)
-    as_path = Path(text).expanduser()
-    if as_path.is_file() and (as_path.suffix == ".ipynb" or len(as_path.parts) > 1):
-        return as_path.resolve()
-    directory = notebooks_dir()
-    available = _notebook_paths(directory)
-    stem = as_path.name.removesuffix(".ipynb")
-    matches = [p for p in available if p.stem == stem]
-    if not matches:
-        matches = [p for p in available if p.stem.startswith(f"{stem}_")]
-    if len(matches) == 1:
-        return matches[0]
-    if not available:
-        raise NotebookError(f"no notebook {text!r}: {directory} holds no notebooks (set {NOTEBOOKS_DIR_ENV})")
-    names = ", ".join(p.stem for p in (matches or available))
-    if matches:
-        raise NotebookError(f"{text!r} matches several notebooks: {names}")
-    raise NotebookError(f"no notebook {text!r} in {directory}; available: {names}")
-
-
-def list_notebooks() -> list[NotebookInfo]:
-    """Return every notebook of the notebooks folder with its parameters, sorted by name."""
-    return [
-        NotebookInfo(path.stem, path, tuple(notebook_parameters(path)), notebook_title(path))
-        for path in _notebook_paths(notebooks_dir())
-    ]
-
-
 # -- the kernel ----------------------------------------------------------------------------------
 
 
@@ -163,7 +90,7 @@ def _write_pinned_kernelspec(kernels_dir: Path) -> None:
     """Write a ``python3`` kernelspec that starts this interpreter's ipykernel."""
     spec_dir = kernels_dir / PINNED_KERNEL
     spec_dir.mkdir(parents=True)
-    package_root = str(Path(__file__).resolve().parents[1])
+    package_root = str(Path(__file__).resolve().parents[2])  # the folder holding potato_ops/
     python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
     spec = {
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],

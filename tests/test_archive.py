@@ -375,3 +375,11 @@ def test_cli_reports_list_on_a_malformed_index_is_one_line(tmp_path: Path) -> No
     result = CliRunner().invoke(_cli(), ["reports", "list", "--reports-dir", str(tmp_path)])
     assert result.exit_code == 1
     assert "line 1 is not an index entry" in result.output
+
+
+def test_a_short_password_does_not_block_archiving(tmp_path: Path) -> None:
+    # "S3cr" has base64 fragments inside the icons every HTML page embeds; plain, it is masked.
+    run = _archive(tmp_path, notebook=_notebook(_stream("login S3cr failed\n")), secrets=("S3cr",))
+
+    assert "login *** failed" in run.notebook_path.read_text()
+    assert verify_reports(tmp_path).ok

@@ -35,7 +35,7 @@ from nbconvert import HTMLExporter
 
 from potato_ops.config import reports_dir as default_reports_dir
 from potato_ops.errors import ReportError
-from potato_ops.redact import collect_secrets, ensure_no_secrets, scrub_text
+from potato_ops.redact import base64_runs, collect_secrets, ensure_no_secrets, scrub_text
 
 logger = logging.getLogger("potato_ops")
 
@@ -141,6 +141,18 @@ def render_html(notebook: Any, title: str, *, summary: bool) -> str:
     return str(body)
 
 
+@functools.cache
+def renderer_assets() -> frozenset[str]:
+    """Return the base64 blobs (icons, fonts) the HTML renderer puts in every page.
+
+    They come from the renderer's templates, not from the run, so a secret's base64 fragment
+    found inside one is a chance match, not a leak.
+    """
+    empty = nbformat.v4.new_notebook()  # type: ignore[no-untyped-call]
+    pages = (render_html(empty, "empty", summary=summary) for summary in (False, True))
+    return frozenset().union(*(base64_runs(page) for page in pages))
+
+
 def _notebook_json(notebook: Any) -> str:
     text: str = nbformat.writes(notebook)  # type: ignore[no-untyped-call]
     return text
@@ -188,7 +200,8 @@ def archive_run(
     manifest = "".join(f"{sha256_hex(payload[n])}  {n}\n" for n in sorted(payload)).encode()
     payload[MANIFEST_FILE] = manifest
     for filename, data in payload.items():
-        ensure_no_secrets(data, wanted, f"{run_id}/{filename}")
+        assets = renderer_assets() if filename.endswith(".html") else frozenset()
+        ensure_no_secrets(data, wanted, f"{run_id}/{filename}", known_assets=assets)
 
     reports.mkdir(parents=True, exist_ok=True)
     staging = reports / f".tmp-{run_id}"

@@ -18,6 +18,7 @@
     │   └── NotebookExecutionError  a cell failed or timed out (carries cell index, error name)
     └── ReportError                 archive problems
         ├── SecretLeakError         an archived file would have held a secret: nothing written
+        ├── RecordNotArchivedError  a run ended but its record could not be archived
         └── ReportIntegrityError    a record does not match its manifest or the chained index
 
 Every error message is safe to show: database URLs in them are masked.
@@ -106,6 +107,13 @@ class ReportError(PotatoOpsError):
 
 class SecretLeakError(ReportError):
     """Writing would have archived a secret; the run fails closed."""
+
+
+class RecordNotArchivedError(ReportError):
+    """A notebook ran (and may have committed) but its record could not be archived.
+
+    The message says where the record was kept instead (the database), or that it was not.
+    """
 
 
 class ReportIntegrityError(ReportError):

@@ -362,7 +362,7 @@ def test_cli_reports_list_and_verify(tmp_path: Path) -> None:
     ]
 
     clean = runner.invoke(_cli(), ["reports", "verify", "--reports-dir", str(tmp_path)])
-    assert (clean.exit_code, clean.output) == (0, "ok: 2 runs intact\n")
+    assert (clean.exit_code, clean.output) == (0, "ok: 2 runs intact (folder only: no database given)\n")
 
     _modify_result(tmp_path, [runs[0], runs[1]])
     broken = runner.invoke(_cli(), ["reports", "verify"], env={"POTATO_OPS_REPORTS_DIR": str(tmp_path)})

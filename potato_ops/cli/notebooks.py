@@ -12,12 +12,20 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand
 
-from potato_ops.cli.common import expected_failures, fail
-from potato_ops.config import REPORTS_DIR_ENV
+from potato_ops.cli.common import DatabaseOption, expected_failures, fail
+from potato_ops.config import REPORTS_DIR_ENV, default_sqlite_path
+from potato_ops.config import reports_dir as default_reports_dir
 from potato_ops.exitcodes import ExitCode
 from potato_ops.notebook_runs.archive import list_runs, verify_reports
 from potato_ops.notebook_runs.execute import list_notebooks, notebooks_dir, run_notebook
+from potato_ops.notebook_runs.records import verify_against_database
 from potato_ops.notebook_runs.result import verdict_line
+from potato_ops.notebook_runs.signing import (
+    SIGNING_KEY_ENV,
+    VERIFY_KEY_ENV,
+    generate_key_pair,
+    load_public_key,
+)
 from potato_ops.redact import SecretScrubFilter
 
 PARAMETER_FLAGS = ("-p", "--parameter")
@@ -110,6 +118,8 @@ def run(
         )
     typer.echo(verdict_line(record.status, str(record.result.get("verdict", ""))))
     typer.echo(f"status: {record.status}; archived in {record.run_dir}")
+    if record.not_in_database is not None:
+        typer.echo(f"warning: the run's hash is not in the database: {record.not_in_database}", err=True)
     if record.exit_code != ExitCode.OK:
         raise typer.Exit(int(record.exit_code))
 
@@ -168,19 +178,66 @@ def reports_list(reports_dir: ReportsDirOption = None) -> None:
         typer.echo(f"{entry.started_at}  {entry.status:<8} {entry.notebook:<28} {entry.dir}")
 
 
-def reports_verify(reports_dir: ReportsDirOption = None) -> None:
-    """Check every archived run against its manifest and the chained index.
+def reports_verify(
+    reports_dir: ReportsDirOption = None,
+    database_url: DatabaseOption = None,
+    public_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--public-key",
+            envvar=VERIFY_KEY_ENV,
+            show_envvar=True,
+            show_default=False,
+            help="Check the signature of the chain's head with this ed25519 public key (PEM).",
+        ),
+    ] = None,
+) -> None:
+    """Check every archived run against its manifest, the chained index and the database.
 
-    Exit 0 when intact; 3 with one line per problem otherwise.
+    The database (--database-url, else the embedded one when it exists) holds each archived
+    run's manifest hash: runs missing from the folder, changed, or never recorded are
+    reported. Exit 0 when intact; 3 with one line per problem otherwise.
     """
-    report = verify_reports(reports_dir)
-    if report.ok:
-        typer.echo(f"ok: {report.checked} runs intact")
+    reports = default_reports_dir(reports_dir)
+    key = load_public_key(public_key) if public_key is not None else None
+    report = verify_reports(reports, public_key=key)
+    url = database_url or _embedded_database_url()
+    problems = list(report.problems)
+    if url is not None:
+        problems.extend(verify_against_database(url, reports))
+    if not problems:
+        against = "matching the database's records" if url else "folder only: no database given"
+        signed = "; head signature verified" if key is not None else ""
+        typer.echo(f"ok: {report.checked} runs intact ({against}{signed})")
         return
-    for problem in report.problems:
+    for problem in problems:
         typer.echo(problem)
-    typer.echo(f"{len(report.problems)} problems in {report.checked} runs", err=True)
+    typer.echo(f"{len(problems)} problems in {report.checked} runs", err=True)
     raise typer.Exit(int(ExitCode.PROBLEM_FOUND))
+
+
+def _embedded_database_url() -> str | None:
+    path = default_sqlite_path()
+    return f"sqlite:///{path}" if path.is_file() else None
+
+
+def reports_keygen(
+    private_key: Annotated[
+        Path,
+        typer.Argument(
+            metavar="PATH",
+            help="Where to write the private key (mode 0600); the public key goes to PATH.pub.",
+        ),
+    ],
+) -> None:
+    """Make an ed25519 key pair for signing the archive's chain head.
+
+    Set POTATO_OPS_SIGNING_KEY=PATH where runs are archived; give PATH.pub to
+    `reports verify --public-key`.
+    """
+    public = generate_key_pair(private_key)
+    typer.echo(f"private key: {private_key} (keep it secret; set {SIGNING_KEY_ENV} to this path)")
+    typer.echo(f"public key: {public} (give it to reports verify --public-key)")
 
 
 def register(app: typer.Typer) -> None:
@@ -189,4 +246,5 @@ def register(app: typer.Typer) -> None:
     reports_app = typer.Typer(help="Inspect and verify the archive of notebook runs.", no_args_is_help=True)
     reports_app.command("list")(expected_failures(reports_list))
     reports_app.command("verify")(expected_failures(reports_verify))
+    reports_app.command("keygen")(expected_failures(reports_keygen))
     app.add_typer(reports_app, name="reports")

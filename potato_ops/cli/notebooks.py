@@ -97,7 +97,9 @@ def run(
 ) -> None:
     """Run a runbook notebook headless, archive the run, exit with its status.
 
-    Exit codes: 0 ok, 3 problem found, 4 parameters refused, 5 a cell failed or timed out.
+    Exit codes: 0 ok, 3 problem found, 4 parameters refused, 5 a cell failed or timed out,
+    1 the reports folder cannot take the record (nothing runs) or the run's record could not
+    be archived (the line says where it was kept instead).
     """
     if list_only:
         _print_notebooks()

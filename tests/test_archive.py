@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import errno
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -382,4 +384,22 @@ def test_a_short_password_does_not_block_archiving(tmp_path: Path) -> None:
     run = _archive(tmp_path, notebook=_notebook(_stream("login S3cr failed\n")), secrets=("S3cr",))
 
     assert "login *** failed" in run.notebook_path.read_text()
+    assert verify_reports(tmp_path).ok
+
+
+def test_a_failed_index_append_leaves_nothing_half_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _archive(tmp_path, name="01_before")
+    before = _files_under(tmp_path)
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        _archive(tmp_path, name="02_lost")
+    monkeypatch.undo()
+
+    assert _files_under(tmp_path) == before
     assert verify_reports(tmp_path).ok

@@ -20,7 +20,7 @@ from potato_ops import Storage
 from potato_ops.cli import app
 from potato_ops.db.run_records import RecordedRun
 from potato_ops.db.schema import ops_rebuild_history, ops_run_records
-from potato_ops.errors import ReportError
+from potato_ops.errors import ReportError, SecretLeakError
 from potato_ops.exitcodes import ExitCode
 from potato_ops.notebook_runs import archive
 from potato_ops.notebook_runs.archive import INDEX_FILE, IndexEntry, list_runs, new_run_id
@@ -364,3 +364,36 @@ def test_the_audit_prints_the_hash_the_database_keeps(db_url: str, tmp_path: Pat
     assert f"manifest sha256: {entry.manifest_sha256}\n" in result.stdout
     assert (row["run_id"], row["manifest_sha256"], row["seq"]) == (entry.run_id, entry.manifest_sha256, 1)
     assert verify(reports, db_url)[0] == 0
+
+
+@pytest.mark.usefixtures("storage")
+def test_a_record_refused_for_a_secret_is_still_kept_in_the_database(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "Sup3rS3cret"
+    monkeypatch.setenv("PGPASSWORD", secret)
+    reports = tmp_path / "reports"
+    leaky = _notebook()
+    encoded = base64.b64encode(f"password={secret}".encode()).decode()
+    leaky["cells"][0]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": encoded}]
+    started = dt.datetime.now(dt.UTC)
+    run_id = new_run_id("02_leaky", started)
+    result = {"run_id": run_id, "notebook": "02_leaky", "status": "ok", "verdict": f"pw {secret}"}
+
+    with pytest.raises(SecretLeakError) as caught:
+        archive_with_record(
+            run_id=run_id,
+            notebook_name="02_leaky",
+            notebook=leaky,
+            result=result,
+            reports=reports,
+            database_url=db_url,
+        )
+
+    assert f"the record is kept in ops_run_records (run_id {run_id})" in str(caught.value)
+    assert secret not in str(caught.value)
+    assert not reports.exists() or list(reports.iterdir()) == []
+    [row] = record_rows(db_url)
+    assert (row["run_id"], row["verdict"], row["manifest_sha256"]) == (run_id, "pw ***", None)
+    assert "would hold a secret" in row["archive_error"]
+    assert all(secret not in str(value) for value in row.values())

@@ -11,10 +11,18 @@ from potato_ops.errors import ConfigError
 DATABASE_URL_ENV = "POTATO_DATABASE_URL"
 HOME_ENV = "POTATO_OPS_HOME"
 REPORTS_DIR_ENV = "POTATO_OPS_REPORTS_DIR"
+SIGNING_KEY_ENV = "POTATO_OPS_SIGNING_KEY"  # path of the ed25519 private key that signs the chain head
+VERIFY_KEY_ENV = "POTATO_OPS_VERIFY_KEY"  # path of the public key `reports verify` checks it with
 MASK = "***"
 
-# scheme://user:password@host -> the password part; the user part may be empty.
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s'\"]*:)(?P<pw>[^@\s'\"]+)(?P<at>@)")
+# scheme://user:password@host -> the password part; the user part may be empty. A password
+# may hold an unencoded "@" (postgres:S3cr@tPw9q@host): the password runs to the LAST "@" that
+# is followed by a host (no further "@" before the end of the authority), so no tail of it is
+# shown. Where that is ambiguous, more is masked rather than less.
+_URL_PASSWORD = re.compile(
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s'\"]*:)(?P<pw>[^\s'\"]+)(?P<at>@)"
+    r"(?=[^@\s'\"/?#]*(?:[/?#\s'\"]|$))"
+)
 # key=value / key: value pairs whose key names a secret (password=..., PGPASSWORD=..., token: ...).
 _SECRET_ASSIGN = re.compile(
     r"(?P<key>\b[A-Za-z_]*(?:PASSWORD|PASSWD|SECRET|TOKEN|API_KEY)[A-Za-z_]*\b\s*[=:]\s*['\"]?)"
@@ -45,11 +53,15 @@ def reports_dir(configured: str | os.PathLike[str] | None = None) -> Path:
 
 
 def normalize_url(url: str) -> str:
-    """Return the URL with PostgreSQL pinned to the psycopg 3 driver."""
+    """Return the URL with PostgreSQL pinned to the psycopg 3 driver and an ``@`` inside its
+    password encoded (``%40``), so the host is what follows the last ``@``."""
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
+            url = "postgresql+psycopg://" + url[len(prefix) :]
+            break
+    # SQLAlchemy ends the password at the first "@" and takes the rest of it for the host, so
+    # the connection would fail and the driver's message would show the password's tail.
+    return _URL_PASSWORD.sub(lambda m: f"{m['head']}{m['pw'].replace('@', '%40')}{m['at']}", url, 1)
 
 
 def resolve_database_url(url: str | None = None, env_var: str = DATABASE_URL_ENV) -> str:
@@ -88,6 +100,11 @@ def mask_secrets(text: str) -> str:
     """Return text with URL passwords and ``password=...``-style values replaced by ``***``."""
     text = _URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}{m['at']}", text)
     return _SECRET_ASSIGN.sub(lambda m: f"{m['key']}{MASK}", text)
+
+
+def raw_url_passwords(text: str) -> list[str]:
+    """Return the passwords of the URLs in text as written, each up to the last ``@``."""
+    return [m["pw"] for m in _URL_PASSWORD.finditer(text)]
 
 
 def url_password(url: str) -> str | None:

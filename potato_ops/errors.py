@@ -18,7 +18,8 @@
     │   └── NotebookExecutionError  a cell failed or timed out (the CLI maps it to its exit code;
     │                               the runner reports a failed cell in its result instead)
     └── ReportError                 archive problems (malformed run id or index line)
-        └── SecretLeakError         an archived file would have held a secret: nothing written
+        ├── SecretLeakError         an archived file would have held a secret: nothing written
+        └── RecordNotArchivedError  a run ended but its record could not be archived
 
 Every error message is safe to show: database URLs in them are masked.
 """
@@ -106,3 +107,10 @@ class ReportError(PotatoOpsError):
 
 class SecretLeakError(ReportError):
     """Writing would have archived a secret; the run fails closed."""
+
+
+class RecordNotArchivedError(ReportError):
+    """A notebook ran (and may have committed) but its record could not be archived.
+
+    The message says where the record was kept instead (the database), or that it was not.
+    """

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import errno
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -362,7 +364,7 @@ def test_cli_reports_list_and_verify(tmp_path: Path) -> None:
     ]
 
     clean = runner.invoke(_cli(), ["reports", "verify", "--reports-dir", str(tmp_path)])
-    assert (clean.exit_code, clean.output) == (0, "ok: 2 runs intact\n")
+    assert (clean.exit_code, clean.output) == (0, "ok: 2 runs intact (folder only: no database given)\n")
 
     _modify_result(tmp_path, [runs[0], runs[1]])
     broken = runner.invoke(_cli(), ["reports", "verify"], env={"POTATO_OPS_REPORTS_DIR": str(tmp_path)})
@@ -375,3 +377,29 @@ def test_cli_reports_list_on_a_malformed_index_is_one_line(tmp_path: Path) -> No
     result = CliRunner().invoke(_cli(), ["reports", "list", "--reports-dir", str(tmp_path)])
     assert result.exit_code == 1
     assert "line 1 is not an index entry" in result.output
+
+
+def test_a_short_password_does_not_block_archiving(tmp_path: Path) -> None:
+    # "S3cr" has base64 fragments inside the icons every HTML page embeds; plain, it is masked.
+    run = _archive(tmp_path, notebook=_notebook(_stream("login S3cr failed\n")), secrets=("S3cr",))
+
+    assert "login *** failed" in run.notebook_path.read_text()
+    assert verify_reports(tmp_path).ok
+
+
+def test_a_failed_index_append_leaves_nothing_half_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _archive(tmp_path, name="01_before")
+    before = _files_under(tmp_path)
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        _archive(tmp_path, name="02_lost")
+    monkeypatch.undo()
+
+    assert _files_under(tmp_path) == before
+    assert verify_reports(tmp_path).ok

@@ -500,7 +500,7 @@ def test_every_command_and_option_has_help() -> None:
         commands.append(command)
         pending.extend(getattr(command, "commands", {}).values())
     names = sorted(c.name for c in commands if c is not group)
-    assert names == ["list", "reports", "run", "verify"]
+    assert names == ["keygen", "list", "reports", "run", "verify"]
     for command in commands:
         if command is group:
             continue

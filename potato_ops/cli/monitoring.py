@@ -153,6 +153,11 @@ def audit(
         typer.echo("no alert firing")
     if outcome.run is not None:
         typer.echo(f"notebook: {outcome.run.status}; archived in {outcome.run.run_dir}")
+        typer.echo(f"manifest sha256: {outcome.run.manifest_sha256}")
+        if outcome.run.not_in_database is not None:
+            typer.echo(
+                f"warning: the run's hash is not in the database: {outcome.run.not_in_database}", err=True
+            )
     if outcome.notebook_error is not None:
         typer.echo(f"warning: {outcome.notebook_error}", err=True)
     problem = _hand_over(outcome.metrics, textfile, pushgateway, outcome.metrics.computed_at)

@@ -6,12 +6,14 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from typer.core import TyperCommand
 
-from potato_ops.cli.common import ReportsDirOption, expected_failures, fail
+from potato_ops.cli.common import DatabaseOption, ReportsDirOption, expected_failures, fail
+from potato_ops.config import SIGNING_KEY_ENV, VERIFY_KEY_ENV, default_sqlite_path
 from potato_ops.exitcodes import ExitCode
 
 PARAMETER_FLAGS = ("-p", "--parameter")
@@ -72,7 +74,9 @@ def run(
 ) -> None:
     """Run a runbook notebook headless, archive the run, exit with its status.
 
-    Exit codes: 0 ok, 3 problem found, 4 parameters refused, 5 a cell failed or timed out.
+    Exit codes: 0 ok, 3 problem found, 4 parameters refused, 5 a cell failed or timed out,
+    1 the reports folder cannot take the record (nothing runs) or the run's record could not
+    be archived (the line says where it was kept instead).
     """
     if list_only:
         _print_notebooks()
@@ -96,6 +100,8 @@ def run(
         )
     typer.echo(verdict_line(record.status, str(record.result.get("verdict", ""))))
     typer.echo(f"status: {record.status}; archived in {record.run_dir}")
+    if record.not_in_database is not None:
+        typer.echo(f"warning: the run's hash is not in the database: {record.not_in_database}", err=True)
     if record.exit_code != ExitCode.OK:
         raise typer.Exit(int(record.exit_code))
 
@@ -160,21 +166,73 @@ def reports_list(reports_dir: ReportsDirOption = None) -> None:
         typer.echo(f"{entry.started_at}  {entry.status:<8} {entry.notebook:<28} {entry.dir}")
 
 
-def reports_verify(reports_dir: ReportsDirOption = None) -> None:
-    """Check every archived run against its manifest and the chained index.
+def reports_verify(
+    reports_dir: ReportsDirOption = None,
+    database_url: DatabaseOption = None,
+    public_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--public-key",
+            envvar=VERIFY_KEY_ENV,
+            show_envvar=True,
+            show_default=False,
+            help="Check the signature of the chain's head with this ed25519 public key (PEM).",
+        ),
+    ] = None,
+) -> None:
+    """Check every archived run against its manifest, the chained index and the database.
 
-    Exit 0 when intact; 3 with one line per problem otherwise.
+    The database (--database-url, else the embedded one when it exists) holds each archived
+    run's manifest hash: runs missing from the folder, changed, or never recorded are
+    reported. Exit 0 when intact; 3 with one line per problem otherwise.
     """
+    from potato_ops.config import reports_dir as default_reports_dir
     from potato_ops.notebook_runs.archive import verify_reports
+    from potato_ops.notebook_runs.records import verify_against_database
+    from potato_ops.notebook_runs.signing import load_public_key
 
-    report = verify_reports(reports_dir)
-    if report.ok:
-        typer.echo(f"ok: {report.checked} runs intact")
+    reports = default_reports_dir(reports_dir)
+    key = load_public_key(public_key) if public_key is not None else None
+    report = verify_reports(reports, public_key=key)
+    url = database_url or _embedded_database_url()
+    problems = list(report.problems)
+    if url is not None:
+        problems.extend(verify_against_database(url, reports))
+    if not problems:
+        against = "matching the database's records" if url else "folder only: no database given"
+        signed = "; head signature verified" if key is not None else ""
+        typer.echo(f"ok: {report.checked} runs intact ({against}{signed})")
         return
-    for problem in report.problems:
+    for problem in problems:
         typer.echo(problem)
-    typer.echo(f"{len(report.problems)} problems in {report.checked} runs", err=True)
+    typer.echo(f"{len(problems)} problems in {report.checked} runs", err=True)
     raise typer.Exit(int(ExitCode.PROBLEM_FOUND))
+
+
+def _embedded_database_url() -> str | None:
+    path = default_sqlite_path()
+    return f"sqlite:///{path}" if path.is_file() else None
+
+
+def reports_keygen(
+    private_key: Annotated[
+        Path,
+        typer.Argument(
+            metavar="PATH",
+            help="Where to write the private key (mode 0600); the public key goes to PATH.pub.",
+        ),
+    ],
+) -> None:
+    """Make an ed25519 key pair for signing the archive's chain head.
+
+    Set POTATO_OPS_SIGNING_KEY=PATH where runs are archived; give PATH.pub to
+    `reports verify --public-key`.
+    """
+    from potato_ops.notebook_runs.signing import generate_key_pair
+
+    public = generate_key_pair(private_key)
+    typer.echo(f"private key: {private_key} (keep it secret; set {SIGNING_KEY_ENV} to this path)")
+    typer.echo(f"public key: {public} (give it to reports verify --public-key)")
 
 
 def register(app: typer.Typer) -> None:
@@ -185,4 +243,5 @@ def register(app: typer.Typer) -> None:
     )
     reports_app.command("list")(expected_failures(reports_list))
     reports_app.command("verify")(expected_failures(reports_verify))
+    reports_app.command("keygen")(expected_failures(reports_keygen))
     app.add_typer(reports_app, name="reports")

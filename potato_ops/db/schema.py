@@ -239,12 +239,40 @@ ops_timezone_changes = Table(
     Index("ix_ops_tz_user", "user_id", "changed_at"),
 )
 
+# One row per notebook run that ended: its record kept in the database, and, once archived,
+# the hash of its manifest and its place in the folder's chain. A run is not per user, so the
+# key is the run id alone. The row anchors the archive outside its folder (a removed newest
+# run shows), and keeps the record of a run whose archiving failed (its change is not lost).
+ops_run_records = Table(
+    "ops_run_records",
+    metadata,
+    Column("run_id", Text, primary_key=True),
+    Column("notebook", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("verdict", Text, nullable=False),
+    Column("operator", Text, nullable=False),
+    Column("parameters", Text, nullable=False),  # JSON object, scrubbed of secrets
+    Column("operation_ids", Text, nullable=False),  # JSON list
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("archive", Text, nullable=False),  # host:absolute folder the run was archived in
+    Column("seq", Integer),  # NULL: not archived
+    Column("manifest_sha256", Text),
+    Column("entry_hash", Text),
+    Column("signature", Text),  # base64 ed25519 signature of entry_hash, when signing is on
+    Column("archive_error", Text),  # why the run could not be archived
+    Column("result", Text, nullable=False),  # the whole result JSON, scrubbed of secrets
+    Index("ix_ops_run_records_archive", "archive", "seq"),
+)
+
 OPS_TABLES = (
     ops_backups,
     ops_rebuild_history,
     ops_operations,
     ops_operation_items,
     ops_timezone_changes,
+    ops_run_records,
 )
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 
 from potato_ops.config import mask_secrets
+from potato_ops.config import reports_dir as default_reports_dir
 from potato_ops.errors import NotebookError, PotatoOpsError
 from potato_ops.exitcodes import ExitCode
 from potato_ops.monitoring.alerts import AlertRule, FiringAlert, default_rules, evaluate, highest_severity
@@ -28,6 +29,7 @@ from potato_ops.monitoring.alerts import load_rules as load_rules_file
 from potato_ops.monitoring.metrics import DEFAULT_SLOW_THRESHOLD_MS, Metrics, compute_metrics
 from potato_ops.notebook_runs.archive import list_runs
 from potato_ops.notebook_runs.execute import RunRecord, run_notebook
+from potato_ops.notebook_runs.preflight import check_reports_dir
 from potato_ops.ops.database import Database
 
 log = logging.getLogger("potato_ops")
@@ -106,10 +108,14 @@ def run_audit(
 ) -> AuditOutcome:
     """Return the audit of the window (last 24 h by default): figures, alerts, notebook run.
 
-    Raises RuleError for a bad rules file and a PotatoOpsError when the metrics cannot be
-    computed (schema missing, database unreachable); nothing is archived then.
+    Raises RuleError for a bad rules file, ReportError when the reports folder cannot take the
+    record, and a PotatoOpsError when the metrics cannot be computed (schema missing, database
+    unreachable); nothing is archived then.
     """
     rules = load_rules(rules_file)
+    if notebook:
+        # The audit's record is its notebook run: refuse before any work if it cannot be kept.
+        check_reports_dir(default_reports_dir(reports_dir))
     db.check_schema()
     try:
         metrics = compute_metrics(db, since=since, slow_threshold_ms=slow_threshold_ms)

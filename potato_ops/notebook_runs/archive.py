@@ -31,11 +31,18 @@ from typing import Any
 from urllib.parse import quote
 
 import nbformat
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from nbconvert import HTMLExporter
 
 from potato_ops.config import reports_dir as default_reports_dir
 from potato_ops.errors import ReportError
-from potato_ops.redact import collect_secrets, ensure_no_secrets, scrub_text
+from potato_ops.notebook_runs.signing import (
+    HEAD_SIGNATURE_FILE,
+    HeadSignature,
+    check_head_signature,
+    sign_head,
+)
+from potato_ops.redact import base64_runs, collect_secrets, ensure_no_secrets, scrub_text
 
 logger = logging.getLogger("potato_ops")
 
@@ -78,6 +85,7 @@ class ArchivedRun:
     manifest_path: Path
     result: dict[str, Any]
     entry: IndexEntry
+    signature: HeadSignature | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +149,18 @@ def render_html(notebook: Any, title: str, *, summary: bool) -> str:
     return str(body)
 
 
+@functools.cache
+def renderer_assets() -> frozenset[str]:
+    """Return the base64 blobs (icons, fonts) the HTML renderer puts in every page.
+
+    They come from the renderer's templates, not from the run, so a secret's base64 fragment
+    found inside one is a chance match, not a leak.
+    """
+    empty = nbformat.v4.new_notebook()  # type: ignore[no-untyped-call]
+    pages = (render_html(empty, "empty", summary=summary) for summary in (False, True))
+    return frozenset().union(*(base64_runs(page) for page in pages))
+
+
 def _notebook_json(notebook: Any) -> str:
     text: str = nbformat.writes(notebook)  # type: ignore[no-untyped-call]
     return text
@@ -160,11 +180,13 @@ def archive_run(
     result: Mapping[str, Any],
     reports_dir: str | os.PathLike[str] | None = None,
     secrets: Iterable[str] | None = None,
+    signing_key: Ed25519PrivateKey | None = None,
 ) -> ArchivedRun:
     """Return the archived run after writing its folder and chaining it into the index.
 
     Every file is scrubbed first and then checked; if any would still hold a secret, raise
-    SecretLeakError and write nothing.
+    SecretLeakError and write nothing. With ``signing_key``, the new head of the chain is
+    signed into ``HEAD.sig``. An OSError while writing (disk full) leaves nothing behind.
     """
     reports = default_reports_dir(reports_dir)
     if not RUN_DIR_PATTERN.match(run_id):
@@ -188,19 +210,29 @@ def archive_run(
     manifest = "".join(f"{sha256_hex(payload[n])}  {n}\n" for n in sorted(payload)).encode()
     payload[MANIFEST_FILE] = manifest
     for filename, data in payload.items():
-        ensure_no_secrets(data, wanted, f"{run_id}/{filename}")
+        assets = renderer_assets() if filename.endswith(".html") else frozenset()
+        ensure_no_secrets(data, wanted, f"{run_id}/{filename}", known_assets=assets)
 
     reports.mkdir(parents=True, exist_ok=True)
     staging = reports / f".tmp-{run_id}"
     staging.mkdir()
+    signature: HeadSignature | None = None
     try:
-        for filename, data in payload.items():
-            (staging / filename).write_bytes(data)
+        write_run_files(staging, payload)
         with _index_lock(reports, exclusive=True):
             run_dir = reports / run_id
             staging.rename(run_dir)
-            entry = _append_entry(reports, run_id, notebook_name, clean_result, sha256_hex(manifest))
-            _write_index_html(reports)
+            try:
+                body = _next_entry(reports, run_id, notebook_name, clean_result, sha256_hex(manifest))
+                if signing_key is not None:
+                    signature = sign_head(signing_key, body["seq"], body["entry_hash"])
+                _chain_entry(reports, body, signature)
+            except BaseException:
+                # Nothing half-written: a folder the index does not name would fail verification.
+                shutil.rmtree(run_dir, ignore_errors=True)
+                raise
+            entry = IndexEntry(**body)
+            _refresh_index_html(reports)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -214,7 +246,14 @@ def archive_run(
         manifest_path=run_dir / MANIFEST_FILE,
         result=clean_result,
         entry=entry,
+        signature=signature,
     )
+
+
+def write_run_files(folder: Path, payload: Mapping[str, bytes]) -> None:
+    """Write each file of a run's record into ``folder`` (its staging copy)."""
+    for filename, data in payload.items():
+        (folder / filename).write_bytes(data)
 
 
 @contextlib.contextmanager
@@ -231,9 +270,9 @@ def _index_lock(reports: Path, *, exclusive: bool) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _append_entry(
+def _next_entry(
     reports: Path, run_id: str, notebook_name: str, result: Mapping[str, Any], manifest_hash: str
-) -> IndexEntry:
+) -> dict[str, Any]:
     previous = _read_index(reports)
     last = previous[-1][1] if previous else None
     body: dict[str, Any] = {
@@ -248,15 +287,40 @@ def _append_entry(
         "prev_hash": str(last.get("entry_hash", GENESIS_HASH)) if last else GENESIS_HASH,
     }
     body["entry_hash"] = entry_hash(body)
+    return body
+
+
+def _chain_entry(reports: Path, body: Mapping[str, Any], signature: HeadSignature | None) -> None:
+    """Append the entry to the index and, when signed, replace ``HEAD.sig``; all or nothing."""
     line = json.dumps(body, separators=(",", ":"), ensure_ascii=False) + "\n"
     path = reports / INDEX_FILE
-    if path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+    size = path.stat().st_size if path.exists() else 0
+    if size and not path.read_bytes().endswith(b"\n"):
         line = "\n" + line
-    with path.open("a", encoding="utf-8") as index:
-        index.write(line)
-        index.flush()
-        os.fsync(index.fileno())
-    return IndexEntry(**body)
+    signature_staging = reports / f".{HEAD_SIGNATURE_FILE}.tmp"
+    try:
+        if signature is not None:
+            signature_staging.write_text(signature.to_json(), encoding="utf-8")
+        with path.open("a", encoding="utf-8") as index:
+            index.write(line)
+            index.flush()
+            os.fsync(index.fileno())
+        if signature is not None:
+            signature_staging.replace(reports / HEAD_SIGNATURE_FILE)
+    except BaseException:
+        if path.exists():
+            with path.open("r+b") as index:
+                index.truncate(size)
+        signature_staging.unlink(missing_ok=True)
+        raise
+
+
+def _refresh_index_html(reports: Path) -> None:
+    # The page is a view of the index, rebuilt on every run; the record is already complete.
+    try:
+        _write_index_html(reports)
+    except OSError as exc:
+        logger.warning("could not refresh %s: %s", reports / INDEX_HTML, exc)
 
 
 def _read_index(reports: Path) -> list[tuple[int, dict[str, Any]]]:
@@ -297,6 +361,16 @@ def list_runs(reports_dir: str | os.PathLike[str] | None = None) -> list[IndexEn
             raise ReportError(f"{reports / INDEX_FILE} line {number} is not an index entry")
         entries.append(entry)
     return entries
+
+
+def readable_entries(reports_dir: str | os.PathLike[str] | None = None) -> list[IndexEntry]:
+    """Return the index's well-formed entries, oldest first (malformed lines are left out)."""
+    reports = default_reports_dir(reports_dir)
+    if not reports.exists():
+        return []
+    with _index_lock(reports, exclusive=False):
+        raw = _read_index(reports)
+    return [entry for _, data in raw if (entry := _as_entry(data)) is not None]
 
 
 def _write_index_html(reports: Path) -> None:
@@ -344,15 +418,18 @@ def _verdict(result_path: Path) -> str:
     return str(loaded.get("verdict", "")) if isinstance(loaded, dict) else ""
 
 
-def verify_reports(reports_dir: str | os.PathLike[str] | None = None) -> VerifyReport:
+def verify_reports(
+    reports_dir: str | os.PathLike[str] | None = None, *, public_key: Ed25519PublicKey | None = None
+) -> VerifyReport:
     """Return what is wrong with the archive: files against manifests, manifests against the
-    index, and the index's hash chain."""
+    index, the index's hash chain and, given the public key, the signature of its head."""
     reports = default_reports_dir(reports_dir)
-    if not reports.exists():
+    if not reports.exists() and public_key is None:
         return VerifyReport(ok=True, checked=0, problems=[])
     with _index_lock(reports, exclusive=False):
-        raw = _read_index(reports)
+        raw = _read_index(reports) if reports.exists() else []
         problems: list[str] = []
+        head: IndexEntry | None = None
         previous_hash = GENESIS_HASH
         indexed: set[str] = set()
         for expected_seq, (number, data) in enumerate(raw, start=1):
@@ -372,11 +449,20 @@ def verify_reports(reports_dir: str | os.PathLike[str] | None = None) -> VerifyR
             if entry.seq != expected_seq:
                 problems.append(f"{where}: sequence number {entry.seq}, expected {expected_seq}")
             previous_hash = entry.entry_hash
+            head = entry
             indexed.add(entry.dir)
             problems.extend(_check_run(reports, entry))
-        for child in sorted(reports.iterdir()):
+        for child in sorted(reports.iterdir()) if reports.exists() else []:
             if child.is_dir() and RUN_DIR_PATTERN.match(child.name) and child.name not in indexed:
                 problems.append(f"{child.name}: run folder is not in {INDEX_FILE} (entry removed?)")
+        if public_key is not None:
+            signature_path = reports / HEAD_SIGNATURE_FILE
+            text = signature_path.read_text(encoding="utf-8") if signature_path.is_file() else None
+            problems.extend(
+                check_head_signature(
+                    text, head.seq if head else None, head.entry_hash if head else None, public_key
+                )
+            )
     return VerifyReport(ok=not problems, checked=len(raw), problems=problems)
 
 

@@ -41,12 +41,14 @@ from potato_ops.config import reports_dir as default_reports_dir
 from potato_ops.domain.models import jsonable
 from potato_ops.errors import NotebookError
 from potato_ops.exitcodes import ExitCode
-from potato_ops.notebook_runs import archive
+from potato_ops.notebook_runs import archive, records
 from potato_ops.notebook_runs.catalog import resolve_notebook
 from potato_ops.notebook_runs.parameters import (
     check_parameters,
 )
+from potato_ops.notebook_runs.preflight import check_reports_dir
 from potato_ops.notebook_runs.result import RESULT_MIMETYPE, RESULT_STATUSES, ProblemFound
+from potato_ops.notebook_runs.signing import configured_signing_key
 
 logger = logging.getLogger("potato_ops")
 
@@ -73,6 +75,8 @@ class RunRecord:
     result_path: Path
     result: dict[str, Any]
     summary_path: Path
+    manifest_sha256: str = ""
+    not_in_database: str | None = None  # why the run's hash is not in ops_run_records
 
 
 def read_notebook(path: Path) -> Any:
@@ -145,12 +149,17 @@ def run_notebook(
     """Return the archived record of running the notebook headless with these parameters.
 
     Raises NotebookParameterError before anything runs (and archives nothing) when a
-    parameter is refused; every run that starts is archived, whatever its outcome.
+    parameter is refused, and ReportError when the reports folder cannot take the record
+    or the signing key cannot be read; every run that starts is archived, whatever its
+    outcome, or its record kept in the database (RecordNotArchivedError says where).
     """
     path = resolve_notebook(notebook)
     checked = check_parameters(path, parameters or {})
     name = path.stem
     reports = default_reports_dir(reports_dir)
+    # A run that commits a change and then cannot archive it loses its record: refuse first.
+    check_reports_dir(reports)
+    signing_key = configured_signing_key()
     started_at = dt.datetime.now(dt.UTC)
     run_id = archive.new_run_id(name, started_at)
     logger.info("running %s as %s", name, run_id)
@@ -201,8 +210,14 @@ def run_notebook(
         "papermill_version": papermill.__version__,
         "hostname": socket.gethostname(),
     }
-    archived = archive.archive_run(
-        run_id=run_id, notebook_name=name, notebook=executed, result=result, reports_dir=reports
+    archived, not_in_database = records.archive_with_record(
+        run_id=run_id,
+        notebook_name=name,
+        notebook=executed,
+        result=result,
+        reports=reports,
+        database_url=records.database_url_of_run(checked),
+        signing_key=signing_key,
     )
     logger.info(
         "%s: %s (%s), archived in %s",
@@ -220,6 +235,8 @@ def run_notebook(
         result_path=archived.result_path,
         result=archived.result,
         summary_path=archived.summary_path,
+        manifest_sha256=archived.entry.manifest_sha256,
+        not_in_database=not_in_database,
     )
 
 

@@ -1,0 +1,63 @@
+"""Statements on ``ops_run_records``: the database's copy of each notebook run's record."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, insert, select
+
+from potato_ops.db.schema import ops_run_records
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    """A run as the database knows it: where it was archived and the hashes that anchor it."""
+
+    run_id: str
+    notebook: str
+    status: str
+    archive: str
+    seq: int | None
+    manifest_sha256: str | None
+    entry_hash: str | None
+    signature: str | None
+    archive_error: str | None
+    recorded_at: dt.datetime
+
+
+def insert_run_record(conn: Connection, row: Mapping[str, Any]) -> None:
+    """Insert one run's record; the caller commits."""
+    conn.execute(insert(ops_run_records).values(**row))
+
+
+def recorded_runs(conn: Connection, archive: str) -> list[RecordedRun]:
+    """Return the runs recorded for one archive folder, archived ones by their place first."""
+    rows = conn.execute(
+        select(ops_run_records)
+        .where(ops_run_records.c.archive == archive)
+        .order_by(ops_run_records.c.seq, ops_run_records.c.recorded_at, ops_run_records.c.run_id)
+    ).mappings()
+    return [
+        RecordedRun(
+            run_id=r["run_id"],
+            notebook=r["notebook"],
+            status=r["status"],
+            archive=r["archive"],
+            seq=r["seq"],
+            manifest_sha256=r["manifest_sha256"],
+            entry_hash=r["entry_hash"],
+            signature=r["signature"],
+            archive_error=r["archive_error"],
+            recorded_at=r["recorded_at"],
+        )
+        for r in rows
+    ]
+
+
+def get_run_record(conn: Connection, run_id: str) -> dict[str, Any] | None:
+    """Return the run's stored row as a dict, or None."""
+    row = conn.execute(select(ops_run_records).where(ops_run_records.c.run_id == run_id)).mappings().first()
+    return dict(row) if row is not None else None

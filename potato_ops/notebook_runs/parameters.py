@@ -74,11 +74,15 @@ def _declared_parameters(path: Path) -> dict[str, tuple[str, str, str]]:
     )
     if cell is None or cell.cell_type != "code":
         return {}
-    source = str(cell.source)
+    return declared_in_source(str(cell.source), path.name)
+
+
+def declared_in_source(source: str, where: str) -> dict[str, tuple[str, str, str]]:
+    """Return name -> (annotation, default source, help) read from a parameters cell's source."""
     try:
         tree = ast.parse(source)
     except SyntaxError as exc:
-        raise NotebookError(f"the parameters cell of {path.name} is not valid Python: {exc}") from exc
+        raise NotebookError(f"the parameters cell of {where} is not valid Python: {exc}") from exc
     lines = source.splitlines()
     declared: dict[str, tuple[str, str, str]] = {}
     for node in tree.body:

@@ -23,6 +23,7 @@ from potato_ops.charts.canvas import NoData
 from potato_ops.domain.models import Run, Violation
 from potato_ops.errors import UserNotFoundError
 from potato_ops.notebook_runs.result import verdict_line
+from potato_ops.notebook_runs.summary import VERDICT_CLASS
 from potato_ops.storage import Storage
 
 Status = Literal["ok", "problem"]
@@ -63,9 +64,7 @@ class Shown:
 
 
 CHART_MIMETYPE = "image/png"
-# Marks the HTML of one line shown instead of a chart, and of a verdict block, for the summary.
 NO_CHART_CLASS = "potato-ops-no-chart"
-VERDICT_CLASS = "potato-ops-verdict"
 
 
 @dataclass(frozen=True, repr=False)

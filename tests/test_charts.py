@@ -265,3 +265,12 @@ def test_a_chart_of_nothing_is_one_line_of_text() -> None:
     assert "image/png" not in data
     assert data["text/plain"] == "timezones: No affected users: no timezones to chart."
     assert "No affected users" in data["text/html"] and data["text/html"].count("<p") == 1
+
+
+def test_equal_bars_say_they_are_shares_of_one_batch() -> None:
+    shares = pl.DataFrame(
+        {"user_id": ["u1", "u2", "u3"], "max_duration_ms": [4.0, 4.0, 4.0], "rebuilds": [1, 1, 1]}
+    )
+    distinct = shares.with_columns(pl.Series("max_duration_ms", [9.0, 4.0, 1.0]))
+    assert "equal share of its time" in figure_of(slowest_users_chart(shares)).get_xlabel()
+    assert figure_of(slowest_users_chart(distinct)).get_xlabel() == "slowest rebuild (ms)"

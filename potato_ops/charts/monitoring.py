@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from potato_ops.charts.canvas import NoData, new_figure
 from potato_ops.charts.words import counted, user_label
@@ -41,6 +41,8 @@ def duration_bins(durations: np.ndarray, bins: int) -> tuple[np.ndarray, bool]:
     squeeze thousands of fast ones into the first bar; one repeated value gets a narrow band.
     """
     lo, hi = float(durations.min()), float(durations.max())
+    # Fewer distinct values than bins would leave gaps between bars that mean nothing.
+    bins = max(1, min(bins, len(np.unique(durations))))
     positive = durations[durations > 0]
     if positive.size and hi / float(positive.min()) > LOG_SPREAD:
         return np.geomspace(float(positive.min()), hi, bins + 1), True
@@ -81,13 +83,17 @@ def duration_histogram(
         stacked=True,
         color=[OK_COLOUR, FAILED_COLOUR],
         label=["succeeded", "failed"],
+        edgecolor="white",
+        linewidth=0.4,
     )
     if logarithmic:
         axes.set_xscale("log")
+        axes.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,g}"))
     axes.set_xlim(float(edges[0]), float(edges[-1]))
     if edges[0] <= slow_threshold_ms <= edges[-1]:
         axes.axvline(slow_threshold_ms, color=THRESHOLD_COLOUR, linestyle="--", label="slow threshold")
     axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:,.0f}"))
     axes.legend(loc="best")
     return figure
 
@@ -134,7 +140,7 @@ def success_rate_chart(
     pad = max(1.0, (100 - lowest) * 0.1)
     axes.set_ylim(max(0.0, lowest - pad), 100 + min(pad, 2.0))
     axes.axhline(target, color=THRESHOLD_COLOUR, linestyle="--", label=f"target {target:g}%")
-    axes.legend(loc="lower left")
+    axes.legend(loc="best")
     return figure
 
 
@@ -149,7 +155,11 @@ def slowest_users_chart(
     if slowest.is_empty():
         return NoData("No rebuilds recorded: no slowest users to chart.")
     figure, axes = new_figure()
-    _label(axes, f"Slowest {counted(slowest.height, 'user')}", "slowest rebuild (ms)", "user")
+    xlabel = "slowest rebuild (ms)"
+    if slowest["max_duration_ms"].n_unique() < slowest.height:
+        # The bulk engine times a batch, not each user in it: say why bars can be equal.
+        xlabel += "\n(equal bars: users rebuilt in one batch, each recorded with an equal share of its time)"
+    _label(axes, f"Slowest {counted(slowest.height, 'user')}", xlabel, "user")
     names = [user_label(u, emails) for u in slowest["user_id"]]
     values = slowest["max_duration_ms"].cast(pl.Float64).to_list()
     bars = axes.barh(list(range(len(names)))[::-1], values, color=THRESHOLD_COLOUR)

@@ -64,7 +64,13 @@ NOTEBOOK = nbformat.v4.new_notebook(  # type: ignore[no-untyped-call]
         cell(
             "code",
             "print",
-            [{"output_type": "stream", "name": "stderr", "text": "10%|#\r50%|#####\r100%|##########\n"}],
+            [
+                {
+                    "output_type": "stream",
+                    "name": "stderr",
+                    "text": "rows:  10%|#\r rows: 50%|#####\nrows: 100%|##########\n",
+                }
+            ],
         ),
         cell("markdown", "## Nothing shown here"),
         cell("code", "x = 1"),
@@ -165,7 +171,7 @@ def test_sections_hold_plain_tables_charts_and_no_repr_and_no_empty_heading() ->
     assert "shape:" not in detect.get_text()
     image = detect.img
     assert image["alt"] == "chart: violations" and image["src"] == f"data:image/png;base64,{PNG}"
-    assert detect.pre.get_text() == "100%|##########"  # a progress bar's last state only
+    assert detect.pre.get_text() == "rows: 100%|##########"  # a progress bar's last state only
     assert "RecoveryParams(" not in str(page())
 
 

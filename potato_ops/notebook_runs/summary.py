@@ -38,6 +38,7 @@ _STATUS = {
     "timeout": ("TIMEOUT", "#8250df"),
 }
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_PROGRESS = re.compile(r"(.*?)\s*\d+%\|")  # a tqdm bar: its description, then "NN%|"
 _SHAPE = re.compile(r"shape:\s*\((\d+),\s*(\d+)\)")
 _ELLIPSIS = "…"
 _STYLE = """
@@ -188,8 +189,21 @@ def _stream(output: Mapping[str, Any]) -> str:
     text = _ANSI.sub("", "".join(text) if isinstance(text, list) else str(text))
     # A progress bar redraws its line with carriage returns: keep each line's last state.
     lines = [line.rsplit("\r", 1)[-1] for line in text.replace("\r\n", "\n").split("\n")]
-    shown = "\n".join(line for line in lines if line.strip())
+    shown = "\n".join(_last_states([line for line in lines if line.strip()]))
     return f"<pre>{_e(shown)}</pre>" if shown else ""
+
+
+def _last_states(lines: list[str]) -> list[str]:
+    """Return the lines with each run of one progress bar's redraws cut to its last state."""
+    kept: list[str] = []
+    for line in lines:
+        bar = _PROGRESS.match(line)
+        previous = _PROGRESS.match(kept[-1]) if kept else None
+        if bar and previous and bar.group(1).strip() == previous.group(1).strip():
+            kept[-1] = line
+        else:
+            kept.append(line)
+    return kept
 
 
 def _plain_table(page: str) -> str:
@@ -232,13 +246,12 @@ def _cell(text: str) -> str:
     return text
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[str]], *, names: bool = False) -> str:
-    """Return a plain table; ``names`` keeps the first column's words unbroken."""
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]], *, unbroken: Sequence[int] = ()) -> str:
+    """Return a plain table; the columns numbered in ``unbroken`` keep their words on one line."""
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    first = '<td class="name">' if names else "<td>"
+    opening = ['<td class="name">' if i in unbroken else "<td>" for i in range(len(header))]
     body = "".join(
-        "<tr>" + "".join(f"{first if i == 0 else '<td>'}{_e(c)}</td>" for i, c in enumerate(row)) + "</tr>"
-        for row in rows
+        "<tr>" + "".join(f"{opening[i]}{_e(c)}</td>" for i, c in enumerate(row)) + "</tr>" for row in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -313,7 +326,7 @@ def _parameter_table(cells: Sequence[Mapping[str, Any]], result: Mapping[str, An
         else:
             value, origin = _plain(_literal(default_src)), "default"
         rows.append((name, value, origin, help_text))
-    return _table(("parameter", "value", "set by", "meaning"), rows, names=True) if rows else ""
+    return _table(("parameter", "value", "set by", "meaning"), rows, unbroken=(0, 2)) if rows else ""
 
 
 def _literal(source: str) -> Any:

@@ -176,8 +176,12 @@ def test_sections_hold_plain_tables_charts_and_no_repr_and_no_empty_heading() ->
 
 
 def test_a_run_with_no_change_recorded_says_so() -> None:
-    bare = {"status": "problem", "verdict": "3 violations"}
+    error = {"cell_index": 4, "ename": "CellTimeoutError", "evalue": "the cell did not finish within 6 s"}
+    bare = {"status": "timeout", "verdict": "cell 5 did not finish within 6 s", "error": error}
     soup = BeautifulSoup(render_summary(NOTEBOOK, bare, "05_error_recovery"), "html.parser")
     assert "The record names no change" in sections(soup)["What changed"].get_text()
     assert "Operator not given" in " ".join(soup.header.get_text(" ").split())  # type: ignore[union-attr]
-    assert soup.find(class_="verdict").strong.get_text() == "PROBLEM"  # type: ignore[union-attr]
+    assert soup.find(class_="verdict").strong.get_text() == "TIMEOUT"  # type: ignore[union-attr]
+    assert "Error cell 5: CellTimeoutError: the cell did not finish within 6 s" in " ".join(
+        soup.header.get_text(" ").split()  # type: ignore[union-attr]
+    )

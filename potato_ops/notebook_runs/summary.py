@@ -291,8 +291,12 @@ def _who(result: Mapping[str, Any]) -> str:
         ("Finished", _instant(result.get("finished_at"))),
         ("Database", where or "not recorded"),
     ]
-    if result.get("error"):
-        rows.append(("Error", str(result["error"])))
+    error = result.get("error")
+    if isinstance(error, Mapping):
+        where = f"cell {error['cell_index'] + 1}: " if isinstance(error.get("cell_index"), int) else ""
+        rows.append(("Error", f"{where}{error.get('ename', 'error')}: {error.get('evalue', '')}"))
+    elif error:
+        rows.append(("Error", str(error)))
     body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
     return f'<table class="meta">{body}</table>'
 

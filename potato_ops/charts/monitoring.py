@@ -77,15 +77,25 @@ def duration_histogram(
         where = f"; {counted(slow, 'slow rebuild')}"
     title = f"Rebuild duration ({counted(history.height, 'rebuild')}{where})"
     _label(axes, title, "duration (ms)", "rebuilds")
-    axes.hist(
-        [shown[success], shown[~success]],
-        bins=edges.tolist(),
-        stacked=True,
-        color=[OK_COLOUR, FAILED_COLOUR],
-        label=["succeeded", "failed"],
-        edgecolor="white",
-        linewidth=0.4,
-    )
+    # Counted with numpy and drawn as bars: Axes.hist on a million values takes seconds.
+    ok, _ = np.histogram(shown[success], bins=edges)
+    failed, _ = np.histogram(shown[~success], bins=edges)
+    starts, widths = edges[:-1], np.diff(edges)
+    for counts, bottom, colour, label in (
+        (ok, None, OK_COLOUR, "succeeded"),
+        (failed, ok, FAILED_COLOUR, "failed"),
+    ):
+        axes.bar(
+            starts,
+            counts,
+            widths,
+            bottom,
+            align="edge",
+            color=colour,
+            label=label,
+            edgecolor="white",
+            linewidth=0.4,
+        )
     if logarithmic:
         axes.set_xscale("log")
         axes.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,g}"))

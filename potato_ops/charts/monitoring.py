@@ -168,7 +168,7 @@ def slowest_users_chart(
     xlabel = "slowest rebuild (ms)"
     if slowest["max_duration_ms"].n_unique() < slowest.height:
         # The bulk engine times a batch, not each user in it: say why bars can be equal.
-        xlabel += "\n(equal bars: users rebuilt in one batch, each recorded with an equal share of its time)"
+        xlabel += "\n(equal bars: one batch's time, shared equally among its users)"
     _label(axes, f"Slowest {counted(slowest.height, 'user')}", xlabel, "user")
     names = [user_label(u, emails) for u in slowest["user_id"]]
     values = slowest["max_duration_ms"].cast(pl.Float64).to_list()

@@ -1,20 +1,19 @@
 """Charts about runs and the users they belong to: run lengths, timezones, violations.
 
 Each function takes plain counts and returns a ``Figure`` of a fixed size on the Agg canvas;
-empty data gives a labelled "no data" chart.
+nothing to draw gives ``NoData``, one line of text.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-FIGSIZE = (8.0, 4.5)
-DPI = 100
+from potato_ops.charts.canvas import NoData, new_figure
+from potato_ops.charts.words import counted
+
 BEFORE_COLOUR = "#e8590c"
 AFTER_COLOUR = "#1971c2"
 # Run lengths in days, bucketed as people think of streaks.
@@ -31,18 +30,6 @@ LENGTH_BUCKETS: tuple[tuple[str, int, int], ...] = (
     ("181+", 181, 10**9),
 )
 TOP_ZONES = 15
-
-
-def _figure() -> tuple[Figure, Axes]:
-    figure = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure, figure.add_subplot()
-
-
-def _no_data(axes: Axes, text: str = "no data") -> None:
-    axes.text(0.5, 0.5, text, transform=axes.transAxes, ha="center", va="center", fontsize=14)
-    axes.set_xticks([])
-    axes.set_yticks([])
 
 
 def bucket_lengths(lengths: Mapping[int, int]) -> dict[str, int]:
@@ -63,16 +50,18 @@ def run_length_chart(
     title: str = "Run length distribution",
     label: str = "runs",
     compare_label: str = "after",
-) -> Figure:
-    """Return bars of how many runs have each length (days), optionally beside a second set."""
-    figure, axes = _figure()
+) -> Figure | NoData:
+    """Return bars of how many runs have each length (days), optionally beside a second set, or NoData."""
     total = sum(lengths.values())
-    axes.set_title(f"{title} ({total} {label})")
+    if not total and not (compare and sum(compare.values())):
+        return NoData("No runs: no run lengths to chart.")
+    figure, axes = new_figure()
+    if compare is None:
+        axes.set_title(f"{title} ({counted(total, 'run')})")
+    else:
+        axes.set_title(f"{title} ({total:,} {label}, {sum(compare.values()):,} {compare_label})")
     axes.set_xlabel("run length (days)")
     axes.set_ylabel("runs")
-    if not total and not (compare and sum(compare.values())):
-        _no_data(axes, "no runs")
-        return figure
     buckets = bucket_lengths(lengths)
     xs = list(range(len(buckets)))
     width = 0.4 if compare is not None else 0.8
@@ -99,15 +88,16 @@ def run_length_chart(
     return figure
 
 
-def timezone_chart(zones: Mapping[str, int], *, title: str = "Timezones of affected users") -> Figure:
-    """Return horizontal bars of users per IANA timezone, most common at the top."""
-    figure, axes = _figure()
+def timezone_chart(
+    zones: Mapping[str, int], *, title: str = "Timezones of affected users"
+) -> Figure | NoData:
+    """Return horizontal bars of users per IANA timezone, most common at the top, or NoData."""
     total = sum(zones.values())
-    axes.set_title(f"{title} ({total} users)")
-    axes.set_xlabel("users")
     if not total:
-        _no_data(axes, "no affected users")
-        return figure
+        return NoData("No affected users: no timezones to chart.")
+    figure, axes = new_figure()
+    axes.set_title(f"{title} ({counted(total, 'user')})")
+    axes.set_xlabel("users")
     ordered = sorted(zones.items(), key=lambda kv: (-kv[1], kv[0]))
     if len(ordered) > TOP_ZONES:
         rest = sum(n for _, n in ordered[TOP_ZONES - 1 :])
@@ -121,17 +111,19 @@ def timezone_chart(zones: Mapping[str, int], *, title: str = "Timezones of affec
 
 def violations_before_after(
     before: Mapping[str, int], after: Mapping[str, int] | None, *, title: str = "Invariant violations by kind"
-) -> Figure:
-    """Return grouped horizontal bars of violations per kind before and after a repair."""
-    figure, axes = _figure()
-    kinds = list(dict.fromkeys([*before, *(after or {})]))
+) -> Figure | NoData:
+    """Return grouped horizontal bars of violations per kind before and after a repair, or NoData."""
     total_before = sum(before.values())
-    suffix = f"{total_before} before" + (f", {sum(after.values())} after" if after is not None else "")
+    total_after = sum((after or {}).values())
+    if not total_before and not total_after:
+        return NoData("No invariant violations" + (" before or after." if after is not None else "."))
+    figure, axes = new_figure()
+    kinds = [k for k in dict.fromkeys([*before, *(after or {})]) if before.get(k) or (after or {}).get(k)]
+    suffix = counted(total_before, "violation") + " before"
+    if after is not None:
+        suffix += f", {total_after:,} after"
     axes.set_title(f"{title} ({suffix})")
     axes.set_xlabel("violations")
-    if not kinds:
-        _no_data(axes)
-        return figure
     ys = list(range(len(kinds)))[::-1]
     height = 0.4 if after is not None else 0.8
     axes.barh(

@@ -42,6 +42,7 @@ from potato_ops.notebook_runs.signing import (
     check_head_signature,
     sign_head,
 )
+from potato_ops.notebook_runs.summary import render_summary
 from potato_ops.redact import base64_runs, collect_secrets, ensure_no_secrets, scrub_text
 
 logger = logging.getLogger("potato_ops")
@@ -203,7 +204,7 @@ def archive_run(
     texts = {
         names["notebook"]: _notebook_json(clean_nb),
         names["html"]: _scrub_html(render_html(clean_nb, notebook_name, summary=False), wanted),
-        names["summary"]: _scrub_html(render_html(clean_nb, notebook_name, summary=True), wanted),
+        names["summary"]: _scrub_html(render_summary(clean_nb, clean_result, notebook_name), wanted),
         names["result"]: json.dumps(clean_result, indent=2, ensure_ascii=False) + "\n",
     }
     payload = {name: text.encode("utf-8") for name, text in texts.items()}

@@ -129,10 +129,15 @@ def _declared_parameters(path: Path, cells: list[dict[str, Any]]) -> list[Parame
     source = _parameters_cell(cells)
     if source is None:
         return []
+    return declared_in_source(source, path.name)
+
+
+def declared_in_source(source: str, where: str) -> list[ParameterInfo]:
+    """Return the parameters declared in a parameters cell's source, in order."""
     try:
         tree = ast.parse(source)
     except SyntaxError as exc:
-        raise NotebookError(f"the parameters cell of {path.name} is not valid Python: {exc}") from exc
+        raise NotebookError(f"the parameters cell of {where} is not valid Python: {exc}") from exc
     lines = source.splitlines()
     found: list[ParameterInfo] = []
     for node in tree.body:

@@ -6,6 +6,7 @@ so it runs once: its report feeds the metrics' scan figures and the charts alike
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import polars as pl
@@ -27,7 +28,7 @@ from potato_ops.monitoring.metrics import (
     success_rate_frame,
     violations_by_kind,
 )
-from potato_ops.runbook.display import Chart, Shown, Verdict, violations_frame
+from potato_ops.runbook.display import Chart, Shown, Verdict, user_emails, violations_frame
 from potato_ops.runbook.params import AuditParams
 from potato_ops.runbook.scan import run_lengths_chart, timezones_chart
 from potato_ops.runbook.session import Session
@@ -43,6 +44,7 @@ class AuditFigures(Shown):
     metrics: Metrics
     report: InvariantReport | None
     history: pl.DataFrame
+    emails: Mapping[str, str] = field(default_factory=dict)  # of the slowest users, for labels
 
     def title(self) -> str:
         return f"Key metrics: {self.metrics.window_text()}"
@@ -121,7 +123,9 @@ def audit_metrics(session: Session, params: AuditParams) -> AuditFigures:
             scanned=True,
             violations_by_kind=violations_by_kind(report),
         )
-    return AuditFigures(metrics, report, history_frame(storage.database, params.since))
+    history = history_frame(storage.database, params.since)
+    slowest = slowest_users_frame(history, params.top_slow_users)["user_id"].to_list()
+    return AuditFigures(metrics, report, history, user_emails(storage, slowest))
 
 
 @dataclass(frozen=True, repr=False)
@@ -173,12 +177,15 @@ def duration_chart(figures: AuditFigures) -> Chart:
 
 def success_chart(figures: AuditFigures) -> Chart:
     """Return the success rate per hour over the window."""
-    return Chart("success rate", success_rate_chart(success_rate_frame(figures.history)))
+    m = figures.metrics
+    window = (m.window_start, m.window_end) if m.window_start and m.window_end else None
+    return Chart("success rate", success_rate_chart(success_rate_frame(figures.history), window=window))
 
 
 def slowest_chart(figures: AuditFigures, top: int = 10) -> Chart:
     """Return the window's slowest users."""
-    return Chart("slowest users", slowest_users_chart(slowest_users_frame(figures.history, top)))
+    frame = slowest_users_frame(figures.history, top)
+    return Chart("slowest users", slowest_users_chart(frame, emails=figures.emails))
 
 
 def violations_chart(figures: AuditFigures) -> Chart:

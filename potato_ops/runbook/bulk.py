@@ -11,7 +11,7 @@ from potato_ops.errors import FeatureFlagError
 from potato_ops.monitoring.metrics import HISTORY_SCHEMA, history_frame, slowest_users_frame
 from potato_ops.ops.bulk.config import BulkConfig
 from potato_ops.ops.bulk.results import BulkResult, Progress
-from potato_ops.runbook.display import Chart, Shown, Verdict
+from potato_ops.runbook.display import Chart, Shown, Verdict, user_emails
 from potato_ops.runbook.params import BulkParams
 from potato_ops.runbook.progress import ProgressBar
 from potato_ops.runbook.scan import InvariantCheck, scan_invariants
@@ -260,8 +260,9 @@ def duration_chart(session: Session, step: BulkStep, *, slow_threshold_ms: float
 
 def slowest_chart(session: Session, step: BulkStep, *, top: int = 10) -> Chart:
     """Return the operation's slowest users."""
-    history = _operation_history(session, step)
-    return Chart("slowest users", slowest_users_chart(slowest_users_frame(history, top)))
+    frame = slowest_users_frame(_operation_history(session, step), top)
+    emails = user_emails(session.storage, frame["user_id"].to_list())
+    return Chart("slowest users", slowest_users_chart(frame, emails=emails))
 
 
 def bulk_verdict(

@@ -2,7 +2,8 @@
 
 Every step result is a frozen dataclass deriving from ``Shown``: ``str()`` gives plain lines (a
 log, the text/plain output of a cell), ``_repr_html_`` a small titled block. Charts are wrapped
-in ``Chart`` so a notebook shows them as PNG whatever matplotlib backend the kernel runs.
+in ``Chart`` so a notebook shows them as an ``image/png`` output whatever matplotlib backend the
+kernel runs (or as one line of text when there was nothing to draw).
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ from typing import Any, Literal
 import polars as pl
 from matplotlib.figure import Figure
 
+from potato_ops.charts.canvas import NoData
 from potato_ops.domain.models import Run, Violation
+from potato_ops.errors import UserNotFoundError
 from potato_ops.notebook_runs.result import verdict_line
+from potato_ops.notebook_runs.summary import VERDICT_CLASS
+from potato_ops.storage import Storage
 
 Status = Literal["ok", "problem"]
 
@@ -58,31 +63,47 @@ class Shown:
         )
 
 
+CHART_MIMETYPE = "image/png"
+NO_CHART_CLASS = "potato-ops-no-chart"
+
+
 @dataclass(frozen=True, repr=False)
 class Chart:
-    """A matplotlib figure shown as an embedded PNG image (its ``name`` says what it draws).
+    """A matplotlib figure shown as an ``image/png`` output (its ``name`` says what it draws).
 
-    It displays as HTML (``<img alt=... src="data:image/png;base64,...">``) rather than as a
-    bare PNG output: a report then carries the image's alternative text, and the image once.
+    A bare PNG output (not an ``<img>`` inside HTML) is what nbconvert, PDF export and other
+    notebook tools pick up; the name travels as the output's ``alt`` metadata and text/plain.
+    When the chart function had nothing to draw (``NoData``) it shows that one line instead.
     """
 
     name: str
-    figure: Figure
+    figure: Figure | NoData
     dpi: int = 100
 
     @cached_property
     def png(self) -> bytes:
-        """Return the figure rendered as PNG bytes (rendered once)."""
+        """Return the figure rendered as PNG bytes (rendered once); empty when there is no figure."""
+        if isinstance(self.figure, NoData):
+            return b""
         buffer = io.BytesIO()
         self.figure.savefig(buffer, format="png", dpi=self.dpi, facecolor="white")
         return buffer.getvalue()
 
-    def _repr_html_(self) -> str:
-        data = base64.b64encode(self.png).decode("ascii")
-        alt = html.escape(f"chart: {self.name}", quote=True)
-        return f'<img alt="{alt}" src="data:image/png;base64,{data}">'
+    def _repr_mimebundle_(
+        self, include: Any = None, exclude: Any = None
+    ) -> tuple[dict[str, str], dict[str, Any]]:
+        if isinstance(self.figure, NoData):
+            text = f"{self.name}: {self.figure.text}"
+            line = f'<p class="{NO_CHART_CLASS}" style="color:#57606a">{html.escape(text)}</p>'
+            return {"text/plain": text, "text/html": line}, {}
+        width, height = (round(v * self.dpi) for v in self.figure.get_size_inches())
+        data = {CHART_MIMETYPE: base64.b64encode(self.png).decode("ascii"), "text/plain": repr(self)}
+        metadata = {CHART_MIMETYPE: {"alt": f"chart: {self.name}", "width": width, "height": height}}
+        return data, metadata
 
     def __repr__(self) -> str:
+        if isinstance(self.figure, NoData):
+            return f"{self.name}: {self.figure.text}"
         return f"[chart: {self.name}]"
 
 
@@ -103,6 +124,9 @@ class Verdict(Shown):
 
     def __str__(self) -> str:
         return verdict_line(self.status, self.text)
+
+    def _repr_html_(self) -> str:
+        return f'<div class="{VERDICT_CLASS}">{super()._repr_html_()}</div>'
 
 
 def runs_frame(runs: Sequence[Run]) -> pl.DataFrame:
@@ -144,3 +168,16 @@ def count_lines(counts: Mapping[str, int], *, zero_is_ok: bool = True) -> list[t
         ("ok" if n == 0 and zero_is_ok else "problem" if zero_is_ok else "info", f"{name}: {n}")
         for name, n in counts.items()
     ]
+
+
+def user_emails(storage: Storage, user_ids: Sequence[str]) -> dict[str, str]:
+    """Return the email of each of these users that has one (for chart labels; a few users only)."""
+    found: dict[str, str] = {}
+    for user_id in dict.fromkeys(user_ids):
+        try:
+            user = storage.get_user(user_id)
+        except UserNotFoundError:
+            continue  # an orphan's runs outlive its user: the chart shows the id
+        if user.email:
+            found[user_id] = user.email
+    return found

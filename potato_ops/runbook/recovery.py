@@ -25,7 +25,7 @@ from potato_ops.charts.runs import violations_before_after
 from potato_ops.domain.models import ViolationKind
 from potato_ops.monitoring.metrics import history_frame, slowest_users_frame
 from potato_ops.ops.repair import RepairStatus, UserRepair, repair_users
-from potato_ops.runbook.display import Chart, Shown, Verdict
+from potato_ops.runbook.display import Chart, Shown, Verdict, user_emails
 from potato_ops.runbook.params import RecoveryParams
 from potato_ops.runbook.scan import InvariantCheck, scan_invariants, timezones_chart
 from potato_ops.runbook.session import Session
@@ -288,8 +288,9 @@ def affected_timezones_chart(session: Session, detection: Detection) -> Chart:
 
 def slow_users_chart(session: Session, *, top: int = 10) -> Chart:
     """Return the users with the slowest recorded rebuilds."""
-    history = history_frame(session.storage.database, ALL_HISTORY)
-    return Chart("slowest users", slowest_users_chart(slowest_users_frame(history, top)))
+    frame = slowest_users_frame(history_frame(session.storage.database, ALL_HISTORY), top)
+    emails = user_emails(session.storage, frame["user_id"].to_list())
+    return Chart("slowest users", slowest_users_chart(frame, emails=emails))
 
 
 def recovery_verdict(

@@ -14,9 +14,7 @@
     ├── OperationRunningError       resume of an operation whose runner is still alive
     ├── RuleError                   malformed alert rules file (carries the line number)
     ├── NotebookError               runbook notebook problems
-    │   ├── NotebookParameterError  unknown parameter name or wrong type
-    │   └── NotebookExecutionError  a cell failed or timed out (the CLI maps it to its exit code;
-    │                               the runner reports a failed cell in its result instead)
+    │   └── NotebookParameterError  unknown parameter name or wrong type
     └── ReportError                 archive problems (malformed run id or index line)
         ├── SecretLeakError         an archived file would have held a secret: nothing written
         └── RecordNotArchivedError  a run ended but its record could not be archived
@@ -85,20 +83,6 @@ class NotebookError(PotatoOpsError):
 
 class NotebookParameterError(NotebookError, ValueError):
     """A parameter is unknown to the notebook or has the wrong type."""
-
-
-class NotebookExecutionError(NotebookError):
-    """A notebook cell raised or timed out."""
-
-    def __init__(
-        self,
-        message: str,
-        cell_index: int | None = None,
-        error_name: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.cell_index = cell_index
-        self.error_name = error_name
 
 
 class ReportError(PotatoOpsError):

@@ -9,8 +9,9 @@ import pytest
 from sqlalchemy import select, update
 
 from potato_ops import InvalidTimezoneError, Run, Storage
-from potato_ops.db.schema import RUNS_V2_FLAG, day_marks, ops_rebuild_history, runs
+from potato_ops.db.schema import RUNS_V2_FLAG, day_marks, ops_rebuild_history, ops_timezone_changes, runs
 from potato_ops.domain.models import ViolationKind
+from potato_ops.ops.rebuild import rebuild_user_runs
 from tests.conftest import NOW, MutableClock, add_runs, add_user, snapshot, spans
 
 D = date.fromisoformat
@@ -624,3 +625,26 @@ def test_app_flag_write_is_seen_by_refresh(storage: Storage) -> None:
     assert storage.validate_invariants().stale_active == 1
     assert storage.refresh_active_runs() == 1
     assert rows(storage, "u") == [("2024-03-08", "2024-03-10", 3, True)]
+
+
+def test_a_rebuild_with_a_zone_change_shows_the_moved_flags_and_a_dry_run_keeps_nothing(
+    storage: Storage,
+) -> None:
+    # NOW is 2024-03-10 15:00 UTC: local today is 03-10 in UTC and already 03-11 at UTC+14,
+    # so a streak that ended on 03-09 is active in UTC and over in Kiritimati.
+    add_user(storage, "tz", ["2024-03-07", "2024-03-08", "2024-03-09"])
+    add_runs(storage, "tz", [("2024-03-07", "2024-03-09")], active=0)
+    before = snapshot(storage)
+    dry = rebuild_user_runs(storage.database, "tz", dry_run=True, timezone="Pacific/Kiritimati")
+    assert dry.success
+    assert [(r.start_date.isoformat(), r.end_date.isoformat(), r.active) for r in dry.runs_after] == [
+        ("2024-03-07", "2024-03-09", False)
+    ]
+    assert snapshot(storage) == before
+    done = rebuild_user_runs(storage.database, "tz", timezone="Pacific/Kiritimati")
+    assert done.success
+    assert storage.get_user("tz").timezone == "Pacific/Kiritimati"
+    assert [r.active for r in storage.get_user_runs("tz")] == [False]
+    with storage.engine.connect() as conn:
+        logged = conn.execute(select(ops_timezone_changes.c.new_timezone)).scalars().all()
+    assert logged == ["Pacific/Kiritimati"]

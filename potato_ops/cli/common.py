@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
 import typer
 
 from potato_ops.config import DATABASE_URL_ENV, REPORTS_DIR_ENV, default_sqlite_path, mask_secrets
-from potato_ops.errors import NotebookExecutionError, NotebookParameterError, PotatoOpsError
+from potato_ops.errors import NotebookParameterError, PotatoOpsError
 from potato_ops.exitcodes import ExitCode
 
 if TYPE_CHECKING:
@@ -99,8 +99,6 @@ def expected_failures(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except NotebookParameterError as exc:
             raise fail(option_words(str(exc)), ExitCode.INVALID_PARAMETERS) from None
-        except NotebookExecutionError as exc:
-            raise fail(str(exc), ExitCode.EXECUTION_FAILED) from None
         except PotatoOpsError as exc:
             raise fail(option_words(str(exc))) from None
         except KeyboardInterrupt:

@@ -24,7 +24,8 @@ from potato_ops.db.backups import make_backup, save_backups
 from potato_ops.db.engine import chunks, lock_users
 from potato_ops.db.reads import fetch_feature_flag, fetch_marked_dates, fetch_runs, fetch_user
 from potato_ops.db.schema import RUNS_V2_FLAG, runs
-from potato_ops.domain.dates import ONE_DAY, local_today, parse_date_range
+from potato_ops.db.timezone_log import change_timezone
+from potato_ops.domain.dates import ONE_DAY, local_today, parse_date_range, validate_timezone
 from potato_ops.domain.invariants import check_active_flags, check_invariants
 from potato_ops.domain.models import Backup, RebuildResult, Run, User, ValidationResult, Violation
 from potato_ops.domain.runs import diff_runs, expected_runs, should_be_active
@@ -403,12 +404,17 @@ def rebuild_user_runs(
     *,
     backup: bool = True,
     dry_run: bool = False,
+    timezone: str | None = None,
 ) -> RebuildResult:
     """Rebuild one user's runs (all, or those touching the range) in one transaction.
 
     Backup, rebuild and validation commit together; on any violation nothing is
     committed and ``success`` is False. A dry run computes the same and rolls back.
+    With ``timezone``, the user's zone changes (logged) in the same transaction first, so a
+    dry run shows the active flags the move would give and rolls both back.
     """
+    if timezone is not None:
+        validate_timezone(timezone)
     lo, hi = parse_date_range(from_date, to_date)
     options = BatchOptions(
         uuid.uuid4().hex,
@@ -429,6 +435,8 @@ def rebuild_user_runs(
         with db.write() as conn:
             # Read in the rebuild's own transaction: two connections and their round
             # trips fewer. UserNotFoundError rolls back a transaction that wrote nothing.
+            if timezone is not None:
+                change_timezone(conn, user_id, timezone, started)
             user = fetch_user(conn, user_id)
             flag = fetch_feature_flag(conn, RUNS_V2_FLAG)
             outcome = rebuild_batch(conn, [user], options, started)[user.id]

@@ -23,7 +23,7 @@ from bs4 import BeautifulSoup, Tag
 
 from potato_ops.errors import NotebookError
 from potato_ops.notebook_runs.parameters import declared_in_source
-from potato_ops.notebook_runs.result import RESULT_MIMETYPE
+from potato_ops.notebook_runs.result import RESULT_MIMETYPE, ProblemFound
 
 # The class potato_ops.runbook.display puts on a verdict block: the page's header shows it instead.
 VERDICT_CLASS = "potato-ops-verdict"
@@ -162,6 +162,8 @@ def _output(output: Mapping[str, Any]) -> str:
     if kind == "stream":
         return _stream(output)
     if kind == "error":
+        if output.get("ename") == ProblemFound.__name__:
+            return ""  # the verdict that failed the run already heads the page
         return f'<p class="error"><strong>{_e(str(output.get("ename", "")))}</strong>: ' + (
             f"{_e(str(output.get('evalue', '')))}</p>"
         )

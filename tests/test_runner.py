@@ -508,3 +508,18 @@ def test_every_command_and_option_has_help() -> None:
         for param in command.params:
             if param.name != "help":
                 assert getattr(param, "help", None), f"{command.name} {param.name}"
+
+
+@pytest.mark.notebook
+def test_a_run_with_defaults_that_need_a_user_is_refused_naming_the_parameter(
+    reports: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POTATO_OPS_NOTEBOOKS_DIR", str(Path(__file__).parent.parent / "notebooks"))
+    result = CliRunner().invoke(_cli(), ["run", "01_single_user_recovery", "--reports-dir", str(reports)])
+
+    assert result.exit_code == ExitCode.INVALID_PARAMETERS, result.output
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("❌ parameters refused: no user chosen") and "set user_email or user_id" in first
+    run_dir = list_runs(reports)[0].dir
+    archived = json.loads((reports / run_dir / "01_single_user_recovery.result.json").read_text())
+    assert (archived["status"], archived["exit_code"]) == ("refused", ExitCode.INVALID_PARAMETERS)

@@ -55,7 +55,13 @@ GENESIS_HASH = "0" * 64
 RUN_DIR_PATTERN = re.compile(r"^\d{8}T\d{6}Z_[A-Za-z0-9_.\-]+_[0-9a-f]{8}$")
 
 _render_lock = threading.Lock()
-_STATUS_COLOURS = {"ok": "#1a7f37", "problem": "#bf8700", "error": "#cf222e", "timeout": "#8250df"}
+_STATUS_COLOURS = {
+    "ok": "#1a7f37",
+    "problem": "#bf8700",
+    "refused": "#bf8700",
+    "error": "#cf222e",
+    "timeout": "#8250df",
+}
 
 
 @dataclass(frozen=True)

@@ -58,9 +58,13 @@ KERNEL_START_TIMEOUT_S = 60
 EXIT_CODES = {
     "ok": ExitCode.OK,
     "problem": ExitCode.PROBLEM_FOUND,
+    "refused": ExitCode.INVALID_PARAMETERS,
     "error": ExitCode.EXECUTION_FAILED,
     "timeout": ExitCode.EXECUTION_FAILED,
 }
+# What a notebook's own check cell raises for a value it cannot use (runbook.params): the run is
+# refused for its parameters (exit 4), as when `potato-ops run` refuses them before the kernel.
+_PARAMETER_ERRORS = ("RunbookParameterError", "NotebookParameterError")
 
 
 @dataclass(frozen=True)
@@ -288,6 +292,8 @@ def _execute(
             "ename": exc.ename,
             "evalue": exc.evalue,
         }
+        if exc.ename in _PARAMETER_ERRORS:
+            return _failed("refused", error, f"parameters refused: {exc.evalue}", output)
         where = f"cell {exc.cell_index + 1} (In [{exc.exec_count}])"
         return _failed("error", error, f"{where} raised {exc.ename}: {exc.evalue}", output)
     except CellTimeoutError:

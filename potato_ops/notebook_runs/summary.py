@@ -34,6 +34,7 @@ NONE_TEXT = "none"
 _STATUS = {
     "ok": ("OK", "#1a7f37"),
     "problem": ("PROBLEM", "#cf222e"),
+    "refused": ("REFUSED", "#bf8700"),
     "error": ("ERROR", "#cf222e"),
     "timeout": ("TIMEOUT", "#8250df"),
 }

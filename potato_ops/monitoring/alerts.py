@@ -100,6 +100,11 @@ class FiringAlert:
     condition: str
     values: dict[str, float | None]
 
+    def values_text(self) -> str:
+        """Return the values the condition read, as ``metric=value, ...`` (``no data`` for none)."""
+        shown = {m: "no data" if v is None else f"{v:g}" for m, v in self.values.items()}
+        return ", ".join(f"{metric}={value}" for metric, value in shown.items())
+
 
 def parse_condition(text: str) -> Condition:
     """Return the syntax tree of a condition; RuleError (without a line) when it is malformed."""

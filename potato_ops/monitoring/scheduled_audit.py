@@ -67,10 +67,7 @@ def exit_code_for(severity: str | None) -> ExitCode:
 
 def describe_alert(alert: FiringAlert) -> str:
     """Return one line naming the alert, its condition and the values it read."""
-    values = ", ".join(
-        f"{metric}={'no data' if value is None else f'{value:g}'}" for metric, value in alert.values.items()
-    )
-    return f"{alert.severity} {alert.name}: {alert.condition} ({values})"
+    return f"{alert.severity} {alert.name}: {alert.condition} ({alert.values_text()})"
 
 
 def last_audit_success(reports_dir: str | os.PathLike[str] | None = None) -> datetime | None:

@@ -147,7 +147,7 @@ class AlertsView(Shown):
     def lines(self) -> list[tuple[str, str]]:
         if not self.firing:
             return [("ok", "no alert fires")]
-        return [("problem", f"{a.severity} {a.name}: {a.condition} {a.values}") for a in self.firing]
+        return [("problem", f"{a.severity} {a.name}: {a.condition} ({a.values_text()})") for a in self.firing]
 
     def frame(self) -> pl.DataFrame:
         """Return the firing alerts: severity, name, condition, values."""
@@ -156,7 +156,7 @@ class AlertsView(Shown):
                 "severity": [a.severity for a in self.firing],
                 "name": [a.name for a in self.firing],
                 "condition": [a.condition for a in self.firing],
-                "values": [str(a.values) for a in self.firing],
+                "values": [a.values_text() for a in self.firing],
             },
             schema={"severity": pl.String, "name": pl.String, "condition": pl.String, "values": pl.String},
         )

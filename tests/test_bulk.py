@@ -182,7 +182,7 @@ def test_dry_run_writes_only_its_ledger_rows_and_tells_what_would_change(flag_on
 
     after = snapshot(storage)
     for table in before:
-        if table not in ("ops_operations", "ops_operation_items"):
+        if table not in ("ops_operations", "ops_operation_items", "ops_operation_batches"):
             assert after[table] == before[table], table
     assert len(after["ops_operations"]) == 1
     assert len(after["ops_operation_items"]) == 30
@@ -677,7 +677,7 @@ def test_every_bulk_command_and_option_has_help() -> None:
     app = typer.Typer()
     register(app)
     commands: dict[str, Any] = getattr(typer.main.get_command(app), "commands", {})
-    assert sorted(commands) == ["bulk-rebuild", "cancel", "operations", "progress", "prune-backups", "resume"]
+    assert sorted(commands) == ["bulk-rebuild", "bulk-worker", "cancel", "operations", "progress", "prune-backups", "resume"]
     undocumented = [
         f"{name} {param.name}"
         for name, command in commands.items()

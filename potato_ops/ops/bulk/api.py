@@ -31,6 +31,7 @@ This module is the public API, thin functions over: ``potato_ops.ops.bulk.config
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Sequence
@@ -38,7 +39,7 @@ from collections.abc import Sequence
 from potato_ops.db.engine import read_connection, write_transaction
 from potato_ops.db.schema import RUNS_V2_FLAG
 from potato_ops.errors import ConfigError, FeatureFlagError, OperationRunningError
-from potato_ops.ops.bulk import ledger, ownership, rows
+from potato_ops.ops.bulk import claims, ledger, ownership, rows
 from potato_ops.ops.bulk.config import BulkConfig
 from potato_ops.ops.bulk.executor import KIND, BulkRun
 from potato_ops.ops.bulk.results import (
@@ -92,6 +93,7 @@ def bulk_rebuild_users(
                     now=now,
                 )
                 ledger.claim(conn, operation_id, runner, now, previous=runner.token)
+                claims.plan_batches(conn, operation_id, config.batch_size)
             log.info(
                 "bulk operation %s: %d users, %s, batch %d, workers %d",
                 operation_id,
@@ -166,13 +168,90 @@ def resume_bulk_rebuild(
                     raise OperationRunningError(
                         f"operation {operation_id} was just taken over by another process"
                     )
+                # Every earlier runner and worker is fenced out from here: their batches
+                # roll back at commit, and their claims are dropped with the old batches.
+                epoch = claims.take_over(conn, operation_id)
                 only: list[str] | None = None
                 if failed_only:
                     only = [item.user_id for item in ledger.failed_items(conn, operation_id)]
                 ledger.reopen_failed(conn, operation_id)
+                claims.plan_batches(conn, operation_id, config.batch_size)
             log.info("bulk operation %s resumed (was %s)", operation_id, op.status)
             previous = op.status if op.status not in rows.LIVE else rows.INTERRUPTED
-            return BulkRun(db, operation_id, config, runner, progress).execute(only, status_if_left=previous)
+            run = BulkRun(db, operation_id, config, runner, progress, epoch=epoch)
+            return run.execute(only, status_if_left=previous)
+    finally:
+        ownership.release_runner(runner)
+
+
+def open_bulk_operation(
+    db: Database, user_ids: Sequence[str] | None, config: BulkConfig | None = None
+) -> str:
+    """Write an operation for workers to run (``join_bulk_operation`` on any host); return its id.
+
+    Nothing is rebuilt here. Refused on SQLite (one host) and, as ``bulk_rebuild_users``
+    does, for bad input or a real run while the feature flag is off.
+    """
+    config = config or BulkConfig()
+    _one_host_refusal(db)
+    if isinstance(user_ids, str):
+        raise ConfigError("user_ids must be a list of ids, not one string")
+    _check_flag(db, config)
+    operation_id = uuid.uuid4().hex
+    runner = ownership.new_runner()
+    ownership.release_runner(runner)  # the operation is nobody's until a worker joins
+    now = db.now()
+    with write_transaction(db.engine) as conn:
+        ledger.create_operation(
+            conn,
+            operation_id,
+            kind=KIND,
+            dry_run=config.dry_run,
+            config=config.to_json(),
+            user_ids=user_ids,
+            runner=runner,
+            now=now,
+        )
+        claims.plan_batches(conn, operation_id, config.batch_size)
+    log.info("bulk operation %s opened for workers", operation_id)
+    return operation_id
+
+
+def join_bulk_operation(
+    db: Database,
+    operation_id: str,
+    *,
+    max_workers: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> BulkResult:
+    """Work on an operation alongside its other workers (any host) until nothing is left.
+
+    The worker claims batches from the ledger (leases, ``FOR UPDATE SKIP LOCKED``), so no
+    user is rebuilt twice; it takes over a dead worker's batches once their lease lapsed.
+    A finished operation is returned as it is. Raises ConfigError on SQLite (one host).
+    """
+    _one_host_refusal(db)
+    if max_workers is not None and (isinstance(max_workers, bool) or max_workers < 1):
+        raise ConfigError(f"max_workers must be at least 1, not {max_workers!r}")
+    with read_connection(db.engine) as conn:
+        op = ledger.fetch_operation(conn, operation_id)
+    if op.status in (rows.COMPLETED, rows.FAILED, rows.CANCELLED):
+        return stored_result(db, op)
+    config = BulkConfig.from_json(op.config)
+    if max_workers is not None:
+        config = dataclasses.replace(config, max_workers=max_workers)
+    _check_flag(db, config)
+    runner = ownership.new_runner()
+    try:
+        with ownership.operation_lock(db.engine, operation_id, owner=False):
+            with write_transaction(db.engine) as conn:
+                epoch = ledger.join(conn, operation_id, db.now())
+            if epoch is None:
+                with read_connection(db.engine) as conn:
+                    return stored_result(db, ledger.fetch_operation(conn, operation_id))
+            log.info("bulk operation %s: worker %s joined", operation_id, runner.token)
+            run = BulkRun(db, operation_id, config, runner, progress, epoch=epoch, owner=False)
+            return run.execute(None, status_if_left=rows.RUNNING)
     finally:
         ownership.release_runner(runner)
 
@@ -205,6 +284,14 @@ def _check_flag(db: Database, config: BulkConfig) -> None:
         raise FeatureFlagError(
             f"feature flag {RUNS_V2_FLAG} is off: a real bulk rebuild is refused "
             "(turn the flag on, or set ignore_feature_flag)"
+        )
+
+
+def _one_host_refusal(db: Database) -> None:
+    if db.dialect != "postgresql":
+        raise ConfigError(
+            "an operation shared by several hosts needs PostgreSQL: SQLite is one host "
+            "(run bulk-rebuild there, and resume to finish an interrupted one)"
         )
 
 

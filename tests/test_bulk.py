@@ -677,7 +677,15 @@ def test_every_bulk_command_and_option_has_help() -> None:
     app = typer.Typer()
     register(app)
     commands: dict[str, Any] = getattr(typer.main.get_command(app), "commands", {})
-    assert sorted(commands) == ["bulk-rebuild", "bulk-worker", "cancel", "operations", "progress", "prune-backups", "resume"]
+    assert sorted(commands) == [
+        "bulk-rebuild",
+        "bulk-worker",
+        "cancel",
+        "operations",
+        "progress",
+        "prune-backups",
+        "resume",
+    ]
     undocumented = [
         f"{name} {param.name}"
         for name, command in commands.items()

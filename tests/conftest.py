@@ -88,7 +88,7 @@ def citus_server_url() -> Iterator[str]:
     """Make a schema with the distributed layout on the Citus coordinator; yield its URL; drop it."""
     from potato_ops.db.distributed import distribute_schema
 
-    admin_url = os.environ.get(CITUS_URL_VAR)
+    admin_url = os.environ.get(CITUS_URL_VAR, "")
     if not admin_url:
         _pg_unavailable(f"${CITUS_URL_VAR} is not set", "Citus test cluster")
     name = f"potato_{uuid.uuid4().hex[:10]}"

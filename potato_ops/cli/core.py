@@ -9,6 +9,7 @@ import typer
 from tqdm.auto import tqdm
 
 from potato_ops.cli.common import DatabaseOption, FromDateOption, ToDateOption, expected_failures, fail
+from potato_ops.db.distributed import lay_out
 from potato_ops.demo.synth import seed
 from potato_ops.domain.models import RebuildResult, Run, jsonable
 from potato_ops.exitcodes import ExitCode
@@ -64,10 +65,21 @@ def register(app: typer.Typer) -> None:
 
     @app.command("init-db")
     @expected_failures
-    def init_db(database_url: DatabaseOption = None) -> None:
+    def init_db(
+        database_url: DatabaseOption = None,
+        distributed: Annotated[
+            bool,
+            typer.Option(
+                "--distributed",
+                help="Lay the tables out for Citus (by user id, co-located); converts a database in place.",
+            ),
+        ] = False,
+    ) -> None:
         """Create missing tables (idempotent); existing app data is left untouched."""
         storage = Storage.connect(database_url)
         storage.create_schema()
+        for line in lay_out(storage.engine, distributed=distributed):
+            typer.echo(line)
         typer.echo(f"schema ready on {storage.url}")
 
     @app.command("seed")

@@ -85,11 +85,8 @@ def _widen_keys(conn: Connection, table: str, column: str) -> list[str]:
             )
         cols = ", ".join(unique["column_names"])
         conn.execute(text(f'ALTER TABLE {table} DROP CONSTRAINT "{unique["name"]}"'))
-        conn.execute(
-            text(
-                f"CREATE INDEX IF NOT EXISTS ix_{table}_{'_'.join(unique['column_names'])} ON {table} ({cols})"
-            )
-        )
+        index = f"ix_{table}_{'_'.join(unique['column_names'])}"
+        conn.execute(text(f"CREATE INDEX IF NOT EXISTS {index} ON {table} ({cols})"))
         done.append(f"{table}: unique ({cols}) kept as a plain index")
     return done
 
@@ -132,3 +129,24 @@ def distribute_schema(engine: Engine) -> list[str]:
             conn.execute(text("SELECT truncate_local_data_after_distributing_table(:t)"), {"t": table})
         done.append(f"{table}: {kind}" + (f" by {column}" if column else ""))
     return done
+
+
+def lay_out(engine: Engine, *, distributed: bool) -> list[str]:
+    """Place the tables after ``create_schema``; return lines for the operator.
+
+    ``distributed`` asks for the Citus layout (SchemaError without Citus). Without it, a
+    database already laid out for Citus gets any newly added table placed too, and one with
+    the extension but a single-server layout is told how to convert.
+    """
+    if engine.dialect.name != "postgresql":
+        if distributed:
+            raise SchemaError("a distributed layout needs PostgreSQL with the citus extension, not SQLite")
+        return []
+    with engine.connect() as conn:
+        version = citus_version(conn)
+        placed = placement(conn)
+    if distributed or placed.get("runs") == "distributed":
+        return [f"citus: {line}" for line in distribute_schema(engine)]
+    if version is not None:
+        return [f"citus {version} is installed but the tables are not distributed: run init-db --distributed"]
+    return []

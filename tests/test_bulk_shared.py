@@ -9,6 +9,7 @@ exactly once, the ledger's figures equal to the changes actually made.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -19,9 +20,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+import typer
 from sqlalchemy import func, select, text
+from typer.testing import CliRunner
 
 from potato_ops import BulkConfig, Storage, group_consecutive_dates
+from potato_ops.cli.bulk import register
 from potato_ops.db.engine import LOCK_NS_OPERATION
 from potato_ops.db.schema import (
     day_marks,
@@ -295,3 +299,61 @@ def test_sqlite_is_one_host_and_says_so(storage: Storage) -> None:
         api.open_bulk_operation(storage.database, [], BulkConfig())
     with pytest.raises(ConfigError, match="SQLite is one host"):
         api.join_bulk_operation(storage.database, "whatever")
+
+
+@POSTGRES_AND_CITUS
+def test_cancel_stops_every_worker_and_no_one_joins_afterwards(
+    corrupted: tuple[Storage, list[str], set[str]],
+) -> None:
+    storage, ids, _ = corrupted
+    operation_id = api.open_bulk_operation(storage.database, ids, BulkConfig(batch_size=5, dry_run=False))
+
+    def cancel_after_first_batch(p: Any) -> None:
+        if p.processed_users == 5:
+            storage.cancel_bulk_rebuild(operation_id)
+
+    worker = api.join_bulk_operation(
+        storage.database, operation_id, max_workers=1, progress=cancel_after_first_batch
+    )
+    late = api.join_bulk_operation(storage.database, operation_id, max_workers=2)
+
+    assert (worker.status, worker.completed_users, worker.pending_users) == ("cancelled", 5, len(ids) - 5)
+    assert (late.status, late.completed_users) == ("cancelled", 5)  # it found the cancel and did nothing
+
+
+def bulk_cli(db_url: str, *args: str) -> tuple[int, str, str]:
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, list(args), env={"POTATO_DATABASE_URL": db_url})
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("backend", [pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_detach_then_bulk_worker_from_the_command_line(
+    corrupted: tuple[Storage, list[str], set[str]], db_url: str
+) -> None:
+    storage, ids, changed = corrupted
+
+    code, out, err = bulk_cli(db_url, "bulk-rebuild", "--all", "--execute", "--batch-size", "7", "--detach")
+    assert (code, err) == (0, "")
+    operation_id = re.findall(r"bulk-worker ([0-9a-f]{32})", out)[0]
+    assert storage.get_rebuild_progress(operation_id).processed_users == 0  # written, not run
+
+    code, out, err = bulk_cli(db_url, "bulk-worker", operation_id, "--quiet", "--workers", "2")
+
+    assert (code, err) == (0, ""), out
+    assert f"operation {operation_id}: completed; completed {len(ids)}" in out
+    progress = storage.get_rebuild_progress(operation_id)
+    assert (progress.status, progress.completed_users) == ("completed", len(ids))
+    assert progress.users_changed >= len(changed)  # on the system clock, active flags may move too
+
+
+def test_bulk_worker_on_sqlite_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'one.sqlite3'}"
+    Storage.connect(url).create_schema()
+    code, out, err = bulk_cli(url, "bulk-worker", "0" * 32)
+    assert (code, out) == (1, "")
+    assert (
+        err.startswith("error: an operation shared by several hosts needs PostgreSQL")
+        and err.count("\n") == 1
+    )

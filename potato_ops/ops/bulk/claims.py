@@ -44,7 +44,7 @@ class Claim:
 
 @dataclass(frozen=True)
 class NoClaim:
-    """Why no batch was claimed: done, busy (others hold the rest), cancelled, or fenced."""
+    """Why no batch was claimed: done (for this worker), busy (others hold some), cancelled, fenced."""
 
     reason: str
 
@@ -109,12 +109,17 @@ def claim_batch(
         .with_for_update(skip_locked=True)
     ).scalar_one_or_none()
     if batch_no is None:
-        left = conn.execute(
+        others = conn.execute(
             select(func.count())
             .select_from(_b)
-            .where(_b.c.operation_id == operation_id, _b.c.status == PENDING)
+            .where(
+                _b.c.operation_id == operation_id,
+                _b.c.status == PENDING,
+                _b.c.claim_token.is_distinct_from(runner.token),
+            )
         ).scalar_one()
-        return NoClaim("busy" if left else DONE)
+        # Only this worker's own threads hold what is left: they finish it, nothing to wait for.
+        return NoClaim("busy" if others else DONE)
     conn.execute(
         update(_b)
         .where(_b.c.operation_id == operation_id, _b.c.batch_no == batch_no)

@@ -6,20 +6,28 @@ A run, step by step:
    anything is written.
 2. The operation and one item per user go into the ledger (``potato_ops.ops.bulk.ledger``), owned by
    this process's runner (on PostgreSQL it also holds the operation's session lock).
-3. The pending users, in their stable order, go in batches to ``max_workers`` threads, each
-   batch on a connection of its own, in ONE writing transaction: ``rebuild_batch`` (backups
-   of the users it changes, delete, insert, validation of the batch), then the history rows
-   and the items marked completed. All of a user's changes commit at once, so a reader sees
-   a user's old runs or new runs, never a mix; a crash loses at most uncommitted batches,
-   whose items are still pending. A batch with any failing user (violations or an error) is
-   rolled back and each of its users is redone alone, so one bad user never fails its
-   neighbours; a user failing alone gets a failed item (error class and message) and a
-   failed history row. A dry run rolls every batch back and then writes only its items.
-4. Between batches the coordinator stamps the heartbeat, reads a cancel request, checks the
-   failure rate, and reports progress to the optional callback.
+3. The pending items are cut into batches (``potato_ops.ops.bulk.claims``) and ``max_workers``
+   threads claim them one at a time, each claim a lease; workers on other hosts may join the
+   same operation (``join_bulk_operation``, ``potato-ops bulk-worker OPID``; PostgreSQL only)
+   and claim from the same batches (``FOR UPDATE SKIP LOCKED``), so no user is rebuilt twice.
+   Each batch runs on a connection of its own in ONE writing transaction: ``rebuild_batch``
+   (backups of the users it changes, delete, insert, validation of the batch), then the
+   history rows and the items marked completed, then the fence: the worker must still hold
+   the operation's epoch and the batch's claim, or the whole batch rolls back and a worker
+   that lost the operation stops. All of a user's changes commit at once, so a reader sees a
+   user's old runs or new runs, never a mix; a crash loses at most uncommitted batches, whose
+   items are still pending (and whose claims lapse for the other workers). A batch with any
+   failing user (violations or an error) is rolled back and each of its users is redone
+   alone, so one bad user never fails its neighbours; a user failing alone gets a failed
+   item (error class and message) and a failed history row. A dry run rolls every batch back
+   and then writes only its items.
+4. After each batch the coordinator checks the failure rate and reports progress (every
+   worker's, from the ledger) to the optional callback; every claim reads a cancel request,
+   so a cancel stops every worker of the operation at its next batch boundary.
 5. The operation ends completed, failed (failure rate exceeded or an unexpected error),
    cancelled, or, when the process is killed, stays "running" with its runner gone, which
-   ``get_rebuild_progress`` reports as interrupted and ``resume_bulk_rebuild`` takes over.
+   ``get_rebuild_progress`` reports as interrupted and ``resume_bulk_rebuild`` takes over: it
+   bumps the epoch (fencing out every earlier runner and worker) and cuts the batches afresh.
 
 Rebuilding a user is idempotent (only wrong runs are replaced, and only changed users are
 backed up), so redoing a batch that never committed can neither duplicate runs nor backups.

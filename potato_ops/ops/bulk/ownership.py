@@ -2,8 +2,12 @@
 
 Decided by something the runner holds, never by heartbeat age alone:
 
-* PostgreSQL: the runner holds a session-level advisory lock keyed by the operation id on a
-  connection of its own for the run's life; the server drops it the moment the process dies.
+* PostgreSQL: the runner (the owner) holds a session-level advisory lock keyed by the
+  operation id on a connection of its own for the run's life, and every worker of the
+  operation (the owner's and ``bulk-worker``'s on any host) a shared one; the server drops
+  them the moment the process dies or its connection is cut. Losing the lock while still
+  running is possible (a network blip, a pooler): the fence in ``claims`` is what keeps such
+  a runner from writing once another has taken over.
 * SQLite: the runner records its host, pid and a token holding the process's start time (from
   ``/proc``, so a reused pid is not mistaken for it). On another host only the heartbeat can
   tell, so there a runner is taken for gone once its heartbeat is ``STALE_AFTER`` old.

@@ -25,7 +25,7 @@ from potato_ops.db.distributed import COORDINATOR_ONLY, placement
 from potato_ops.db.schema import metadata, runs
 from potato_ops.demo.synth import seed
 from potato_ops.domain.models import ViolationKind
-from tests import test_audit_cli, test_detection, test_rebuild
+from tests import test_audit_cli, test_detection, test_notebooks, test_notebooks_pg, test_rebuild
 from tests.conftest import CITUS, CITUS_URL_VAR, NOW, MutableClock, _pg_unavailable, add_runs, add_user, spans
 
 on_citus = pytest.mark.parametrize("backend", [CITUS])
@@ -231,3 +231,43 @@ def test_scan_finds_exactly_the_corrupted_users_on_citus(storage: Storage) -> No
 @on_citus
 def test_audit_on_citus(storage: Storage, db_url: str) -> None:
     test_audit_cli.test_since_widens_the_window(storage, db_url)
+
+
+# ---------------------------------------------------------------------------- notebooks
+
+
+@pytest.fixture
+def seeded_citus(db_url: str, monkeypatch: pytest.MonkeyPatch) -> test_notebooks.SeededDatabase:
+    """A seeded database on the coordinator, reachable through $POTATO_DATABASE_URL."""
+    found = test_notebooks.seed_database(db_url)
+    monkeypatch.setenv("POTATO_DATABASE_URL", db_url)
+    return found
+
+
+@pytest.mark.notebook
+@on_citus
+def test_single_user_recovery_notebook_on_citus(
+    seeded_citus: test_notebooks.SeededDatabase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    test_notebooks_pg.test_single_user_recovery_on_postgres_never_archives_the_password(
+        seeded_citus, tmp_path / "reports", monkeypatch
+    )
+
+
+@pytest.mark.notebook
+@on_citus
+def test_bulk_recovery_notebook_on_citus(seeded_citus: test_notebooks.SeededDatabase, tmp_path: Path) -> None:
+    test_notebooks_pg.test_bulk_recovery_on_postgres(seeded_citus, tmp_path / "reports")
+
+
+@pytest.mark.notebook
+@on_citus
+def test_monitoring_audit_notebook_on_citus(
+    seeded_citus: test_notebooks.SeededDatabase, tmp_path: Path
+) -> None:
+    report = seeded_citus.storage.validate_invariants()
+    record, result = test_notebooks.run("07_monitoring_audit", {"since": "7d"}, tmp_path / "reports")
+    assert record.status == "problem", result["verdict"]
+    assert result["figures"]["invariant_violations"] == report.total
+    assert result["figures"]["users_with_violations"] == len(report.users_with_violations)
+    assert result["database"]["dialect"] == "postgresql"

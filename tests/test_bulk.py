@@ -26,6 +26,7 @@ from potato_ops import (
     InvalidDateRangeError,
     OperationNotFoundError,
     OperationRunningError,
+    SchemaError,
     Storage,
     group_consecutive_dates,
 )
@@ -716,3 +717,16 @@ def test_progress_bar_follows_the_callbacks() -> None:
         for p in (at(0), at(4), at(10, failed=1)):
             bar(p)
         assert bar._bar is not None and bar._bar.n == 10
+
+
+def test_a_ledger_made_by_an_older_release_gains_the_epoch_column(storage: Storage) -> None:
+    with storage.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE ops_operations DROP COLUMN epoch"))
+    with pytest.raises(SchemaError, match=r"ops_operations\.epoch"):
+        storage.check_schema()
+
+    storage.create_schema()
+
+    add_user(storage, "u1", ["2024-03-01"])
+    result = storage.bulk_rebuild_users(["u1"], BulkConfig(dry_run=False, ignore_feature_flag=True))
+    assert (result.status, result.completed_users) == ("completed", 1)

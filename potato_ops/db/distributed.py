@@ -52,10 +52,9 @@ def placement(conn: Connection) -> dict[str, str]:
     return {name: ("reference" if method == "n" else "distributed") for name, method in rows}
 
 
-def is_distributed(engine: Engine) -> bool:
+def is_distributed(conn: Connection) -> bool:
     """Return True if this database holds the distributed layout (``runs`` is distributed)."""
-    with engine.connect() as conn:
-        return placement(conn).get("runs") == "distributed"
+    return placement(conn).get("runs") == "distributed"
 
 
 def _per_user_tables() -> list[str]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, case, exists, func, insert, literal, select, update
 
+from potato_ops.db.distributed import is_distributed
 from potato_ops.db.reads import as_utc
 from potato_ops.db.schema import ops_operation_items, ops_operations, users
 from potato_ops.errors import OperationNotFoundError
@@ -97,10 +98,13 @@ def create_operation(
         )
     )
     if user_ids is None:
+        # On Citus, users in the order of their shards: a batch then falls on one shard group
+        # (one worker, no two-phase commit) instead of spreading over every shard.
+        order = [func.worker_hash(users.c.id), users.c.id] if is_distributed(conn) else [users.c.id]
         ranked = select(
             literal(operation_id),
             users.c.id,
-            func.row_number().over(order_by=users.c.id),
+            func.row_number().over(order_by=order),
             literal(PENDING),
             literal(0),
         )

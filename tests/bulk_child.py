@@ -1,28 +1,62 @@
-"""A real bulk rebuild of every user, run as a child process that test_bulk_crash.py kills.
+"""A bulk rebuild run as a child process that the crash and worker tests kill or run side by side.
 
-Usage: python tests/bulk_child.py URL NOW_ISO BATCH_SIZE WORKERS. Prints "ready" once
-connected, then "done OPID" if it lives to the end.
+Usage:
+  python tests/bulk_child.py URL NOW_ISO BATCH_SIZE WORKERS         run a bulk rebuild of everyone
+  python tests/bulk_child.py worker URL NOW_ISO OPID WORKERS        join operation OPID as a worker
+
+Prints "ready" once connected, then "done OPID STATUS" if it lives to the end. With
+POTATO_TEST_KILL_AT_BATCH=N in the environment the process kills itself with SIGKILL inside its
+Nth batch: after the batch's users were rebuilt and their ledger rows written, before commit.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from datetime import datetime
+from typing import Any
 
 from potato_ops import BulkConfig, Storage
 from potato_ops.domain.dates import fixed_clock
-from potato_ops.ops.bulk.api import bulk_rebuild_users
+from potato_ops.ops.bulk import api, claims
+
+KILL_AT_BATCH = "POTATO_TEST_KILL_AT_BATCH"
+
+
+def _install_kill_hook(at_batch: int) -> None:
+    """Make the at_batch-th fence (inside a batch's own transaction, before commit) kill us."""
+    real_fence = claims.fence
+    calls = 0
+
+    def fence(*args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == at_batch:
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_fence(*args, **kwargs)
+
+    claims.fence = fence
 
 
 def main(argv: list[str]) -> int:
-    """Run the bulk rebuild the arguments describe."""
-    url, now, batch_size, workers = argv[1], datetime.fromisoformat(argv[2]), int(argv[3]), int(argv[4])
+    """Run the bulk rebuild, or the worker, the arguments describe."""
+    if os.environ.get(KILL_AT_BATCH):
+        _install_kill_hook(int(os.environ[KILL_AT_BATCH]))
+    worker = argv[1] == "worker"
+    args = argv[2:] if worker else argv[1:]
+    url, now = args[0], datetime.fromisoformat(args[1])
     storage = Storage.connect(url, clock=fixed_clock(now))
     storage.get_feature_flag()  # connect before saying ready
     print("ready", flush=True)
-    config = BulkConfig(batch_size=batch_size, max_workers=workers, dry_run=False, ignore_feature_flag=True)
-    result = bulk_rebuild_users(storage.database, None, config)
-    print("done", result.operation_id, flush=True)
+    if worker:
+        result = api.join_bulk_operation(storage.database, args[2], max_workers=int(args[3]))
+    else:
+        config = BulkConfig(
+            batch_size=int(args[2]), max_workers=int(args[3]), dry_run=False, ignore_feature_flag=True
+        )
+        result = api.bulk_rebuild_users(storage.database, None, config)
+    print("done", result.operation_id, result.status, flush=True)
     return 0
 
 

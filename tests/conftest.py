@@ -4,6 +4,12 @@ PostgreSQL tests use a server at $POTATO_TEST_PG_URL (default the local one on 1
 user postgres). Each test session creates its own database there and drops it at the end.
 When the server can't be reached the PostgreSQL tests are skipped with a loud reason, except
 under CI (CI=true), where they fail.
+
+Citus tests (a representative subset: the core procedures, bulk with SIGKILL and resume, the
+scan, the audit; ``@with_citus`` or ``citus`` in a parametrization of ``backend``) use the
+cluster whose coordinator is at $POTATO_TEST_CITUS_URL (``cluster.sh start DIR PORT`` prints
+it): each test session makes a schema of its own there, with the distributed layout, and drops
+it at the end. Unset or unreachable, they are skipped loudly, and fail under CI.
 """
 
 from __future__ import annotations
@@ -22,8 +28,15 @@ from potato_ops import Storage
 from potato_ops.db.schema import day_marks, metadata, runs, users
 
 PG_ADMIN_URL = os.environ.get("POTATO_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+CITUS_URL_VAR = "POTATO_TEST_CITUS_URL"
 NOW = datetime(2024, 3, 10, 15, 0, tzinfo=UTC)
 BACKENDS = ["sqlite", "postgres"]
+CITUS = pytest.param("citus", marks=[pytest.mark.citus, pytest.mark.postgres])
+# The representative subset that also runs on the Citus coordinator.
+with_citus = pytest.mark.parametrize("backend", [*BACKENDS, CITUS])
+POSTGRES_AND_CITUS = pytest.mark.parametrize(
+    "backend", [pytest.param("postgres", marks=pytest.mark.postgres), CITUS]
+)
 
 
 class MutableClock:
@@ -51,8 +64,8 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("POTATO_OPS_HOME", str(tmp_path / "home"))
 
 
-def _pg_unavailable(reason: str) -> None:
-    message = f"PostgreSQL test server unreachable ({reason}); PostgreSQL tests NOT RUN"
+def _pg_unavailable(reason: str, what: str = "PostgreSQL test server") -> None:
+    message = f"{what} unreachable ({reason}); {what.split()[0]} tests NOT RUN"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message + " - required under CI=true")
     warnings.warn(message, stacklevel=2)
@@ -68,6 +81,33 @@ def pg_server_url() -> Iterator[str]:
         _pg_unavailable(f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}")
     yield url
     drop_pg_database(url, admin)
+
+
+@pytest.fixture(scope="session")
+def citus_server_url() -> Iterator[str]:
+    """Make a schema with the distributed layout on the Citus coordinator; yield its URL; drop it."""
+    from potato_ops.db.distributed import distribute_schema
+
+    admin_url = os.environ.get(CITUS_URL_VAR, "")
+    if not admin_url:
+        _pg_unavailable(f"${CITUS_URL_VAR} is not set", "Citus test cluster")
+    name = f"potato_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{name}"'))
+    except Exception as exc:
+        admin.dispose()
+        _pg_unavailable(f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}", "Citus test cluster")
+    url = f"{admin_url}{'&' if '?' in admin_url else '?'}options=-csearch_path%3D{name}"
+    engine = create_engine(url)
+    metadata.create_all(engine)
+    distribute_schema(engine)
+    engine.dispose()
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+    admin.dispose()
 
 
 def fresh_pg_database(admin_url: str = PG_ADMIN_URL) -> tuple[str, Engine]:
@@ -118,8 +158,8 @@ def clock() -> MutableClock:
 @pytest.fixture
 def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The URL of an empty database with the schema, on the test's backend."""
-    if backend == "postgres":
-        url: str = request.getfixturevalue("pg_server_url")
+    if backend in ("postgres", "citus"):
+        url: str = request.getfixturevalue("pg_server_url" if backend == "postgres" else "citus_server_url")
         engine = create_engine(url)
         metadata.create_all(engine)
         _truncate_all(engine)

@@ -8,9 +8,7 @@ import re
 import socket
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -28,6 +26,7 @@ from potato_ops import (
     InvalidDateRangeError,
     OperationNotFoundError,
     OperationRunningError,
+    SchemaError,
     Storage,
     group_consecutive_dates,
 )
@@ -43,10 +42,10 @@ from potato_ops.db.schema import (
 )
 from potato_ops.demo.synth import seed
 from potato_ops.domain.models import ViolationKind
-from potato_ops.ops.bulk import ledger, ownership, rows
+from potato_ops.ops.bulk import claims, ledger, ownership, rows
 from potato_ops.ops.bulk.results import Progress, UserError
 from potato_ops.runbook.progress import ProgressBar
-from tests.conftest import NOW, MutableClock, add_runs, add_user, snapshot, spans
+from tests.conftest import CITUS, NOW, MutableClock, add_runs, add_user, snapshot, spans
 
 REAL = BulkConfig(batch_size=4, max_workers=3, dry_run=False)
 
@@ -182,7 +181,7 @@ def test_dry_run_writes_only_its_ledger_rows_and_tells_what_would_change(flag_on
 
     after = snapshot(storage)
     for table in before:
-        if table not in ("ops_operations", "ops_operation_items"):
+        if table not in ("ops_operations", "ops_operation_items", "ops_operation_batches"):
             assert after[table] == before[table], table
     assert len(after["ops_operations"]) == 1
     assert len(after["ops_operation_items"]) == 30
@@ -487,7 +486,26 @@ def test_progress_eta_comes_from_the_recent_rate(flag_on: Storage, clock: Mutabl
 # ---------------------------------------------------------------------------- concurrency
 
 
-def test_readers_see_old_runs_or_new_runs_never_a_mix(flag_on: Storage) -> None:
+def in_flight(monkeypatch: pytest.MonkeyPatch, hook: Callable[[list[str]], None]) -> None:
+    """Call hook(batch's users) inside every batch's own transaction: written, not committed."""
+    users_of: dict[int, list[str]] = {}
+    real_users, real_fence = claims.batch_user_ids, claims.fence
+
+    def batch_user_ids(conn: Any, operation_id: str, claim: claims.Claim) -> list[str]:
+        users_of[claim.batch_no] = real_users(conn, operation_id, claim)
+        return users_of[claim.batch_no]
+
+    def fence(conn: Any, operation_id: str, claim: claims.Claim, runner: Any, epoch: int) -> None:
+        hook(users_of[claim.batch_no])
+        real_fence(conn, operation_id, claim, runner, epoch)
+
+    monkeypatch.setattr(claims, "batch_user_ids", batch_user_ids)
+    monkeypatch.setattr(claims, "fence", fence)
+
+
+def test_readers_see_old_runs_or_new_runs_never_a_mix(
+    flag_on: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
     storage = flag_on
     seeded = seed(storage.engine, users_count=40, days=60, now=NOW)
     with storage.engine.begin() as conn:  # make every user's runs wrong, in different ways
@@ -498,22 +516,24 @@ def test_readers_see_old_runs_or_new_runs_never_a_mix(flag_on: Storage) -> None:
         return [(r.start_date, r.end_date, r.day_count) for r in storage.get_user_runs(uid)]
 
     old = {u: state(u) for u in seeded.user_ids}
-    done = threading.Event()
+    new = {
+        u: [
+            (s, e, (e - s).days + 1)
+            for s, e in group_consecutive_dates(m.date for m in storage.get_user_day_marks(u) if m.value)
+        ]
+        for u in seeded.user_ids
+    }
+    assert all(old[u] != new[u] for u in seeded.user_ids)
     seen = {"old": 0, "new": 0}
     problems: list[str] = []
 
-    def read() -> None:
-        rng = random.Random(3)
-        while not done.is_set():
-            uid = rng.choice(seeded.user_ids)
+    def read_everyone(writing: list[str]) -> None:
+        # A reader on its own connection, while this batch's writes are made and not committed.
+        for uid in seeded.user_ids:
             found = state(uid)
-            expected = [
-                (s, e, (e - s).days + 1)
-                for s, e in group_consecutive_dates(
-                    m.date for m in storage.get_user_day_marks(uid) if m.value
-                )
-            ]
-            if found == expected:
+            if uid in writing and found != old[uid]:
+                problems.append(f"{uid}: uncommitted runs seen: {found}")
+            if found == new[uid]:
                 seen["new"] += 1
             elif found == old[uid]:
                 seen["old"] += 1
@@ -523,66 +543,59 @@ def test_readers_see_old_runs_or_new_runs_never_a_mix(flag_on: Storage) -> None:
                 if b[0] <= a[1]:
                     problems.append(f"{uid}: {a} overlaps {b}")
 
-    reader = threading.Thread(target=read)
-    reader.start()
-    try:
-        result = storage.bulk_rebuild_users(
-            seeded.user_ids,
-            BulkConfig(batch_size=2, max_workers=2, dry_run=False),
-            progress=lambda p: time.sleep(0.02),  # stretch the run so the reader sees it change
-        )
-    finally:
-        done.set()
-        reader.join()
+    in_flight(monkeypatch, read_everyone)
+    result = storage.bulk_rebuild_users(
+        seeded.user_ids, BulkConfig(batch_size=2, max_workers=2, dry_run=False)
+    )
+
     assert problems == []
     assert result.users_changed == 40
-    assert seen["old"] > 0 and seen["new"] > 0
+    assert seen["old"] > 0 and seen["new"] > 0  # the first batch saw only old runs, the last mostly new
+    assert all(state(u) == new[u] for u in seeded.user_ids)
 
 
-@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
-def test_app_writing_marks_during_a_bulk_run(flag_on: Storage) -> None:
+@pytest.mark.parametrize("backend", ["postgres", CITUS], indirect=True)
+def test_app_writing_marks_during_a_bulk_run(flag_on: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
     storage = flag_on
     seeded = seed(storage.engine, users_count=60, days=60, corrupt=0.3, now=NOW)
     ghosts = {u for u, k in seeded.corrupted.items() if k == ViolationKind.ORPHAN}
     with storage.engine.begin() as conn:
         conn.execute(runs.delete().where(runs.c.user_id.in_(ghosts)))
+    rng = random.Random(7)
     first = NOW.date() - timedelta(days=70)
-    touched: set[str] = set()
-    lock = threading.Lock()
-    done = threading.Event()
+    during: set[str] = set()  # a mark written while the user's batch was in flight
+    before: set[str] = set()  # a mark written before the user's batch started
+    order = list(seeded.user_ids)
 
-    def toggle(seed_value: int) -> None:
-        rng = random.Random(seed_value)
-        while not done.is_set():
-            uid = rng.choice(seeded.user_ids)
-            day = first + timedelta(days=rng.randrange(75))
-            with storage.engine.begin() as conn:
-                conn.execute(
-                    text(
-                        "INSERT INTO day_marks (user_id, date, value) VALUES (:u, :d, true) "
-                        "ON CONFLICT (user_id, date) DO UPDATE SET value = NOT day_marks.value"
-                    ),
-                    {"u": uid, "d": day},
-                )
-            with lock:
-                touched.add(uid)
+    def toggle(uid: str) -> None:
+        with storage.engine.begin() as conn:  # the app, on a connection of its own
+            conn.execute(
+                text(
+                    "INSERT INTO day_marks (user_id, date, value) VALUES (:u, :d, true) "
+                    "ON CONFLICT (user_id, date) DO UPDATE SET value = NOT day_marks.value"
+                ),
+                {"u": uid, "d": first + timedelta(days=rng.randrange(75))},
+            )
 
-    writers = [threading.Thread(target=toggle, args=(i,)) for i in range(2)]
-    for w in writers:
-        w.start()
-    try:
-        result = storage.bulk_rebuild_users(
-            seeded.user_ids, BulkConfig(batch_size=3, max_workers=3, dry_run=False)
-        )
-    finally:
-        done.set()
-        for w in writers:
-            w.join()
+    def app_writes(writing: list[str]) -> None:
+        uid = writing[0]
+        toggle(uid)
+        during.add(uid)
+        later = order[order.index(writing[-1]) + 1 :]
+        waiting = [u for u in later if u not in during and u not in before]
+        if waiting:
+            toggle(waiting[-1])
+            before.add(waiting[-1])
+
+    in_flight(monkeypatch, app_writes)
+    result = storage.bulk_rebuild_users(
+        seeded.user_ids, BulkConfig(batch_size=3, max_workers=1, dry_run=False)
+    )
 
     assert (result.status, result.failed_users) == ("completed", 0)
-    assert len(touched) > 5
-    reported = storage.validate_invariants().users_with_violations
-    assert set(reported) <= touched  # only marks written after a user's rebuild can disagree
+    reported = set(storage.validate_invariants().users_with_violations)
+    # A rebuild works from one read of the marks: a mark written during it is seen by the next.
+    assert reported == during
     for uid in reported:
         assert storage.rebuild_user_runs(uid).success
     assert storage.validate_invariants().violations == []
@@ -681,7 +694,15 @@ def test_every_bulk_command_and_option_has_help() -> None:
     app = typer.Typer()
     register(app)
     commands: dict[str, Any] = getattr(typer.main.get_command(app), "commands", {})
-    assert sorted(commands) == ["bulk-rebuild", "cancel", "operations", "progress", "prune-backups", "resume"]
+    assert sorted(commands) == [
+        "bulk-rebuild",
+        "bulk-worker",
+        "cancel",
+        "operations",
+        "progress",
+        "prune-backups",
+        "resume",
+    ]
     undocumented = [
         f"{name} {param.name}"
         for name, command in commands.items()
@@ -700,3 +721,16 @@ def test_progress_bar_follows_the_callbacks() -> None:
         for p in (at(0), at(4), at(10, failed=1)):
             bar(p)
         assert bar._bar is not None and bar._bar.n == 10
+
+
+def test_a_ledger_made_by_an_older_release_gains_the_epoch_column(storage: Storage) -> None:
+    with storage.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE ops_operations DROP COLUMN epoch"))
+    with pytest.raises(SchemaError, match=r"ops_operations\.epoch"):
+        storage.check_schema()
+
+    storage.create_schema()
+
+    add_user(storage, "u1", ["2024-03-01"])
+    result = storage.bulk_rebuild_users(["u1"], BulkConfig(dry_run=False, ignore_feature_flag=True))
+    assert (result.status, result.completed_users) == ("completed", 1)

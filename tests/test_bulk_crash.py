@@ -1,9 +1,10 @@
-"""A bulk rebuild killed with SIGKILL at random moments, then resumed, ends as a clean run does.
+"""A bulk rebuild killed with SIGKILL in the middle of a batch, then resumed, ends as a clean run does.
 
 Each trial corrupts some users, starts ``bulk_child.py`` (a real bulk rebuild of everyone) in a
-child process, kills it at a random moment of its run, then resumes the operation it left
-(or, killed before it wrote one, starts afresh). Afterwards every user's runs equal the pure
-grouping of their marks, the whole database passes validation, and no run, backup or
+child process that kills itself inside its Nth batch (the batch's users rebuilt and recorded,
+not committed; N differs by trial, from the first batch to the last), then resumes the
+operation it left. No timer decides where the kill lands. Afterwards every user's runs equal
+the pure grouping of their marks, the whole database passes validation, and no run, backup or
 history row is duplicated.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -22,43 +22,45 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from potato_ops import BulkConfig, Storage, group_consecutive_dates
+from potato_ops import Storage, group_consecutive_dates
 from potato_ops.db.schema import day_marks, ops_backups, ops_operation_items, ops_rebuild_history, runs
 from potato_ops.demo.synth import CORRUPTIONS_POSTGRES, CORRUPTIONS_SQLITE, inject_corruption, seed
 from potato_ops.domain.models import ViolationKind
-from potato_ops.ops.bulk.api import bulk_rebuild_users
-from tests.conftest import NOW
+from tests.conftest import NOW, with_citus
 
 USERS = 250
 DAYS = 120
-TRIALS = 5
 BATCH, WORKERS = 5, 2
+KILL_AT_BATCHES = (1, 9, 26, 50)  # of 50 batches: the first, early, middle, the last
 CHILD = Path(__file__).with_name("bulk_child.py")
 ROOT = Path(__file__).parents[1]
 
 
-def start_child(url: str) -> tuple[subprocess.Popen[str], float]:
-    """Start the child; return it and the instant it said ready (connected, about to run)."""
-    child = subprocess.Popen(
+def run_child(url: str, kill_at_batch: int) -> subprocess.CompletedProcess[str]:
+    """Run the child until it kills itself inside its kill_at_batch-th batch."""
+    return subprocess.run(
         [sys.executable, str(CHILD), url, NOW.isoformat(), str(BATCH), str(WORKERS)],
-        stdout=subprocess.PIPE,
+        capture_output=True,
         text=True,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "POTATO_TEST_KILL_AT_BATCH": str(kill_at_batch)},
+        timeout=300,
+        check=False,
     )
-    assert child.stdout is not None
-    assert child.stdout.readline().strip() == "ready"
-    return child, time.monotonic()
 
 
 def settled_status(storage: Storage, operation_id: str) -> str:
-    """Return the operation's status once the killed runner's session is gone."""
-    deadline = time.monotonic() + 10
-    while True:
-        status = storage.get_rebuild_progress(operation_id).status
-        if status != "running" or time.monotonic() > deadline:
-            return status
-        time.sleep(0.05)  # PostgreSQL ends the dead client's session (and lock) in a moment
+    """Return the operation's status once the server has ended the dead child's session.
+
+    PostgreSQL notices the closed socket and drops the session (and its lock) in a moment;
+    this waits for that event (a condition, with a generous bound), it races no timer.
+    """
+    deadline = time.monotonic() + 30
+    while (status := storage.get_rebuild_progress(operation_id).status) == "running":
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    return status
 
 
 def check_clean(storage: Storage, user_ids: list[str], operation_id: str) -> None:
@@ -100,50 +102,26 @@ def check_clean(storage: Storage, user_ids: list[str], operation_id: str) -> Non
 
 
 @pytest.mark.slow
+@with_citus
 def test_killed_bulk_runs_resume_to_the_clean_result(storage: Storage, db_url: str) -> None:
     rng = random.Random(2024)
     seeded = seed(storage.engine, users_count=USERS, days=DAYS, now=NOW)
     ids = seeded.user_ids
-    kinds = CORRUPTIONS_POSTGRES if storage.dialect == "postgresql" else CORRUPTIONS_SQLITE
+    kinds = CORRUPTIONS_SQLITE if storage.dialect == "sqlite" else CORRUPTIONS_POSTGRES
     kinds = tuple(k for k in kinds if k != ViolationKind.ORPHAN)  # a rebuild cannot remove runs of no user
 
-    # A run that is not killed tells how long a run lasts, so the kills land inside one.
-    inject_corruption(storage.engine, ids, USERS // 3, kinds, rng, NOW)
-    child, ready = start_child(db_url)
-    assert child.stdout is not None
-    done = child.stdout.readline().split()
-    duration = time.monotonic() - ready
-    assert child.wait() == 0 and done[0] == "done"
-    check_clean(storage, ids, done[1])
-
-    outcomes: list[tuple[str, int]] = []  # (status when found, users processed by then)
-    for trial in range(TRIALS):
+    for kill_at in KILL_AT_BATCHES:
         inject_corruption(storage.engine, ids, USERS // 3, kinds, rng, NOW)
         known = {p.operation_id for p in storage.list_operations(limit=100)}
-        child, ready = start_child(db_url)
-        # Spread the kills over the run: early (creating the ledger) to late (last batches).
-        delay = duration * (trial + rng.random()) / TRIALS
-        time.sleep(max(0.0, ready + delay - time.monotonic()))
-        child.send_signal(signal.SIGKILL)
-        child.wait()
+        child = run_child(db_url, kill_at)
+        assert child.returncode == -9, child.stderr[-2000:]
 
-        left = [p for p in storage.list_operations(limit=100) if p.operation_id not in known]
-        if not left:  # killed before its operation was written: start afresh
-            outcomes.append(("not written", 0))
-            config = BulkConfig(
-                batch_size=BATCH, max_workers=WORKERS, dry_run=False, ignore_feature_flag=True
-            )
-            operation_id = bulk_rebuild_users(storage.database, None, config).operation_id
-        else:
-            [op] = left
-            status = settled_status(storage, op.operation_id)
-            progress = storage.get_rebuild_progress(op.operation_id)
-            outcomes.append((status, progress.processed_users))
-            assert status in ("interrupted", "completed")
-            result = storage.resume_bulk_rebuild(op.operation_id)
-            assert (result.status, result.completed_users, result.failed_users) == ("completed", USERS, 0)
-            operation_id = op.operation_id
-        check_clean(storage, ids, operation_id)
-
-    mid_run = [o for o in outcomes if o[0] == "interrupted" and 0 < o[1] < USERS]
-    assert mid_run, f"no kill landed in the middle of a run: {outcomes}"
+        [op] = [p for p in storage.list_operations(limit=100) if p.operation_id not in known]
+        assert settled_status(storage, op.operation_id) == "interrupted"
+        progress = storage.get_rebuild_progress(op.operation_id)
+        # Killed inside its Nth batch: at most N-1 batches (and never the Nth) committed, and
+        # with two threads at least N-2 did.
+        assert BATCH * max(kill_at - 2, 0) <= progress.processed_users < BATCH * kill_at
+        result = storage.resume_bulk_rebuild(op.operation_id)
+        assert (result.status, result.completed_users, result.failed_users) == ("completed", USERS, 0)
+        check_clean(storage, ids, op.operation_id)

@@ -1,4 +1,5 @@
-"""Bulk commands: ``bulk-rebuild``, ``progress``, ``resume``, ``cancel``, ``operations``, ``prune-backups``.
+"""Bulk commands: ``bulk-rebuild``, ``bulk-worker``, ``progress``, ``resume``, ``cancel``, ``operations``,
+``prune-backups``.
 
 Each opens the database, makes one library call and prints the outcome; a long run shows a
 ``tqdm`` progress bar on stderr (the library only calls back).
@@ -136,11 +137,20 @@ def bulk_rebuild(
             "--max-failure-rate", help="Abort once more than this share (0..1) of 100+ users failed."
         ),
     ] = 0.01,
+    detach: Annotated[
+        bool,
+        typer.Option(
+            "--detach",
+            help="Only write the operation and print its id; run it with bulk-worker OPID on any hosts "
+            "(PostgreSQL).",
+        ),
+    ] = False,
     quiet: QuietOption = False,
     database_url: DatabaseOption = None,
 ) -> None:
     """Rebuild many users' runs in batches across workers (a dry run unless --execute).
 
+    Other hosts may join the run with ``bulk-worker OPID`` (PostgreSQL).
     Exit codes: 0 all users completed; 3 some users failed or the run stopped early.
     """
     from potato_ops.ops.bulk import api as bulk
@@ -162,8 +172,39 @@ def bulk_rebuild(
         ignore_feature_flag=ignore_feature_flag,
     )
     storage = open_storage(database_url, must_exist=True)
+    if detach:
+        operation_id = bulk.open_bulk_operation(storage.database, ids, config)
+        typer.echo(f"operation {operation_id} written; run it with: potato-ops bulk-worker {operation_id}")
+        return
     with ProgressBar(disable=quiet) as bar:
         result = bulk.bulk_rebuild_users(storage.database, ids, config, progress=bar)
+    _print_result(result)
+    _exit_for(result)
+
+
+def bulk_worker(
+    operation_id: OperationArgument,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", help="Batches this host runs at once (default: the operation's).", show_default=False
+        ),
+    ] = None,
+    quiet: QuietOption = False,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Join a running bulk operation from this host and work on it until nothing is left.
+
+    Workers on any number of hosts claim batches from the ledger, so no user is rebuilt
+    twice; a dead worker's batches are taken over once its lease lapses. PostgreSQL only.
+    Exit codes: 0 the operation completed; 3 it stopped early or some users failed.
+    """
+    from potato_ops.ops.bulk import api as bulk
+    from potato_ops.runbook.progress import ProgressBar
+
+    storage = open_storage(database_url, must_exist=True)
+    with ProgressBar(disable=quiet, desc="worker") as bar:
+        result = bulk.join_bulk_operation(storage.database, operation_id, max_workers=workers, progress=bar)
     _print_result(result)
     _exit_for(result)
 
@@ -258,6 +299,7 @@ def prune_backups(
 def register(app: typer.Typer) -> None:
     """Add the bulk commands to app."""
     app.command("bulk-rebuild")(expected_failures(bulk_rebuild))
+    app.command("bulk-worker")(expected_failures(bulk_worker))
     app.command("progress")(expected_failures(progress))
     app.command("resume")(expected_failures(resume))
     app.command("cancel")(expected_failures(cancel))

@@ -61,10 +61,23 @@ def _print_rebuild(result: RebuildResult) -> None:
         typer.echo(f"  error: {result.error}")
 
 
-def init_db(database_url: DatabaseOption = None) -> None:
+def init_db(
+    database_url: DatabaseOption = None,
+    distributed: Annotated[
+        bool,
+        typer.Option(
+            "--distributed",
+            help="Lay the tables out for Citus (by user id, co-located); converts a database in place.",
+        ),
+    ] = False,
+) -> None:
     """Create missing tables (idempotent); existing app data is left untouched."""
+    from potato_ops.db.distributed import lay_out
+
     storage = open_storage(database_url)
     storage.create_schema()
+    for line in lay_out(storage.engine, distributed=distributed):
+        typer.echo(line)
     typer.echo(f"schema ready on {storage.url}")
 
 

@@ -135,9 +135,18 @@ def fetch_backups(conn: Connection, user_id: str) -> list[Backup]:
     return readable
 
 
-def fetch_backup(conn: Connection, backup_id: int) -> Backup:
-    """Return one persisted backup, or raise BackupError."""
-    row = conn.execute(select(ops_backups).where(ops_backups.c.id == backup_id)).mappings().first()
+def fetch_backup(conn: Connection, backup_id: int, user_id: str | None = None) -> Backup:
+    """Return one persisted backup, or raise BackupError.
+
+    With the user's id the lookup is keyed by it (one shard on a distributed database); a
+    backup of another user is then looked up by id alone, so the refusal can name its owner.
+    """
+    row = None
+    if user_id is not None:
+        mine = select(ops_backups).where(ops_backups.c.user_id == user_id, ops_backups.c.id == backup_id)
+        row = conn.execute(mine).mappings().first()
+    if row is None:
+        row = conn.execute(select(ops_backups).where(ops_backups.c.id == backup_id)).mappings().first()
     if row is None:
         raise BackupError(f"no backup with id {backup_id}")
     return _from_row(row)

@@ -31,7 +31,8 @@ SQLITE_BUSY_TIMEOUT_MS = 60_000
 # Namespaces of advisory lock keys (first int of the two-int form), so they never collide
 # with locks the app may take.
 LOCK_NS_USER = 0x504F5401
-LOCK_NS_OPERATION = 0x504F5402
+LOCK_NS_OPERATION = 0x504F5402  # held exclusively by an operation's owner (its runner)
+LOCK_NS_WORKER = 0x504F5403  # held shared by every worker of an operation (owner included)
 # SQLite allows 32766 bound variables; keep IN lists well below.
 IN_CHUNK = 900
 

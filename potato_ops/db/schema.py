@@ -14,6 +14,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Connection,
     Date,
     DateTime,
     Engine,
@@ -205,6 +206,9 @@ ops_operations = Table(
     Column("runner_token", Text),
     Column("cancel_requested", Boolean, nullable=False, server_default=text("false")),
     Column("error", Text),
+    # Bumped by every takeover (resume): a batch commits only under the epoch its worker
+    # joined, so a runner that lost the operation can never write again.
+    Column("epoch", Integer, nullable=False, server_default="0"),
     Index("ix_ops_operations_created", "created_at"),
 )
 
@@ -226,6 +230,25 @@ ops_operation_items = Table(
     Column("finished_at", DateTime(timezone=True)),
     PrimaryKeyConstraint("operation_id", "user_id", name="ops_operation_items_pkey"),
     Index("ix_ops_items_status", "operation_id", "status", "position"),
+)
+
+# The operation's batches: what workers (threads, processes, hosts) claim. Batch n holds the
+# items at positions n*size+1 .. (n+1)*size. A claim is a lease: the claimer's token and when
+# it lapses; a batch commits only while its claim is still the committer's.
+ops_operation_batches = Table(
+    "ops_operation_batches",
+    metadata,
+    Column("operation_id", Text, nullable=False),
+    Column("batch_no", Integer, nullable=False),
+    Column("status", Text, nullable=False),  # pending | done
+    Column("claim_token", Text),
+    Column("claim_host", Text),
+    Column("claim_pid", Integer),
+    Column("claimed_at", DateTime(timezone=True)),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    PrimaryKeyConstraint("operation_id", "batch_no", name="ops_operation_batches_pkey"),
+    Index("ix_ops_batches_status", "operation_id", "status", "batch_no"),
 )
 
 ops_timezone_changes = Table(
@@ -271,6 +294,7 @@ OPS_TABLES = (
     ops_rebuild_history,
     ops_operations,
     ops_operation_items,
+    ops_operation_batches,
     ops_timezone_changes,
     ops_run_records,
 )
@@ -283,7 +307,23 @@ def create_schema(engine: Engine) -> None:
             # Two processes creating the schema at once must not race on CREATE.
             conn.execute(text("SELECT pg_advisory_xact_lock(1347376129, 0)"))
         metadata.create_all(conn, checkfirst=True)
+        _add_missing_ops_columns(conn)
     check_schema(engine)
+
+
+def _add_missing_ops_columns(conn: Connection) -> None:
+    """Add ops columns a database made by an older release lacks (each has a default)."""
+    inspector = inspect(conn)
+    for table in OPS_TABLES:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have or (not column.nullable and column.server_default is None):
+                continue
+            kind = column.type.compile(dialect=conn.dialect)
+            default = ""
+            if column.server_default is not None:
+                default = f" NOT NULL DEFAULT {column.server_default.arg}"  # type: ignore[attr-defined]
+            conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}{default}"))
 
 
 def check_schema(engine: Engine) -> None:

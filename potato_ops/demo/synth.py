@@ -219,19 +219,25 @@ def _corrupt_user(conn: Connection, uid: str, kind: str, now: datetime) -> bool:
     by_id = runs.c.id
     if kind == ViolationKind.MALFORMED:
         r = mine[len(mine) // 2]
-        conn.execute(update(runs).where(by_id == r.id).values(day_count=r.day_count + 1))
+        conn.execute(
+            update(runs).where(runs.c.user_id == uid, by_id == r.id).values(day_count=r.day_count + 1)
+        )
         return True
     if kind == ViolationKind.UNCOVERED_DAY:
         gone = next((x for x in mine if not x.active), None)
         if gone is None:
             return False
-        conn.execute(delete(runs).where(by_id == gone.id))
+        conn.execute(delete(runs).where(runs.c.user_id == uid, by_id == gone.id))
         return True
     if kind == ViolationKind.ADJACENT:
         split = next((x for x in mine if x.day_count >= 2 and not x.active), None)
         if split is None:
             return False
-        conn.execute(update(runs).where(by_id == split.id).values(end_date=split.start_date, day_count=1))
+        conn.execute(
+            update(runs)
+            .where(runs.c.user_id == uid, by_id == split.id)
+            .values(end_date=split.start_date, day_count=1)
+        )
         conn.execute(
             insert(runs).values(
                 user_id=uid,
@@ -248,7 +254,7 @@ def _corrupt_user(conn: Connection, uid: str, kind: str, now: datetime) -> bool:
             if b.start_date - a.end_date >= timedelta(days=3) and not a.active:
                 conn.execute(
                     update(runs)
-                    .where(by_id == a.id)
+                    .where(runs.c.user_id == uid, by_id == a.id)
                     .values(end_date=a.end_date + one, day_count=a.day_count + 1)
                 )
                 return True
@@ -258,12 +264,14 @@ def _corrupt_user(conn: Connection, uid: str, kind: str, now: datetime) -> bool:
         today = local_today(tz, now)
         flagged = [x for x in mine if x.active]
         if flagged:
-            conn.execute(update(runs).where(by_id == flagged[0].id).values(active=False))
+            conn.execute(
+                update(runs).where(runs.c.user_id == uid, by_id == flagged[0].id).values(active=False)
+            )
             return True
         stale = next((x for x in mine if x.end_date < today - 2 * one), None)
         if stale is None:
             return False
-        conn.execute(update(runs).where(by_id == stale.id).values(active=True))
+        conn.execute(update(runs).where(runs.c.user_id == uid, by_id == stale.id).values(active=True))
         return True
     if kind == ViolationKind.OVERLAP:
         base = next((x for x in mine if x.day_count >= 2 and not x.active), None)

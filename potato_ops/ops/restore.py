@@ -40,7 +40,7 @@ def restore_user_runs(
     """
     if not isinstance(backup, Backup):
         with db.read() as conn:
-            backup = backups.fetch_backup(conn, int(backup))
+            backup = backups.fetch_backup(conn, int(backup), user_id)
     with db.read() as conn:
         user = fetch_user(conn, user_id)
     backups.verify_backup(user_id, backup)

@@ -6,20 +6,28 @@ A run, step by step:
    anything is written.
 2. The operation and one item per user go into the ledger (``potato_ops.ops.bulk.ledger``), owned by
    this process's runner (on PostgreSQL it also holds the operation's session lock).
-3. The pending users, in their stable order, go in batches to ``max_workers`` threads, each
-   batch on a connection of its own, in ONE writing transaction: ``rebuild_batch`` (backups
-   of the users it changes, delete, insert, validation of the batch), then the history rows
-   and the items marked completed. All of a user's changes commit at once, so a reader sees
-   a user's old runs or new runs, never a mix; a crash loses at most uncommitted batches,
-   whose items are still pending. A batch with any failing user (violations or an error) is
-   rolled back and each of its users is redone alone, so one bad user never fails its
-   neighbours; a user failing alone gets a failed item (error class and message) and a
-   failed history row. A dry run rolls every batch back and then writes only its items.
-4. Between batches the coordinator stamps the heartbeat, reads a cancel request, checks the
-   failure rate, and reports progress to the optional callback.
+3. The pending items are cut into batches (``potato_ops.ops.bulk.claims``) and ``max_workers``
+   threads claim them one at a time, each claim a lease; workers on other hosts may join the
+   same operation (``join_bulk_operation``, ``potato-ops bulk-worker OPID``; PostgreSQL only)
+   and claim from the same batches (``FOR UPDATE SKIP LOCKED``), so no user is rebuilt twice.
+   Each batch runs on a connection of its own in ONE writing transaction: ``rebuild_batch``
+   (backups of the users it changes, delete, insert, validation of the batch), then the
+   history rows and the items marked completed, then the fence: the worker must still hold
+   the operation's epoch and the batch's claim, or the whole batch rolls back and a worker
+   that lost the operation stops. All of a user's changes commit at once, so a reader sees a
+   user's old runs or new runs, never a mix; a crash loses at most uncommitted batches, whose
+   items are still pending (and whose claims lapse for the other workers). A batch with any
+   failing user (violations or an error) is rolled back and each of its users is redone
+   alone, so one bad user never fails its neighbours; a user failing alone gets a failed
+   item (error class and message) and a failed history row. A dry run rolls every batch back
+   and then writes only its items.
+4. After each batch the coordinator checks the failure rate and reports progress (every
+   worker's, from the ledger) to the optional callback; every claim reads a cancel request,
+   so a cancel stops every worker of the operation at its next batch boundary.
 5. The operation ends completed, failed (failure rate exceeded or an unexpected error),
    cancelled, or, when the process is killed, stays "running" with its runner gone, which
-   ``get_rebuild_progress`` reports as interrupted and ``resume_bulk_rebuild`` takes over.
+   ``get_rebuild_progress`` reports as interrupted and ``resume_bulk_rebuild`` takes over: it
+   bumps the epoch (fencing out every earlier runner and worker) and cuts the batches afresh.
 
 Rebuilding a user is idempotent (only wrong runs are replaced, and only changed users are
 backed up), so redoing a batch that never committed can neither duplicate runs nor backups.
@@ -31,6 +39,7 @@ This module is the public API, thin functions over: ``potato_ops.ops.bulk.config
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Sequence
@@ -38,7 +47,7 @@ from collections.abc import Sequence
 from potato_ops.db.engine import read_connection, write_transaction
 from potato_ops.db.schema import RUNS_V2_FLAG
 from potato_ops.errors import ConfigError, FeatureFlagError, OperationRunningError
-from potato_ops.ops.bulk import ledger, ownership, rows
+from potato_ops.ops.bulk import claims, ledger, ownership, rows
 from potato_ops.ops.bulk.config import BulkConfig
 from potato_ops.ops.bulk.executor import KIND, BulkRun
 from potato_ops.ops.bulk.results import (
@@ -96,6 +105,7 @@ def bulk_rebuild_users(
                     now=now,
                 )
                 ledger.claim(conn, operation_id, runner, now, previous=runner.token)
+                claims.plan_batches(conn, operation_id, config.batch_size)
             log.info(
                 "bulk operation %s: %d users, %s, batch %d, workers %d",
                 operation_id,
@@ -170,13 +180,90 @@ def resume_bulk_rebuild(
                     raise OperationRunningError(
                         f"operation {operation_id} was just taken over by another process"
                     )
+                # Every earlier runner and worker is fenced out from here: their batches
+                # roll back at commit, and their claims are dropped with the old batches.
+                epoch = claims.take_over(conn, operation_id)
                 only: list[str] | None = None
                 if failed_only:
                     only = [item.user_id for item in ledger.failed_items(conn, operation_id)]
                 ledger.reopen_failed(conn, operation_id)
+                claims.plan_batches(conn, operation_id, config.batch_size)
             log.info("bulk operation %s resumed (was %s)", operation_id, op.status)
             previous = op.status if op.status not in rows.LIVE else rows.INTERRUPTED
-            return BulkRun(db, operation_id, config, runner, progress).execute(only, status_if_left=previous)
+            run = BulkRun(db, operation_id, config, runner, progress, epoch=epoch)
+            return run.execute(only, status_if_left=previous)
+    finally:
+        ownership.release_runner(runner)
+
+
+def open_bulk_operation(
+    db: Database, user_ids: Sequence[str] | None, config: BulkConfig | None = None
+) -> str:
+    """Write an operation for workers to run (``join_bulk_operation`` on any host); return its id.
+
+    Nothing is rebuilt here. Refused on SQLite (one host) and, as ``bulk_rebuild_users``
+    does, for bad input or a real run while the feature flag is off.
+    """
+    config = config or BulkConfig()
+    _one_host_refusal(db)
+    if isinstance(user_ids, str):
+        raise ConfigError("user_ids must be a list of ids, not one string")
+    _check_flag(db, config)
+    operation_id = uuid.uuid4().hex
+    runner = ownership.new_runner()
+    ownership.release_runner(runner)  # the operation is nobody's until a worker joins
+    now = db.now()
+    with write_transaction(db.engine) as conn:
+        ledger.create_operation(
+            conn,
+            operation_id,
+            kind=KIND,
+            dry_run=config.dry_run,
+            config=config.to_json(),
+            user_ids=user_ids,
+            runner=runner,
+            now=now,
+        )
+        claims.plan_batches(conn, operation_id, config.batch_size)
+    log.info("bulk operation %s opened for workers", operation_id)
+    return operation_id
+
+
+def join_bulk_operation(
+    db: Database,
+    operation_id: str,
+    *,
+    max_workers: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> BulkResult:
+    """Work on an operation alongside its other workers (any host) until nothing is left.
+
+    The worker claims batches from the ledger (leases, ``FOR UPDATE SKIP LOCKED``), so no
+    user is rebuilt twice; it takes over a dead worker's batches once their lease lapsed.
+    A finished operation is returned as it is. Raises ConfigError on SQLite (one host).
+    """
+    _one_host_refusal(db)
+    if max_workers is not None and (isinstance(max_workers, bool) or max_workers < 1):
+        raise ConfigError(f"max_workers must be at least 1, not {max_workers!r}")
+    with read_connection(db.engine) as conn:
+        op = ledger.fetch_operation(conn, operation_id)
+    if op.status in (rows.COMPLETED, rows.FAILED, rows.CANCELLED):
+        return stored_result(db, op)
+    config = BulkConfig.from_json(op.config)
+    if max_workers is not None:
+        config = dataclasses.replace(config, max_workers=max_workers)
+    _check_flag(db, config)
+    runner = ownership.new_runner()
+    try:
+        with ownership.operation_lock(db.engine, operation_id, owner=False):
+            with write_transaction(db.engine) as conn:
+                epoch = ledger.join(conn, operation_id, db.now())
+            if epoch is None:
+                with read_connection(db.engine) as conn:
+                    return stored_result(db, ledger.fetch_operation(conn, operation_id))
+            log.info("bulk operation %s: worker %s joined", operation_id, runner.token)
+            run = BulkRun(db, operation_id, config, runner, progress, epoch=epoch, owner=False)
+            return run.execute(None, status_if_left=rows.RUNNING)
     finally:
         ownership.release_runner(runner)
 
@@ -209,6 +296,14 @@ def _check_flag(db: Database, config: BulkConfig) -> None:
         raise FeatureFlagError(
             f"feature flag {RUNS_V2_FLAG} is off: a real bulk rebuild is refused "
             "(turn the flag on, or set ignore_feature_flag)"
+        )
+
+
+def _one_host_refusal(db: Database) -> None:
+    if db.dialect != "postgresql":
+        raise ConfigError(
+            "an operation shared by several hosts needs PostgreSQL: SQLite is one host "
+            "(run bulk-rebuild there, and resume to finish an interrupted one)"
         )
 
 

@@ -1,21 +1,24 @@
-"""The run of a bulk operation: batches across a thread pool, coordinated between batches.
+"""The run of a bulk operation: worker threads claim batches from the ledger and run each.
 
-``BulkRun.execute`` takes the operation's pending users (in their stable order) in batches of
-``batch_size`` to ``max_workers`` threads. Each batch runs on a connection of its own in ONE
-writing transaction (``rebuild_batch``, then the history rows and the ledger items); a batch
-with any failing user is rolled back and each of its users is redone alone (up to two tries),
-so one bad user never fails its neighbours. Between batches the coordinator stamps the
-heartbeat, reads a cancel request, checks the failure rate and reports progress. The final
-status goes to the ledger whatever happens.
+``BulkRun.execute`` starts ``max_workers`` threads; each claims the operation's next free
+batch (``claims``: a lease, shared with every other worker of the operation, on this host or
+another), rebuilds its pending users in ONE writing transaction (``rebuild_batch``, then the
+history rows and the ledger items) and commits it only behind the fence (this worker still
+holds the operation's epoch and the batch's claim). A batch with any failing user is rolled
+back and each of its users is redone alone (up to two tries), so one bad user never fails its
+neighbours. Between batches the coordinator stamps the heartbeat, checks the failure rate and
+reports progress counted over every worker; a cancel request stops every worker at its next
+claim. The owner records the final status whatever happens; a runner fenced out by a takeover
+stops and writes nothing more.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -26,7 +29,7 @@ from potato_ops.db import history
 from potato_ops.db.engine import read_connection, write_transaction
 from potato_ops.db.reads import fetch_users
 from potato_ops.errors import UserNotFoundError
-from potato_ops.ops.bulk import ledger, ownership, rows
+from potato_ops.ops.bulk import claims, ledger, ownership, rows
 from potato_ops.ops.bulk.config import BulkConfig
 from potato_ops.ops.bulk.results import BulkResult, Progress, ProgressCallback, result_from_ledger
 from potato_ops.ops.database import Database, Rollback
@@ -44,6 +47,8 @@ log = logging.getLogger("potato_ops")
 KIND = "bulk_rebuild"
 FAILURE_RATE_MIN_USERS = 100  # the failure rate is judged once this many users were processed
 HEARTBEAT_EVERY_S = 1.0
+WAIT_FOR_OTHERS_S = 0.5  # how often a worker with nothing to claim looks again
+FENCED = "fenced"  # why a run stopped: it lost the operation (a takeover); it writes nothing more
 _MESSAGE_CHARS = 500
 
 
@@ -51,10 +56,16 @@ _MESSAGE_CHARS = 500
 class _BatchDone:
     results: list[rows.ItemResult]
     timings: dict[str, float]
+    handled: threading.Event = field(default_factory=threading.Event)
 
 
 class BulkRun:
-    """One runner's pass over an operation's pending users."""
+    """One worker's pass over an operation: its threads claim batches until none is left.
+
+    The owner (the runner that started or resumed the operation) records the final status;
+    a joined worker (``join``, on any host) only stops, unless it is the one that finds the
+    operation finished.
+    """
 
     def __init__(
         self,
@@ -63,6 +74,9 @@ class BulkRun:
         config: BulkConfig,
         runner: ownership.Runner,
         progress: ProgressCallback | None,
+        *,
+        epoch: int = 0,
+        owner: bool = True,
     ) -> None:
         self.db = db
         self.engine = db.engine
@@ -70,6 +84,8 @@ class BulkRun:
         self.config = config
         self.runner = runner
         self.callback = progress
+        self.epoch = epoch
+        self.owner = owner
         lo, hi = config.date_range()
         dry = config.dry_run
         self.options = BatchOptions(
@@ -83,6 +99,15 @@ class BulkRun:
         self.timings: dict[str, float] = {}
         self._timings_lock = threading.Lock()
         self.stop = threading.Event()
+        self._done: queue.Queue[_BatchDone | None] = queue.Queue()
+        self._stop_reason: str | None = None
+        self._errors: list[BaseException] = []
+        self._only: set[str] | None = None
+        self._counts_lock = threading.Lock()
+        self._coordinator_gone = threading.Event()
+        self._base = rows.ItemCounts()
+        self._ok = self._failed = 0  # users this run processed since _base was read
+        self._start_processed: int | None = None
 
     # ------------------------------------------------------------ coordinator
 
@@ -91,17 +116,16 @@ class BulkRun:
         t0 = time.perf_counter()
         status: str = rows.FAILED
         error: str | None = "the runner stopped unexpectedly"
+        self._only = None if only is None else set(only)
         try:
             with read_connection(self.engine) as conn:
-                todo = ledger.pending_user_ids(conn, self.operation_id)
                 base = ledger.item_counts(conn, self.operation_id)
-            if only is not None:
-                wanted = set(only)
-                todo = [u for u in todo if u in wanted]
-            reason = self._drive(todo, base, t0)
+            reason = self._drive(base, t0)
             with read_connection(self.engine) as conn:
                 left = ledger.item_counts(conn, self.operation_id).pending
-            if reason is not None and reason != "cancelled":
+            if reason == FENCED:
+                status, error = FENCED, None
+            elif reason is not None and reason != "cancelled":
                 status, error = rows.FAILED, reason
             elif left == 0:
                 status, error = rows.COMPLETED, None
@@ -115,95 +139,176 @@ class BulkRun:
             status, error = rows.INTERRUPTED, "interrupted"
             raise
         finally:
-            with write_transaction(self.engine) as conn:
-                ledger.finish(conn, self.operation_id, self.runner, status, self.db.now(), error)
-            log.info("bulk operation %s ended %s", self.operation_id, status)
+            self._record_end(status, error)
         elapsed = (time.perf_counter() - t0) * 1000
         with read_connection(self.engine) as conn:
             op = ledger.fetch_operation(conn, self.operation_id)
             return result_from_ledger(conn, op, elapsed, dict(self.timings))
 
-    def _drive(self, todo: list[str], base: rows.ItemCounts, t0: float) -> str | None:
-        """Run the batches; return why it stopped early ("cancelled", a failure) or None."""
-        size, workers = self.config.batch_size, self.config.max_workers
-        batches = iter([todo[i : i + size] for i in range(0, len(todo), size)])
-        done_ok = done_failed = 0
-        reason: str | None = None
+    def _record_end(self, status: str, error: str | None) -> None:
+        """Write the final status: the owner always, a joined worker only a completion or cancel."""
+        if status == FENCED:
+            log.warning("bulk operation %s: this runner lost the operation and stopped", self.operation_id)
+            return
+        if not self.owner and status not in (rows.COMPLETED, rows.CANCELLED):
+            return
+        with write_transaction(self.engine) as conn:
+            ledger.finish(
+                conn,
+                self.operation_id,
+                None if not self.owner else self.runner,
+                status,
+                self.db.now(),
+                error,
+                epoch=self.epoch,
+            )
+        log.info("bulk operation %s ended %s", self.operation_id, status)
+
+    def _drive(self, base: rows.ItemCounts, t0: float) -> str | None:
+        """Run the worker threads; return why they stopped early (cancelled, fenced, a failure)."""
+        self._base = base
         last_beat = time.perf_counter()
-        self._report(base, 0, 0, len(todo), t0)
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="potato-bulk")
-        in_flight: set[Future[_BatchDone]] = set()
+        self._report(t0)
+        threads = [
+            threading.Thread(target=self._work, name=f"potato-bulk-{i}", daemon=True)
+            for i in range(self.config.max_workers)
+        ]
+        for thread in threads:
+            thread.start()
+        running = len(threads)
         try:
-            for batch in batches:
-                in_flight.add(pool.submit(self._batch, batch))
-                if len(in_flight) >= workers:
-                    break
-            while in_flight:
-                finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    done = future.result()
-                    self._add_timings(done.timings)
-                    done_ok += sum(r.status == rows.COMPLETED for r in done.results)
-                    done_failed += sum(r.status == rows.FAILED for r in done.results)
-                self._report(base, done_ok, done_failed, len(todo), t0)
-                if reason is None:
-                    if time.perf_counter() - last_beat >= HEARTBEAT_EVERY_S:
-                        self._heartbeat()
-                        last_beat = time.perf_counter()
-                    reason = self._why_stop(done_ok, done_failed)
-                if reason is None:
-                    for batch in batches:
-                        in_flight.add(pool.submit(self._batch, batch))
-                        if len(in_flight) >= workers:
-                            break
+            while running:
+                done = self._done.get()
+                if done is None:  # a thread ended
+                    running -= 1
+                    continue
+                self._add_timings(done.timings)
+                if time.perf_counter() - last_beat >= HEARTBEAT_EVERY_S:
+                    self._heartbeat()
+                    self._refresh_base()
+                    last_beat = time.perf_counter()
+                self._report(t0)
+                done.handled.set()
         except BaseException:
-            self.stop.set()  # batches not started yet are skipped; running ones finish
+            self.stop.set()  # threads finish the batch they are in, then end
+            self._coordinator_gone.set()
             raise
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        return reason
+            for thread in threads:
+                thread.join()
+        if self._errors:
+            raise self._errors[0]
+        return self._stop_reason
+
+    def _account(self, done: _BatchDone) -> None:
+        """Count a batch's outcome; stop every thread once too many users failed."""
+        with self._counts_lock:
+            self._ok += sum(r.status == rows.COMPLETED for r in done.results)
+            self._failed += sum(r.status == rows.FAILED for r in done.results)
+            reason = self._failure_rate(self._base, self._ok, self._failed)
+        if reason is not None:
+            self._halt(reason)
+
+    def _refresh_base(self) -> None:
+        """Take the ledger's counts (every worker's share) as the new base of this run's counts."""
+        with read_connection(self.engine) as conn:
+            fresh = ledger.item_counts(conn, self.operation_id)
+        with self._counts_lock:
+            self._base, self._ok, self._failed = fresh, 0, 0
+
+    def _halt(self, reason: str) -> None:
+        """Stop every thread at its next batch boundary, for this reason (the first one kept)."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self.stop.set()
+
+    def _work(self) -> None:
+        """Claim and run batches until none is left, the run stops, or an error."""
+        try:
+            while not self.stop.is_set():
+                with write_transaction(self.engine) as conn:
+                    claim = claims.claim_batch(
+                        conn,
+                        self.operation_id,
+                        self.config.batch_size,
+                        self.runner,
+                        self.epoch,
+                        self.db.now(),
+                    )
+                if isinstance(claim, claims.NoClaim):
+                    if claim.reason == claims.DONE:
+                        return
+                    if claim.reason == "busy":  # the rest is claimed by others: wait for them
+                        self.stop.wait(WAIT_FOR_OTHERS_S)
+                        continue
+                    if claim.reason == "cancelled":
+                        log.info(
+                            "bulk operation %s: cancelled, stopping at this batch boundary", self.operation_id
+                        )
+                    self._halt(FENCED if claim.reason == "fenced" else claim.reason)
+                    return
+                try:
+                    done = self._batch(claim)
+                    self._account(done)
+                    self._done.put(done)
+                    # The next claim waits until the coordinator reported this batch: a cancel
+                    # or stop asked for from the progress callback lands at this boundary.
+                    while not done.handled.wait(0.2) and not self._coordinator_gone.is_set():
+                        pass
+                except claims.Fenced as exc:
+                    log.warning("bulk operation %s: %s (batch rolled back)", self.operation_id, exc)
+                    if exc.operation_lost:
+                        self._halt(FENCED)
+                        return
+        except BaseException as exc:
+            self._errors.append(exc)
+            self.stop.set()
+        finally:
+            self._done.put(None)
 
     def _heartbeat(self) -> None:
         """Stamp the heartbeat; a miss (SQLite busy behind the workers) only waits for the next."""
+        if not self.owner:
+            return
         try:
             with write_transaction(self.engine) as conn:
                 ledger.heartbeat(conn, self.operation_id, self.runner, self.db.now())
         except SQLAlchemyError as exc:
             log.warning("bulk operation %s: heartbeat skipped: %s", self.operation_id, exc)
 
-    def _why_stop(self, ok: int, failed: int) -> str | None:
-        """Return a reason to stop at this batch boundary (a cancel, the failure rate), if any."""
-        with read_connection(self.engine) as conn:
-            cancelled = ledger.cancel_requested(conn, self.operation_id)
-        if cancelled:
-            log.info("bulk operation %s: cancelled, stopping at this batch boundary", self.operation_id)
-            return "cancelled"
-        processed = ok + failed
+    def _failure_rate(self, base: rows.ItemCounts, ok: int, failed: int) -> str | None:
+        """Return a reason to stop when too many users failed (judged over the whole operation)."""
+        failed += base.failed
+        processed = ok + failed + base.completed
         limit = self.config.max_failure_rate
         if processed >= FAILURE_RATE_MIN_USERS and failed / processed > limit:
             share = failed / processed
             return f"aborted: {failed} of {processed} users failed ({share:.1%}, more than {limit:.1%})"
         return None
 
-    def _report(self, base: rows.ItemCounts, ok: int, failed: int, todo: int, t0: float) -> None:
+    def _report(self, t0: float) -> None:
         if self.callback is None:
             return
-        processed = ok + failed
+        with self._counts_lock:
+            base, ok, failed = self._base, self._ok, self._failed
+        processed = base.processed + ok + failed
+        if self._start_processed is None:
+            self._start_processed = processed
         elapsed = time.perf_counter() - t0
+        done_here = processed - self._start_processed  # every worker's, since this run began
         eta = None
-        if processed and elapsed > 0:
-            eta = (todo - processed) / (processed / elapsed)
-        now = self.db.now()
+        if done_here > 0 and elapsed > 0:
+            eta = (base.total - processed) / (done_here / elapsed)
         self.callback(
             Progress(
                 operation_id=self.operation_id,
                 status=rows.RUNNING,
-                processed_users=base.processed + processed,
+                processed_users=processed,
                 total_users=base.total,
                 completed_users=base.completed + ok,
                 failed_users=base.failed + failed,
                 started_at=None,
-                updated_at=now,
+                updated_at=self.db.now(),
                 eta_seconds=eta,
                 kind=KIND,
                 dry_run=self.config.dry_run,
@@ -217,26 +322,41 @@ class BulkRun:
 
     # ------------------------------------------------------------ workers
 
-    def _batch(self, user_ids: list[str]) -> _BatchDone:
-        """Rebuild a batch in one transaction; on any failure redo each user alone."""
+    def _batch(self, claim: claims.Claim) -> _BatchDone:
+        """Rebuild a claimed batch in one transaction; on any failure redo each user alone."""
         timings: dict[str, float] = {}
-        if self.stop.is_set():
-            return _BatchDone([], timings)
-        results = self._attempt(user_ids, tries=1, timings=timings)
+        with read_connection(self.engine) as conn:
+            user_ids = claims.batch_user_ids(conn, self.operation_id, claim)
+        if self._only is not None:
+            user_ids = [u for u in user_ids if u in self._only]
+        results: list[rows.ItemResult] | None = []
+        if user_ids:
+            results = self._attempt(user_ids, claim, tries=1, timings=timings)
         if results is None:
             results = []
             for uid in user_ids:
-                alone = self._attempt([uid], tries=2, timings=timings, alone=True)
+                alone = self._attempt([uid], claim, tries=2, timings=timings, alone=True)
                 assert alone is not None
                 results.extend(alone)
+        if not user_ids or not results or results[0].tries == 2 or self.config.dry_run:
+            with write_transaction(self.engine) as conn:  # the batch's own commit did not close it
+                claims.fence(conn, self.operation_id, claim, self.runner, self.epoch)
+                claims.close_batch(conn, self.operation_id, claim, self.db.now())
         return _BatchDone(results, timings)
 
     def _attempt(
-        self, user_ids: list[str], *, tries: int, timings: dict[str, float], alone: bool = False
+        self,
+        user_ids: list[str],
+        claim: claims.Claim,
+        *,
+        tries: int,
+        timings: dict[str, float],
+        alone: bool = False,
     ) -> list[rows.ItemResult] | None:
         """Try the users in one transaction; return their results, or None to retry each alone.
 
-        Alone, a failure is recorded (item failed, history row) instead of retried.
+        Alone, a failure is recorded (item failed, history row) instead of retried. A batch
+        commits only behind the fence (this worker still holds the operation and the claim).
         """
         started = self.db.now()
         t0 = time.perf_counter()
@@ -255,14 +375,19 @@ class BulkRun:
                 now = self.db.now()
                 history.record_history(conn, self._history(results, outcomes, started, now))
                 ledger.record_items(conn, self.operation_id, results, now)
+                claims.fence(conn, self.operation_id, claim, self.runner, self.epoch)
+                if not alone:
+                    claims.close_batch(conn, self.operation_id, claim, now)
                 t_commit = time.perf_counter()
                 timings["ledger"] = timings.get("ledger", 0.0) + (t_commit - t_rec) * 1000
             timings["commit"] = timings.get("commit", 0.0) + (time.perf_counter() - t_commit) * 1000
             return results
+        except claims.Fenced:
+            raise
         except Rollback:
             if self.config.dry_run or alone:
                 results = self._results(user_ids, found, outcomes, tries, t0)
-                self._record_outside(results, outcomes, started)
+                self._record_outside(results, outcomes, started, claim)
                 return results
             return None
         except Exception as exc:
@@ -279,7 +404,7 @@ class BulkRun:
                 error_class=exc.__class__.__name__,
                 error_message=message.splitlines()[0][:_MESSAGE_CHARS] if message else "",
             )
-            self._record_outside([error], {}, started)
+            self._record_outside([error], {}, started, claim)
             return [error]
 
     def _results(
@@ -355,11 +480,16 @@ class BulkRun:
         ]
 
     def _record_outside(
-        self, results: list[rows.ItemResult], outcomes: dict[str, UserOutcome], started: datetime
+        self,
+        results: list[rows.ItemResult],
+        outcomes: dict[str, UserOutcome],
+        started: datetime,
+        claim: claims.Claim,
     ) -> None:
-        """Record results whose rebuild was rolled back: a dry run's, or a failure's."""
+        """Record results whose rebuild was rolled back: a dry run's, or a failure's (fenced too)."""
         now = self.db.now()
         with write_transaction(self.engine) as conn:
+            claims.fence(conn, self.operation_id, claim, self.runner, self.epoch)
             if not self.config.dry_run:
                 history.record_history(conn, self._history(results, outcomes, started, now))
             ledger.record_items(conn, self.operation_id, results, now)

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, case, exists, func, insert, literal, select, update
 
+from potato_ops.db.distributed import is_distributed
 from potato_ops.db.reads import as_utc
 from potato_ops.db.schema import ops_operation_items, ops_operations, users
 from potato_ops.errors import OperationNotFoundError
@@ -24,6 +25,7 @@ from potato_ops.ops.bulk.rows import (
     CANCELLED,
     COMPLETED,
     FAILED,
+    INTERRUPTED,
     LIVE,
     PENDING,
     RUNNING,
@@ -96,10 +98,13 @@ def create_operation(
         )
     )
     if user_ids is None:
+        # On Citus, users in the order of their shards: a batch then falls on one shard group
+        # (one worker, no two-phase commit) instead of spreading over every shard.
+        order = [func.worker_hash(users.c.id), users.c.id] if is_distributed(conn) else [users.c.id]
         ranked = select(
             literal(operation_id),
             users.c.id,
-            func.row_number().over(order_by=users.c.id),
+            func.row_number().over(order_by=order),
             literal(PENDING),
             literal(0),
         )
@@ -204,16 +209,28 @@ def cancel_requested(conn: Connection, operation_id: str) -> bool:
 def finish(
     conn: Connection,
     operation_id: str,
-    runner: Runner,
+    runner: Runner | None,
     status: str,
     now: datetime,
     error: str | None = None,
+    *,
+    epoch: int | None = None,
 ) -> None:
-    """Record the operation's final status (only the runner that owns it may)."""
+    """Record the operation's final status.
+
+    Only the runner that owns it may (``runner``), or, with ``runner`` None, any worker of the
+    operation's current ``epoch`` while it is still live; a runner fenced out by a takeover
+    writes nothing.
+    """
+    conds = [_ops.c.id == operation_id]
+    if runner is not None:
+        conds.append(_ops.c.runner_token == runner.token)
+    else:
+        conds.append(_ops.c.status.in_(LIVE))
+    if epoch is not None:
+        conds.append(_ops.c.epoch == epoch)
     conn.execute(
-        update(_ops)
-        .where(_ops.c.id == operation_id, _ops.c.runner_token == runner.token)
-        .values(status=status, heartbeat_at=now, finished_at=now, error=error)
+        update(_ops).where(*conds).values(status=status, heartbeat_at=now, finished_at=now, error=error)
     )
 
 
@@ -238,6 +255,25 @@ def set_status(
             update(_ops).where(_ops.c.id == operation_id, _ops.c.status.in_(LIVE), cond).values(**values)
         ).rowcount
     )
+
+
+def join(conn: Connection, operation_id: str, now: datetime) -> int | None:
+    """Mark a live or interrupted operation running (a worker joined); return its epoch.
+
+    None if the operation ended or a cancel was asked for.
+    """
+    done = conn.execute(
+        update(_ops)
+        .where(
+            _ops.c.id == operation_id,
+            _ops.c.status.in_((*LIVE, INTERRUPTED)),
+            _ops.c.cancel_requested.is_(False),
+        )
+        .values(status=RUNNING, started_at=func.coalesce(_ops.c.started_at, now))
+    ).rowcount
+    if not done:
+        return None
+    return int(conn.execute(select(_ops.c.epoch).where(_ops.c.id == operation_id)).scalar_one())
 
 
 def request_cancel(conn: Connection, operation_id: str) -> None:

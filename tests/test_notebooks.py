@@ -208,7 +208,7 @@ def test_single_user_dry_run_shows_the_repair_and_writes_nothing(db: SeededDatab
 def test_a_bad_parameter_stops_the_run_at_the_validation_cell(db: SeededDatabase, reports: Path) -> None:
     user = db.clean_user()
     record, result = run("01_single_user_recovery", {"user_email": user.email, "user_id": user.id}, reports)
-    assert (record.status, record.exit_code) == ("error", ExitCode.EXECUTION_FAILED)
+    assert (record.status, record.exit_code) == ("refused", ExitCode.INVALID_PARAMETERS)
     assert result["error"]["ename"] == "RunbookParameterError"
     assert "not both" in result["error"]["evalue"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict
 from datetime import date, timedelta
 from itertools import pairwise
@@ -10,7 +11,14 @@ from sqlalchemy import Connection, select, text
 
 from potato_ops import Storage
 from potato_ops.db.schema import day_marks, runs, users
-from potato_ops.demo.synth import SeededUserIds, SeedResult, seed
+from potato_ops.demo.synth import (
+    CORRUPTIONS_POSTGRES,
+    CORRUPTIONS_SQLITE,
+    SeededUserIds,
+    SeedResult,
+    inject_corruption,
+    seed,
+)
 from potato_ops.domain.dates import local_today
 from potato_ops.domain.models import ViolationKind
 from tests.conftest import MutableClock
@@ -157,3 +165,25 @@ def test_user_ids_are_computed_on_demand() -> None:
     assert len(ids) == 1000 and ids[-1] == ids[999] and ids[3:5] == [ids[3], ids[4]]
     assert len(set(ids)) == 1000 and all(u.startswith("p-") for u in ids)
     assert list(SeededUserIds(5, 10, "p-")) == ids[:10]
+
+
+def test_corrupting_stored_users_is_reported_exactly(storage: Storage, clock: MutableClock) -> None:
+    seeded = seed(storage.engine, users_count=80, days=60, seed_value=4, now=clock())
+    kinds = CORRUPTIONS_SQLITE if storage.dialect == "sqlite" else CORRUPTIONS_POSTGRES
+    with storage.engine.connect() as conn:
+        ids_before = {r.id: tuple(r) for r in conn.execute(select(runs))}
+    done = inject_corruption(storage.engine, seeded.user_ids, 21, kinds, random.Random(9), clock())
+    assert len(done) == 21 and set(done.values()) == set(kinds)
+    with storage.engine.connect() as conn:
+        today = {
+            uid: local_today(tz, clock()) for uid, tz in conn.execute(select(users.c.id, users.c.timezone))
+        }
+        found = _kinds_found(conn, today)
+        after = {r.id: tuple(r) for r in conn.execute(select(runs))}
+    assert set(found) == set(done)
+    for uid, kind in done.items():
+        assert kind in found[uid], (uid, kind, found[uid])
+    # Runs of users left alone keep their ids and values.
+    assert {i: r for i, r in ids_before.items() if r[1] not in done} == {
+        i: r for i, r in after.items() if r[1] not in done
+    }

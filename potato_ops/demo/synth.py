@@ -22,10 +22,12 @@ from datetime import date, datetime, timedelta
 from itertools import pairwise
 from typing import overload
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 
 from potato_ops.db.engine import write_transaction
-from potato_ops.demo.seed_sink import SeedChunk, write_chunk
+from potato_ops.db.schema import runs as runs_table
+from potato_ops.db.schema import users
+from potato_ops.demo.seed_sink import ORPHAN_DAYS, ORPHAN_START_DAYS_BACK, SeedChunk, write_chunk
 from potato_ops.domain.dates import local_today
 from potato_ops.domain.models import ViolationKind
 
@@ -151,7 +153,10 @@ SeedRun = list[int]
 
 
 def _corrupt_runs(runs: list[SeedRun], kind: str, today: int) -> bool:
-    """Inject one kind of corruption into one user's runs in place; False if they can't hold it."""
+    """Inject one kind of corruption into one user's runs in place; False if they can't hold it.
+
+    Days are integers on any scale (day indices, date ordinals); ``runs`` are sorted by start.
+    """
     if not runs:
         return False
     if kind == ViolationKind.MALFORMED:
@@ -288,3 +293,93 @@ def seed(
             flush()
     flush()
     return SeedResult(ids, marks_written, runs_written, corrupter.done, end, skipped)
+
+
+def inject_corruption(
+    engine: Engine,
+    user_ids: Sequence[str],
+    how_many: int,
+    kinds: Sequence[str],
+    rng: random.Random,
+    now: datetime,
+) -> dict[str, str]:
+    """Return user id -> kind injected: ``how_many`` users already stored, corrupted in place.
+
+    Kinds cycle as in ``seed``; a user who can't hold the next kind is passed over. Only the
+    corrupted runs change: the others keep their ids.
+    """
+    done: dict[str, str] = {}
+    if how_many <= 0 or not kinds:
+        return done
+    candidates = list(user_ids)
+    rng.shuffle(candidates)
+    with write_transaction(engine) as conn:
+        for uid in candidates:
+            if len(done) >= how_many:
+                break
+            kind = kinds[len(done) % len(kinds)]
+            if kind == ViolationKind.ORPHAN:
+                ghost = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+                start = now.date() - timedelta(days=ORPHAN_START_DAYS_BACK)
+                conn.execute(
+                    insert(runs_table).values(
+                        user_id=ghost,
+                        start_date=start,
+                        end_date=start + timedelta(days=ORPHAN_DAYS - 1),
+                        day_count=ORPHAN_DAYS,
+                        active=False,
+                    )
+                )
+                done[ghost] = kind
+            elif _corrupt_stored(conn, uid, kind, now):
+                done[uid] = kind
+    return done
+
+
+def _corrupt_stored(conn: Connection, uid: str, kind: str, now: datetime) -> bool:
+    """Corrupt one stored user's runs; False (nothing written) if they can't hold ``kind``."""
+    rows = conn.execute(
+        select(
+            runs_table.c.id,
+            runs_table.c.start_date,
+            runs_table.c.end_date,
+            runs_table.c.day_count,
+            runs_table.c.active,
+        )
+        .where(runs_table.c.user_id == uid)
+        .order_by(runs_table.c.start_date)
+    ).all()
+    before = {
+        r.id: [r.start_date.toordinal(), r.end_date.toordinal(), r.day_count, int(r.active)] for r in rows
+    }
+    after = [list(v) for v in before.values()]
+    tz = conn.execute(select(users.c.timezone).where(users.c.id == uid)).scalar_one()
+    if not _corrupt_runs(after, kind, local_today(tz, now).toordinal()):
+        return False
+    # Runs are compared by position: the first len(before) entries are the stored runs (edited
+    # or not), any further ones are new; a run that vanished is the one no entry matches.
+    kept = list(before.items())
+    if len(after) < len(kept):
+        gone = next(i for i, (_id, v) in enumerate(kept) if i >= len(after) or after[i] != v)
+        conn.execute(delete(runs_table).where(runs_table.c.user_id == uid, runs_table.c.id == kept[gone][0]))
+        kept.pop(gone)
+    for (run_id, old), new in zip(kept, after, strict=False):
+        if new != old:
+            conn.execute(
+                update(runs_table)
+                .where(runs_table.c.user_id == uid, runs_table.c.id == run_id)
+                .values(**_run_values(new))
+            )
+    for new in after[len(kept) :]:
+        conn.execute(insert(runs_table).values(user_id=uid, **_run_values(new)))
+    return True
+
+
+def _run_values(run: SeedRun) -> dict[str, object]:
+    start, end, day_count, active = run
+    return {
+        "start_date": date.fromordinal(start),
+        "end_date": date.fromordinal(end),
+        "day_count": day_count,
+        "active": bool(active),
+    }

@@ -98,7 +98,7 @@ class SeededUserIds(Sequence[str]):
 class SeedResult:
     """What ``seed`` wrote."""
 
-    user_ids: Sequence[str]
+    user_ids: SeededUserIds
     marks_written: int
     runs_written: int
     corrupted: dict[str, str]  # user id -> the invariant kind injected
@@ -210,7 +210,7 @@ class _Corrupter:
     total: int
     how_many: int
     kinds: Sequence[str]
-    done: dict[str, str] = field(default_factory=dict)
+    done: dict[str, str]
     seen: int = 0
 
     def pick(self) -> str | None:
@@ -225,6 +225,78 @@ class _Corrupter:
     def ghost(self) -> str:
         """Return a fresh id for an orphan run's missing user."""
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+
+
+@dataclass(frozen=True)
+class SeedPlan:
+    """What to generate: the users, their history, the damage, and the chunk size."""
+
+    users_count: int
+    now: datetime
+    days: int = 365
+    corrupt: float = 0.0
+    seed_value: int = 42
+    unmarked_rows: float = 0.25
+    with_runs: bool = True
+    id_prefix: str = ""
+    chunk_rows: int = CHUNK_ROWS
+    kinds: Sequence[str] = CORRUPTIONS_SQLITE
+
+    def __post_init__(self) -> None:
+        bad = self.users_count < 0 or self.days < 1 or self.chunk_rows < 1
+        if bad or not 0 <= self.corrupt <= 1:
+            raise ValueError(
+                "users_count >= 0, days >= 1, chunk_rows >= 1 and 0 <= corrupt <= 1 are required"
+            )
+
+    @property
+    def user_ids(self) -> SeededUserIds:
+        """Return the users' ids, in order."""
+        return SeededUserIds(self.seed_value, self.users_count, self.id_prefix)
+
+    @property
+    def end(self) -> date:
+        """Return the last day of history."""
+        return self.now.date()
+
+
+def generate(plan: SeedPlan, corrupted: dict[str, str]) -> Iterator[SeedChunk]:
+    """Yield chunks of whole users in order, each valid until the next is asked for.
+
+    Fills ``corrupted`` (user id -> kind injected) as it goes.
+    """
+    rng = random.Random(plan.seed_value)
+    corrupter = _Corrupter(
+        random.Random(f"corrupt:{plan.seed_value}"),
+        plan.users_count,
+        round(plan.users_count * plan.corrupt),
+        plan.kinds,
+        corrupted,
+    )
+    days, end = plan.days, plan.end
+    first = end - timedelta(days=days - 1)
+    today_index = {tz: (local_today(tz, plan.now) - first).days for tz in ZONES}
+    chunk = SeedChunk(first, days, end)
+    for i, uid in enumerate(plan.user_ids):
+        tz = ZONES[i % len(ZONES)] if i < len(ZONES) else rng.choice(ZONES)
+        marked, unmarked = _streaky_indices(rng, days, 0.66, plan.unmarked_rows)
+        user_runs: list[SeedRun] = []
+        today = today_index[tz]
+        if plan.with_runs:
+            user_runs = [[s, e, e - s + 1, int(s <= today and e >= today - 1)] for s, e in _group(marked)]
+        kind = corrupter.pick()
+        if kind == ViolationKind.ORPHAN:
+            ghost = corrupter.ghost()
+            chunk.add_orphan(ghost)
+            corrupted[ghost] = kind
+        elif kind is not None and _corrupt_runs(user_runs, kind, today):
+            corrupted[uid] = kind
+        chunk.add_user(uid, f"{plan.id_prefix}user{i:06d}@example.com", tz, marked, unmarked, user_runs)
+        if chunk.rows >= plan.chunk_rows:
+            yield chunk
+            chunk.clear()
+    if chunk.users:
+        yield chunk
 
 
 def seed(
@@ -247,52 +319,21 @@ def seed(
     transaction, then reported to ``progress`` as a number of users; a failure leaves the
     chunks already written (every user whole: with its marks and runs) and raises.
     """
-    if users_count < 0 or days < 1 or not 0 <= corrupt <= 1 or chunk_rows < 1:
-        raise ValueError("users_count >= 0, days >= 1, chunk_rows >= 1 and 0 <= corrupt <= 1 are required")
-    rng = random.Random(seed_value)
     kinds = CORRUPTIONS_POSTGRES if engine.dialect.name == "postgresql" else CORRUPTIONS_SQLITE
-    skipped = sorted(set(CORRUPTIONS_SQLITE) - set(kinds))
-    corrupter = _Corrupter(
-        random.Random(f"corrupt:{seed_value}"), users_count, round(users_count * corrupt), kinds
+    plan = SeedPlan(
+        users_count, now, days, corrupt, seed_value, unmarked_rows, with_runs, id_prefix, chunk_rows, kinds
     )
-    end = now.date()
-    first = end - timedelta(days=days - 1)
-    today_index = {tz: (local_today(tz, now) - first).days for tz in ZONES}
-    ids = SeededUserIds(seed_value, users_count, id_prefix)
-    chunk = SeedChunk(first, days, end)
+    corrupted: dict[str, str] = {}
     marks_written = runs_written = 0
-
-    def flush() -> None:
-        nonlocal marks_written, runs_written
-        if not chunk.users:
-            return
+    for chunk in generate(plan, corrupted):
         with write_transaction(engine) as conn:
             m, r = write_chunk(conn, chunk)
         marks_written += m
         runs_written += r
         if progress:
             progress(len(chunk.users))
-        chunk.clear()
-
-    for i, uid in enumerate(ids):
-        tz = ZONES[i % len(ZONES)] if i < len(ZONES) else rng.choice(ZONES)
-        marked, unmarked = _streaky_indices(rng, days, 0.66, unmarked_rows)
-        user_runs: list[SeedRun] = []
-        today = today_index[tz]
-        if with_runs:
-            user_runs = [[s, e, e - s + 1, int(s <= today and e >= today - 1)] for s, e in _group(marked)]
-        kind = corrupter.pick()
-        if kind == ViolationKind.ORPHAN:
-            ghost = corrupter.ghost()
-            chunk.add_orphan(ghost)
-            corrupter.done[ghost] = kind
-        elif kind is not None and _corrupt_runs(user_runs, kind, today):
-            corrupter.done[uid] = kind
-        chunk.add_user(uid, f"{id_prefix}user{i:06d}@example.com", tz, marked, unmarked, user_runs)
-        if chunk.rows >= chunk_rows:
-            flush()
-    flush()
-    return SeedResult(ids, marks_written, runs_written, corrupter.done, end, skipped)
+    skipped = sorted(set(CORRUPTIONS_SQLITE) - set(kinds))
+    return SeedResult(plan.user_ids, marks_written, runs_written, corrupted, plan.end, skipped)
 
 
 def inject_corruption(

@@ -68,6 +68,7 @@ def fetch_runs(
 
     With ``touching`` only runs intersecting that closed range, plus (with ``active_after``)
     runs flagged active or ending on or after that date: the ones whose flag may change.
+    With ``active_after`` alone, only those.
     """
     found: dict[str, list[Run]] = defaultdict(list)
     cols = (
@@ -85,6 +86,8 @@ def fetch_runs(
             if active_after is not None:
                 cond = or_(cond, runs.c.active, runs.c.end_date >= active_after)
             query = query.where(cond)
+        elif active_after is not None:
+            query = query.where(or_(runs.c.active, runs.c.end_date >= active_after))
         # fetchall + tuple unpacking: row-by-row fetching costs several times more in bulk
         ordered = query.order_by(runs.c.user_id, runs.c.start_date, runs.c.id)
         for run_id, uid, start, end, count, active in conn.execute(ordered).all():

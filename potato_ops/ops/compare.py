@@ -1,0 +1,74 @@
+"""Compare a batch of users' stored runs with the grouping of their marks, inside the database.
+
+One statement per batch groups the users' marked days into runs (the scan's gaps-and-islands
+query) and compares them with the stored runs both ways. A correct user costs one pass over its
+marks in SQL and a total row in Python; only the users whose runs differ get their grouping
+back, so the rebuild never reads or groups their marks itself.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+
+from sqlalchemy import Connection, Date, Integer, Text, bindparam, text
+
+from potato_ops.db.engine import chunks
+from potato_ops.ops.scan import grouped_marks_sql
+
+Span = tuple[date, date, int]  # start, end, day_count
+_COLS = "user_id, start_date, end_date, day_count"
+_BAD = -1  # day_count of the row that says "this user differs"
+
+
+@dataclass
+class BatchComparison:
+    """What the database found: who differs (with their grouping) and everyone's totals."""
+
+    differ: dict[str, list[Span]] = field(default_factory=dict)  # user -> grouping, sorted
+    runs: dict[str, int] = field(default_factory=dict)  # user -> runs the marks give
+    marked_days: dict[str, int] = field(default_factory=dict)  # user -> distinct marked days
+
+
+def _statement(conn: Connection) -> str:
+    grouped = grouped_marks_sql(conn, "AND user_id IN :uids")
+    return (
+        f"WITH e AS MATERIALIZED ({grouped}), "
+        f"r AS MATERIALIZED (SELECT {_COLS} FROM runs WHERE user_id IN :uids), "
+        # Two EXCEPTs and the duplicates, as the scan finds its suspects: both engines sort.
+        f"bad AS MATERIALIZED (SELECT user_id FROM (SELECT {_COLS} FROM e EXCEPT SELECT {_COLS} FROM r) AS x "
+        f"UNION SELECT user_id FROM (SELECT {_COLS} FROM r EXCEPT SELECT {_COLS} FROM e) AS y "
+        f"UNION SELECT user_id FROM r GROUP BY {_COLS} HAVING count(*) > 1) "
+        f"SELECT {_COLS}, 0 AS total FROM e WHERE user_id IN (SELECT user_id FROM bad) "
+        f"UNION ALL SELECT user_id, NULL, NULL, {_BAD}, 0 FROM bad "
+        "UNION ALL SELECT user_id, NULL, NULL, count(*), sum(day_count) FROM e GROUP BY user_id "
+        "ORDER BY 1, 2"
+    )
+
+
+def compare_batch(conn: Connection, user_ids: Sequence[str]) -> BatchComparison:
+    """Return how the users' stored runs (dates and day_count) compare with their marks.
+
+    Active flags are not compared here (they depend on each user's local today).
+    """
+    found = BatchComparison()
+    grouping: dict[str, list[Span]] = defaultdict(list)
+    bad: set[str] = set()
+    stmt = (
+        text(_statement(conn))
+        .bindparams(bindparam("uids", expanding=True))
+        .columns(user_id=Text, start_date=Date, end_date=Date, day_count=Integer, total=Integer)
+    )
+    for part in chunks(list(user_ids)):
+        for uid, start, end, count, total in conn.execute(stmt, {"uids": list(part)}).all():
+            if start is not None:
+                grouping[uid].append((start, end, count))
+            elif count == _BAD:
+                bad.add(uid)
+            else:
+                found.runs[uid] = count
+                found.marked_days[uid] = total
+    found.differ = {uid: grouping.get(uid, []) for uid in sorted(bad)}
+    return found

@@ -13,14 +13,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
-from sqlalchemy import Connection, Date, Integer, Text, bindparam, text
+from sqlalchemy import Boolean, Connection, Integer, Text, bindparam, text
 
 from potato_ops.db.engine import chunks
+from potato_ops.db.reads import as_date
+from potato_ops.domain.models import Run
 from potato_ops.ops.scan import grouped_marks_sql
 
 Span = tuple[date, date, int]  # start, end, day_count
 _COLS = "user_id, start_date, end_date, day_count"
 _BAD = -1  # day_count of the row that says "this user differs"
+# Dates come back untyped and are parsed by as_date: SQLAlchemy's SQLite date parsing is slow.
 
 
 @dataclass
@@ -59,12 +62,12 @@ def compare_batch(conn: Connection, user_ids: Sequence[str]) -> BatchComparison:
     stmt = (
         text(_statement(conn))
         .bindparams(bindparam("uids", expanding=True))
-        .columns(user_id=Text, start_date=Date, end_date=Date, day_count=Integer, total=Integer)
+        .columns(user_id=Text, day_count=Integer, total=Integer)
     )
     for part in chunks(list(user_ids)):
         for uid, start, end, count, total in conn.execute(stmt, {"uids": list(part)}).all():
             if start is not None:
-                grouping[uid].append((start, end, count))
+                grouping[uid].append((as_date(start), as_date(end), count))
             elif count == _BAD:
                 bad.add(uid)
             else:
@@ -72,3 +75,22 @@ def compare_batch(conn: Connection, user_ids: Sequence[str]) -> BatchComparison:
                 found.marked_days[uid] = total
     found.differ = {uid: grouping.get(uid, []) for uid in sorted(bad)}
     return found
+
+
+def runs_and_grouping(conn: Connection, user_id: str) -> tuple[list[Run], list[Span]]:
+    """Return (the user's stored runs, the grouping of its marks), both sorted, in one read."""
+    stmt = text(
+        "SELECT id, start_date, end_date, day_count, active FROM runs WHERE user_id = :uid "
+        "UNION ALL SELECT NULL, start_date, end_date, day_count, NULL "
+        f"FROM ({grouped_marks_sql(conn, 'AND user_id = :uid')}) AS g "
+        "ORDER BY 2, 1"
+    ).columns(id=Integer, day_count=Integer, active=Boolean)
+    stored: list[Run] = []
+    grouping: list[Span] = []
+    for run_id, start, end, count, active in conn.execute(stmt, {"uid": user_id}).all():
+        start, end = as_date(start), as_date(end)
+        if run_id is None:
+            grouping.append((start, end, count))
+        else:
+            stored.append(Run(run_id, user_id, start, end, count, bool(active)))
+    return stored, grouping

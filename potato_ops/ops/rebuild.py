@@ -22,13 +22,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from potato_ops.db import history
 from potato_ops.db.backups import make_backup, save_backups
 from potato_ops.db.engine import chunks, lock_users
-from potato_ops.db.reads import fetch_feature_flag, fetch_marked_dates, fetch_runs, fetch_user
+from potato_ops.db.reads import fetch_marked_dates, fetch_runs, fetch_user, fetch_user_and_flag
 from potato_ops.db.schema import RUNS_V2_FLAG, runs
 from potato_ops.domain.dates import ONE_DAY, local_today, parse_date_range
 from potato_ops.domain.invariants import check_active_flags, check_invariants
 from potato_ops.domain.models import Backup, RebuildResult, Run, User, ValidationResult, Violation
 from potato_ops.domain.runs import diff_runs, expected_runs, is_active
-from potato_ops.ops.compare import Span, compare_batch
+from potato_ops.ops.compare import Span, compare_batch, runs_and_grouping
 from potato_ops.ops.database import Database, Rollback
 
 log = logging.getLogger("potato_ops")
@@ -146,7 +146,12 @@ def rebuild_batch(
         lock_users(conn, ids)
     # A full rebuild of several users, without a backup of each, compares in the database
     # first: the correct users cost no Python at all.
-    if options.partial or options.backup == BACKUP_ALWAYS or len(batch) < 2:
+    if len(batch) == 1 and not options.partial:
+        # One user: its runs and the grouping of its marks in one read, one round trip.
+        with _timed(timings, "read"):
+            stored, grouping = runs_and_grouping(conn, ids[0])
+        return _rebuild_in_python(conn, batch, options, now, timings, {ids[0]: grouping}, {ids[0]: stored})
+    if options.partial or options.backup == BACKUP_ALWAYS:
         return _rebuild_in_python(conn, batch, options, now, timings, {})
     todays = {u.id: local_today(u.timezone, now) for u in batch}
     with _timed(timings, "read"):
@@ -180,8 +185,9 @@ def _rebuild_in_python(
     now: datetime,
     timings: dict[str, float] | None,
     grouped: dict[str, list[Span]],
+    stored: dict[str, list[Run]] | None = None,
 ) -> dict[str, UserOutcome]:
-    """Rebuild the users by diffing in Python; ``grouped`` holds groupings already read."""
+    """Rebuild the users by diffing in Python; ``grouped`` and ``stored`` hold what was read."""
     if not batch:
         return {}
     ids = [u.id for u in batch]
@@ -193,11 +199,13 @@ def _rebuild_in_python(
     # Every run is read when a backup of every user is wanted anyway (one read, not two);
     # otherwise a partial rebuild reads only the runs near its window and the flagged ones.
     read_all = not options.partial or options.backup == BACKUP_ALWAYS
-    with _timed(timings, "read"):
-        if read_all:
-            stored = fetch_runs(conn, ids)
-        else:
-            stored = fetch_runs(conn, ids, touching=(f - ONE_DAY, t + ONE_DAY), active_after=min_yesterday)
+    if stored is None:
+        with _timed(timings, "read"):
+            if read_all:
+                stored = fetch_runs(conn, ids)
+            else:
+                near = (f - ONE_DAY, t + ONE_DAY)
+                stored = fetch_runs(conn, ids, touching=near, active_after=min_yesterday)
     plans: dict[str, _Plan] = {}
     for user in batch:
         mine = stored.get(user.id, [])
@@ -500,8 +508,7 @@ def rebuild_user_runs(
         with db.write() as conn:
             # Read in the rebuild's own transaction: two connections and their round
             # trips fewer. UserNotFoundError rolls back a transaction that wrote nothing.
-            user = fetch_user(conn, user_id)
-            flag = fetch_feature_flag(conn, RUNS_V2_FLAG)
+            user, flag = fetch_user_and_flag(conn, user_id, RUNS_V2_FLAG)
             outcome = rebuild_batch(conn, [user], options, started)[user.id]
             if dry_run or not outcome.success:
                 raise Rollback

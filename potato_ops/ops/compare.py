@@ -15,7 +15,7 @@ from datetime import date
 
 from sqlalchemy import Boolean, Connection, Integer, Text, bindparam, text
 
-from potato_ops.db.engine import chunks
+from potato_ops.db.engine import chunks, is_postgres
 from potato_ops.db.reads import as_date
 from potato_ops.domain.models import Run
 from potato_ops.ops.scan import grouped_marks_sql
@@ -54,8 +54,52 @@ def _statement(conn: Connection) -> str:
 def compare_batch(conn: Connection, user_ids: Sequence[str]) -> BatchComparison:
     """Return how the users' stored runs (dates and day_count) compare with their marks.
 
-    Active flags are not compared here (they depend on each user's local today).
+    Active flags are not compared here (they depend on each user's local today). PostgreSQL
+    groups and compares in one statement; SQLite's window functions cost more than reading
+    the marks in one aggregated row per user and grouping them here, so it does that.
     """
+    if is_postgres(conn):
+        return _compare_in_database(conn, user_ids)
+    return _compare_here(conn, user_ids)
+
+
+def _ordinal(value: str) -> int:
+    return date.fromisoformat(value[:10]).toordinal()
+
+
+def _compare_here(conn: Connection, user_ids: Sequence[str]) -> BatchComparison:
+    found = BatchComparison()
+    marks_stmt = text(
+        "SELECT user_id, group_concat(date) FROM day_marks WHERE value AND user_id IN :uids GROUP BY user_id"
+    ).bindparams(bindparam("uids", expanding=True))
+    runs_stmt = text(
+        "SELECT user_id, start_date, end_date, day_count FROM runs WHERE user_id IN :uids "
+        "ORDER BY user_id, start_date, end_date, day_count"
+    ).bindparams(bindparam("uids", expanding=True))
+    for part in chunks(list(user_ids)):
+        params = {"uids": list(part)}
+        stored: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
+        for uid, start, end, count in conn.execute(runs_stmt, params).all():
+            stored[uid].append((_ordinal(start), _ordinal(end), count))
+        marked: dict[str, str] = {uid: joined for uid, joined in conn.execute(marks_stmt, params).all()}
+        for uid in part:
+            days = sorted(_ordinal(d) for d in marked[uid].split(",")) if uid in marked else []
+            groups: list[tuple[int, int, int]] = []
+            for d in days:
+                if groups and groups[-1][1] == d - 1:
+                    s, _e, n = groups[-1]
+                    groups[-1] = (s, d, n + 1)
+                else:
+                    groups.append((d, d, 1))
+            if groups != stored.get(uid, []):
+                found.differ[uid] = [(date.fromordinal(s), date.fromordinal(e), n) for s, e, n in groups]
+            if groups:
+                found.runs[uid] = len(groups)
+                found.marked_days[uid] = len(days)
+    return found
+
+
+def _compare_in_database(conn: Connection, user_ids: Sequence[str]) -> BatchComparison:
     found = BatchComparison()
     grouping: dict[str, list[Span]] = defaultdict(list)
     bad: set[str] = set()

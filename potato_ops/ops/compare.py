@@ -1,9 +1,11 @@
-"""Compare a batch of users' stored runs with the grouping of their marks, inside the database.
+"""Compare a batch of users' stored runs with the grouping of their marks.
 
-One statement per batch groups the users' marked days into runs (the scan's gaps-and-islands
-query) and compares them with the stored runs both ways. A correct user costs one pass over its
-marks in SQL and a total row in Python; only the users whose runs differ get their grouping
-back, so the rebuild never reads or groups their marks itself.
+On PostgreSQL one statement per batch groups the users' marked days into runs (the scan's
+gaps-and-islands query) and compares them with the stored runs both ways: a correct user costs
+one pass over its marks in SQL and a total row in Python. On SQLite, where that query costs
+more than the rebuild it saves, the marks come as one aggregated row per user and are grouped
+on day ordinals here. Either way only the users whose runs differ get their grouping back, so
+the rebuild never reads or groups their marks again.
 """
 
 from __future__ import annotations

@@ -164,7 +164,7 @@ def bench(backend: str, users: int, days: int, repeat: int, pg_admin_url: str) -
         storage.create_schema()
         t0 = time.perf_counter()
         seeded = seed(storage.engine, users_count=users, days=days, corrupt=0.01, now=NOW)
-        history = seed_history(storage, seeded.user_ids, random.Random(7))
+        history = seed_history(storage, list(seeded.user_ids), random.Random(7))
         analyze(storage)
         with storage.engine.connect() as conn:
             marks = conn.execute(select(func.count()).select_from(day_marks)).scalar_one()

@@ -11,8 +11,8 @@ Measured, interleaved round by round so load drift hits every case alike:
 "cpu p50" is this process's CPU time per call (Python, driver, SQLAlchemy); the rest of the
 wall time is waiting on the database and on the host's scheduler.
 
-Targets (reported, not asserted): full p50 < 20 ms on PostgreSQL, full <= 2.5x bare,
-30-day partial faster than full.
+Targets (reported, not asserted): full p50 < 20 ms on PostgreSQL, full <= 1.5x bare on both
+databases, 30-day partial measurably faster than full.
 
     python benchmarks/single_user.py [--iterations 50] [--backends sqlite,postgres] [--profile]
 
@@ -216,8 +216,8 @@ def report(
     full = percentile(timings["full"], 50)
     bare = percentile(timings["bare"], 50)
     p30 = percentile(timings["partial_30"], 50)
-    print(f"  ratio full/bare (p50)       {full / bare:6.2f}  (target <= 2.5)")
-    print(f"  ratio partial30/full (p50)  {p30 / full:6.2f}  (target < 1)")
+    print(f"  ratio full/bare (p50)       {full / bare:6.2f}  (target <= 1.5)")
+    print(f"  ratio partial30/full (p50)  {p30 / full:6.2f}  (target < 1, measurably)")
     if backend == "postgres":
         print(f"  full p50 {full:.2f} ms  (target < 20 ms)")
 

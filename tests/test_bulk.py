@@ -417,7 +417,7 @@ def test_an_operation_whose_runner_died_is_interrupted_and_resumable(flag_on: St
     storage = flag_on
     seeded = seed(storage.engine, users_count=9, days=30, now=NOW, with_runs=False)
     op = fabricate_dead_run(
-        storage, seeded.user_ids, ownership.Runner(socket.gethostname(), dead_pid(), "1/x")
+        storage, list(seeded.user_ids), ownership.Runner(socket.gethostname(), dead_pid(), "1/x")
     )
 
     progress = storage.get_rebuild_progress(op)
@@ -432,7 +432,7 @@ def test_an_operation_whose_runner_died_is_interrupted_and_resumable(flag_on: St
 
 def test_cancel_of_an_operation_whose_runner_died_cancels_at_once(flag_on: Storage) -> None:
     seeded = seed(flag_on.engine, users_count=3, days=10, now=NOW, with_runs=False)
-    op = fabricate_dead_run(flag_on, seeded.user_ids, ownership.Runner("elsewhere", 1, "1/x"))
+    op = fabricate_dead_run(flag_on, list(seeded.user_ids), ownership.Runner("elsewhere", 1, "1/x"))
     with flag_on.engine.begin() as conn:  # another host's runner: only its heartbeat tells
         conn.execute(
             update(ops_operations).values(heartbeat_at=NOW - ownership.STALE_AFTER - timedelta(seconds=1))

@@ -106,8 +106,8 @@ def check_clean(storage: Storage, user_ids: list[str], operation_id: str) -> Non
 def test_killed_bulk_runs_resume_to_the_clean_result(storage: Storage, db_url: str) -> None:
     rng = random.Random(2024)
     seeded = seed(storage.engine, users_count=USERS, days=DAYS, now=NOW)
-    ids = seeded.user_ids
-    kinds = CORRUPTIONS_SQLITE if storage.dialect == "sqlite" else CORRUPTIONS_POSTGRES
+    ids = list(seeded.user_ids)
+    kinds = CORRUPTIONS_POSTGRES if storage.dialect == "postgresql" else CORRUPTIONS_SQLITE
     kinds = tuple(k for k in kinds if k != ViolationKind.ORPHAN)  # a rebuild cannot remove runs of no user
 
     for kill_at in KILL_AT_BATCHES:

@@ -126,7 +126,7 @@ def corrupted(storage: Storage) -> tuple[Storage, list[str], set[str]]:
     seeded = seed(storage.engine, users_count=60, days=60, corrupt=0.35, now=NOW)
     changed = wrong_users(storage)
     assert changed  # the test means something only if there is work to do
-    return storage, seeded.user_ids, changed
+    return storage, list(seeded.user_ids), changed
 
 
 def terminate_owner_lock(storage: Storage, operation_id: str) -> int:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
+from typing import Any
 
-from sqlalchemy import Connection, and_, func, or_, select
+from sqlalchemy import ColumnElement, Connection, Text, and_, func, or_, select, type_coerce
 
 from potato_ops.db.engine import chunks
 from potato_ops.db.schema import day_marks, feature_flags, runs, users
@@ -17,6 +18,22 @@ from potato_ops.errors import UserNotFoundError
 def as_utc(value: datetime) -> datetime:
     """Return value as an aware UTC datetime (SQLite hands back naive UTC)."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def as_date(value: date | str) -> date:
+    """Return a date column's value as a date: PostgreSQL gives dates, SQLite its ISO text."""
+    return value if isinstance(value, date) else date.fromisoformat(value[:10])
+
+
+def raw_dates(conn: Connection, *cols: ColumnElement[date]) -> list[ColumnElement[Any]]:
+    """Return the date columns as the driver gives them (parse with ``as_date``).
+
+    SQLAlchemy's date parsing on SQLite costs several times ``date.fromisoformat``; a bulk
+    batch reads tens of thousands of dates.
+    """
+    if conn.dialect.name == "postgresql":
+        return list(cols)
+    return [type_coerce(c, Text) for c in cols]
 
 
 def _user(row: object) -> User:
@@ -31,6 +48,19 @@ def fetch_user(conn: Connection, user_id: str) -> User:
     if row is None:
         raise UserNotFoundError(f"no user with id {user_id!r}")
     return _user(row)
+
+
+def fetch_user_and_flag(conn: Connection, user_id: str, flag: str) -> tuple[User, bool]:
+    """Return the user with this id and the feature flag's state (missing: off), in one read."""
+    enabled = select(feature_flags.c.enabled).where(feature_flags.c.name == flag).scalar_subquery()
+    row = conn.execute(
+        select(users.c.id, users.c.email, users.c.timezone, enabled.label("flag")).where(
+            users.c.id == user_id
+        )
+    ).first()
+    if row is None:
+        raise UserNotFoundError(f"no user with id {user_id!r}")
+    return _user(row), bool(row.flag)
 
 
 def fetch_user_by_email(conn: Connection, email: str) -> User:
@@ -68,13 +98,13 @@ def fetch_runs(
 
     With ``touching`` only runs intersecting that closed range, plus (with ``active_after``)
     runs flagged active or ending on or after that date: the ones whose flag may change.
+    With ``active_after`` alone, only those.
     """
     found: dict[str, list[Run]] = defaultdict(list)
     cols = (
         runs.c.id,
         runs.c.user_id,
-        runs.c.start_date,
-        runs.c.end_date,
+        *raw_dates(conn, runs.c.start_date, runs.c.end_date),
         runs.c.day_count,
         runs.c.active,
     )
@@ -85,10 +115,12 @@ def fetch_runs(
             if active_after is not None:
                 cond = or_(cond, runs.c.active, runs.c.end_date >= active_after)
             query = query.where(cond)
+        elif active_after is not None:
+            query = query.where(or_(runs.c.active, runs.c.end_date >= active_after))
         # fetchall + tuple unpacking: row-by-row fetching costs several times more in bulk
         ordered = query.order_by(runs.c.user_id, runs.c.start_date, runs.c.id)
         for run_id, uid, start, end, count, active in conn.execute(ordered).all():
-            found[uid].append(Run(run_id, uid, start, end, count, bool(active)))
+            found[uid].append(Run(run_id, uid, as_date(start), as_date(end), count, bool(active)))
     return found
 
 

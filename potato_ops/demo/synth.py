@@ -1,29 +1,35 @@
 """Synthetic Project Potato data: streaky marks over many timezones, and injected corruption.
 
-``seed`` writes users, day marks (marked and un-marked rows) and correct runs, then corrupts a
-fraction of users with one invariant kind each and says which, so detection can be tested for
+``seed`` writes users, day marks (marked and un-marked rows) and correct runs, corrupting a
+fraction of users with one invariant kind each and saying which, so detection can be tested for
 zero misses and zero false alarms. Kinds the database's constraints refuse (overlap and a
 second active run on PostgreSQL, a second active run on SQLite) are skipped on that database.
+
+It streams: users are generated, corrupted and written a chunk at a time, so memory does not
+grow with the user count. Everything is drawn in user order from generators seeded by
+``seed_value`` alone, so the chunk size never changes the data.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from itertools import pairwise
-from typing import Any
+from typing import overload
 
-from sqlalchemy import Connection, Engine, Table, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 
-from potato_ops.db.engine import is_postgres
-from potato_ops.db.schema import day_marks, runs, users
+from potato_ops.db.engine import write_transaction
+from potato_ops.db.schema import runs as runs_table
+from potato_ops.db.schema import users
+from potato_ops.demo.seed_sink import ORPHAN_DAYS, ORPHAN_START_DAYS_BACK, SeedChunk, write_chunk
 from potato_ops.domain.dates import local_today
-from potato_ops.domain.models import Run, ViolationKind
-from potato_ops.domain.runs import expected_runs
+from potato_ops.domain.models import ViolationKind
 
 log = logging.getLogger("potato_ops")
 
@@ -51,13 +57,48 @@ CORRUPTIONS_POSTGRES: tuple[str, ...] = (
     ViolationKind.ORPHAN,
 )
 CORRUPTIONS_SQLITE: tuple[str, ...] = (*CORRUPTIONS_POSTGRES, ViolationKind.OVERLAP)
+# Rows (marks) buffered before a chunk is written: about 20 MB of Python objects.
+CHUNK_ROWS = 100_000
+STAY = 0.86  # P(mark tomorrow | marked today): streaks of about a week
+
+
+class SeededUserIds(Sequence[str]):
+    """The seeded users' ids, in order, computed on demand (a million ids cost no memory)."""
+
+    def __init__(self, seed_value: int, count: int, prefix: str = "") -> None:
+        self._seed = seed_value
+        self._count = count
+        self._prefix = prefix
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [self._id(i) for i in range(*index.indices(self._count))]
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError("user index out of range")
+        return self._id(index)
+
+    def __iter__(self) -> Iterator[str]:
+        return (self._id(i) for i in range(self._count))
+
+    def _id(self, i: int) -> str:
+        digest = hashlib.blake2b(f"{self._seed}:{i}".encode(), digest_size=16).digest()
+        return self._prefix + str(uuid.UUID(bytes=digest, version=4))
 
 
 @dataclass(frozen=True)
 class SeedResult:
     """What ``seed`` wrote."""
 
-    user_ids: list[str]
+    user_ids: SeededUserIds
     marks_written: int
     runs_written: int
     corrupted: dict[str, str]  # user id -> the invariant kind injected
@@ -72,37 +113,190 @@ class SeedResult:
 
 def streaky_days(rng: random.Random, days: int, end: date, density: float = 0.66) -> list[date]:
     """Return marked dates over the days ending at ``end``: streaks, as people keep habits."""
-    stay = 0.86  # P(mark tomorrow | marked today): streaks of about a week
-    # Chosen so that the long-run share of marked days is ``density``.
-    start_again = min(max((1 - stay) * density / (1 - density), 0.05), 0.95)
-    marked: list[date] = []
-    on = rng.random() < density
     first = end - timedelta(days=days - 1)
-    for i in range(days):
+    marked, _unmarked = _streaky_indices(rng, days, density, 0.0)
+    return [first + timedelta(days=k) for k in marked]
+
+
+def _streaky_indices(
+    rng: random.Random, days: int, density: float, unmarked_share: float
+) -> tuple[list[int], list[int]]:
+    """Return (marked day indices, un-marked day indices that get a ``false`` row), sorted."""
+    # Chosen so that the long-run share of marked days is ``density``.
+    start_again = min(max((1 - STAY) * density / (1 - density), 0.05), 0.95)
+    rnd = rng.random
+    marked: list[int] = []
+    unmarked: list[int] = []
+    on = rnd() < density
+    for k in range(days):
         if on:
-            marked.append(first + timedelta(days=i))
-        on = rng.random() < (stay if on else start_again)
-    return marked
+            marked.append(k)
+        elif unmarked_share and rnd() < unmarked_share:
+            unmarked.append(k)
+        on = rnd() < (STAY if on else start_again)
+    return marked, unmarked
 
 
-def _copy_rows(conn: Connection, table: Table, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
-    """Insert many rows fast: COPY on PostgreSQL, executemany on SQLite."""
-    count = 0
-    if is_postgres(conn):
-        raw = conn.connection.driver_connection
-        assert raw is not None
-        with (
-            raw.cursor() as cur,
-            cur.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy,
-        ):
-            for row in rows:
-                copy.write_row(row)
-                count += 1
-        return count
-    batch = [dict(zip(columns, r, strict=True)) for r in rows]
-    if batch:
-        conn.execute(insert(table), batch)
-    return len(batch)
+def _group(marked: list[int]) -> list[list[int]]:
+    """Return [start, end] index pairs of the consecutive stretches of sorted ``marked``."""
+    spans: list[list[int]] = []
+    for k in marked:
+        if spans and spans[-1][1] == k - 1:
+            spans[-1][1] = k
+        else:
+            spans.append([k, k])
+    return spans
+
+
+# A run as the seeder handles it: [start index, end index, day_count, active].
+SeedRun = list[int]
+
+
+def _corrupt_runs(runs: list[SeedRun], kind: str, today: int) -> bool:
+    """Inject one kind of corruption into one user's runs in place; False if they can't hold it.
+
+    Days are integers on any scale (day indices, date ordinals); ``runs`` are sorted by start.
+    """
+    if not runs:
+        return False
+    if kind == ViolationKind.MALFORMED:
+        runs[len(runs) // 2][2] += 1
+        return True
+    if kind == ViolationKind.UNCOVERED_DAY:
+        gone = next((x for x in runs if not x[3]), None)
+        if gone is None:
+            return False
+        runs.remove(gone)
+        return True
+    if kind == ViolationKind.ADJACENT:
+        split = next((x for x in runs if x[2] >= 2 and not x[3]), None)
+        if split is None:
+            return False
+        runs.append([split[0] + 1, split[1], split[2] - 1, 0])
+        split[1], split[2] = split[0], 1
+        return True
+    if kind == ViolationKind.PHANTOM_DAY:
+        # Stretch an early run one day into an unmarked day, away from its neighbour.
+        for a, b in pairwise(runs):
+            if b[0] - a[1] >= 3 and not a[3]:
+                a[1] += 1
+                a[2] += 1
+                return True
+        return False
+    if kind == ViolationKind.STALE_ACTIVE:
+        flagged = next((x for x in runs if x[3]), None)
+        if flagged is not None:
+            flagged[3] = 0
+            return True
+        stale = next((x for x in runs if x[1] < today - 2), None)
+        if stale is None:
+            return False
+        stale[3] = 1
+        return True
+    if kind == ViolationKind.OVERLAP:
+        base = next((x for x in runs if x[2] >= 2 and not x[3]), None)
+        if base is None:
+            return False
+        runs.append([base[0] + 1, base[1], base[2] - 1, 0])
+        return True
+    raise ValueError(f"unknown corruption kind {kind!r}")
+
+
+@dataclass
+class _Corrupter:
+    """Picks exactly ``how_many`` users from a stream of ``total`` (selection sampling)."""
+
+    rng: random.Random
+    total: int
+    how_many: int
+    kinds: Sequence[str]
+    done: dict[str, str]
+    seen: int = 0
+
+    def pick(self) -> str | None:
+        """Return the kind to inject into the next user of the stream, or None to leave it."""
+        left = self.total - self.seen
+        self.seen += 1
+        need = self.how_many - len(self.done)
+        if need <= 0 or not self.kinds or self.rng.random() * left >= need:
+            return None
+        return self.kinds[len(self.done) % len(self.kinds)]
+
+    def ghost(self) -> str:
+        """Return a fresh id for an orphan run's missing user."""
+        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+
+
+@dataclass(frozen=True)
+class SeedPlan:
+    """What to generate: the users, their history, the damage, and the chunk size."""
+
+    users_count: int
+    now: datetime
+    days: int = 365
+    corrupt: float = 0.0
+    seed_value: int = 42
+    unmarked_rows: float = 0.25
+    with_runs: bool = True
+    id_prefix: str = ""
+    chunk_rows: int = CHUNK_ROWS
+    kinds: Sequence[str] = CORRUPTIONS_SQLITE
+
+    def __post_init__(self) -> None:
+        bad = self.users_count < 0 or self.days < 1 or self.chunk_rows < 1
+        if bad or not 0 <= self.corrupt <= 1:
+            raise ValueError(
+                "users_count >= 0, days >= 1, chunk_rows >= 1 and 0 <= corrupt <= 1 are required"
+            )
+
+    @property
+    def user_ids(self) -> SeededUserIds:
+        """Return the users' ids, in order."""
+        return SeededUserIds(self.seed_value, self.users_count, self.id_prefix)
+
+    @property
+    def end(self) -> date:
+        """Return the last day of history."""
+        return self.now.date()
+
+
+def generate(plan: SeedPlan, corrupted: dict[str, str]) -> Iterator[SeedChunk]:
+    """Yield chunks of whole users in order, each valid until the next is asked for.
+
+    Fills ``corrupted`` (user id -> kind injected) as it goes.
+    """
+    rng = random.Random(plan.seed_value)
+    corrupter = _Corrupter(
+        random.Random(f"corrupt:{plan.seed_value}"),
+        plan.users_count,
+        round(plan.users_count * plan.corrupt),
+        plan.kinds,
+        corrupted,
+    )
+    days, end = plan.days, plan.end
+    first = end - timedelta(days=days - 1)
+    today_index = {tz: (local_today(tz, plan.now) - first).days for tz in ZONES}
+    chunk = SeedChunk(first, days, end)
+    for i, uid in enumerate(plan.user_ids):
+        tz = ZONES[i % len(ZONES)] if i < len(ZONES) else rng.choice(ZONES)
+        marked, unmarked = _streaky_indices(rng, days, 0.66, plan.unmarked_rows)
+        user_runs: list[SeedRun] = []
+        today = today_index[tz]
+        if plan.with_runs:
+            user_runs = [[s, e, e - s + 1, int(s <= today and e >= today - 1)] for s, e in _group(marked)]
+        kind = corrupter.pick()
+        if kind == ViolationKind.ORPHAN:
+            ghost = corrupter.ghost()
+            chunk.add_orphan(ghost)
+            corrupted[ghost] = kind
+        elif kind is not None and _corrupt_runs(user_runs, kind, today):
+            corrupted[uid] = kind
+        chunk.add_user(uid, f"{plan.id_prefix}user{i:06d}@example.com", tz, marked, unmarked, user_runs)
+        if chunk.rows >= plan.chunk_rows:
+            yield chunk
+            chunk.clear()
+    if chunk.users:
+        yield chunk
 
 
 def seed(
@@ -117,50 +311,29 @@ def seed(
     with_runs: bool = True,
     id_prefix: str = "",
     progress: Callable[[int], object] | None = None,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> SeedResult:
-    """Write users with streaky marks and correct runs, then corrupt a fraction; say how."""
-    if users_count < 0 or days < 1 or not 0 <= corrupt <= 1:
-        raise ValueError("users_count >= 0, days >= 1 and 0 <= corrupt <= 1 are required")
-    rng = random.Random(seed_value)
-    end = now.date()
-    ids: list[str] = []
-    user_rows: list[tuple[str, str, str]] = []
-    mark_rows: list[tuple[str, date, bool]] = []
-    run_rows: list[tuple[str, date, date, int, bool]] = []
-    for i in range(users_count):
-        uid = id_prefix + str(uuid.UUID(int=rng.getrandbits(128), version=4))
-        tz = ZONES[i % len(ZONES)] if i < len(ZONES) else rng.choice(ZONES)
-        ids.append(uid)
-        user_rows.append((uid, f"{id_prefix}user{i:06d}@example.com", tz))
-        marked = streaky_days(rng, days, end)
-        marked_set = set(marked)
-        first = end - timedelta(days=days - 1)
-        for k in range(days):
-            d = first + timedelta(days=k)
-            if d in marked_set:
-                mark_rows.append((uid, d, True))
-            elif rng.random() < unmarked_rows:
-                mark_rows.append((uid, d, False))
-        if with_runs:
-            today = local_today(tz, now)
-            run_rows.extend(
-                (uid, r.start_date, r.end_date, r.day_count, r.active)
-                for r in expected_runs(uid, marked, today)
-            )
-        if progress and (i + 1) % 1000 == 0:
-            progress(1000)
-    with engine.begin() as conn:
-        _copy_rows(conn, users, ("id", "email", "timezone"), user_rows)
-        marks_written = _copy_rows(conn, day_marks, ("user_id", "date", "value"), mark_rows)
-        runs_written = _copy_rows(
-            conn, runs, ("user_id", "start_date", "end_date", "day_count", "active"), run_rows
-        )
-    if progress and users_count % 1000:
-        progress(users_count % 1000)
+    """Return what was written: users with streaky marks and correct runs, a share corrupted.
+
+    Each chunk of about ``chunk_rows`` marks is generated, corrupted and written in its own
+    transaction, then reported to ``progress`` as a number of users; a failure leaves the
+    chunks already written (every user whole: with its marks and runs) and raises.
+    """
     kinds = CORRUPTIONS_POSTGRES if engine.dialect.name == "postgresql" else CORRUPTIONS_SQLITE
+    plan = SeedPlan(
+        users_count, now, days, corrupt, seed_value, unmarked_rows, with_runs, id_prefix, chunk_rows, kinds
+    )
+    corrupted: dict[str, str] = {}
+    marks_written = runs_written = 0
+    for chunk in generate(plan, corrupted):
+        with write_transaction(engine) as conn:
+            m, r = write_chunk(conn, chunk)
+        marks_written += m
+        runs_written += r
+        if progress:
+            progress(len(chunk.users))
     skipped = sorted(set(CORRUPTIONS_SQLITE) - set(kinds))
-    corrupted = inject_corruption(engine, ids, round(users_count * corrupt), kinds, rng, now)
-    return SeedResult(ids, marks_written, runs_written, corrupted, end, skipped)
+    return SeedResult(plan.user_ids, marks_written, runs_written, corrupted, plan.end, skipped)
 
 
 def inject_corruption(
@@ -171,120 +344,83 @@ def inject_corruption(
     rng: random.Random,
     now: datetime,
 ) -> dict[str, str]:
-    """Corrupt ``how_many`` users, cycling through kinds; return user id -> kind injected."""
+    """Return user id -> kind injected: ``how_many`` users already stored, corrupted in place.
+
+    Kinds cycle as in ``seed``; a user who can't hold the next kind is passed over. Only the
+    corrupted runs change: the others keep their ids.
+    """
     done: dict[str, str] = {}
     if how_many <= 0 or not kinds:
         return done
     candidates = list(user_ids)
     rng.shuffle(candidates)
-    k = 0
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:
         for uid in candidates:
             if len(done) >= how_many:
                 break
-            kind = kinds[k % len(kinds)]
+            kind = kinds[len(done) % len(kinds)]
             if kind == ViolationKind.ORPHAN:
                 ghost = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+                start = now.date() - timedelta(days=ORPHAN_START_DAYS_BACK)
                 conn.execute(
-                    insert(runs).values(
+                    insert(runs_table).values(
                         user_id=ghost,
-                        start_date=now.date() - timedelta(days=40),
-                        end_date=now.date() - timedelta(days=38),
-                        day_count=3,
+                        start_date=start,
+                        end_date=start + timedelta(days=ORPHAN_DAYS - 1),
+                        day_count=ORPHAN_DAYS,
                         active=False,
                     )
                 )
-                done[ghost] = ViolationKind.ORPHAN
-                k += 1
-                continue
-            if _corrupt_user(conn, uid, kind, now):
+                done[ghost] = kind
+            elif _corrupt_stored(conn, uid, kind, now):
                 done[uid] = kind
-                k += 1
     return done
 
 
-def _user_runs(conn: Connection, uid: str) -> list[Run]:
-    rows = conn.execute(select(runs).where(runs.c.user_id == uid).order_by(runs.c.start_date)).mappings()
-    return [
-        Run(r["id"], uid, r["start_date"], r["end_date"], r["day_count"], bool(r["active"])) for r in rows
-    ]
-
-
-def _corrupt_user(conn: Connection, uid: str, kind: str, now: datetime) -> bool:
-    """Inject one kind of corruption into one user's runs; False if this user can't hold it."""
-    mine = _user_runs(conn, uid)
-    if not mine:
+def _corrupt_stored(conn: Connection, uid: str, kind: str, now: datetime) -> bool:
+    """Corrupt one stored user's runs; False (nothing written) if they can't hold ``kind``."""
+    rows = conn.execute(
+        select(
+            runs_table.c.id,
+            runs_table.c.start_date,
+            runs_table.c.end_date,
+            runs_table.c.day_count,
+            runs_table.c.active,
+        )
+        .where(runs_table.c.user_id == uid)
+        .order_by(runs_table.c.start_date)
+    ).all()
+    before = {
+        r.id: [r.start_date.toordinal(), r.end_date.toordinal(), r.day_count, int(r.active)] for r in rows
+    }
+    after = [list(v) for v in before.values()]
+    tz = conn.execute(select(users.c.timezone).where(users.c.id == uid)).scalar_one()
+    if not _corrupt_runs(after, kind, local_today(tz, now).toordinal()):
         return False
-    one = timedelta(days=1)
-    by_id = runs.c.id
-    if kind == ViolationKind.MALFORMED:
-        r = mine[len(mine) // 2]
-        conn.execute(
-            update(runs).where(runs.c.user_id == uid, by_id == r.id).values(day_count=r.day_count + 1)
-        )
-        return True
-    if kind == ViolationKind.UNCOVERED_DAY:
-        gone = next((x for x in mine if not x.active), None)
-        if gone is None:
-            return False
-        conn.execute(delete(runs).where(runs.c.user_id == uid, by_id == gone.id))
-        return True
-    if kind == ViolationKind.ADJACENT:
-        split = next((x for x in mine if x.day_count >= 2 and not x.active), None)
-        if split is None:
-            return False
-        conn.execute(
-            update(runs)
-            .where(runs.c.user_id == uid, by_id == split.id)
-            .values(end_date=split.start_date, day_count=1)
-        )
-        conn.execute(
-            insert(runs).values(
-                user_id=uid,
-                start_date=split.start_date + one,
-                end_date=split.end_date,
-                day_count=split.day_count - 1,
-                active=False,
-            )
-        )
-        return True
-    if kind == ViolationKind.PHANTOM_DAY:
-        # Stretch an early run one day into an unmarked day, away from its neighbour.
-        for a, b in pairwise(mine):
-            if b.start_date - a.end_date >= timedelta(days=3) and not a.active:
-                conn.execute(
-                    update(runs)
-                    .where(runs.c.user_id == uid, by_id == a.id)
-                    .values(end_date=a.end_date + one, day_count=a.day_count + 1)
-                )
-                return True
-        return False
-    if kind == ViolationKind.STALE_ACTIVE:
-        tz = conn.execute(select(users.c.timezone).where(users.c.id == uid)).scalar_one()
-        today = local_today(tz, now)
-        flagged = [x for x in mine if x.active]
-        if flagged:
+    # Runs are compared by position: the first len(before) entries are the stored runs (edited
+    # or not), any further ones are new; a run that vanished is the one no entry matches.
+    kept = list(before.items())
+    if len(after) < len(kept):
+        gone = next(i for i, (_id, v) in enumerate(kept) if i >= len(after) or after[i] != v)
+        conn.execute(delete(runs_table).where(runs_table.c.user_id == uid, runs_table.c.id == kept[gone][0]))
+        kept.pop(gone)
+    for (run_id, old), new in zip(kept, after, strict=False):
+        if new != old:
             conn.execute(
-                update(runs).where(runs.c.user_id == uid, by_id == flagged[0].id).values(active=False)
+                update(runs_table)
+                .where(runs_table.c.user_id == uid, runs_table.c.id == run_id)
+                .values(**_run_values(new))
             )
-            return True
-        stale = next((x for x in mine if x.end_date < today - 2 * one), None)
-        if stale is None:
-            return False
-        conn.execute(update(runs).where(runs.c.user_id == uid, by_id == stale.id).values(active=True))
-        return True
-    if kind == ViolationKind.OVERLAP:
-        base = next((x for x in mine if x.day_count >= 2 and not x.active), None)
-        if base is None:
-            return False
-        conn.execute(
-            insert(runs).values(
-                user_id=uid,
-                start_date=base.start_date + one,
-                end_date=base.end_date,
-                day_count=base.day_count - 1,
-                active=False,
-            )
-        )
-        return True
-    raise ValueError(f"unknown corruption kind {kind!r}")
+    for new in after[len(kept) :]:
+        conn.execute(insert(runs_table).values(user_id=uid, **_run_values(new)))
+    return True
+
+
+def _run_values(run: SeedRun) -> dict[str, object]:
+    start, end, day_count, active = run
+    return {
+        "start_date": date.fromordinal(start),
+        "end_date": date.fromordinal(end),
+        "day_count": day_count,
+        "active": bool(active),
+    }

@@ -22,13 +22,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from potato_ops.db import history
 from potato_ops.db.backups import make_backup, save_backups
 from potato_ops.db.engine import chunks, lock_users
-from potato_ops.db.reads import fetch_feature_flag, fetch_marked_dates, fetch_runs, fetch_user
+from potato_ops.db.reads import fetch_marked_dates, fetch_runs, fetch_user, fetch_user_and_flag
 from potato_ops.db.schema import RUNS_V2_FLAG, runs
 from potato_ops.db.timezone_log import change_timezone
 from potato_ops.domain.dates import ONE_DAY, local_today, parse_date_range, validate_timezone
 from potato_ops.domain.invariants import check_active_flags, check_invariants
 from potato_ops.domain.models import Backup, RebuildResult, Run, User, ValidationResult, Violation
 from potato_ops.domain.runs import diff_runs, expected_runs, should_be_active
+from potato_ops.ops.compare import Span, compare_batch, runs_and_grouping
 from potato_ops.ops.database import Database, Rollback
 
 log = logging.getLogger("potato_ops")
@@ -96,10 +97,19 @@ class _Plan:
     check_lo: date = FIRST_DAY
     check_hi: date = LAST_DAY
     marks: list[date] = field(default_factory=list)  # the marks the plan was computed from
+    # Set when the database grouped the marks: their count; ``marks`` then stays empty and is
+    # expanded from ``expected`` (the grouping itself) only if validation finds a difference.
+    grouped_days: int | None = None
 
     @property
     def days(self) -> int:
-        return len(self.marks)
+        return len(self.marks) if self.grouped_days is None else self.grouped_days
+
+    def marked_dates(self) -> list[date]:
+        """Return the marks the plan was computed from (expanded from the grouping if need be)."""
+        if self.grouped_days is None:
+            return self.marks
+        return [r.start_date + timedelta(days=k) for r in self.expected for k in range(r.day_count)]
 
 
 def _intersects(run: Run, lo: date, hi: date) -> bool:
@@ -135,6 +145,52 @@ def rebuild_batch(
     ids = [u.id for u in batch]
     with _timed(timings, "lock"):
         lock_users(conn, ids)
+    # A full rebuild of several users, without a backup of each, compares in the database
+    # first: the correct users cost no Python at all.
+    if len(batch) == 1 and not options.partial:
+        # One user: its runs and the grouping of its marks in one read, one round trip.
+        with _timed(timings, "read"):
+            stored, grouping = runs_and_grouping(conn, ids[0])
+        return _rebuild_in_python(conn, batch, options, now, timings, {ids[0]: grouping}, {ids[0]: stored})
+    if options.partial or options.backup == BACKUP_ALWAYS:
+        return _rebuild_in_python(conn, batch, options, now, timings, {})
+    todays = {u.id: local_today(u.timezone, now) for u in batch}
+    with _timed(timings, "read"):
+        found = compare_batch(conn, ids)
+        same = [uid for uid in ids if uid not in found.differ]
+        min_yesterday = min(todays.values()) - 2 * ONE_DAY
+        flagged = fetch_runs(conn, same, active_after=min_yesterday)
+    outcomes: dict[str, UserOutcome] = {}
+    redo: list[User] = []
+    for user in batch:
+        uid = user.id
+        today = todays[uid]
+        wrong_flag = any(
+            r.active != should_be_active(r.start_date, r.end_date, today) for r in flagged.get(uid, [])
+        )
+        if uid in found.differ or wrong_flag:
+            redo.append(user)
+        else:
+            outcomes[uid] = UserOutcome(
+                uid, runs_unchanged=found.runs.get(uid, 0), days_processed=found.marked_days.get(uid, 0)
+            )
+    outcomes.update(_rebuild_in_python(conn, redo, options, now, timings, found.differ))
+    return {uid: outcomes[uid] for uid in ids}
+
+
+def _rebuild_in_python(
+    conn: Connection,
+    batch: Sequence[User],
+    options: BatchOptions,
+    now: datetime,
+    timings: dict[str, float] | None,
+    grouped: dict[str, list[Span]],
+    stored: dict[str, list[Run]] | None = None,
+) -> dict[str, UserOutcome]:
+    """Rebuild the users by diffing in Python; ``grouped`` and ``stored`` hold what was read."""
+    if not batch:
+        return {}
+    ids = [u.id for u in batch]
     f = options.from_date or FIRST_DAY
     t = options.to_date or LAST_DAY
     todays = {u.id: local_today(u.timezone, now) for u in batch}
@@ -143,11 +199,13 @@ def rebuild_batch(
     # Every run is read when a backup of every user is wanted anyway (one read, not two);
     # otherwise a partial rebuild reads only the runs near its window and the flagged ones.
     read_all = not options.partial or options.backup == BACKUP_ALWAYS
-    with _timed(timings, "read"):
-        if read_all:
-            stored = fetch_runs(conn, ids)
-        else:
-            stored = fetch_runs(conn, ids, touching=(f - ONE_DAY, t + ONE_DAY), active_after=min_yesterday)
+    if stored is None:
+        with _timed(timings, "read"):
+            if read_all:
+                stored = fetch_runs(conn, ids)
+            else:
+                near = (f - ONE_DAY, t + ONE_DAY)
+                stored = fetch_runs(conn, ids, touching=near, active_after=min_yesterday)
     plans: dict[str, _Plan] = {}
     for user in batch:
         mine = stored.get(user.id, [])
@@ -157,7 +215,7 @@ def rebuild_batch(
         hi = max([t, *(r.end_date for r in touched)])
         plans[user.id] = _Plan(user, todays[user.id], touched, protected, lo, hi)
 
-    _plan_expected(conn, plans, partial=options.partial, timings=timings)
+    _plan_expected(conn, plans, partial=options.partial, timings=timings, grouped=grouped)
 
     t_diff = time.perf_counter()
     outcomes: dict[str, UserOutcome] = {}
@@ -207,15 +265,27 @@ def _plan_expected(
     *,
     partial: bool,
     timings: dict[str, float] | None = None,
+    grouped: dict[str, list[Span]] | None = None,
 ) -> None:
-    """Read the marks around each user's window and compute the runs it should hold."""
+    """Read the marks around each user's window and compute the runs it should hold.
+
+    A full rebuild takes the runs of the users in ``grouped`` from there (the database's
+    grouping of all their marks) and reads the others' marks.
+    """
     if not plans:
         return
     if not partial:
+        known = grouped or {}
         with _timed(timings, "read"):
-            marks = fetch_marked_dates(conn, list(plans))
+            marks = fetch_marked_dates(conn, [uid for uid in plans if uid not in known])
         with _timed(timings, "compute"):
             for uid, plan in plans.items():
+                if uid in known:
+                    plan.expected = [
+                        Run(None, uid, s, e, n, should_be_active(s, e, plan.today)) for s, e, n in known[uid]
+                    ]
+                    plan.grouped_days = sum(n for _s, _e, n in known[uid])
+                    continue
                 plan.marks = marks.get(uid, [])
                 plan.expected = expected_runs(uid, plan.marks, plan.today)
         return
@@ -359,11 +429,20 @@ def _validate(
             mine = after.get(uid, [])
         else:
             mine = sorted(plan.touched + plan.protected, key=lambda r: (r.start_date, r.id or 0))
+        flags = check_active_flags(uid, mine, plan.today)
+        if not partial and _spans(mine) == _spans(plan.expected):
+            # Invariants 1-5 hold exactly when the runs equal the grouping of the marks.
+            outcomes[uid].violations = flags
+            continue
         near = [r for r in mine if _intersects(r, plan.check_lo - ONE_DAY, plan.check_hi + ONE_DAY)]
         window = (plan.check_lo, plan.check_hi)
-        outcomes[uid].violations = check_invariants(
-            uid, near, plan.marks, plan.today, window=window, flags=False
-        ) + check_active_flags(uid, mine, plan.today)
+        outcomes[uid].violations = (
+            check_invariants(uid, near, plan.marked_dates(), plan.today, window=window, flags=False) + flags
+        )
+
+
+def _spans(found: Sequence[Run]) -> list[Span]:
+    return [(r.start_date, r.end_date, r.day_count) for r in found]
 
 
 def history_entry(
@@ -437,8 +516,7 @@ def rebuild_user_runs(
             # trips fewer. UserNotFoundError rolls back a transaction that wrote nothing.
             if timezone is not None:
                 change_timezone(conn, user_id, timezone, started)
-            user = fetch_user(conn, user_id)
-            flag = fetch_feature_flag(conn, RUNS_V2_FLAG)
+            user, flag = fetch_user_and_flag(conn, user_id, RUNS_V2_FLAG)
             outcome = rebuild_batch(conn, [user], options, started)[user.id]
             if outcome.success:
                 runs_after = fetch_runs(conn, [user.id]).get(user.id, [])

@@ -79,7 +79,8 @@ def test_an_existing_database_converts_in_place(plain_schema: str) -> None:
     storage = Storage.connect(plain_schema, clock=MutableClock())
     storage.create_schema()
     seeded = seed(storage.engine, users_count=40, days=60, corrupt=0.3, now=NOW)
-    storage.rebuild_user_runs(seeded.user_ids[0], dry_run=False)  # a backup and a history row
+    clean = next(u for u in seeded.user_ids if u not in seeded.corrupted_users)
+    storage.rebuild_user_runs(clean, dry_run=False)  # a backup and a history row, nothing repaired
     before = table_rows(storage.engine)
     code, out, _ = init_db(plain_schema)
     assert code == 0 and "run init-db --distributed" in out  # the extension is seen, nothing moved

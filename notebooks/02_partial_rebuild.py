@@ -51,7 +51,7 @@ database_url_env: str = "POTATO_DATABASE_URL"  # NAME of the variable holding th
 # ## Check the parameters, open the database
 
 # %%
-from potato_ops.runbook import check_partial_rebuild
+from potato_ops.runbook.params import check_partial_rebuild
 
 params = check_partial_rebuild(
     user_email=user_email,
@@ -69,7 +69,7 @@ params
 
 # %%
 from potato_ops.notebook_runs.result import record_result
-from potato_ops.runbook import open_session, safety_checklist
+from potato_ops.runbook.session import open_session, safety_checklist
 from potato_ops.runbook.user import (
     execute_rebuild,
     identify_user,

@@ -52,7 +52,7 @@ database_url_env: str = "POTATO_DATABASE_URL"  # NAME of the variable holding th
 # ## Check the parameters, open the database
 
 # %%
-from potato_ops.runbook import check_bulk_recovery
+from potato_ops.runbook.params import check_bulk_recovery
 
 params = check_bulk_recovery(
     user_ids=user_ids,
@@ -72,7 +72,6 @@ params
 
 # %%
 from potato_ops.notebook_runs.result import record_result
-from potato_ops.runbook import open_session, safety_checklist
 from potato_ops.runbook.bulk import (
     bulk_dry_run,
     bulk_execute,
@@ -84,6 +83,7 @@ from potato_ops.runbook.bulk import (
     validate_bulk,
 )
 from potato_ops.runbook.scan import run_lengths_chart
+from potato_ops.runbook.session import open_session, safety_checklist
 
 session = open_session(params.common)
 session

@@ -49,7 +49,7 @@ database_url_env: str = "POTATO_DATABASE_URL"  # NAME of the variable holding th
 # ## Check the parameters, open the database
 
 # %%
-from potato_ops.runbook import check_timezone_migration
+from potato_ops.runbook.params import check_timezone_migration
 
 params = check_timezone_migration(
     user_email=user_email,
@@ -65,7 +65,7 @@ params
 
 # %%
 from potato_ops.notebook_runs.result import record_result
-from potato_ops.runbook import open_session, safety_checklist
+from potato_ops.runbook.session import open_session, safety_checklist
 from potato_ops.runbook.timezone import (
     find_affected_users,
     rebuild_affected,

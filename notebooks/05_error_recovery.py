@@ -48,7 +48,7 @@ database_url_env: str = "POTATO_DATABASE_URL"  # NAME of the variable holding th
 # ## Check the parameters, open the database
 
 # %%
-from potato_ops.runbook import check_error_recovery
+from potato_ops.runbook.params import check_error_recovery
 
 params = check_error_recovery(
     scenario=scenario,
@@ -64,7 +64,6 @@ params
 
 # %%
 from potato_ops.notebook_runs.result import record_result
-from potato_ops.runbook import open_session, safety_checklist
 from potato_ops.runbook.recovery import (
     affected_timezones_chart,
     detect,
@@ -75,6 +74,7 @@ from potato_ops.runbook.recovery import (
     verify,
     violations_chart,
 )
+from potato_ops.runbook.session import open_session, safety_checklist
 
 session = open_session(params.common)
 session

@@ -46,7 +46,7 @@ database_url_env: str = "POTATO_DATABASE_URL"  # NAME of the variable holding th
 # ## Check the parameters, open the database
 
 # %%
-from potato_ops.runbook import check_restore_from_backup
+from potato_ops.runbook.params import check_restore_from_backup
 
 params = check_restore_from_backup(
     user_email=user_email,
@@ -62,7 +62,6 @@ params
 
 # %%
 from potato_ops.notebook_runs.result import record_result
-from potato_ops.runbook import open_session, safety_checklist
 from potato_ops.runbook.restore import (
     choose_backup,
     restore_backup,
@@ -70,6 +69,7 @@ from potato_ops.runbook.restore import (
     restore_verdict,
     validate_restoration,
 )
+from potato_ops.runbook.session import open_session, safety_checklist
 from potato_ops.runbook.user import identify_user
 
 session = open_session(params.common)

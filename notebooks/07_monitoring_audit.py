@@ -46,7 +46,7 @@ database_url_env: str = "POTATO_DATABASE_URL"  # NAME of the variable holding th
 # ## Check the parameters, open the database
 
 # %%
-from potato_ops.runbook import check_monitoring_audit
+from potato_ops.runbook.params import check_monitoring_audit
 
 params = check_monitoring_audit(
     since=since,
@@ -62,7 +62,6 @@ params
 
 # %%
 from potato_ops.notebook_runs.result import record_result
-from potato_ops.runbook import open_session, safety_checklist
 from potato_ops.runbook.audit import (
     affected_timezones_chart,
     audit_metrics,
@@ -74,6 +73,7 @@ from potato_ops.runbook.audit import (
     success_chart,
     violations_chart,
 )
+from potato_ops.runbook.session import open_session, safety_checklist
 
 session = open_session(params.common)
 session

@@ -46,7 +46,7 @@ database_url_env: str = "POTATO_DATABASE_URL"  # NAME of the variable holding th
 # ## Check the parameters, open the database
 
 # %%
-from potato_ops.runbook import check_troubleshooting
+from potato_ops.runbook.params import check_troubleshooting
 
 params = check_troubleshooting(
     user_email=user_email,
@@ -62,7 +62,7 @@ params
 
 # %%
 from potato_ops.notebook_runs.result import record_result
-from potato_ops.runbook import open_session, safety_checklist
+from potato_ops.runbook.session import open_session, safety_checklist
 from potato_ops.runbook.troubleshoot import (
     check_backups,
     check_day_marks,

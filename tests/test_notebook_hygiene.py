@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from papermill.cli import papermill as papermill_cli
 
-from potato_ops.runbook import RunbookParameterError
+from potato_ops.runbook.params import RunbookParameterError
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"

@@ -15,10 +15,10 @@ from typing import Any
 import nbformat
 import pytest
 
-import potato_ops.runbook
+import potato_ops.runbook.params
 from potato_ops.errors import NotebookParameterError
 from potato_ops.notebook_runs.parameters import check_parameters
-from potato_ops.runbook import RunbookParameterError
+from potato_ops.runbook.params import RunbookParameterError
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 # A notebook that needs a user gets one, so only the value under test can be refused.
@@ -70,7 +70,7 @@ def _through_the_notebook(name: str, parameter: str, raw: object) -> object:
     exec(compile(parameters, name, "exec"), defaults)
     found = re.search(r"params = (check_\w+)\(", check)
     assert found, f"{name}: no check_* call in the cell after the parameters"
-    function = getattr(potato_ops.runbook, found[1])
+    function = getattr(potato_ops.runbook.params, found[1])
     arguments = {k: v for k, v in defaults.items() if not k.startswith("__")}
     try:
         checked = function(**{**arguments, **GIVEN.get(name, {}), parameter: raw})

@@ -13,18 +13,17 @@ from potato_ops.charts.calendar import run_calendar
 from potato_ops.charts.runs import bucket_lengths, timezone_chart
 from potato_ops.domain.models import Run
 from potato_ops.errors import SchemaError
-from potato_ops.runbook import (
+from potato_ops.runbook.params import (
+    Common,
     RunbookParameterError,
+    UserRef,
     check_bulk_recovery,
     check_error_recovery,
     check_single_user_recovery,
     check_timezone_migration,
-    open_session,
-    safety_checklist,
 )
-from potato_ops.runbook.params import Common, UserRef
 from potato_ops.runbook.recovery import detect, dry_run_repairs, recovery_verdict, repair, verify
-from potato_ops.runbook.session import Session
+from potato_ops.runbook.session import Session, open_session, safety_checklist
 from potato_ops.runbook.user import execute_rebuild, identify_user, verify_range_isolation
 from tests.conftest import add_runs, add_user
 

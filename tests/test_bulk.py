@@ -734,3 +734,28 @@ def test_a_ledger_made_by_an_older_release_gains_the_epoch_column(storage: Stora
     add_user(storage, "u1", ["2024-03-01"])
     result = storage.bulk_rebuild_users(["u1"], BulkConfig(dry_run=False, ignore_feature_flag=True))
     assert (result.status, result.completed_users) == ("completed", 1)
+
+
+def test_each_user_s_duration_is_its_own_work_plus_a_share_of_the_batch(flag_on: Storage) -> None:
+    # One user with wrong runs among correct ones, all in one batch: the correct ones are
+    # settled by the batch's comparison alone (no work of their own), the wrong one is rebuilt.
+    clean = [f"c{i}" for i in range(5)]
+    for uid in clean:
+        add_user(flag_on, uid, ["2024-01-01", "2024-01-02", "2024-02-10"])
+        add_runs(flag_on, uid, [("2024-01-01", "2024-01-02"), ("2024-02-10", "2024-02-10")])
+    add_user(flag_on, "w", ["2024-01-01", "2024-01-02", "2024-01-03"])
+    add_runs(flag_on, "w", [("2024-01-01", "2024-01-01")])
+    result = flag_on.bulk_rebuild_users(
+        [*clean, "w"], BulkConfig(batch_size=10, max_workers=1, dry_run=False)
+    )
+    assert result.completed_users == 6
+    i = ops_operation_items
+    with flag_on.engine.connect() as conn:
+        took = dict(
+            conn.execute(
+                select(i.c.user_id, i.c.duration_ms).where(i.c.operation_id == result.operation_id)
+            ).all()
+        )
+    shares = {took[uid] for uid in clean}
+    assert len(shares) == 1  # an equal share of the batch's statements, nothing of their own
+    assert took["w"] > shares.pop()  # the rebuilt user's own work is on top of that share

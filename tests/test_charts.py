@@ -272,5 +272,5 @@ def test_equal_bars_say_they_are_shares_of_one_batch() -> None:
         {"user_id": ["u1", "u2", "u3"], "max_duration_ms": [4.0, 4.0, 4.0], "rebuilds": [1, 1, 1]}
     )
     distinct = shares.with_columns(pl.Series("max_duration_ms", [9.0, 4.0, 1.0]))
-    assert "shared equally among its users" in figure_of(slowest_users_chart(shares)).get_xlabel()
+    assert "a share of its batch's statements" in figure_of(slowest_users_chart(shares)).get_xlabel()
     assert figure_of(slowest_users_chart(distinct)).get_xlabel() == "slowest rebuild (ms)"

@@ -167,8 +167,9 @@ def slowest_users_chart(
     figure, axes = new_figure()
     xlabel = "slowest rebuild (ms)"
     if slowest["max_duration_ms"].n_unique() < slowest.height:
-        # The bulk engine times a batch, not each user in it: say why bars can be equal.
-        xlabel += "\n(equal bars: one batch's time, shared equally among its users)"
+        # A bulk user's time is its own work plus an equal share of its batch's statements:
+        # users the batch settled without work of their own can tie.
+        xlabel += "\n(bulk: each user's own work plus a share of its batch's statements)"
     _label(axes, f"Slowest {counted(slowest.height, 'user')}", xlabel, "user")
     names = [user_label(u, emails) for u in slowest["user_id"]]
     values = slowest["max_duration_ms"].cast(pl.Float64).to_list()

@@ -73,6 +73,9 @@ class UserOutcome:
     backup: Backup | None = None
     deleted_runs: list[Run] = field(default_factory=list)
     created_runs: list[Run] = field(default_factory=list)
+    # Time spent on this user alone (its expected runs, diff and checks), in ms; the batch's
+    # set-based statements serve every user at once and are not in it.
+    own_ms: float = 0.0
 
     @property
     def success(self) -> bool:
@@ -100,6 +103,7 @@ class _Plan:
     # Set when the database grouped the marks: their count; ``marks`` then stays empty and is
     # expanded from ``expected`` (the grouping itself) only if validation finds a difference.
     grouped_days: int | None = None
+    own_ms: float = 0.0  # time spent on this user alone (its expected runs), in ms
 
     @property
     def days(self) -> int:
@@ -224,6 +228,7 @@ def _rebuild_in_python(
     to_insert: list[Run] = []
     to_activate: list[Run] = []
     for uid, plan in plans.items():
+        t_user = time.perf_counter()
         diff = diff_runs(plan.touched, plan.expected)
         deactivate = list(diff.deactivate)
         activate = list(diff.activate)
@@ -246,6 +251,7 @@ def _rebuild_in_python(
             days_processed=plan.days,
             deleted_runs=list(diff.delete),
             created_runs=list(diff.create),
+            own_ms=plan.own_ms + (time.perf_counter() - t_user) * 1000,
         )
 
     if timings is not None:
@@ -280,14 +286,16 @@ def _plan_expected(
             marks = fetch_marked_dates(conn, [uid for uid in plans if uid not in known])
         with _timed(timings, "compute"):
             for uid, plan in plans.items():
+                t_user = time.perf_counter()
                 if uid in known:
                     plan.expected = [
                         Run(None, uid, s, e, n, should_be_active(s, e, plan.today)) for s, e, n in known[uid]
                     ]
                     plan.grouped_days = sum(n for _s, _e, n in known[uid])
-                    continue
-                plan.marks = marks.get(uid, [])
-                plan.expected = expected_runs(uid, plan.marks, plan.today)
+                else:
+                    plan.marks = marks.get(uid, [])
+                    plan.expected = expected_runs(uid, plan.marks, plan.today)
+                plan.own_ms += (time.perf_counter() - t_user) * 1000
         return
 
     pending = dict(plans)
@@ -425,20 +433,35 @@ def _validate(
         after = fetch_runs(conn, changed)
     written = set(changed)
     for uid, plan in plans.items():
-        if uid in written:
-            mine = after.get(uid, [])
-        else:
-            mine = sorted(plan.touched + plan.protected, key=lambda r: (r.start_date, r.id or 0))
-        flags = check_active_flags(uid, mine, plan.today)
-        if not partial and _spans(mine) == _spans(plan.expected):
-            # Invariants 1-5 hold exactly when the runs equal the grouping of the marks.
-            outcomes[uid].violations = flags
-            continue
-        near = [r for r in mine if _intersects(r, plan.check_lo - ONE_DAY, plan.check_hi + ONE_DAY)]
-        window = (plan.check_lo, plan.check_hi)
-        outcomes[uid].violations = (
-            check_invariants(uid, near, plan.marked_dates(), plan.today, window=window, flags=False) + flags
-        )
+        t_user = time.perf_counter()
+        _check_user(uid, plan, outcomes[uid], written, after, partial=partial)
+        outcomes[uid].own_ms += (time.perf_counter() - t_user) * 1000
+
+
+def _check_user(
+    uid: str,
+    plan: _Plan,
+    outcome: UserOutcome,
+    written: set[str],
+    after: dict[str, list[Run]],
+    *,
+    partial: bool,
+) -> None:
+    """Set the violations of one user's runs as they now stand (see ``_validate``)."""
+    if uid in written:
+        mine = after.get(uid, [])
+    else:
+        mine = sorted(plan.touched + plan.protected, key=lambda r: (r.start_date, r.id or 0))
+    flags = check_active_flags(uid, mine, plan.today)
+    if not partial and _spans(mine) == _spans(plan.expected):
+        # Invariants 1-5 hold exactly when the runs equal the grouping of the marks.
+        outcome.violations = flags
+        return
+    near = [r for r in mine if _intersects(r, plan.check_lo - ONE_DAY, plan.check_hi + ONE_DAY)]
+    window = (plan.check_lo, plan.check_hi)
+    outcome.violations = (
+        check_invariants(uid, near, plan.marked_dates(), plan.today, window=window, flags=False) + flags
+    )
 
 
 def _spans(found: Sequence[Run]) -> list[Span]:

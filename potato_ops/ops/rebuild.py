@@ -28,7 +28,7 @@ from potato_ops.db.timezone_log import change_timezone
 from potato_ops.domain.dates import ONE_DAY, local_today, parse_date_range, validate_timezone
 from potato_ops.domain.invariants import check_active_flags, check_invariants
 from potato_ops.domain.models import Backup, RebuildResult, Run, User, ValidationResult, Violation
-from potato_ops.domain.runs import diff_runs, expected_runs, should_be_active
+from potato_ops.domain.runs import diff_runs, earliest_active_end, expected_runs, should_be_active
 from potato_ops.ops.compare import Span, compare_batch, runs_and_grouping
 from potato_ops.ops.database import Database, Rollback
 
@@ -162,8 +162,8 @@ def rebuild_batch(
     with _timed(timings, "read"):
         found = compare_batch(conn, ids)
         same = [uid for uid in ids if uid not in found.differ]
-        min_yesterday = min(todays.values()) - 2 * ONE_DAY
-        flagged = fetch_runs(conn, same, active_after=min_yesterday)
+        earliest_end = earliest_active_end(min(todays.values()))
+        flagged = fetch_runs(conn, same, active_after=earliest_end)
     outcomes: dict[str, UserOutcome] = {}
     redo: list[User] = []
     for user in batch:
@@ -198,7 +198,7 @@ def _rebuild_in_python(
     f = options.from_date or FIRST_DAY
     t = options.to_date or LAST_DAY
     todays = {u.id: local_today(u.timezone, now) for u in batch}
-    min_yesterday = min(todays.values(), default=now.date()) - 2 * ONE_DAY
+    earliest_end = earliest_active_end(min(todays.values(), default=now.date()))
 
     # Every run is read when a backup of every user is wanted anyway (one read, not two);
     # otherwise a partial rebuild reads only the runs near its window and the flagged ones.
@@ -209,7 +209,7 @@ def _rebuild_in_python(
                 stored = fetch_runs(conn, ids)
             else:
                 near = (f - ONE_DAY, t + ONE_DAY)
-                stored = fetch_runs(conn, ids, touching=near, active_after=min_yesterday)
+                stored = fetch_runs(conn, ids, touching=near, active_after=earliest_end)
     plans: dict[str, _Plan] = {}
     for user in batch:
         mine = stored.get(user.id, [])
@@ -427,8 +427,8 @@ def _validate(
     if changed and partial:
         lo = min(plans[u].check_lo for u in changed) - ONE_DAY
         hi = max(plans[u].check_hi for u in changed) + ONE_DAY
-        min_yesterday = min(plans[u].today for u in changed) - 2 * ONE_DAY
-        after = fetch_runs(conn, changed, touching=(lo, hi), active_after=min_yesterday)
+        earliest_end = earliest_active_end(min(plans[u].today for u in changed))
+        after = fetch_runs(conn, changed, touching=(lo, hi), active_after=earliest_end)
     elif changed:
         after = fetch_runs(conn, changed)
     written = set(changed)

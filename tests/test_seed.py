@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import uuid
 from collections import defaultdict
 from datetime import date, timedelta
 from itertools import pairwise
@@ -165,6 +166,13 @@ def test_user_ids_are_computed_on_demand() -> None:
     assert len(ids) == 1000 and ids[-1] == ids[999] and ids[3:5] == [ids[3], ids[4]]
     assert len(set(ids)) == 1000 and all(u.startswith("p-") for u in ids)
     assert list(SeededUserIds(5, 10, "p-")) == ids[:10]
+
+
+def test_user_ids_sort_in_user_order_and_differ_by_seed() -> None:
+    ids = list(SeededUserIds(5, 70_000))
+    assert ids == sorted(ids)  # a seed appends to the indexes on user_id
+    assert {uuid.UUID(u).version for u in ids} == {8} and len(set(ids)) == len(ids)
+    assert not set(ids) & set(SeededUserIds(6, 70_000))
 
 
 def test_corrupting_stored_users_is_reported_exactly(storage: Storage, clock: MutableClock) -> None:

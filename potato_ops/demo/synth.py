@@ -60,15 +60,26 @@ CORRUPTIONS_SQLITE: tuple[str, ...] = (*CORRUPTIONS_POSTGRES, ViolationKind.OVER
 # Rows (marks) buffered before a chunk is written: about 20 MB of Python objects.
 CHUNK_ROWS = 100_000
 STAY = 0.86  # P(mark tomorrow | marked today): streaks of about a week
+MAX_USERS = 2**32  # the user's index takes four bytes of its id
+_VERSION_MASK = 0xF << 76
+_VERSION_8 = 0x8 << 76
+_VARIANT_MASK = 0x3 << 62
+_VARIANT_RFC4122 = 0x2 << 62
 
 
 class SeededUserIds(Sequence[str]):
-    """The seeded users' ids, in order, computed on demand (a million ids cost no memory)."""
+    """The seeded users' ids, in order, computed on demand (a million ids cost no memory).
+
+    Ids sort in user order, so a seed appends to every index on ``user_id``.
+    """
 
     def __init__(self, seed_value: int, count: int, prefix: str = "") -> None:
+        if not 0 <= count <= MAX_USERS:
+            raise ValueError(f"between 0 and {MAX_USERS:,} users can be seeded")
         self._seed = seed_value
         self._count = count
         self._prefix = prefix
+        self._head = hashlib.blake2b(f"{seed_value}".encode(), digest_size=2).digest()
 
     def __len__(self) -> int:
         return self._count
@@ -90,8 +101,15 @@ class SeededUserIds(Sequence[str]):
         return (self._id(i) for i in range(self._count))
 
     def _id(self, i: int) -> str:
+        # Ordered like a time-ordered UUID: two bytes of the seed, then the user's index, then
+        # random bits, with the version-8 (custom layout) and RFC 4122 variant bits set. Users
+        # are written in index order, so every index on user_id grows at its right edge
+        # instead of being written at random places (which slowed a large seed tenfold).
         digest = hashlib.blake2b(f"{self._seed}:{i}".encode(), digest_size=16).digest()
-        return self._prefix + str(uuid.UUID(bytes=digest, version=4))
+        value = int.from_bytes(self._head + i.to_bytes(4, "big") + digest[6:], "big")
+        value = (value & ~_VERSION_MASK) | _VERSION_8
+        value = (value & ~_VARIANT_MASK) | _VARIANT_RFC4122
+        return self._prefix + str(uuid.UUID(int=value))
 
 
 @dataclass(frozen=True)

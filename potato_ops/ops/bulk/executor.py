@@ -2,7 +2,7 @@
 
 ``BulkRun.execute`` starts ``max_workers`` threads; each claims the operation's next free
 batch (``claims``: a lease, shared with every other worker of the operation, on this host or
-another), rebuilds its pending users in ONE writing transaction (``rebuild_batch``, then the
+another), rebuilds its pending users in ONE writing transaction (``fill.rebuild_bulk_batch``, then the
 history rows and the ledger items) and commits it only behind the fence (this worker still
 holds the operation's epoch and the batch's claim). A batch with any failing user is rolled
 back and each of its users is redone alone (up to two tries), so one bad user never fails its
@@ -31,6 +31,7 @@ from potato_ops.db.reads import fetch_users
 from potato_ops.errors import UserNotFoundError
 from potato_ops.ops.bulk import claims, ledger, ownership, rows
 from potato_ops.ops.bulk.config import BulkConfig
+from potato_ops.ops.bulk.fill import rebuild_bulk_batch
 from potato_ops.ops.bulk.results import BulkResult, Progress, ProgressCallback, result_from_ledger
 from potato_ops.ops.database import Database, Rollback
 from potato_ops.ops.rebuild import (
@@ -39,7 +40,6 @@ from potato_ops.ops.rebuild import (
     BatchOptions,
     UserOutcome,
     history_entry,
-    rebuild_batch,
 )
 
 log = logging.getLogger("potato_ops")
@@ -366,7 +366,7 @@ class BulkRun:
             with write_transaction(self.engine) as conn:
                 users = fetch_users(conn, user_ids)
                 found = [u.id for u in users]
-                outcomes = rebuild_batch(conn, users, self.options, started, timings)
+                outcomes = rebuild_bulk_batch(conn, users, self.options, started, timings)
                 good = all(o.success for o in outcomes.values())
                 if self.config.dry_run or not good:
                     raise Rollback

@@ -1,0 +1,233 @@
+"""A bulk batch's users that hold no runs at all, filled set-based.
+
+``rebuild_bulk_batch`` is ``rebuild_batch`` for the bulk engine: inside the batch's
+transaction, after taking the users' locks, it asks which of them hold any run. Those that hold
+none (every run missing: the write-heavy case) need no diff, and a backup of each is a backup
+of zero runs, so they are filled in a fixed number of statements per batch:
+
+* PostgreSQL: one INSERT ... SELECT groups their marked days into runs in the database (the
+  scan's gaps-and-islands query, the active flag from each user's local today); nothing comes
+  back to Python. It is validated as a bulk run validates a correct user: the batch
+  comparison (stored runs against the grouping of the marks, both ways, and duplicates) must
+  find no difference, and the runs whose flag may matter are checked against the rule.
+* SQLite, where that window query costs more than grouping here: the marks come as one
+  aggregated row per user, are grouped on day ordinals, and go back in one executemany of
+  plain tuples. They are validated by reading the users' runs back: they must equal the
+  grouping exactly (invariants 1-5 hold exactly then) and their flags must follow the rule.
+
+Changed users (those given runs) get their backup of zero runs, written in one statement. A
+difference found by the validation raises ``FillMismatch``: the batch is rolled back and
+each of its users redone alone by the ordinary engine, which records what is wrong. The other
+users of the batch go through ``rebuild_batch`` as before.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import date, datetime
+
+from sqlalchemy import Connection, bindparam, text
+
+from potato_ops.db.backups import make_backup, save_backups
+from potato_ops.db.engine import chunks, is_postgres, lock_users
+from potato_ops.db.reads import fetch_runs
+from potato_ops.domain.dates import local_today
+from potato_ops.domain.invariants import check_active_flags
+from potato_ops.domain.models import Run, User
+from potato_ops.domain.runs import earliest_active_end
+from potato_ops.ops.compare import compare_batch
+from potato_ops.ops.rebuild import BACKUP_ALWAYS, BACKUP_NEVER, BatchOptions, UserOutcome, rebuild_batch
+from potato_ops.ops.scan import grouped_marks_sql
+
+
+class FillMismatch(Exception):
+    """The filled runs of some users did not validate (the batch is redone user by user)."""
+
+
+def _add(timings: dict[str, float] | None, phase: str, t0: float) -> float:
+    now = time.perf_counter()
+    if timings is not None:
+        timings[phase] = timings.get(phase, 0.0) + (now - t0) * 1000
+    return now
+
+
+def rebuild_bulk_batch(
+    conn: Connection,
+    batch: Sequence[User],
+    options: BatchOptions,
+    now: datetime,
+    timings: dict[str, float] | None = None,
+) -> dict[str, UserOutcome]:
+    """Rebuild the users like ``rebuild_batch``, filling those that hold no runs set-based."""
+    if len(batch) < 2 or options.partial or options.backup == BACKUP_ALWAYS:
+        return rebuild_batch(conn, batch, options, now, timings)
+    ids = [u.id for u in batch]
+    t0 = time.perf_counter()
+    lock_users(conn, ids)
+    t0 = _add(timings, "lock", t0)
+    holding = users_holding_runs(conn, ids)
+    _add(timings, "read", t0)
+    empty = [u for u in batch if u.id not in holding]
+    if not empty:
+        return rebuild_batch(conn, batch, options, now, timings)
+    rest = [u for u in batch if u.id in holding]
+    outcomes = rebuild_batch(conn, rest, options, now, timings) if rest else {}
+    outcomes.update(fill_users(conn, empty, options, now, timings))
+    return {uid: outcomes[uid] for uid in ids}
+
+
+def users_holding_runs(conn: Connection, user_ids: Sequence[str]) -> set[str]:
+    """Return which of the users hold at least one run."""
+    stmt = text("SELECT DISTINCT user_id FROM runs WHERE user_id IN :uids").bindparams(
+        bindparam("uids", expanding=True)
+    )
+    found: set[str] = set()
+    for part in chunks(list(user_ids)):
+        found.update(uid for (uid,) in conn.execute(stmt, {"uids": list(part)}).all())
+    return found
+
+
+def fill_users(
+    conn: Connection,
+    batch: Sequence[User],
+    options: BatchOptions,
+    now: datetime,
+    timings: dict[str, float] | None = None,
+) -> dict[str, UserOutcome]:
+    """Insert the runs of users that hold none (the caller holds their locks); validate them.
+
+    Raises FillMismatch when the runs stored afterwards are not the grouping of the marks.
+    """
+    todays = {u.id: local_today(u.timezone, now) for u in batch}
+    if is_postgres(conn):
+        outcomes = _fill_in_database(conn, todays, timings)
+    else:
+        outcomes = _fill_here(conn, todays, timings)
+    t0 = time.perf_counter()
+    if options.backup != BACKUP_NEVER:
+        made = [
+            make_backup(uid, [], now, reason=options.backup_reason, operation_id=options.operation_id)
+            for uid, outcome in outcomes.items()
+            if outcome.changed
+        ]
+        for saved in save_backups(conn, made):
+            outcomes[saved.user_id].backup = saved
+    _add(timings, "backup", t0)
+    return outcomes
+
+
+def _flag_violations(conn: Connection, todays: dict[str, date], outcomes: dict[str, UserOutcome]) -> None:
+    """Set each user's active-flag violations, from the runs whose flag may matter."""
+    earliest_end = earliest_active_end(min(todays.values()))
+    flagged = fetch_runs(conn, list(todays), active_after=earliest_end)
+    for uid, mine in flagged.items():
+        outcomes[uid].violations = check_active_flags(uid, mine, todays[uid])
+
+
+def _fill_in_database(
+    conn: Connection, todays: dict[str, date], timings: dict[str, float] | None
+) -> dict[str, UserOutcome]:
+    ids = list(todays)
+    t0 = time.perf_counter()
+    insert = text(
+        "INSERT INTO runs (user_id, start_date, end_date, day_count, active) "
+        "SELECT g.user_id, g.start_date, g.end_date, g.day_count, "
+        "(g.start_date <= t.today AND g.end_date >= t.today - 1) "
+        f"FROM ({grouped_marks_sql(conn, 'AND user_id = ANY(:uids)')}) AS g "
+        "JOIN unnest(CAST(:uids AS text[]), CAST(:todays AS date[])) AS t (user_id, today) "
+        "ON t.user_id = g.user_id"
+    )
+    for part in chunks(ids):
+        conn.execute(insert, {"uids": list(part), "todays": [todays[uid] for uid in part]})
+    t0 = _add(timings, "write", t0)
+    found = compare_batch(conn, ids)
+    if found.differ:
+        raise FillMismatch(f"{len(found.differ)} users' filled runs differ from their marks")
+    outcomes = {
+        uid: UserOutcome(
+            uid, runs_created=found.runs.get(uid, 0), days_processed=found.marked_days.get(uid, 0)
+        )
+        for uid in ids
+    }
+    _flag_violations(conn, todays, outcomes)
+    _add(timings, "validate", t0)
+    return outcomes
+
+
+def _fill_here(
+    conn: Connection, todays: dict[str, date], timings: dict[str, float] | None
+) -> dict[str, UserOutcome]:
+    ids = list(todays)
+    marks_stmt = text(
+        "SELECT user_id, group_concat(date) FROM day_marks WHERE value AND user_id IN :uids GROUP BY user_id"
+    ).bindparams(bindparam("uids", expanding=True))
+    t0 = time.perf_counter()
+    marked: dict[str, str] = {}
+    for part in chunks(ids):
+        marked.update((uid, joined) for uid, joined in conn.execute(marks_stmt, {"uids": list(part)}).all())
+    t0 = _add(timings, "read", t0)
+    outcomes: dict[str, UserOutcome] = {}
+    expected: dict[str, list[tuple[str, str, int, int]]] = {}
+    rows: list[tuple[str, str, str, int, int]] = []
+    fromordinal = date.fromordinal
+    for uid in ids:
+        t_user = time.perf_counter()
+        joined = marked.get(uid)
+        ordinals = (
+            sorted({date.fromisoformat(d[:10]).toordinal() for d in joined.split(",")}) if joined else []
+        )
+        today = todays[uid].toordinal()
+        mine: list[tuple[str, str, int, int]] = []
+        if ordinals:
+            start = prev = ordinals[0]
+            for day in [*ordinals[1:], 0]:
+                if day != prev + 1:
+                    active = int(start <= today and prev >= today - 1)
+                    mine.append(
+                        (
+                            fromordinal(start).isoformat(),
+                            fromordinal(prev).isoformat(),
+                            prev - start + 1,
+                            active,
+                        )
+                    )
+                    start = day
+                prev = day
+        expected[uid] = mine
+        rows.extend((uid, *run) for run in mine)
+        outcomes[uid] = UserOutcome(
+            uid,
+            runs_created=len(mine),
+            days_processed=len(ordinals),
+            own_ms=(time.perf_counter() - t_user) * 1000,
+        )
+    t0 = _add(timings, "compute", t0)
+    if rows:
+        conn.exec_driver_sql(
+            "INSERT INTO runs (user_id, start_date, end_date, day_count, active) VALUES (?, ?, ?, ?, ?)", rows
+        )
+    t0 = _add(timings, "write", t0)
+    read_back = text(
+        "SELECT user_id, start_date, end_date, day_count, active FROM runs WHERE user_id IN :uids "
+        "ORDER BY user_id, start_date, id"
+    ).bindparams(bindparam("uids", expanding=True))
+    stored: dict[str, list[tuple[str, str, int, int]]] = defaultdict(list)
+    for part in chunks(ids):
+        for uid, start, end, count, active in conn.execute(read_back, {"uids": list(part)}).all():
+            stored[uid].append((start, end, count, int(active)))
+    differ = [uid for uid in ids if stored.get(uid, []) != expected[uid]]
+    if differ:
+        raise FillMismatch(f"{len(differ)} users' filled runs differ from their marks")
+    # Equal to the grouping: invariants 1-5 hold; the flags, set by the rule, are checked by it.
+    for uid in ids:
+        edge = earliest_active_end(todays[uid]).isoformat()
+        flagged = [
+            Run(None, uid, date.fromisoformat(s), date.fromisoformat(e), n, bool(a))
+            for s, e, n, a in stored.get(uid, [])
+            if a or e >= edge
+        ]
+        outcomes[uid].violations = check_active_flags(uid, flagged, todays[uid])
+    _add(timings, "validate", t0)
+    return outcomes

@@ -52,6 +52,9 @@ class BatchOptions:
     to_date: date | None = None
     backup: str = BACKUP_ALWAYS
     backup_reason: str = "rebuild"
+    # Validation re-reads each written user's runs whole (not only near the window) and keeps
+    # them as the outcome's ``runs_after``: one read where the caller would make a second.
+    keep_runs_after: bool = False
 
     @property
     def partial(self) -> bool:
@@ -73,6 +76,9 @@ class UserOutcome:
     backup: Backup | None = None
     deleted_runs: list[Run] = field(default_factory=list)
     created_runs: list[Run] = field(default_factory=list)
+    # With ``keep_runs_after``: all the user's runs as they stand after the writes, sorted by
+    # start; None when they were not all read (an unchanged user of a window-only read).
+    runs_after: list[Run] | None = None
     # Time spent on this user alone (its expected runs, diff and checks), in ms; the batch's
     # set-based statements serve every user at once and are not in it.
     own_ms: float = 0.0
@@ -104,6 +110,7 @@ class _Plan:
     # expanded from ``expected`` (the grouping itself) only if validation finds a difference.
     grouped_days: int | None = None
     own_ms: float = 0.0  # time spent on this user alone (its expected runs), in ms
+    complete: bool = False  # touched + protected hold every stored run of the user
 
     @property
     def days(self) -> int:
@@ -217,7 +224,7 @@ def _rebuild_in_python(
         protected = [r for r in mine if not _intersects(r, f - ONE_DAY, t + ONE_DAY)]
         lo = min([f, *(r.start_date for r in touched)])
         hi = max([t, *(r.end_date for r in touched)])
-        plans[user.id] = _Plan(user, todays[user.id], touched, protected, lo, hi)
+        plans[user.id] = _Plan(user, todays[user.id], touched, protected, lo, hi, complete=read_all)
 
     _plan_expected(conn, plans, partial=options.partial, timings=timings, grouped=grouped)
 
@@ -261,7 +268,7 @@ def _rebuild_in_python(
     with _timed(timings, "write"):
         _write(conn, to_delete, to_deactivate, to_insert, to_activate)
     with _timed(timings, "validate"):
-        _validate(conn, plans, outcomes, partial=options.partial)
+        _validate(conn, plans, outcomes, partial=options.partial, keep_runs_after=options.keep_runs_after)
     return outcomes
 
 
@@ -413,7 +420,12 @@ def _set_active(conn: Connection, targets: list[Run], value: bool) -> None:
 
 
 def _validate(
-    conn: Connection, plans: dict[str, _Plan], outcomes: dict[str, UserOutcome], *, partial: bool
+    conn: Connection,
+    plans: dict[str, _Plan],
+    outcomes: dict[str, UserOutcome],
+    *,
+    partial: bool,
+    keep_runs_after: bool = False,
 ) -> None:
     """Check every invariant on each user's runs as they now stand, against the planned marks.
 
@@ -421,10 +433,14 @@ def _validate(
     the start are the runs that stand (nothing was written), so they are checked as read.
     Checking against the same read of the marks the plan used (not a fresh one) keeps a mark
     the app writes meanwhile from failing a correct rebuild; that mark is the next rebuild's.
+
+    With ``keep_runs_after`` a written user's runs are re-read whole, and the check filters
+    them to the window itself: the runs a window read leaves out are inactive and end before
+    the rule's earliest active end, so they break no flag rule and lie outside the window.
     """
     changed = [uid for uid, outcome in outcomes.items() if outcome.changed]
     after: dict[str, list[Run]] = {}
-    if changed and partial:
+    if changed and partial and not keep_runs_after:
         lo = min(plans[u].check_lo for u in changed) - ONE_DAY
         hi = max(plans[u].check_hi for u in changed) + ONE_DAY
         earliest_end = earliest_active_end(min(plans[u].today for u in changed))
@@ -436,6 +452,11 @@ def _validate(
         t_user = time.perf_counter()
         _check_user(uid, plan, outcomes[uid], written, after, partial=partial)
         outcomes[uid].own_ms += (time.perf_counter() - t_user) * 1000
+        if keep_runs_after:
+            if uid in written:
+                outcomes[uid].runs_after = after.get(uid, [])
+            elif plan.complete:  # nothing written: the runs read under the lock stand
+                outcomes[uid].runs_after = _by_start(plan.touched + plan.protected)
 
 
 def _check_user(
@@ -448,10 +469,7 @@ def _check_user(
     partial: bool,
 ) -> None:
     """Set the violations of one user's runs as they now stand (see ``_validate``)."""
-    if uid in written:
-        mine = after.get(uid, [])
-    else:
-        mine = sorted(plan.touched + plan.protected, key=lambda r: (r.start_date, r.id or 0))
+    mine = after.get(uid, []) if uid in written else _by_start(plan.touched + plan.protected)
     flags = check_active_flags(uid, mine, plan.today)
     if not partial and _spans(mine) == _spans(plan.expected):
         # Invariants 1-5 hold exactly when the runs equal the grouping of the marks.
@@ -462,6 +480,11 @@ def _check_user(
     outcome.violations = (
         check_invariants(uid, near, plan.marked_dates(), plan.today, window=window, flags=False) + flags
     )
+
+
+def _by_start(found: Sequence[Run]) -> list[Run]:
+    """Return the runs in the order ``fetch_runs`` gives them: by start, then id."""
+    return sorted(found, key=lambda r: (r.start_date, r.id or 0))
 
 
 def _spans(found: Sequence[Run]) -> list[Span]:
@@ -524,6 +547,7 @@ def rebuild_user_runs(
         hi,
         backup=BACKUP_ALWAYS if backup else BACKUP_NEVER,
         backup_reason="dry_run" if dry_run else "rebuild",
+        keep_runs_after=True,
     )
     kind = history.PARTIAL_REBUILD if options.partial else history.REBUILD
     started = db.now()
@@ -542,7 +566,10 @@ def rebuild_user_runs(
             user, flag = fetch_user_and_flag(conn, user_id, RUNS_V2_FLAG)
             outcome = rebuild_batch(conn, [user], options, started)[user.id]
             if outcome.success:
-                runs_after = fetch_runs(conn, [user.id]).get(user.id, [])
+                if outcome.runs_after is not None:
+                    runs_after = outcome.runs_after
+                else:  # a window-only read of an unchanged user
+                    runs_after = fetch_runs(conn, [user.id]).get(user.id, [])
             if dry_run or not outcome.success:
                 raise Rollback
             duration = (time.perf_counter() - t0) * 1000

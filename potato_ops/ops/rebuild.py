@@ -22,7 +22,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from potato_ops.db import history
 from potato_ops.db.backups import make_backup, save_backups
 from potato_ops.db.engine import chunks, lock_users
-from potato_ops.db.reads import fetch_marked_dates, fetch_runs, fetch_user, fetch_user_and_flag
+from potato_ops.db.reads import (
+    fetch_marked_dates,
+    fetch_runs,
+    fetch_runs_and_marks,
+    fetch_user,
+    fetch_user_and_flag,
+)
 from potato_ops.db.schema import RUNS_V2_FLAG, runs
 from potato_ops.db.timezone_log import change_timezone
 from potato_ops.domain.dates import ONE_DAY, local_today, parse_date_range, validate_timezone
@@ -123,6 +129,23 @@ class _Plan:
         return [r.start_date + timedelta(days=k) for r in self.expected for k in range(r.day_count)]
 
 
+@dataclass(frozen=True)
+class _Premarks:
+    """Marks read ahead of planning: every marked date of the users in [lo, hi]."""
+
+    lo: date
+    hi: date
+    marks: dict[str, list[date]]
+
+
+def _padded(lo: date, hi: date, pad: timedelta) -> tuple[date, date]:
+    """Return [lo - pad, hi + pad], clamped (an open bound +/- pad is out of range)."""
+    return (
+        FIRST_DAY if lo - FIRST_DAY <= pad else lo - pad,
+        LAST_DAY if LAST_DAY - hi <= pad else hi + pad,
+    )
+
+
 def _intersects(run: Run, lo: date, hi: date) -> bool:
     return run.end_date >= lo and run.start_date <= hi
 
@@ -163,6 +186,14 @@ def rebuild_batch(
         with _timed(timings, "read"):
             stored, grouping = runs_and_grouping(conn, ids[0])
         return _rebuild_in_python(conn, batch, options, now, timings, {ids[0]: grouping}, {ids[0]: stored})
+    if len(batch) == 1 and options.backup == BACKUP_ALWAYS:
+        # One user, a window, every run wanted for the backup: the runs and the marks near the
+        # window in one read (marks further out are read only if a streak reaches its edge).
+        read_lo, read_hi = _padded(options.from_date or FIRST_DAY, options.to_date or LAST_DAY, _MARK_PAD)
+        with _timed(timings, "read"):
+            stored, marks = fetch_runs_and_marks(conn, ids[0], (read_lo, read_hi))
+        pre = _Premarks(read_lo, read_hi, {ids[0]: marks})
+        return _rebuild_in_python(conn, batch, options, now, timings, {}, {ids[0]: stored}, pre)
     if options.partial or options.backup == BACKUP_ALWAYS:
         return _rebuild_in_python(conn, batch, options, now, timings, {})
     todays = {u.id: local_today(u.timezone, now) for u in batch}
@@ -197,6 +228,7 @@ def _rebuild_in_python(
     timings: dict[str, float] | None,
     grouped: dict[str, list[Span]],
     stored: dict[str, list[Run]] | None = None,
+    premarks: _Premarks | None = None,
 ) -> dict[str, UserOutcome]:
     """Rebuild the users by diffing in Python; ``grouped`` and ``stored`` hold what was read."""
     if not batch:
@@ -226,7 +258,7 @@ def _rebuild_in_python(
         hi = max([t, *(r.end_date for r in touched)])
         plans[user.id] = _Plan(user, todays[user.id], touched, protected, lo, hi, complete=read_all)
 
-    _plan_expected(conn, plans, partial=options.partial, timings=timings, grouped=grouped)
+    _plan_expected(conn, plans, partial=options.partial, timings=timings, grouped=grouped, premarks=premarks)
 
     t_diff = time.perf_counter()
     outcomes: dict[str, UserOutcome] = {}
@@ -279,11 +311,13 @@ def _plan_expected(
     partial: bool,
     timings: dict[str, float] | None = None,
     grouped: dict[str, list[Span]] | None = None,
+    premarks: _Premarks | None = None,
 ) -> None:
     """Read the marks around each user's window and compute the runs it should hold.
 
     A full rebuild takes the runs of the users in ``grouped`` from there (the database's
-    grouping of all their marks) and reads the others' marks.
+    grouping of all their marks) and reads the others' marks. A partial one starts from
+    ``premarks`` (marks read already) when they cover every window and its touched runs.
     """
     if not plans:
         return
@@ -308,13 +342,15 @@ def _plan_expected(
     pending = dict(plans)
     pad = _MARK_PAD
     while pending:
-        # Clamp before shifting: an open bound (FIRST_DAY/LAST_DAY) +/- pad is out of range.
         lo_edge = min(p.lo for p in pending.values())
         hi_edge = max(p.hi for p in pending.values())
-        read_lo = FIRST_DAY if lo_edge - FIRST_DAY <= pad else lo_edge - pad
-        read_hi = LAST_DAY if LAST_DAY - hi_edge <= pad else hi_edge + pad
-        with _timed(timings, "read"):
-            marks = fetch_marked_dates(conn, list(pending), between=(read_lo, read_hi))
+        if premarks is not None and premarks.lo <= lo_edge and hi_edge <= premarks.hi:
+            read_lo, read_hi, marks = premarks.lo, premarks.hi, premarks.marks
+        else:
+            read_lo, read_hi = _padded(lo_edge, hi_edge, pad)
+            with _timed(timings, "read"):
+                marks = fetch_marked_dates(conn, list(pending), between=(read_lo, read_hi))
+        premarks = None
         t_group = time.perf_counter()
         unfinished: dict[str, _Plan] = {}
         for uid, plan in pending.items():

@@ -7,21 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import (
-    Boolean,
-    ColumnElement,
-    Connection,
-    Date,
-    Integer,
-    Text,
-    and_,
-    bindparam,
-    func,
-    or_,
-    select,
-    text,
-    type_coerce,
-)
+from sqlalchemy import ColumnElement, Connection, Text, and_, func, or_, select, type_coerce
 
 from potato_ops.db.engine import chunks
 from potato_ops.db.schema import day_marks, feature_flags, runs, users
@@ -136,36 +122,6 @@ def fetch_runs(
         for run_id, uid, start, end, count, active in conn.execute(ordered).all():
             found[uid].append(Run(run_id, uid, as_date(start), as_date(end), count, bool(active)))
     return found
-
-
-_RUNS_AND_MARKS = (
-    text(
-        "SELECT id, start_date, end_date, day_count, active FROM runs WHERE user_id = :uid "
-        "UNION ALL SELECT NULL, date, date, NULL, NULL FROM day_marks "
-        "WHERE user_id = :uid AND value AND date BETWEEN :lo AND :hi"
-    )
-    .bindparams(bindparam("lo", type_=Date), bindparam("hi", type_=Date))
-    .columns(id=Integer, day_count=Integer, active=Boolean)
-)
-
-
-def fetch_runs_and_marks(
-    conn: Connection, user_id: str, between: tuple[date, date]
-) -> tuple[list[Run], list[date]]:
-    """Return one user's stored runs and its marked dates in the closed range, both sorted, in one read.
-
-    The same as ``fetch_runs`` and ``fetch_marked_dates`` with ``between``, one round trip.
-    """
-    stored: list[Run] = []
-    marks: set[date] = set()
-    rows = conn.execute(_RUNS_AND_MARKS, {"uid": user_id, "lo": between[0], "hi": between[1]}).all()
-    for run_id, start, end, count, active in rows:
-        if run_id is None:
-            marks.add(as_date(start))
-        else:
-            stored.append(Run(run_id, user_id, as_date(start), as_date(end), count, bool(active)))
-    stored.sort(key=lambda r: (r.start_date, r.id))
-    return stored, sorted(marks)
 
 
 def fetch_marked_dates(

@@ -22,13 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from potato_ops.db import history
 from potato_ops.db.backups import make_backup, save_backups
 from potato_ops.db.engine import chunks, lock_users
-from potato_ops.db.reads import (
-    fetch_marked_dates,
-    fetch_runs,
-    fetch_runs_and_marks,
-    fetch_user,
-    fetch_user_and_flag,
-)
+from potato_ops.db.reads import fetch_marked_dates, fetch_runs, fetch_user, fetch_user_and_flag
 from potato_ops.db.schema import RUNS_V2_FLAG, runs
 from potato_ops.db.timezone_log import change_timezone
 from potato_ops.domain.dates import ONE_DAY, local_today, parse_date_range, validate_timezone
@@ -37,6 +31,7 @@ from potato_ops.domain.models import Backup, RebuildResult, Run, User, Validatio
 from potato_ops.domain.runs import diff_runs, earliest_active_end, expected_runs, should_be_active
 from potato_ops.ops.compare import Span, compare_batch, runs_and_grouping
 from potato_ops.ops.database import Database, Rollback
+from potato_ops.ops.single_read import UserRead, read_user
 
 log = logging.getLogger("potato_ops")
 
@@ -186,14 +181,6 @@ def rebuild_batch(
         with _timed(timings, "read"):
             stored, grouping = runs_and_grouping(conn, ids[0])
         return _rebuild_in_python(conn, batch, options, now, timings, {ids[0]: grouping}, {ids[0]: stored})
-    if len(batch) == 1 and options.backup == BACKUP_ALWAYS:
-        # One user, a window, every run wanted for the backup: the runs and the marks near the
-        # window in one read (marks further out are read only if a streak reaches its edge).
-        read_lo, read_hi = _padded(options.from_date or FIRST_DAY, options.to_date or LAST_DAY, _MARK_PAD)
-        with _timed(timings, "read"):
-            stored, marks = fetch_runs_and_marks(conn, ids[0], (read_lo, read_hi))
-        pre = _Premarks(read_lo, read_hi, {ids[0]: marks})
-        return _rebuild_in_python(conn, batch, options, now, timings, {}, {ids[0]: stored}, pre)
     if options.partial or options.backup == BACKUP_ALWAYS:
         return _rebuild_in_python(conn, batch, options, now, timings, {})
     todays = {u.id: local_today(u.timezone, now) for u in batch}
@@ -218,6 +205,34 @@ def rebuild_batch(
             )
     outcomes.update(_rebuild_in_python(conn, redo, options, now, timings, found.differ))
     return {uid: outcomes[uid] for uid in ids}
+
+
+def _reads_whole(options: BatchOptions) -> bool:
+    """Return True when a single-user rebuild reads every run: full, or backed up (all runs)."""
+    return not options.partial or options.backup == BACKUP_ALWAYS
+
+
+def _marks_window(options: BatchOptions) -> tuple[date, date] | None:
+    """Return the marks a single-user read takes ahead: None (all, grouped) for a full rebuild."""
+    if not options.partial:
+        return None
+    return _padded(options.from_date or FIRST_DAY, options.to_date or LAST_DAY, _MARK_PAD)
+
+
+def _rebuild_read_user(conn: Connection, read: UserRead, options: BatchOptions, now: datetime) -> UserOutcome:
+    """Rebuild one user, locked and read whole by the caller (``read_user``), from that read.
+
+    A partial rebuild's marks are those read ahead near the window; marks further out are
+    read only if a streak reaches the edge of that read.
+    """
+    uid = read.user.id
+    window = _marks_window(options)
+    if window is None:
+        return _rebuild_in_python(
+            conn, [read.user], options, now, None, {uid: read.grouping}, {uid: read.runs}
+        )[uid]
+    pre = _Premarks(window[0], window[1], {uid: read.marks})
+    return _rebuild_in_python(conn, [read.user], options, now, None, {}, {uid: read.runs}, pre)[uid]
 
 
 def _rebuild_in_python(
@@ -597,10 +612,20 @@ def rebuild_user_runs(
         with db.write() as conn:
             # Read in the rebuild's own transaction: two connections and their round
             # trips fewer. UserNotFoundError rolls back a transaction that wrote nothing.
-            if timezone is not None:
-                change_timezone(conn, user_id, timezone, started)
-            user, flag = fetch_user_and_flag(conn, user_id, RUNS_V2_FLAG)
-            outcome = rebuild_batch(conn, [user], options, started)[user.id]
+            if _reads_whole(options):
+                # The lock first, in a statement of its own, so that the one read after it
+                # (the user, the flag, the runs and the marks) sees every earlier commit.
+                lock_users(conn, [user_id])
+                if timezone is not None:
+                    change_timezone(conn, user_id, timezone, started)
+                read = read_user(conn, user_id, RUNS_V2_FLAG, _marks_window(options))
+                user, flag = read.user, read.flag
+                outcome = _rebuild_read_user(conn, read, options, started)
+            else:  # a window without a backup: only the runs near it are read
+                if timezone is not None:
+                    change_timezone(conn, user_id, timezone, started)
+                user, flag = fetch_user_and_flag(conn, user_id, RUNS_V2_FLAG)
+                outcome = rebuild_batch(conn, [user], options, started)[user.id]
             if outcome.success:
                 if outcome.runs_after is not None:
                     runs_after = outcome.runs_after

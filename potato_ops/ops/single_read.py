@@ -1,0 +1,88 @@
+"""One user, read whole in one statement: the user, a feature flag, its runs and its marks.
+
+The single-user rebuild reads this under the user's lock (taken by a statement of its own
+before, so the read sees every earlier writer's commit), one round trip where separate reads
+of the user, the runs and the marks would make three.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+from sqlalchemy import Boolean, Connection, Date, Integer, bindparam, text
+
+from potato_ops.db.reads import as_date
+from potato_ops.domain.models import Run, User
+from potato_ops.errors import UserNotFoundError
+from potato_ops.ops.scan import grouped_marks_sql
+
+# Row kinds: the user (with the flag), a stored run, a span of the marks' grouping, a mark.
+_USER, _RUN, _SPAN, _MARK = 0, 1, 2, 3
+
+_HEAD = (
+    "SELECT 0 AS k, NULL AS id, NULL AS start_date, NULL AS end_date, NULL AS day_count, "
+    "NULL AS active, email, timezone, (SELECT enabled FROM feature_flags WHERE name = :flag) AS flag "
+    "FROM users WHERE id = :uid "
+    "UNION ALL SELECT 1, id, start_date, end_date, day_count, active, NULL, NULL, NULL "
+    "FROM runs WHERE user_id = :uid "
+)
+_COLUMNS = {"id": Integer, "day_count": Integer, "active": Boolean, "flag": Boolean}
+
+
+@dataclass
+class UserRead:
+    """What ``read_user`` found: the user, the flag, its runs, and its grouping or marks."""
+
+    user: User
+    flag: bool
+    runs: list[Run]  # every stored run, sorted by start then id
+    grouping: list[tuple[date, date, int]]  # the grouping of every mark (a full read)
+    marks: list[date]  # the marked dates in ``between`` (a windowed read), sorted
+
+
+def read_user(
+    conn: Connection, user_id: str, flag: str, between: tuple[date, date] | None = None
+) -> UserRead:
+    """Return the user, the flag's state (missing: off) and every run of the user, in one read.
+
+    Without ``between``, with the grouping of all the user's marks into spans; with it, the
+    marked dates in that closed range instead. UserNotFoundError if there is no such user.
+    """
+    params: dict[str, object] = {"uid": user_id, "flag": flag}
+    if between is None:
+        tail = (
+            f"UNION ALL SELECT 2, NULL, start_date, end_date, day_count, NULL, NULL, NULL, NULL "
+            f"FROM ({grouped_marks_sql(conn, 'AND user_id = :uid')}) AS g"
+        )
+        stmt = text(_HEAD + tail).columns(**_COLUMNS)
+    else:
+        tail = (
+            "UNION ALL SELECT 3, NULL, date, date, NULL, NULL, NULL, NULL, NULL FROM day_marks "
+            "WHERE user_id = :uid AND value AND date BETWEEN :lo AND :hi"
+        )
+        stmt = (
+            text(_HEAD + tail)
+            .bindparams(bindparam("lo", type_=Date), bindparam("hi", type_=Date))
+            .columns(**_COLUMNS)
+        )
+        params["lo"], params["hi"] = between
+    user: User | None = None
+    enabled = False
+    found: list[Run] = []
+    grouping: list[tuple[date, date, int]] = []
+    marks: set[date] = set()
+    for kind, run_id, start, end, count, active, email, zone, flag_on in conn.execute(stmt, params).all():
+        if kind == _USER:
+            user, enabled = User(user_id, email, zone), bool(flag_on)
+        elif kind == _RUN:
+            found.append(Run(run_id, user_id, as_date(start), as_date(end), count, bool(active)))
+        elif kind == _SPAN:
+            grouping.append((as_date(start), as_date(end), int(count)))
+        else:
+            marks.add(as_date(start))
+    if user is None:
+        raise UserNotFoundError(f"no user with id {user_id!r}")
+    found.sort(key=lambda r: (r.start_date, r.id or 0))
+    grouping.sort()
+    return UserRead(user, enabled, found, grouping, sorted(marks))

@@ -9,7 +9,7 @@ import pytest
 from potato_ops import Storage
 from potato_ops.db.schema import RUNS_V2_FLAG
 from potato_ops.errors import UserNotFoundError
-from potato_ops.ops.single_read import read_user
+from potato_ops.ops.single_read import read_runs, read_user
 from tests.conftest import add_runs, add_user, spans
 
 D = date.fromisoformat
@@ -78,3 +78,17 @@ def test_partial_rebuild_of_a_streak_reaching_past_the_read_ahead(
     assert result.runs_created == (0 if stored_right else 1)
     got = [(r.start_date.isoformat(), r.end_date.isoformat()) for r in result.runs_after]
     assert got == [first, second]
+
+
+def test_read_runs_gives_one_users_runs_by_start(storage: Storage) -> None:
+    add_user(storage, "u", [])
+    add_user(storage, "v", [])
+    add_runs(storage, "u", [("2024-02-01", "2024-02-03"), ("2024-01-01", "2024-01-01")], active=0)
+    add_runs(storage, "v", [("2024-01-15", "2024-01-16")])
+    with storage.engine.connect() as conn:
+        got = [(r.user_id, r.start_date, r.end_date, r.day_count, r.active) for r in read_runs(conn, "u")]
+        assert read_runs(conn, "nobody") == []
+    assert got == [
+        ("u", D("2024-01-01"), D("2024-01-01"), 1, False),
+        ("u", D("2024-02-01"), D("2024-02-03"), 3, True),
+    ]

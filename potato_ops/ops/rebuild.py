@@ -31,7 +31,7 @@ from potato_ops.domain.models import Backup, RebuildResult, Run, User, Validatio
 from potato_ops.domain.runs import diff_runs, earliest_active_end, expected_runs, should_be_active
 from potato_ops.ops.compare import Span, compare_batch, runs_and_grouping
 from potato_ops.ops.database import Database, Rollback
-from potato_ops.ops.single_read import UserRead, read_user
+from potato_ops.ops.single_read import UserRead, read_runs, read_user
 
 log = logging.getLogger("potato_ops")
 
@@ -496,6 +496,8 @@ def _validate(
         hi = max(plans[u].check_hi for u in changed) + ONE_DAY
         earliest_end = earliest_active_end(min(plans[u].today for u in changed))
         after = fetch_runs(conn, changed, touching=(lo, hi), active_after=earliest_end)
+    elif len(changed) == 1:  # the single-user rebuild: a prepared statement, no IN list
+        after = {changed[0]: read_runs(conn, changed[0])}
     elif changed:
         after = fetch_runs(conn, changed)
     written = set(changed)

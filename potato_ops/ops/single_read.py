@@ -30,6 +30,20 @@ _HEAD = (
 _COLUMNS = {"id": Integer, "day_count": Integer, "active": Boolean, "flag": Boolean}
 
 
+_RUNS = text(
+    "SELECT id, start_date, end_date, day_count, active FROM runs WHERE user_id = :uid "
+    "ORDER BY start_date, id"
+).columns(id=Integer, day_count=Integer, active=Boolean)
+
+
+def read_runs(conn: Connection, user_id: str) -> list[Run]:
+    """Return one user's stored runs sorted by start, then id (``fetch_runs`` of one user)."""
+    return [
+        Run(run_id, user_id, as_date(start), as_date(end), count, bool(active))
+        for run_id, start, end, count, active in conn.execute(_RUNS, {"uid": user_id}).all()
+    ]
+
+
 @dataclass
 class UserRead:
     """What ``read_user`` found: the user, the flag, its runs, and its grouping or marks."""

@@ -44,12 +44,11 @@ def test_read_user_gives_user_flag_runs_and_grouping(storage: Storage) -> None:
     ]
     assert window.flag is False
     assert [r.id for r in window.runs] == [r.id for r in full.runs]  # every run, whatever the window
-    assert window.marks == [
-        D("2024-01-02"),
-        D("2024-01-03"),
-        D("2024-01-10"),
-        D("2024-02-01"),
-        D("2024-02-02"),
+    # The marks in the window only: the streaks at its edges are cut there.
+    assert window.grouping == [
+        (D("2024-01-02"), D("2024-01-03"), 2),
+        (D("2024-01-10"), D("2024-01-10"), 1),
+        (D("2024-02-01"), D("2024-02-02"), 2),
     ]
 
 

@@ -126,11 +126,11 @@ class _Plan:
 
 @dataclass(frozen=True)
 class _Premarks:
-    """Marks read ahead of planning: every marked date of the users in [lo, hi]."""
+    """Marks read ahead of planning: the grouping of every marked date of the users in [lo, hi]."""
 
     lo: date
     hi: date
-    marks: dict[str, list[date]]
+    spans: dict[str, list[Span]]
 
 
 def _padded(lo: date, hi: date, pad: timedelta) -> tuple[date, date]:
@@ -231,7 +231,7 @@ def _rebuild_read_user(conn: Connection, read: UserRead, options: BatchOptions, 
         return _rebuild_in_python(
             conn, [read.user], options, now, None, {uid: read.grouping}, {uid: read.runs}
         )[uid]
-    pre = _Premarks(window[0], window[1], {uid: read.marks})
+    pre = _Premarks(window[0], window[1], {uid: read.grouping})
     return _rebuild_in_python(conn, [read.user], options, now, None, {}, {uid: read.runs}, pre)[uid]
 
 
@@ -332,7 +332,8 @@ def _plan_expected(
 
     A full rebuild takes the runs of the users in ``grouped`` from there (the database's
     grouping of all their marks) and reads the others' marks. A partial one starts from
-    ``premarks`` (marks read already) when they cover every window and its touched runs.
+    ``premarks`` (marks read, and grouped, already) when they cover every window and its
+    touched runs.
     """
     if not plans:
         return
@@ -359,8 +360,10 @@ def _plan_expected(
     while pending:
         lo_edge = min(p.lo for p in pending.values())
         hi_edge = max(p.hi for p in pending.values())
+        spans: dict[str, list[Span]] | None = None
+        marks = {}
         if premarks is not None and premarks.lo <= lo_edge and hi_edge <= premarks.hi:
-            read_lo, read_hi, marks = premarks.lo, premarks.hi, premarks.marks
+            read_lo, read_hi, spans = premarks.lo, premarks.hi, premarks.spans
         else:
             read_lo, read_hi = _padded(lo_edge, hi_edge, pad)
             with _timed(timings, "read"):
@@ -369,11 +372,14 @@ def _plan_expected(
         t_group = time.perf_counter()
         unfinished: dict[str, _Plan] = {}
         for uid, plan in pending.items():
-            groups = [
-                r
-                for r in expected_runs(uid, marks.get(uid, []), plan.today)
-                if _intersects(r, plan.lo, plan.hi)
-            ]
+            if spans is None:
+                found = expected_runs(uid, marks.get(uid, []), plan.today)
+            else:  # the same runs, grouped by the database
+                found = [
+                    Run(None, uid, s, e, n, should_be_active(s, e, plan.today))
+                    for s, e, n in spans.get(uid, [])
+                ]
+            groups = [r for r in found if _intersects(r, plan.lo, plan.hi)]
             # A streak reaching the edge of what was read may go on beyond it: read further.
             if groups and (
                 (groups[0].start_date == read_lo and read_lo > FIRST_DAY)
@@ -385,7 +391,10 @@ def _plan_expected(
             plan.expected = [g for g in groups if (g.start_date, g.end_date) not in protected_spans]
             plan.check_lo = min([plan.lo, *(g.start_date for g in groups)])
             plan.check_hi = max([plan.hi, *(g.end_date for g in groups)])
-            plan.marks = [d for d in marks.get(uid, []) if plan.check_lo <= d <= plan.check_hi]
+            if spans is None:
+                plan.marks = [d for d in marks.get(uid, []) if plan.check_lo <= d <= plan.check_hi]
+            else:  # the marks in the check range are the days of the groups, which span it
+                plan.marks = [g.start_date + timedelta(days=k) for g in groups for k in range(g.day_count)]
         if timings is not None:
             spent = (time.perf_counter() - t_group) * 1000
             timings["compute"] = timings.get("compute", 0.0) + spent

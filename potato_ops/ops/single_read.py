@@ -10,15 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 
-from sqlalchemy import Boolean, Connection, Date, Integer, bindparam, text
+from sqlalchemy import Boolean, Connection, Date, Integer, TextClause, bindparam, text
 
 from potato_ops.db.reads import as_date
 from potato_ops.domain.models import Run, User
 from potato_ops.errors import UserNotFoundError
 from potato_ops.ops.scan import grouped_marks_sql
 
-# Row kinds: the user (with the flag), a stored run, a span of the marks' grouping, a mark.
-_USER, _RUN, _SPAN, _MARK = 0, 1, 2, 3
+# Row kinds: the user (with the flag), a stored run, a span of the marks' grouping.
+_USER, _RUN = 0, 1
 
 _HEAD = (
     "SELECT 0 AS k, NULL AS id, NULL AS start_date, NULL AS end_date, NULL AS day_count, "
@@ -26,8 +26,20 @@ _HEAD = (
     "FROM users WHERE id = :uid "
     "UNION ALL SELECT 1, id, start_date, end_date, day_count, active, NULL, NULL, NULL "
     "FROM runs WHERE user_id = :uid "
+    "UNION ALL SELECT 2, NULL, start_date, end_date, day_count, NULL, NULL, NULL, NULL "
 )
-_COLUMNS = {"id": Integer, "day_count": Integer, "active": Boolean, "flag": Boolean}
+_STATEMENTS: dict[tuple[str, bool], TextClause] = {}  # (dialect, windowed): read_user's statement
+
+
+def _statement(conn: Connection, windowed: bool) -> TextClause:
+    key = (conn.dialect.name, windowed)
+    if key not in _STATEMENTS:
+        marks_filter = "AND user_id = :uid" + (" AND date BETWEEN :lo AND :hi" if windowed else "")
+        stmt = text(f"{_HEAD}FROM ({grouped_marks_sql(conn, marks_filter)}) AS g")
+        if windowed:
+            stmt = stmt.bindparams(bindparam("lo", type_=Date), bindparam("hi", type_=Date))
+        _STATEMENTS[key] = stmt.columns(id=Integer, day_count=Integer, active=Boolean, flag=Boolean)  # type: ignore[assignment]
+    return _STATEMENTS[key]
 
 
 _RUNS = text(
@@ -46,13 +58,12 @@ def read_runs(conn: Connection, user_id: str) -> list[Run]:
 
 @dataclass
 class UserRead:
-    """What ``read_user`` found: the user, the flag, its runs, and its grouping or marks."""
+    """What ``read_user`` found: the user, the flag, its runs and the grouping of its marks."""
 
     user: User
     flag: bool
     runs: list[Run]  # every stored run, sorted by start then id
-    grouping: list[tuple[date, date, int]]  # the grouping of every mark (a full read)
-    marks: list[date]  # the marked dates in ``between`` (a windowed read), sorted
+    grouping: list[tuple[date, date, int]]  # (start, end, days) of the marks read, sorted
 
 
 def read_user(
@@ -60,43 +71,27 @@ def read_user(
 ) -> UserRead:
     """Return the user, the flag's state (missing: off) and every run of the user, in one read.
 
-    Without ``between``, with the grouping of all the user's marks into spans; with it, the
-    marked dates in that closed range instead. UserNotFoundError if there is no such user.
+    With the grouping into streaks of the user's marks: all of them, or with ``between`` those
+    in that closed range (a streak crossing its edge is cut there). UserNotFoundError if there
+    is no such user.
     """
     params: dict[str, object] = {"uid": user_id, "flag": flag}
-    if between is None:
-        tail = (
-            f"UNION ALL SELECT 2, NULL, start_date, end_date, day_count, NULL, NULL, NULL, NULL "
-            f"FROM ({grouped_marks_sql(conn, 'AND user_id = :uid')}) AS g"
-        )
-        stmt = text(_HEAD + tail).columns(**_COLUMNS)
-    else:
-        tail = (
-            "UNION ALL SELECT 3, NULL, date, date, NULL, NULL, NULL, NULL, NULL FROM day_marks "
-            "WHERE user_id = :uid AND value AND date BETWEEN :lo AND :hi"
-        )
-        stmt = (
-            text(_HEAD + tail)
-            .bindparams(bindparam("lo", type_=Date), bindparam("hi", type_=Date))
-            .columns(**_COLUMNS)
-        )
+    if between is not None:
         params["lo"], params["hi"] = between
     user: User | None = None
     enabled = False
     found: list[Run] = []
     grouping: list[tuple[date, date, int]] = []
-    marks: set[date] = set()
-    for kind, run_id, start, end, count, active, email, zone, flag_on in conn.execute(stmt, params).all():
+    rows = conn.execute(_statement(conn, between is not None), params).all()
+    for kind, run_id, start, end, count, active, email, zone, flag_on in rows:
         if kind == _USER:
             user, enabled = User(user_id, email, zone), bool(flag_on)
         elif kind == _RUN:
             found.append(Run(run_id, user_id, as_date(start), as_date(end), count, bool(active)))
-        elif kind == _SPAN:
-            grouping.append((as_date(start), as_date(end), int(count)))
         else:
-            marks.add(as_date(start))
+            grouping.append((as_date(start), as_date(end), int(count)))
     if user is None:
         raise UserNotFoundError(f"no user with id {user_id!r}")
     found.sort(key=lambda r: (r.start_date, r.id or 0))
     grouping.sort()
-    return UserRead(user, enabled, found, grouping, sorted(marks))
+    return UserRead(user, enabled, found, grouping)

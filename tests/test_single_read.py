@@ -91,3 +91,13 @@ def test_read_runs_gives_one_users_runs_by_start(storage: Storage) -> None:
         ("u", D("2024-01-01"), D("2024-01-01"), 1, False),
         ("u", D("2024-02-01"), D("2024-02-03"), 3, True),
     ]
+
+
+def test_read_user_without_marks_has_no_grouping(storage: Storage) -> None:
+    add_user(storage, "u", [], unmarked=["2024-01-01", "2024-01-02"])
+    add_runs(storage, "u", [("2024-01-01", "2024-01-02")])
+    with storage.engine.connect() as conn:
+        full = read_user(conn, "u", RUNS_V2_FLAG)
+        window = read_user(conn, "u", RUNS_V2_FLAG, (D("2023-12-01"), D("2024-02-01")))
+    assert full.grouping == window.grouping == []
+    assert [r.day_count for r in full.runs] == [r.day_count for r in window.runs] == [2]

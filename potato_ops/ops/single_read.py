@@ -14,6 +14,7 @@ from sqlalchemy import Boolean, Connection, Date, Integer, TextClause, bindparam
 
 from potato_ops.db.reads import as_date
 from potato_ops.domain.models import Run, User
+from potato_ops.domain.runs import group_consecutive_dates
 from potato_ops.errors import UserNotFoundError
 from potato_ops.ops.scan import grouped_marks_sql
 
@@ -26,8 +27,12 @@ _HEAD = (
     "FROM users WHERE id = :uid "
     "UNION ALL SELECT 1, id, start_date, end_date, day_count, active, NULL, NULL, NULL "
     "FROM runs WHERE user_id = :uid "
-    "UNION ALL SELECT 2, NULL, start_date, end_date, day_count, NULL, NULL, NULL, NULL "
+    "UNION ALL SELECT 2, NULL, "
 )
+# SQLite: the marks as one text (group_concat), grouped here; its window function over a
+# year of marks costs several times that. PostgreSQL groups them itself.
+_SQLITE_MARKS = "group_concat(date), NULL, NULL, NULL, NULL, NULL, NULL FROM day_marks WHERE value "
+_PG_SPANS = "start_date, end_date, day_count, NULL, NULL, NULL, NULL FROM "
 _STATEMENTS: dict[tuple[str, bool], TextClause] = {}  # (dialect, windowed): read_user's statement
 
 
@@ -35,7 +40,10 @@ def _statement(conn: Connection, windowed: bool) -> TextClause:
     key = (conn.dialect.name, windowed)
     if key not in _STATEMENTS:
         marks_filter = "AND user_id = :uid" + (" AND date BETWEEN :lo AND :hi" if windowed else "")
-        stmt = text(f"{_HEAD}FROM ({grouped_marks_sql(conn, marks_filter)}) AS g")
+        if conn.dialect.name == "sqlite":
+            stmt = text(f"{_HEAD}{_SQLITE_MARKS}{marks_filter}")
+        else:
+            stmt = text(f"{_HEAD}{_PG_SPANS}({grouped_marks_sql(conn, marks_filter)}) AS g")
         if windowed:
             stmt = stmt.bindparams(bindparam("lo", type_=Date), bindparam("hi", type_=Date))
         _STATEMENTS[key] = stmt.columns(id=Integer, day_count=Integer, active=Boolean, flag=Boolean)  # type: ignore[assignment]
@@ -88,8 +96,13 @@ def read_user(
             user, enabled = User(user_id, email, zone), bool(flag_on)
         elif kind == _RUN:
             found.append(Run(run_id, user_id, as_date(start), as_date(end), count, bool(active)))
-        else:
+        elif end is not None:
             grouping.append((as_date(start), as_date(end), int(count)))
+        elif start is not None:  # SQLite: the ISO dates joined by commas
+            grouping = [
+                (lo, hi, (hi - lo).days + 1)
+                for lo, hi in group_consecutive_dates(date.fromisoformat(d[:10]) for d in start.split(","))
+            ]
     if user is None:
         raise UserNotFoundError(f"no user with id {user_id!r}")
     found.sort(key=lambda r: (r.start_date, r.id or 0))

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import Connection, and_, delete, insert, update
+from sqlalchemy import Connection, and_, bindparam, delete, insert, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from potato_ops.db import history
@@ -432,6 +432,18 @@ def _take_backups(
         outcomes[saved.user_id].backup = saved
 
 
+# A few rows (a single-user rebuild's usual writes) go by these statements, built once, one
+# parameter set per run: an IN list is compiled anew for each call, which costs more.
+_FEW_ROWS = 8
+_DELETE_RUN = delete(runs).where(runs.c.user_id == bindparam("uid"), runs.c.id == bindparam("rid"))
+_SET_RUN_ACTIVE = (
+    update(runs)
+    .where(runs.c.user_id == bindparam("uid"), runs.c.id == bindparam("rid"))
+    .values(active=bindparam("flag"))
+)
+_INSERT_RUNS = insert(runs)
+
+
 def _write(
     conn: Connection,
     to_delete: list[Run],
@@ -440,17 +452,20 @@ def _write(
     to_activate: list[Run],
 ) -> None:
     """Apply the writes in an order the one-active index and no-overlap constraint accept."""
-    for part in chunks(to_delete):
-        conn.execute(
-            delete(runs).where(
-                runs.c.user_id.in_({r.user_id for r in part}),
-                runs.c.id.in_([r.id for r in part]),
+    if 0 < len(to_delete) <= _FEW_ROWS:
+        conn.execute(_DELETE_RUN, [{"uid": r.user_id, "rid": r.id} for r in to_delete])
+    else:
+        for part in chunks(to_delete):
+            conn.execute(
+                delete(runs).where(
+                    runs.c.user_id.in_({r.user_id for r in part}),
+                    runs.c.id.in_([r.id for r in part]),
+                )
             )
-        )
     _set_active(conn, to_deactivate, False)
     if to_insert:
         conn.execute(
-            insert(runs),
+            _INSERT_RUNS,
             [
                 {
                     "user_id": r.user_id,
@@ -466,6 +481,9 @@ def _write(
 
 
 def _set_active(conn: Connection, targets: list[Run], value: bool) -> None:
+    if 0 < len(targets) <= _FEW_ROWS:
+        conn.execute(_SET_RUN_ACTIVE, [{"uid": r.user_id, "rid": r.id, "flag": value} for r in targets])
+        return
     for part in chunks(targets):
         conn.execute(
             update(runs)

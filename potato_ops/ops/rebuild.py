@@ -339,8 +339,9 @@ def _plan_expected(
         return
     if not partial:
         known = grouped or {}
+        unknown = [uid for uid in plans if uid not in known]
         with _timed(timings, "read"):
-            marks = fetch_marked_dates(conn, [uid for uid in plans if uid not in known])
+            marks = fetch_marked_dates(conn, unknown) if unknown else {}
         with _timed(timings, "compute"):
             for uid, plan in plans.items():
                 t_user = time.perf_counter()

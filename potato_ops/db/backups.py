@@ -51,6 +51,9 @@ def make_backup(
     return Backup(None, user_id, timestamp, list(ordered), meta)
 
 
+_INSERT_RETURNING_ID = insert(ops_backups).returning(ops_backups.c.id, sort_by_parameter_order=True)
+
+
 def save_backups(conn: Connection, backups: Sequence[Backup]) -> list[Backup]:
     """Persist backups in one statement; return them with their ids."""
     if not backups:
@@ -67,7 +70,7 @@ def save_backups(conn: Connection, backups: Sequence[Backup]) -> list[Backup]:
         }
         for b in backups
     ]
-    ids = conn.execute(insert(ops_backups).returning(ops_backups.c.id, sort_by_parameter_order=True), rows)
+    ids = conn.execute(_INSERT_RETURNING_ID, rows)
     return [
         Backup(new_id, b.user_id, b.timestamp, b.runs, b.metadata)
         for (new_id,), b in zip(ids.all(), backups, strict=True)

@@ -35,11 +35,14 @@ class HistoryEntry:
     error: str | None = None
 
 
+_INSERT = insert(ops_rebuild_history)  # built once: building it per call costs more than a row
+
+
 def record_history(conn: Connection, entries: Sequence[HistoryEntry]) -> None:
     """Insert history rows in one statement."""
     if entries:
         # vars, not asdict: asdict deep-copies every value, a real cost for a bulk batch
-        conn.execute(insert(ops_rebuild_history), [dict(vars(e)) for e in entries])
+        conn.execute(_INSERT, [dict(vars(e)) for e in entries])
 
 
 def slow_users(conn: Connection, threshold_ms: float) -> list[str]:

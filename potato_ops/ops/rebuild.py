@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import Connection, and_, delete, insert, update
+from sqlalchemy import Connection, and_, bindparam, delete, insert, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from potato_ops.db import history
@@ -31,6 +31,7 @@ from potato_ops.domain.models import Backup, RebuildResult, Run, User, Validatio
 from potato_ops.domain.runs import diff_runs, earliest_active_end, expected_runs, should_be_active
 from potato_ops.ops.compare import Span, compare_batch, runs_and_grouping
 from potato_ops.ops.database import Database, Rollback
+from potato_ops.ops.single_read import UserRead, read_runs, read_user
 
 log = logging.getLogger("potato_ops")
 
@@ -52,6 +53,9 @@ class BatchOptions:
     to_date: date | None = None
     backup: str = BACKUP_ALWAYS
     backup_reason: str = "rebuild"
+    # Validation re-reads each written user's runs whole (not only near the window) and keeps
+    # them as the outcome's ``runs_after``: one read where the caller would make a second.
+    keep_runs_after: bool = False
 
     @property
     def partial(self) -> bool:
@@ -73,6 +77,9 @@ class UserOutcome:
     backup: Backup | None = None
     deleted_runs: list[Run] = field(default_factory=list)
     created_runs: list[Run] = field(default_factory=list)
+    # With ``keep_runs_after``: all the user's runs as they stand after the writes, sorted by
+    # start; None when they were not all read (an unchanged user of a window-only read).
+    runs_after: list[Run] | None = None
     # Time spent on this user alone (its expected runs, diff and checks), in ms; the batch's
     # set-based statements serve every user at once and are not in it.
     own_ms: float = 0.0
@@ -104,6 +111,7 @@ class _Plan:
     # expanded from ``expected`` (the grouping itself) only if validation finds a difference.
     grouped_days: int | None = None
     own_ms: float = 0.0  # time spent on this user alone (its expected runs), in ms
+    complete: bool = False  # touched + protected hold every stored run of the user
 
     @property
     def days(self) -> int:
@@ -114,6 +122,23 @@ class _Plan:
         if self.grouped_days is None:
             return self.marks
         return [r.start_date + timedelta(days=k) for r in self.expected for k in range(r.day_count)]
+
+
+@dataclass(frozen=True)
+class _Premarks:
+    """Marks read ahead of planning: the grouping of every marked date of the users in [lo, hi]."""
+
+    lo: date
+    hi: date
+    spans: dict[str, list[Span]]
+
+
+def _padded(lo: date, hi: date, pad: timedelta) -> tuple[date, date]:
+    """Return [lo - pad, hi + pad], clamped (an open bound +/- pad is out of range)."""
+    return (
+        FIRST_DAY if lo - FIRST_DAY <= pad else lo - pad,
+        LAST_DAY if LAST_DAY - hi <= pad else hi + pad,
+    )
 
 
 def _intersects(run: Run, lo: date, hi: date) -> bool:
@@ -182,6 +207,34 @@ def rebuild_batch(
     return {uid: outcomes[uid] for uid in ids}
 
 
+def _reads_whole(options: BatchOptions) -> bool:
+    """Return True when a single-user rebuild reads every run: full, or backed up (all runs)."""
+    return not options.partial or options.backup == BACKUP_ALWAYS
+
+
+def _marks_window(options: BatchOptions) -> tuple[date, date] | None:
+    """Return the marks a single-user read takes ahead: None (all, grouped) for a full rebuild."""
+    if not options.partial:
+        return None
+    return _padded(options.from_date or FIRST_DAY, options.to_date or LAST_DAY, _MARK_PAD)
+
+
+def _rebuild_read_user(conn: Connection, read: UserRead, options: BatchOptions, now: datetime) -> UserOutcome:
+    """Rebuild one user, locked and read whole by the caller (``read_user``), from that read.
+
+    A partial rebuild's marks are those read ahead near the window; marks further out are
+    read only if a streak reaches the edge of that read.
+    """
+    uid = read.user.id
+    window = _marks_window(options)
+    if window is None:
+        return _rebuild_in_python(
+            conn, [read.user], options, now, None, {uid: read.grouping}, {uid: read.runs}
+        )[uid]
+    pre = _Premarks(window[0], window[1], {uid: read.grouping})
+    return _rebuild_in_python(conn, [read.user], options, now, None, {}, {uid: read.runs}, pre)[uid]
+
+
 def _rebuild_in_python(
     conn: Connection,
     batch: Sequence[User],
@@ -190,6 +243,7 @@ def _rebuild_in_python(
     timings: dict[str, float] | None,
     grouped: dict[str, list[Span]],
     stored: dict[str, list[Run]] | None = None,
+    premarks: _Premarks | None = None,
 ) -> dict[str, UserOutcome]:
     """Rebuild the users by diffing in Python; ``grouped`` and ``stored`` hold what was read."""
     if not batch:
@@ -217,9 +271,9 @@ def _rebuild_in_python(
         protected = [r for r in mine if not _intersects(r, f - ONE_DAY, t + ONE_DAY)]
         lo = min([f, *(r.start_date for r in touched)])
         hi = max([t, *(r.end_date for r in touched)])
-        plans[user.id] = _Plan(user, todays[user.id], touched, protected, lo, hi)
+        plans[user.id] = _Plan(user, todays[user.id], touched, protected, lo, hi, complete=read_all)
 
-    _plan_expected(conn, plans, partial=options.partial, timings=timings, grouped=grouped)
+    _plan_expected(conn, plans, partial=options.partial, timings=timings, grouped=grouped, premarks=premarks)
 
     t_diff = time.perf_counter()
     outcomes: dict[str, UserOutcome] = {}
@@ -261,7 +315,7 @@ def _rebuild_in_python(
     with _timed(timings, "write"):
         _write(conn, to_delete, to_deactivate, to_insert, to_activate)
     with _timed(timings, "validate"):
-        _validate(conn, plans, outcomes, partial=options.partial)
+        _validate(conn, plans, outcomes, partial=options.partial, keep_runs_after=options.keep_runs_after)
     return outcomes
 
 
@@ -272,18 +326,22 @@ def _plan_expected(
     partial: bool,
     timings: dict[str, float] | None = None,
     grouped: dict[str, list[Span]] | None = None,
+    premarks: _Premarks | None = None,
 ) -> None:
     """Read the marks around each user's window and compute the runs it should hold.
 
     A full rebuild takes the runs of the users in ``grouped`` from there (the database's
-    grouping of all their marks) and reads the others' marks.
+    grouping of all their marks) and reads the others' marks. A partial one starts from
+    ``premarks`` (marks read, and grouped, already) when they cover every window and its
+    touched runs.
     """
     if not plans:
         return
     if not partial:
         known = grouped or {}
+        unknown = [uid for uid in plans if uid not in known]
         with _timed(timings, "read"):
-            marks = fetch_marked_dates(conn, [uid for uid in plans if uid not in known])
+            marks = fetch_marked_dates(conn, unknown) if unknown else {}
         with _timed(timings, "compute"):
             for uid, plan in plans.items():
                 t_user = time.perf_counter()
@@ -301,21 +359,28 @@ def _plan_expected(
     pending = dict(plans)
     pad = _MARK_PAD
     while pending:
-        # Clamp before shifting: an open bound (FIRST_DAY/LAST_DAY) +/- pad is out of range.
         lo_edge = min(p.lo for p in pending.values())
         hi_edge = max(p.hi for p in pending.values())
-        read_lo = FIRST_DAY if lo_edge - FIRST_DAY <= pad else lo_edge - pad
-        read_hi = LAST_DAY if LAST_DAY - hi_edge <= pad else hi_edge + pad
-        with _timed(timings, "read"):
-            marks = fetch_marked_dates(conn, list(pending), between=(read_lo, read_hi))
+        spans: dict[str, list[Span]] | None = None
+        marks = {}
+        if premarks is not None and premarks.lo <= lo_edge and hi_edge <= premarks.hi:
+            read_lo, read_hi, spans = premarks.lo, premarks.hi, premarks.spans
+        else:
+            read_lo, read_hi = _padded(lo_edge, hi_edge, pad)
+            with _timed(timings, "read"):
+                marks = fetch_marked_dates(conn, list(pending), between=(read_lo, read_hi))
+        premarks = None
         t_group = time.perf_counter()
         unfinished: dict[str, _Plan] = {}
         for uid, plan in pending.items():
-            groups = [
-                r
-                for r in expected_runs(uid, marks.get(uid, []), plan.today)
-                if _intersects(r, plan.lo, plan.hi)
-            ]
+            if spans is None:
+                found = expected_runs(uid, marks.get(uid, []), plan.today)
+            else:  # the same runs, grouped by the database
+                found = [
+                    Run(None, uid, s, e, n, should_be_active(s, e, plan.today))
+                    for s, e, n in spans.get(uid, [])
+                ]
+            groups = [r for r in found if _intersects(r, plan.lo, plan.hi)]
             # A streak reaching the edge of what was read may go on beyond it: read further.
             if groups and (
                 (groups[0].start_date == read_lo and read_lo > FIRST_DAY)
@@ -327,7 +392,10 @@ def _plan_expected(
             plan.expected = [g for g in groups if (g.start_date, g.end_date) not in protected_spans]
             plan.check_lo = min([plan.lo, *(g.start_date for g in groups)])
             plan.check_hi = max([plan.hi, *(g.end_date for g in groups)])
-            plan.marks = [d for d in marks.get(uid, []) if plan.check_lo <= d <= plan.check_hi]
+            if spans is None:
+                plan.marks = [d for d in marks.get(uid, []) if plan.check_lo <= d <= plan.check_hi]
+            else:  # the marks in the check range are the days of the groups, which span it
+                plan.marks = [g.start_date + timedelta(days=k) for g in groups for k in range(g.day_count)]
         if timings is not None:
             spent = (time.perf_counter() - t_group) * 1000
             timings["compute"] = timings.get("compute", 0.0) + spent
@@ -365,6 +433,18 @@ def _take_backups(
         outcomes[saved.user_id].backup = saved
 
 
+# A few rows (a single-user rebuild's usual writes) go by these statements, built once, one
+# parameter set per run: an IN list is compiled anew for each call, which costs more.
+_FEW_ROWS = 8
+_DELETE_RUN = delete(runs).where(runs.c.user_id == bindparam("uid"), runs.c.id == bindparam("rid"))
+_SET_RUN_ACTIVE = (
+    update(runs)
+    .where(runs.c.user_id == bindparam("uid"), runs.c.id == bindparam("rid"))
+    .values(active=bindparam("flag"))
+)
+_INSERT_RUNS = insert(runs)
+
+
 def _write(
     conn: Connection,
     to_delete: list[Run],
@@ -373,17 +453,20 @@ def _write(
     to_activate: list[Run],
 ) -> None:
     """Apply the writes in an order the one-active index and no-overlap constraint accept."""
-    for part in chunks(to_delete):
-        conn.execute(
-            delete(runs).where(
-                runs.c.user_id.in_({r.user_id for r in part}),
-                runs.c.id.in_([r.id for r in part]),
+    if 0 < len(to_delete) <= _FEW_ROWS:
+        conn.execute(_DELETE_RUN, [{"uid": r.user_id, "rid": r.id} for r in to_delete])
+    else:
+        for part in chunks(to_delete):
+            conn.execute(
+                delete(runs).where(
+                    runs.c.user_id.in_({r.user_id for r in part}),
+                    runs.c.id.in_([r.id for r in part]),
+                )
             )
-        )
     _set_active(conn, to_deactivate, False)
     if to_insert:
         conn.execute(
-            insert(runs),
+            _INSERT_RUNS,
             [
                 {
                     "user_id": r.user_id,
@@ -399,6 +482,9 @@ def _write(
 
 
 def _set_active(conn: Connection, targets: list[Run], value: bool) -> None:
+    if 0 < len(targets) <= _FEW_ROWS:
+        conn.execute(_SET_RUN_ACTIVE, [{"uid": r.user_id, "rid": r.id, "flag": value} for r in targets])
+        return
     for part in chunks(targets):
         conn.execute(
             update(runs)
@@ -413,7 +499,12 @@ def _set_active(conn: Connection, targets: list[Run], value: bool) -> None:
 
 
 def _validate(
-    conn: Connection, plans: dict[str, _Plan], outcomes: dict[str, UserOutcome], *, partial: bool
+    conn: Connection,
+    plans: dict[str, _Plan],
+    outcomes: dict[str, UserOutcome],
+    *,
+    partial: bool,
+    keep_runs_after: bool = False,
 ) -> None:
     """Check every invariant on each user's runs as they now stand, against the planned marks.
 
@@ -421,14 +512,20 @@ def _validate(
     the start are the runs that stand (nothing was written), so they are checked as read.
     Checking against the same read of the marks the plan used (not a fresh one) keeps a mark
     the app writes meanwhile from failing a correct rebuild; that mark is the next rebuild's.
+
+    With ``keep_runs_after`` a written user's runs are re-read whole, and the check filters
+    them to the window itself: the runs a window read leaves out are inactive and end before
+    the rule's earliest active end, so they break no flag rule and lie outside the window.
     """
     changed = [uid for uid, outcome in outcomes.items() if outcome.changed]
     after: dict[str, list[Run]] = {}
-    if changed and partial:
+    if changed and partial and not keep_runs_after:
         lo = min(plans[u].check_lo for u in changed) - ONE_DAY
         hi = max(plans[u].check_hi for u in changed) + ONE_DAY
         earliest_end = earliest_active_end(min(plans[u].today for u in changed))
         after = fetch_runs(conn, changed, touching=(lo, hi), active_after=earliest_end)
+    elif len(changed) == 1:  # the single-user rebuild: a prepared statement, no IN list
+        after = {changed[0]: read_runs(conn, changed[0])}
     elif changed:
         after = fetch_runs(conn, changed)
     written = set(changed)
@@ -436,6 +533,11 @@ def _validate(
         t_user = time.perf_counter()
         _check_user(uid, plan, outcomes[uid], written, after, partial=partial)
         outcomes[uid].own_ms += (time.perf_counter() - t_user) * 1000
+        if keep_runs_after:
+            if uid in written:
+                outcomes[uid].runs_after = after.get(uid, [])
+            elif plan.complete:  # nothing written: the runs read under the lock stand
+                outcomes[uid].runs_after = _by_start(plan.touched + plan.protected)
 
 
 def _check_user(
@@ -448,10 +550,7 @@ def _check_user(
     partial: bool,
 ) -> None:
     """Set the violations of one user's runs as they now stand (see ``_validate``)."""
-    if uid in written:
-        mine = after.get(uid, [])
-    else:
-        mine = sorted(plan.touched + plan.protected, key=lambda r: (r.start_date, r.id or 0))
+    mine = after.get(uid, []) if uid in written else _by_start(plan.touched + plan.protected)
     flags = check_active_flags(uid, mine, plan.today)
     if not partial and _spans(mine) == _spans(plan.expected):
         # Invariants 1-5 hold exactly when the runs equal the grouping of the marks.
@@ -462,6 +561,11 @@ def _check_user(
     outcome.violations = (
         check_invariants(uid, near, plan.marked_dates(), plan.today, window=window, flags=False) + flags
     )
+
+
+def _by_start(found: Sequence[Run]) -> list[Run]:
+    """Return the runs in the order ``fetch_runs`` gives them: by start, then id."""
+    return sorted(found, key=lambda r: (r.start_date, r.id or 0))
 
 
 def _spans(found: Sequence[Run]) -> list[Span]:
@@ -524,6 +628,7 @@ def rebuild_user_runs(
         hi,
         backup=BACKUP_ALWAYS if backup else BACKUP_NEVER,
         backup_reason="dry_run" if dry_run else "rebuild",
+        keep_runs_after=True,
     )
     kind = history.PARTIAL_REBUILD if options.partial else history.REBUILD
     started = db.now()
@@ -537,12 +642,25 @@ def rebuild_user_runs(
         with db.write() as conn:
             # Read in the rebuild's own transaction: two connections and their round
             # trips fewer. UserNotFoundError rolls back a transaction that wrote nothing.
-            if timezone is not None:
-                change_timezone(conn, user_id, timezone, started)
-            user, flag = fetch_user_and_flag(conn, user_id, RUNS_V2_FLAG)
-            outcome = rebuild_batch(conn, [user], options, started)[user.id]
+            if _reads_whole(options):
+                # The lock first, in a statement of its own, so that the one read after it
+                # (the user, the flag, the runs and the marks) sees every earlier commit.
+                lock_users(conn, [user_id])
+                if timezone is not None:
+                    change_timezone(conn, user_id, timezone, started)
+                read = read_user(conn, user_id, RUNS_V2_FLAG, _marks_window(options))
+                user, flag = read.user, read.flag
+                outcome = _rebuild_read_user(conn, read, options, started)
+            else:  # a window without a backup: only the runs near it are read
+                if timezone is not None:
+                    change_timezone(conn, user_id, timezone, started)
+                user, flag = fetch_user_and_flag(conn, user_id, RUNS_V2_FLAG)
+                outcome = rebuild_batch(conn, [user], options, started)[user.id]
             if outcome.success:
-                runs_after = fetch_runs(conn, [user.id]).get(user.id, [])
+                if outcome.runs_after is not None:
+                    runs_after = outcome.runs_after
+                else:  # a window-only read of an unchanged user
+                    runs_after = fetch_runs(conn, [user.id]).get(user.id, [])
             if dry_run or not outcome.success:
                 raise Rollback
             duration = (time.perf_counter() - t0) * 1000

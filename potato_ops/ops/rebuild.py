@@ -146,7 +146,7 @@ def _intersects(run: Run, lo: date, hi: date) -> bool:
 
 
 @contextmanager
-def _timed(timings: dict[str, float] | None, phase: str) -> Iterator[None]:
+def timed(timings: dict[str, float] | None, phase: str) -> Iterator[None]:
     """Add the block's wall time (ms) to timings[phase], when timings are wanted."""
     if timings is None:
         yield
@@ -172,19 +172,19 @@ def rebuild_batch(
     spent in each phase: lock, read, compute, backup, write, validate.
     """
     ids = [u.id for u in batch]
-    with _timed(timings, "lock"):
+    with timed(timings, "lock"):
         lock_users(conn, ids)
     # A full rebuild of several users, without a backup of each, compares in the database
     # first: the correct users cost no Python at all.
     if len(batch) == 1 and not options.partial:
         # One user: its runs and the grouping of its marks in one read, one round trip.
-        with _timed(timings, "read"):
+        with timed(timings, "read"):
             stored, grouping = runs_and_grouping(conn, ids[0])
         return _rebuild_in_python(conn, batch, options, now, timings, {ids[0]: grouping}, {ids[0]: stored})
     if options.partial or options.backup == BACKUP_ALWAYS:
         return _rebuild_in_python(conn, batch, options, now, timings, {})
     todays = {u.id: local_today(u.timezone, now) for u in batch}
-    with _timed(timings, "read"):
+    with timed(timings, "read"):
         found = compare_batch(conn, ids)
         same = [uid for uid in ids if uid not in found.differ]
         earliest_end = earliest_active_end(min(todays.values()))
@@ -258,7 +258,7 @@ def _rebuild_in_python(
     # otherwise a partial rebuild reads only the runs near its window and the flagged ones.
     read_all = not options.partial or options.backup == BACKUP_ALWAYS
     if stored is None:
-        with _timed(timings, "read"):
+        with timed(timings, "read"):
             if read_all:
                 stored = fetch_runs(conn, ids)
             else:
@@ -310,11 +310,11 @@ def _rebuild_in_python(
 
     if timings is not None:
         timings["compute"] = timings.get("compute", 0.0) + (time.perf_counter() - t_diff) * 1000
-    with _timed(timings, "backup"):
+    with timed(timings, "backup"):
         _take_backups(conn, plans, outcomes, options, now)
-    with _timed(timings, "write"):
+    with timed(timings, "write"):
         _write(conn, to_delete, to_deactivate, to_insert, to_activate)
-    with _timed(timings, "validate"):
+    with timed(timings, "validate"):
         _validate(conn, plans, outcomes, partial=options.partial, keep_runs_after=options.keep_runs_after)
     return outcomes
 
@@ -340,9 +340,9 @@ def _plan_expected(
     if not partial:
         known = grouped or {}
         unknown = [uid for uid in plans if uid not in known]
-        with _timed(timings, "read"):
+        with timed(timings, "read"):
             marks = fetch_marked_dates(conn, unknown) if unknown else {}
-        with _timed(timings, "compute"):
+        with timed(timings, "compute"):
             for uid, plan in plans.items():
                 t_user = time.perf_counter()
                 if uid in known:
@@ -367,7 +367,7 @@ def _plan_expected(
             read_lo, read_hi, spans = premarks.lo, premarks.hi, premarks.spans
         else:
             read_lo, read_hi = _padded(lo_edge, hi_edge, pad)
-            with _timed(timings, "read"):
+            with timed(timings, "read"):
                 marks = fetch_marked_dates(conn, list(pending), between=(read_lo, read_hi))
         premarks = None
         t_group = time.perf_counter()

@@ -36,21 +36,21 @@ from potato_ops.db.reads import fetch_runs
 from potato_ops.domain.dates import local_today
 from potato_ops.domain.invariants import check_active_flags
 from potato_ops.domain.models import Run, User
-from potato_ops.domain.runs import earliest_active_end
+from potato_ops.domain.runs import earliest_active_end, group_consecutive_dates, should_be_active
 from potato_ops.ops.compare import compare_batch
-from potato_ops.ops.rebuild import BACKUP_ALWAYS, BACKUP_NEVER, BatchOptions, UserOutcome, rebuild_batch
+from potato_ops.ops.rebuild import (
+    BACKUP_ALWAYS,
+    BACKUP_NEVER,
+    BatchOptions,
+    UserOutcome,
+    rebuild_batch,
+    timed,
+)
 from potato_ops.ops.scan import grouped_marks_sql
 
 
 class FillMismatch(Exception):
     """The filled runs of some users did not validate (the batch is redone user by user)."""
-
-
-def _add(timings: dict[str, float] | None, phase: str, t0: float) -> float:
-    now = time.perf_counter()
-    if timings is not None:
-        timings[phase] = timings.get(phase, 0.0) + (now - t0) * 1000
-    return now
 
 
 def rebuild_bulk_batch(
@@ -64,11 +64,10 @@ def rebuild_bulk_batch(
     if len(batch) < 2 or options.partial or options.backup == BACKUP_ALWAYS:
         return rebuild_batch(conn, batch, options, now, timings)
     ids = [u.id for u in batch]
-    t0 = time.perf_counter()
-    lock_users(conn, ids)
-    t0 = _add(timings, "lock", t0)
-    holding = users_holding_runs(conn, ids)
-    _add(timings, "read", t0)
+    with timed(timings, "lock"):
+        lock_users(conn, ids)
+    with timed(timings, "read"):
+        holding = users_holding_runs(conn, ids)
     empty = [u for u in batch if u.id not in holding]
     if not empty:
         return rebuild_batch(conn, batch, options, now, timings)
@@ -105,16 +104,15 @@ def fill_users(
         outcomes = _fill_in_database(conn, todays, timings)
     else:
         outcomes = _fill_here(conn, todays, timings)
-    t0 = time.perf_counter()
     if options.backup != BACKUP_NEVER:
-        made = [
-            make_backup(uid, [], now, reason=options.backup_reason, operation_id=options.operation_id)
-            for uid, outcome in outcomes.items()
-            if outcome.changed
-        ]
-        for saved in save_backups(conn, made):
-            outcomes[saved.user_id].backup = saved
-    _add(timings, "backup", t0)
+        with timed(timings, "backup"):
+            made = [
+                make_backup(uid, [], now, reason=options.backup_reason, operation_id=options.operation_id)
+                for uid, outcome in outcomes.items()
+                if outcome.changed
+            ]
+            for saved in save_backups(conn, made):
+                outcomes[saved.user_id].backup = saved
     return outcomes
 
 
@@ -130,7 +128,6 @@ def _fill_in_database(
     conn: Connection, todays: dict[str, date], timings: dict[str, float] | None
 ) -> dict[str, UserOutcome]:
     ids = list(todays)
-    t0 = time.perf_counter()
     insert = text(
         "INSERT INTO runs (user_id, start_date, end_date, day_count, active) "
         "SELECT g.user_id, g.start_date, g.end_date, g.day_count, "
@@ -139,20 +136,20 @@ def _fill_in_database(
         "JOIN unnest(CAST(:uids AS text[]), CAST(:todays AS date[])) AS t (user_id, today) "
         "ON t.user_id = g.user_id"
     )
-    for part in chunks(ids):
-        conn.execute(insert, {"uids": list(part), "todays": [todays[uid] for uid in part]})
-    t0 = _add(timings, "write", t0)
-    found = compare_batch(conn, ids)
-    if found.differ:
-        raise FillMismatch(f"{len(found.differ)} users' filled runs differ from their marks")
-    outcomes = {
-        uid: UserOutcome(
-            uid, runs_created=found.runs.get(uid, 0), days_processed=found.marked_days.get(uid, 0)
-        )
-        for uid in ids
-    }
-    _flag_violations(conn, todays, outcomes)
-    _add(timings, "validate", t0)
+    with timed(timings, "write"):
+        for part in chunks(ids):
+            conn.execute(insert, {"uids": list(part), "todays": [todays[uid] for uid in part]})
+    with timed(timings, "validate"):
+        found = compare_batch(conn, ids)
+        if found.differ:
+            raise FillMismatch(f"{len(found.differ)} users' filled runs differ from their marks")
+        outcomes = {
+            uid: UserOutcome(
+                uid, runs_created=found.runs.get(uid, 0), days_processed=found.marked_days.get(uid, 0)
+            )
+            for uid in ids
+        }
+        _flag_violations(conn, todays, outcomes)
     return outcomes
 
 
@@ -163,71 +160,56 @@ def _fill_here(
     marks_stmt = text(
         "SELECT user_id, group_concat(date) FROM day_marks WHERE value AND user_id IN :uids GROUP BY user_id"
     ).bindparams(bindparam("uids", expanding=True))
-    t0 = time.perf_counter()
     marked: dict[str, str] = {}
-    for part in chunks(ids):
-        marked.update((uid, joined) for uid, joined in conn.execute(marks_stmt, {"uids": list(part)}).all())
-    t0 = _add(timings, "read", t0)
+    with timed(timings, "read"):
+        for part in chunks(ids):
+            marked.update(conn.execute(marks_stmt, {"uids": list(part)}).tuples().all())
     outcomes: dict[str, UserOutcome] = {}
     expected: dict[str, list[tuple[str, str, int, int]]] = {}
     rows: list[tuple[str, str, str, int, int]] = []
-    fromordinal = date.fromordinal
-    for uid in ids:
-        t_user = time.perf_counter()
-        joined = marked.get(uid)
-        ordinals = (
-            sorted({date.fromisoformat(d[:10]).toordinal() for d in joined.split(",")}) if joined else []
-        )
-        today = todays[uid].toordinal()
-        mine: list[tuple[str, str, int, int]] = []
-        if ordinals:
-            start = prev = ordinals[0]
-            for day in [*ordinals[1:], 0]:
-                if day != prev + 1:
-                    active = int(start <= today and prev >= today - 1)
-                    mine.append(
-                        (
-                            fromordinal(start).isoformat(),
-                            fromordinal(prev).isoformat(),
-                            prev - start + 1,
-                            active,
-                        )
-                    )
-                    start = day
-                prev = day
-        expected[uid] = mine
-        rows.extend((uid, *run) for run in mine)
-        outcomes[uid] = UserOutcome(
-            uid,
-            runs_created=len(mine),
-            days_processed=len(ordinals),
-            own_ms=(time.perf_counter() - t_user) * 1000,
-        )
-    t0 = _add(timings, "compute", t0)
-    if rows:
-        conn.exec_driver_sql(
-            "INSERT INTO runs (user_id, start_date, end_date, day_count, active) VALUES (?, ?, ?, ?, ?)", rows
-        )
-    t0 = _add(timings, "write", t0)
-    read_back = text(
-        "SELECT user_id, start_date, end_date, day_count, active FROM runs WHERE user_id IN :uids "
-        "ORDER BY user_id, start_date, id"
-    ).bindparams(bindparam("uids", expanding=True))
-    stored: dict[str, list[tuple[str, str, int, int]]] = defaultdict(list)
-    for part in chunks(ids):
-        for uid, start, end, count, active in conn.execute(read_back, {"uids": list(part)}).all():
-            stored[uid].append((start, end, count, int(active)))
-    differ = [uid for uid in ids if stored.get(uid, []) != expected[uid]]
-    if differ:
-        raise FillMismatch(f"{len(differ)} users' filled runs differ from their marks")
-    # Equal to the grouping: invariants 1-5 hold; the flags, set by the rule, are checked by it.
-    for uid in ids:
-        edge = earliest_active_end(todays[uid]).isoformat()
-        flagged = [
-            Run(None, uid, date.fromisoformat(s), date.fromisoformat(e), n, bool(a))
-            for s, e, n, a in stored.get(uid, [])
-            if a or e >= edge
-        ]
-        outcomes[uid].violations = check_active_flags(uid, flagged, todays[uid])
-    _add(timings, "validate", t0)
+    with timed(timings, "compute"):
+        for uid in ids:
+            t_user = time.perf_counter()
+            joined = marked.get(uid)
+            groups = group_consecutive_dates(d[:10] for d in joined.split(",")) if joined else []
+            today = todays[uid]
+            mine = [
+                (s.isoformat(), e.isoformat(), (e - s).days + 1, int(should_be_active(s, e, today)))
+                for s, e in groups
+            ]
+            expected[uid] = mine
+            rows.extend((uid, *run) for run in mine)
+            outcomes[uid] = UserOutcome(
+                uid,
+                runs_created=len(mine),
+                days_processed=sum(n for _s, _e, n, _a in mine),
+                own_ms=(time.perf_counter() - t_user) * 1000,
+            )
+    with timed(timings, "write"):
+        if rows:
+            conn.exec_driver_sql(
+                "INSERT INTO runs (user_id, start_date, end_date, day_count, active) VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+    with timed(timings, "validate"):
+        read_back = text(
+            "SELECT user_id, start_date, end_date, day_count, active FROM runs WHERE user_id IN :uids "
+            "ORDER BY user_id, start_date, id"
+        ).bindparams(bindparam("uids", expanding=True))
+        stored: dict[str, list[tuple[str, str, int, int]]] = defaultdict(list)
+        for part in chunks(ids):
+            for uid, start, end, count, active in conn.execute(read_back, {"uids": list(part)}).all():
+                stored[uid].append((start, end, count, int(active)))
+        differ = [uid for uid in ids if stored.get(uid, []) != expected[uid]]
+        if differ:
+            raise FillMismatch(f"{len(differ)} users' filled runs differ from their marks")
+        # Equal to the grouping: invariants 1-5 hold; the flags, set by the rule, are checked by it.
+        for uid in ids:
+            edge = earliest_active_end(todays[uid]).isoformat()
+            flagged = [
+                Run(None, uid, date.fromisoformat(s), date.fromisoformat(e), n, bool(a))
+                for s, e, n, a in stored.get(uid, [])
+                if a or e >= edge
+            ]
+            outcomes[uid].violations = check_active_flags(uid, flagged, todays[uid])
     return outcomes

@@ -178,6 +178,11 @@ TARGETS = {
 }
 
 
+def peak_rss_mb() -> float:
+    """Return this process's peak resident memory in MB (Linux reports KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def peak_rss_of_bulk(url: str, args: argparse.Namespace) -> float:
     """Return the peak RSS (MB) of a child process that only runs a real full bulk rebuild."""
     out = subprocess.run(
@@ -204,7 +209,7 @@ def child_bulk(url: str, args: argparse.Namespace) -> None:
     config = BulkConfig(batch_size=args.batch_size, max_workers=args.workers, dry_run=False)
     result = bulk_rebuild_users(storage.database, None, config)
     assert result.status == "completed", result
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(peak_rss_mb())
 
 
 def memory_at(backend: str, users: int, args: argparse.Namespace) -> float:
@@ -315,13 +320,18 @@ def main() -> None:
     if args.child_url:
         child_bulk(args.child_url, args)
         return
+    print_machine()
+    for backend in ("sqlite", "postgres") if args.backend == "both" else (args.backend,):
+        run_backend(backend, args)
+
+
+def print_machine() -> None:
+    """Print the cores and how busy the machine is as a run starts."""
     load = os.getloadavg()
     print(
         f"{os.cpu_count()} cores; load average {load[0]:.1f} when starting "
         "(other processes on the machine slow every figure alike)"
     )
-    for backend in ("sqlite", "postgres") if args.backend == "both" else (args.backend,):
-        run_backend(backend, args)
 
 
 if __name__ == "__main__":

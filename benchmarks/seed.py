@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sqlite3
 import subprocess
 import sys
@@ -37,16 +36,11 @@ from potato_ops import Storage
 from potato_ops.demo.synth import CORRUPTIONS_POSTGRES, CORRUPTIONS_SQLITE, SeedPlan, generate, seed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: find the sibling
-from benchmarks.bulk import DEFAULT_PG_ADMIN_URL, database
+from benchmarks.bulk import DEFAULT_PG_ADMIN_URL, database, peak_rss_mb, print_machine
 
 NOW = datetime(2024, 3, 10, 15, 0, tzinfo=UTC)
 MEMORY_TARGET = 1.2
 SPEED_TARGET = 1.5
-
-
-def peak_rss_mb() -> float:
-    """Return this process's peak resident memory in MB (Linux reports KB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child_seed(url: str, users: int, days: int) -> dict[str, Any]:
@@ -170,11 +164,7 @@ def main() -> None:
         figures = run(args.url, args.users, args.days)
         print(json.dumps({**figures, "peak_mb": peak_rss_mb()}))
         return
-    load = os.getloadavg()
-    print(
-        f"{os.cpu_count()} cores; load average {load[0]:.1f} when starting "
-        "(other processes on the machine slow every figure alike)"
-    )
+    print_machine()
     for backend in ("sqlite", "postgres") if args.backend == "both" else (args.backend,):
         run_backend(backend, args)
 

@@ -23,7 +23,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.pool import NullPool
 
 log = logging.getLogger("potato_ops")
 
@@ -37,18 +36,22 @@ LOCK_NS_WORKER = 0x504F5403  # held shared by every worker of an operation (owne
 IN_CHUNK = 900
 
 
+# Enough connections for the most bulk workers (MAX_WORKERS) and the runner's own.
+_POOL: dict[str, Any] = {"pool_size": 12, "max_overflow": 8}
+
+
 def make_engine(url: str) -> Engine:
     """Return an engine for url with this package's per-dialect settings."""
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
-            poolclass=NullPool if ":memory:" not in url and url != "sqlite://" else None,
+            poolclass=None,
         )
         _configure_sqlite(engine)
         return engine
     # No pre-ping: it costs a round trip per checkout; recycle instead of holding stale sockets.
-    return create_engine(url, pool_size=12, max_overflow=8, pool_recycle=1800)
+    return create_engine(url, **_POOL, pool_recycle=1800)
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from potato_ops.domain.dates import parse_date_range
 from potato_ops.errors import ConfigError
 
-MAX_WORKERS = 16  # the PostgreSQL pool holds 20 connections; one is the runner lock's
+MAX_WORKERS = 16  # the pool holds 20 connections; one is the runner lock's
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,16 @@ import pytest
 
 from potato_ops import Storage
 from potato_ops.db.schema import RUNS_V2_FLAG
+from potato_ops.domain.models import Run
 from potato_ops.errors import UserNotFoundError
 from potato_ops.ops.single_read import read_runs, read_user
 from tests.conftest import add_runs, add_user, spans
 
 D = date.fromisoformat
+
+
+def _described(found: list[Run]) -> list[tuple[str, str, int, bool]]:
+    return [(r.start_date.isoformat(), r.end_date.isoformat(), r.day_count, r.active) for r in found]
 
 
 def _days(first: str, count: int) -> list[date | str]:
@@ -101,3 +106,69 @@ def test_read_user_without_marks_has_no_grouping(storage: Storage) -> None:
         window = read_user(conn, "u", RUNS_V2_FLAG, (D("2023-12-01"), D("2024-02-01")))
     assert full.grouping == window.grouping == []
     assert [r.day_count for r in full.runs] == [r.day_count for r in window.runs] == [2]
+
+
+def test_partial_rebuild_reports_every_run_it_leaves_with_the_flags_it_set(storage: Storage) -> None:
+    # NOW is 2024-03-10. A streak far outside the window, wrongly flagged active; a damaged
+    # run inside the window [2024-02-20, 2024-03-01]; the user's last streak ended 2024-03-05,
+    # so no run should be active. The window rebuild re-reads only what is near it, yet its
+    # runs_after must be the runs as stored afterwards, flags included.
+    old = _days("2023-06-01", 4)
+    middle = _days("2023-11-01", 2)
+    in_window = _days("2024-02-24", 3)
+    last = _days("2024-03-03", 3)
+    add_user(storage, "u", [*old, *middle, *in_window, *last])
+    add_runs(
+        storage,
+        "u",
+        [
+            ("2023-06-01", "2023-06-04"),
+            ("2023-11-01", "2023-11-02"),
+            ("2024-02-24", "2024-02-25"),
+            ("2024-03-03", "2024-03-05"),
+        ],
+        active=0,
+    )
+    result = storage.rebuild_user_runs("u", "2024-02-20", "2024-03-01")
+    assert result.success, result.invariant_violations
+    assert result.runs_created == 1 and result.active_flags_changed == 1
+    expected = [
+        ("2023-06-01", "2023-06-04", 4, False),
+        ("2023-11-01", "2023-11-02", 2, False),
+        ("2024-02-24", "2024-02-26", 3, False),
+        ("2024-03-03", "2024-03-05", 3, False),
+    ]
+    assert _described(storage.get_user_runs("u")) == expected
+    assert _described(result.runs_after) == expected
+    assert [r.id for r in result.runs_after] == [r.id for r in storage.get_user_runs("u")]
+
+
+def test_read_runs_near_a_window_gives_those_touching_it_and_the_flagged_or_recent(storage: Storage) -> None:
+    add_user(storage, "u", [])
+    add_user(storage, "v", [])
+    add_runs(
+        storage,
+        "u",
+        [
+            ("2023-01-01", "2023-01-03"),  # flagged active (wrongly): read
+            ("2023-05-01", "2023-05-02"),  # far from everything: left out
+            ("2023-06-09", "2023-06-10"),  # ends the day before the window: left out
+            ("2023-06-11", "2023-06-12"),  # starts on the window's first day: read
+            ("2023-06-20", "2023-06-30"),  # starts on its last day: read
+            ("2023-07-01", "2023-07-01"),  # starts after it: left out
+            ("2024-03-01", "2024-03-01"),  # ends on or after the recent date: read
+        ],
+        active=0,
+    )
+    add_runs(storage, "v", [("2023-06-15", "2023-06-15")])
+    window = (D("2023-06-11"), D("2023-06-20"), D("2024-02-01"))
+    with storage.engine.connect() as conn:
+        got = [
+            (r.start_date.isoformat(), r.end_date.isoformat(), r.active) for r in read_runs(conn, "u", window)
+        ]
+    assert got == [
+        ("2023-01-01", "2023-01-03", True),
+        ("2023-06-11", "2023-06-12", False),
+        ("2023-06-20", "2023-06-30", False),
+        ("2024-03-01", "2024-03-01", False),
+    ]

@@ -35,17 +35,27 @@ def group_consecutive_dates(dates: Iterable[date | str]) -> list[tuple[date, dat
     Duplicates and input order don't matter.
     """
     # Dates (the usual case, by the hundred thousand in a bulk batch) skip parse_date.
-    ordinals = sorted({(d if type(d) is date else parse_date(d)).toordinal() for d in dates})
-    groups: list[tuple[date, date]] = []
-    if not ordinals:
+    ordinals = (d.toordinal() if type(d) is date else parse_date(d).toordinal() for d in dates)
+    return [(date.fromordinal(s), date.fromordinal(e)) for s, e in group_consecutive_ordinals(ordinals)]
+
+
+def group_consecutive_ordinals(ordinals: Iterable[int]) -> list[tuple[int, int]]:
+    """Return the sorted ``(first, last)`` pairs of maximal runs of consecutive day ordinals.
+
+    The grouping of ``group_consecutive_dates`` on ``date.toordinal`` numbers, which a database
+    can hand over ready-made: duplicates and input order don't matter.
+    """
+    days = sorted(set(ordinals))
+    groups: list[tuple[int, int]] = []
+    if not days:
         return groups
-    start = prev = ordinals[0]
-    for current in ordinals[1:]:
+    start = prev = days[0]
+    for current in days[1:]:
         if current != prev + 1:
-            groups.append((date.fromordinal(start), date.fromordinal(prev)))
+            groups.append((start, prev))
             start = current
         prev = current
-    groups.append((date.fromordinal(start), date.fromordinal(prev)))
+    groups.append((start, prev))
     return groups
 
 

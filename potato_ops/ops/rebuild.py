@@ -112,6 +112,7 @@ class _Plan:
     grouped_days: int | None = None
     own_ms: float = 0.0  # time spent on this user alone (its expected runs), in ms
     complete: bool = False  # touched + protected hold every stored run of the user
+    flags_set: dict[int, bool] = field(default_factory=dict)  # run id -> flag written
 
     @property
     def days(self) -> int:
@@ -292,6 +293,8 @@ def _rebuild_in_python(
                 deactivate.append(r)
             elif should and not r.active:
                 activate.append(r)
+        plan.flags_set = {r.id: False for r in deactivate if r.id is not None}
+        plan.flags_set.update((r.id, True) for r in activate if r.id is not None)
         to_delete += diff.delete
         to_deactivate += deactivate
         to_insert += diff.create
@@ -513,17 +516,26 @@ def _validate(
     Checking against the same read of the marks the plan used (not a fresh one) keeps a mark
     the app writes meanwhile from failing a correct rebuild; that mark is the next rebuild's.
 
-    With ``keep_runs_after`` a written user's runs are re-read whole, and the check filters
-    them to the window itself: the runs a window read leaves out are inactive and end before
-    the rule's earliest active end, so they break no flag rule and lie outside the window.
+    A partial rebuild re-reads only the runs near its window, and flagged or recent ones: the
+    runs that leaves out are inactive and end before the rule's earliest active end, so they
+    break no flag rule and lie outside the window. With ``keep_runs_after`` a full rebuild's
+    written user is re-read whole; a partial one's runs after are the re-read runs plus those
+    its read under the lock holds further out (or, when it did not read them all, a whole
+    re-read).
     """
     changed = [uid for uid, outcome in outcomes.items() if outcome.changed]
     after: dict[str, list[Run]] = {}
-    if changed and partial and not keep_runs_after:
+    # A partial rebuild re-reads the runs near its windows; with every run read under the
+    # lock (``complete``), the runs it leaves are those plus the ones read further out.
+    near_only = partial and (not keep_runs_after or all(plans[u].complete for u in changed))
+    if changed and near_only:
         lo = min(plans[u].check_lo for u in changed) - ONE_DAY
         hi = max(plans[u].check_hi for u in changed) + ONE_DAY
         earliest_end = earliest_active_end(min(plans[u].today for u in changed))
-        after = fetch_runs(conn, changed, touching=(lo, hi), active_after=earliest_end)
+        if len(changed) == 1:
+            after = {changed[0]: read_runs(conn, changed[0], (lo, hi, earliest_end))}
+        else:
+            after = fetch_runs(conn, changed, touching=(lo, hi), active_after=earliest_end)
     elif len(changed) == 1:  # the single-user rebuild: a prepared statement, no IN list
         after = {changed[0]: read_runs(conn, changed[0])}
     elif changed:
@@ -535,9 +547,23 @@ def _validate(
         outcomes[uid].own_ms += (time.perf_counter() - t_user) * 1000
         if keep_runs_after:
             if uid in written:
-                outcomes[uid].runs_after = after.get(uid, [])
+                mine = after.get(uid, [])
+                outcomes[uid].runs_after = _with_unread(mine, plan) if near_only else mine
             elif plan.complete:  # nothing written: the runs read under the lock stand
                 outcomes[uid].runs_after = _by_start(plan.touched + plan.protected)
+
+
+def _with_unread(reread: list[Run], plan: _Plan) -> list[Run]:
+    """Return the runs re-read near the window and, as written, the runs read under the lock
+    that the re-read left out (outside the window: untouched but for a flag the rebuild set).
+    """
+    seen = {r.id for r in reread}
+    kept = [
+        replace(r, active=plan.flags_set.get(r.id, r.active))
+        for r in plan.protected
+        if r.id is not None and r.id not in seen
+    ]
+    return _by_start([*reread, *kept])
 
 
 def _check_user(

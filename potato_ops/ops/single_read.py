@@ -14,7 +14,7 @@ from sqlalchemy import Boolean, Connection, Date, Integer, TextClause, bindparam
 
 from potato_ops.db.reads import as_date
 from potato_ops.domain.models import Run, User
-from potato_ops.domain.runs import group_consecutive_dates
+from potato_ops.domain.runs import group_consecutive_ordinals
 from potato_ops.errors import UserNotFoundError
 from potato_ops.ops.scan import grouped_marks_sql
 
@@ -30,7 +30,8 @@ _HEAD = (
     "UNION ALL SELECT 2, NULL, "
 )
 # SQLite: the marks as one text (group_concat), grouped here; its window function over a
-# year of marks costs several times that. PostgreSQL groups them itself.
+# year of marks costs several times that, and so does its julianday(). PostgreSQL groups
+# them itself.
 _SQLITE_MARKS = "group_concat(date), NULL, NULL, NULL, NULL, NULL, NULL FROM day_marks WHERE value "
 _PG_SPANS = "start_date, end_date, day_count, NULL, NULL, NULL, NULL FROM "
 _STATEMENTS: dict[tuple[str, bool], TextClause] = {}  # (dialect, windowed): read_user's statement
@@ -50,17 +51,34 @@ def _statement(conn: Connection, windowed: bool) -> TextClause:
     return _STATEMENTS[key]
 
 
-_RUNS = text(
-    "SELECT id, start_date, end_date, day_count, active FROM runs WHERE user_id = :uid "
-    "ORDER BY start_date, id"
-).columns(id=Integer, day_count=Integer, active=Boolean)
+_RUNS_SQL = "SELECT id, start_date, end_date, day_count, active FROM runs WHERE user_id = :uid "
+_ORDER = " ORDER BY start_date, id"
+_RUNS = text(_RUNS_SQL + _ORDER).columns(id=Integer, day_count=Integer, active=Boolean)
+# The runs touching [lo, hi], and those flagged active or ending on or after ``recent``.
+_RUNS_NEAR = (
+    text(
+        _RUNS_SQL + "AND ((end_date >= :lo AND start_date <= :hi) OR active OR end_date >= :recent)" + _ORDER
+    )
+    .bindparams(bindparam("lo", type_=Date), bindparam("hi", type_=Date), bindparam("recent", type_=Date))
+    .columns(id=Integer, day_count=Integer, active=Boolean)
+)
 
 
-def read_runs(conn: Connection, user_id: str) -> list[Run]:
-    """Return one user's stored runs sorted by start, then id (``fetch_runs`` of one user)."""
+def read_runs(conn: Connection, user_id: str, near: tuple[date, date, date] | None = None) -> list[Run]:
+    """Return one user's stored runs sorted by start, then id (``fetch_runs`` of one user).
+
+    With ``near`` = (lo, hi, recent): only the runs touching [lo, hi], flagged active, or
+    ending on or after ``recent`` (``fetch_runs`` with ``touching`` and ``active_after``).
+    """
+    if near is None:
+        rows = conn.execute(_RUNS, {"uid": user_id}).all()
+    else:
+        rows = conn.execute(
+            _RUNS_NEAR, {"uid": user_id, "lo": near[0], "hi": near[1], "recent": near[2]}
+        ).all()
     return [
         Run(run_id, user_id, as_date(start), as_date(end), count, bool(active))
-        for run_id, start, end, count, active in conn.execute(_RUNS, {"uid": user_id}).all()
+        for run_id, start, end, count, active in rows
     ]
 
 
@@ -99,9 +117,10 @@ def read_user(
         elif end is not None:
             grouping.append((as_date(start), as_date(end), int(count)))
         elif start is not None:  # SQLite: the ISO dates joined by commas
+            days = [date.fromisoformat(d[:10]).toordinal() for d in start.split(",")]
             grouping = [
-                (lo, hi, (hi - lo).days + 1)
-                for lo, hi in group_consecutive_dates(date.fromisoformat(d[:10]) for d in start.split(","))
+                (date.fromordinal(lo), date.fromordinal(hi), hi - lo + 1)
+                for lo, hi in group_consecutive_ordinals(days)
             ]
     if user is None:
         raise UserNotFoundError(f"no user with id {user_id!r}")

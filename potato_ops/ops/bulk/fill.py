@@ -163,7 +163,8 @@ def _fill_here(
     marked: dict[str, str] = {}
     with timed(timings, "read"):
         for part in chunks(ids):
-            marked.update(conn.execute(marks_stmt, {"uids": list(part)}).tuples().all())
+            found = conn.execute(marks_stmt, {"uids": list(part)}).all()
+            marked.update((uid, joined) for uid, joined in found)
     outcomes: dict[str, UserOutcome] = {}
     expected: dict[str, list[tuple[str, str, int, int]]] = {}
     rows: list[tuple[str, str, str, int, int]] = []

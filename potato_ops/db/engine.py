@@ -43,10 +43,13 @@ _POOL: dict[str, Any] = {"pool_size": 12, "max_overflow": 8}
 def make_engine(url: str) -> Engine:
     """Return an engine for url with this package's per-dialect settings."""
     if url.startswith("sqlite"):
+        # A file's connections are pooled (a memory database keeps its one): opening one per
+        # transaction, and the checkpoint when the last one closes, cost more than a
+        # single-user rebuild. SQLite's write lock, not the pool, serializes writers.
         engine = create_engine(
             url,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
-            poolclass=None,
+            **({} if ":memory:" in url or url == "sqlite://" else _POOL),
         )
         _configure_sqlite(engine)
         return engine

@@ -20,6 +20,7 @@ from sqlalchemy import Boolean, Connection, Integer, Text, bindparam, text
 from potato_ops.db.engine import chunks, is_postgres
 from potato_ops.db.reads import as_date
 from potato_ops.domain.models import Run
+from potato_ops.domain.runs import group_consecutive_ordinals
 from potato_ops.ops.scan import grouped_marks_sql
 
 Span = tuple[date, date, int]  # start, end, day_count
@@ -85,14 +86,8 @@ def _compare_here(conn: Connection, user_ids: Sequence[str]) -> BatchComparison:
             stored[uid].append((_ordinal(start), _ordinal(end), count))
         marked: dict[str, str] = {uid: joined for uid, joined in conn.execute(marks_stmt, params).all()}
         for uid in part:
-            days = sorted(_ordinal(d) for d in marked[uid].split(",")) if uid in marked else []
-            groups: list[tuple[int, int, int]] = []
-            for d in days:
-                if groups and groups[-1][1] == d - 1:
-                    s, _e, n = groups[-1]
-                    groups[-1] = (s, d, n + 1)
-                else:
-                    groups.append((d, d, 1))
+            days = [_ordinal(d) for d in marked[uid].split(",")] if uid in marked else []
+            groups = [(s, e, e - s + 1) for s, e in group_consecutive_ordinals(days)]
             if groups != stored.get(uid, []):
                 found.differ[uid] = [(date.fromordinal(s), date.fromordinal(e), n) for s, e, n in groups]
             if groups:

@@ -10,6 +10,7 @@ from datetime import date, datetime
 from sqlalchemy import Connection, RowMapping, delete, func, insert, select
 from sqlalchemy.exc import DataError, IntegrityError
 
+from potato_ops.db.engine import run_prepared
 from potato_ops.db.reads import as_utc
 from potato_ops.db.schema import ops_backups, runs
 from potato_ops.domain.models import Backup, BackupMetadata, Run
@@ -41,8 +42,16 @@ def backup_checksum(user_id: str, backup_runs: Sequence[Run]) -> str:
 
     The canonical JSON is ``{"runs": [...], "user_id": ...}``, compact with sorted keys.
     """
-    body = '{"runs":' + _payload(backup_runs) + ',"user_id":' + json.dumps(user_id) + "}"
+    return _checksum(user_id, _payload(backup_runs))
+
+
+def _checksum(user_id: str, payload: str) -> str:
+    body = '{"runs":' + payload + ',"user_id":' + json.dumps(user_id) + "}"
     return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _ordered(user_runs: Sequence[Run]) -> list[Run]:
+    return sorted(user_runs, key=lambda r: (r.start_date, r.end_date, r.id or 0))
 
 
 def make_backup(
@@ -54,9 +63,9 @@ def make_backup(
     operation_id: str | None = None,
 ) -> Backup:
     """Return an unsaved backup (id None) of the runs given."""
-    ordered = sorted(user_runs, key=lambda r: (r.start_date, r.end_date, r.id or 0))
+    ordered = _ordered(user_runs)
     meta = BackupMetadata(len(ordered), backup_checksum(user_id, ordered), reason, operation_id)
-    return Backup(None, user_id, timestamp, list(ordered), meta)
+    return Backup(None, user_id, timestamp, ordered, meta)
 
 
 _INSERT_RETURNING_ID = insert(ops_backups).returning(ops_backups.c.id, sort_by_parameter_order=True)
@@ -64,7 +73,33 @@ _INSERT_RETURNING_ID = insert(ops_backups).returning(ops_backups.c.id, sort_by_p
 
 def save_backups(conn: Connection, backups: Sequence[Backup]) -> list[Backup]:
     """Persist backups in one statement; return them with their ids."""
-    if not backups:
+    return _insert(conn, [(b, _payload(b.runs)) for b in backups])
+
+
+def take_backups(
+    conn: Connection,
+    owned: Sequence[tuple[str, Sequence[Run]]],
+    timestamp: datetime,
+    *,
+    reason: str,
+    operation_id: str | None = None,
+) -> list[Backup]:
+    """Back up each (user id, runs) given, in one statement; return the saved backups.
+
+    ``make_backup`` and ``save_backups`` in one, the payload written once for both its
+    checksum and the row.
+    """
+    made: list[tuple[Backup, str]] = []
+    for user_id, user_runs in owned:
+        ordered = _ordered(user_runs)
+        payload = _payload(ordered)
+        meta = BackupMetadata(len(ordered), _checksum(user_id, payload), reason, operation_id)
+        made.append((Backup(None, user_id, timestamp, ordered, meta), payload))
+    return _insert(conn, made)
+
+
+def _insert(conn: Connection, made: Sequence[tuple[Backup, str]]) -> list[Backup]:
+    if not made:
         return []
     rows = [
         {
@@ -74,14 +109,17 @@ def save_backups(conn: Connection, backups: Sequence[Backup]) -> list[Backup]:
             "reason": b.metadata.reason,
             "run_count": b.metadata.total_runs,
             "checksum": b.metadata.checksum,
-            "payload": _payload(b.runs),
+            "payload": payload,
         }
-        for b in backups
+        for b, payload in made
     ]
-    ids = conn.execute(_INSERT_RETURNING_ID, rows)
+    if len(rows) == 1:  # a single-user rebuild's: the statement prepared once
+        ids = run_prepared(conn, _INSERT_RETURNING_ID, rows[0])
+    else:
+        ids = [tuple(row) for row in conn.execute(_INSERT_RETURNING_ID, rows)]
     return [
         Backup(new_id, b.user_id, b.timestamp, b.runs, b.metadata)
-        for (new_id,), b in zip(ids.all(), backups, strict=True)
+        for (new_id,), (b, _payload_text) in zip(ids, made, strict=True)
     ]
 
 

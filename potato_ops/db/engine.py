@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, Executable, create_engine, event, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.compiler import Compiled
 
 log = logging.getLogger("potato_ops")
 
@@ -112,6 +114,63 @@ def lock_users(conn: Connection, user_ids: Sequence[str]) -> None:
         ),
         {"ns": LOCK_NS_USER, "uids": list(user_ids)},
     )
+
+
+# (statement, dialect, parameter names) -> the SQL and, per positional slot, the parameter's
+# name and its type's conversion for the driver.
+_Slots = list[tuple[str, Callable[[Any], Any] | None]]
+_PREPARED: dict[tuple[int, str, tuple[str, ...]], tuple[Executable, str, _Slots]] = {}
+
+
+def _prepare(conn: Connection, stmt: Executable, keys: tuple[str, ...]) -> tuple[str, _Slots]:
+    key = (id(stmt), conn.dialect.name, keys)
+    found = _PREPARED.get(key)
+    if found is None or found[0] is not stmt:
+        dialect = conn.dialect
+        compiled: Compiled = stmt.compile(dialect=dialect, column_keys=list(keys))  # type: ignore[attr-defined]
+        binds = compiled.binds  # type: ignore[attr-defined]
+        slots: _Slots = [
+            (name, binds[name].type.dialect_impl(dialect).bind_processor(dialect))
+            for name in compiled.positiontup or ()  # type: ignore[attr-defined]
+        ]
+        found = (stmt, compiled.string, slots)
+        _PREPARED[key] = found
+    return found[1], found[2]
+
+
+def run_prepared(
+    conn: Connection, stmt: Executable, params: Mapping[str, Any] | Sequence[Mapping[str, Any]]
+) -> list[tuple[Any, ...]]:
+    """Execute a statement built once at import; return its rows (none for a plain write).
+
+    On SQLite the statement, compiled once, goes to the driver's cursor in the connection's
+    transaction, each parameter converted by its column type as SQLAlchemy would: its own
+    execution costs more there than the small statements of a single-user rebuild (rows
+    come back as the driver gives them: dates as ISO text, booleans as 0/1). A list of
+    parameter sets is an executemany, which returns no rows. Elsewhere ``conn.execute``.
+    Only for module-level statements: each is cached for the life of the process.
+    """
+    if conn.dialect.name != "sqlite" or not params:
+        result = conn.execute(stmt, params)
+        return [tuple(row) for row in result] if result.returns_rows else []
+    sets: Sequence[Mapping[str, Any]] = [params] if isinstance(params, Mapping) else params
+    sql, slots = _prepare(conn, stmt, tuple(sets[0]))
+    driver_error = conn.dialect.loaded_dbapi.Error
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        if not isinstance(params, Mapping):
+            cursor.executemany(sql, [_bound(slots, p) for p in sets])
+            return []
+        cursor.execute(sql, _bound(slots, params))
+        return cursor.fetchall() if cursor.description else []
+    except driver_error as exc:  # raised as SQLAlchemy would: IntegrityError and the rest
+        raise DBAPIError.instance(sql, params, exc, driver_error) from exc
+    finally:
+        cursor.close()
+
+
+def _bound(slots: _Slots, params: Mapping[str, Any]) -> list[Any]:
+    return [params[name] if convert is None else convert(params[name]) for name, convert in slots]
 
 
 def chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterator[Sequence[Any]]:

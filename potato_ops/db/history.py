@@ -8,6 +8,7 @@ from datetime import date, datetime
 
 from sqlalchemy import Connection, func, insert, select
 
+from potato_ops.db.engine import run_prepared
 from potato_ops.db.schema import ops_rebuild_history
 
 REBUILD = "rebuild"
@@ -42,7 +43,7 @@ def record_history(conn: Connection, entries: Sequence[HistoryEntry]) -> None:
     """Insert history rows in one statement."""
     if entries:
         # vars, not asdict: asdict deep-copies every value, a real cost for a bulk batch
-        conn.execute(_INSERT, [dict(vars(e)) for e in entries])
+        run_prepared(conn, _INSERT, [dict(vars(e)) for e in entries])
 
 
 def slow_users(conn: Connection, threshold_ms: float) -> list[str]:

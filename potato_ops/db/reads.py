@@ -20,9 +20,21 @@ def as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+# SQLite's ISO date texts seen, parsed: the same few thousand days recur in every read.
+_PARSED: dict[str, date] = {}
+_PARSED_MAX = 200_000
+
+
 def as_date(value: date | str) -> date:
     """Return a date column's value as a date: PostgreSQL gives dates, SQLite its ISO text."""
-    return value if isinstance(value, date) else date.fromisoformat(value[:10])
+    if isinstance(value, date):
+        return value
+    found = _PARSED.get(value)
+    if found is None:
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        found = _PARSED[value] = date.fromisoformat(value[:10])
+    return found
 
 
 def raw_dates(conn: Connection, *cols: ColumnElement[date]) -> list[ColumnElement[Any]]:

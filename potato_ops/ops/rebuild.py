@@ -20,8 +20,8 @@ from sqlalchemy import Connection, and_, bindparam, delete, insert, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from potato_ops.db import history
-from potato_ops.db.backups import make_backup, save_backups
-from potato_ops.db.engine import chunks, lock_users
+from potato_ops.db.backups import take_backups
+from potato_ops.db.engine import chunks, lock_users, run_prepared
 from potato_ops.db.reads import fetch_marked_dates, fetch_runs, fetch_user, fetch_user_and_flag
 from potato_ops.db.schema import RUNS_V2_FLAG, runs
 from potato_ops.db.timezone_log import change_timezone
@@ -422,17 +422,9 @@ def _take_backups(
         everything = fetch_runs(conn, wanted)
     else:
         everything = {uid: plans[uid].touched + plans[uid].protected for uid in wanted}
-    made = [
-        make_backup(
-            uid,
-            everything.get(uid, []),
-            now,
-            reason=options.backup_reason,
-            operation_id=options.operation_id,
-        )
-        for uid in wanted
-    ]
-    for saved in save_backups(conn, made):
+    owned = [(uid, everything.get(uid, [])) for uid in wanted]
+    reason, operation_id = options.backup_reason, options.operation_id
+    for saved in take_backups(conn, owned, now, reason=reason, operation_id=operation_id):
         outcomes[saved.user_id].backup = saved
 
 
@@ -457,7 +449,7 @@ def _write(
 ) -> None:
     """Apply the writes in an order the one-active index and no-overlap constraint accept."""
     if 0 < len(to_delete) <= _FEW_ROWS:
-        conn.execute(_DELETE_RUN, [{"uid": r.user_id, "rid": r.id} for r in to_delete])
+        run_prepared(conn, _DELETE_RUN, [{"uid": r.user_id, "rid": r.id} for r in to_delete])
     else:
         for part in chunks(to_delete):
             conn.execute(
@@ -468,7 +460,8 @@ def _write(
             )
     _set_active(conn, to_deactivate, False)
     if to_insert:
-        conn.execute(
+        run_prepared(
+            conn,
             _INSERT_RUNS,
             [
                 {
@@ -486,7 +479,7 @@ def _write(
 
 def _set_active(conn: Connection, targets: list[Run], value: bool) -> None:
     if 0 < len(targets) <= _FEW_ROWS:
-        conn.execute(_SET_RUN_ACTIVE, [{"uid": r.user_id, "rid": r.id, "flag": value} for r in targets])
+        run_prepared(conn, _SET_RUN_ACTIVE, [{"uid": r.user_id, "rid": r.id, "flag": value} for r in targets])
         return
     for part in chunks(targets):
         conn.execute(
@@ -559,7 +552,7 @@ def _with_unread(reread: list[Run], plan: _Plan) -> list[Run]:
     """
     seen = {r.id for r in reread}
     kept = [
-        replace(r, active=plan.flags_set.get(r.id, r.active))
+        r if r.id not in plan.flags_set else replace(r, active=plan.flags_set[r.id])
         for r in plan.protected
         if r.id is not None and r.id not in seen
     ]

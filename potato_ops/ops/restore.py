@@ -25,8 +25,7 @@ def backup_user_runs(db: Database, user_id: str) -> Backup:
         fetch_user(conn, user_id)
         lock_users(conn, [user_id])
         current = fetch_runs(conn, [user_id]).get(user_id, [])
-        made = backups.make_backup(user_id, current, db.now(), reason="manual")
-        return backups.save_backups(conn, [made])[0]
+        return backups.take_backups(conn, [(user_id, current)], db.now(), reason="manual")[0]
 
 
 def restore_user_runs(

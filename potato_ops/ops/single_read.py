@@ -12,6 +12,7 @@ from datetime import date
 
 from sqlalchemy import Boolean, Connection, Date, Integer, TextClause, bindparam, text
 
+from potato_ops.db.engine import run_prepared
 from potato_ops.db.reads import as_date
 from potato_ops.domain.models import Run, User
 from potato_ops.domain.runs import group_consecutive_ordinals
@@ -71,11 +72,10 @@ def read_runs(conn: Connection, user_id: str, near: tuple[date, date, date] | No
     ending on or after ``recent`` (``fetch_runs`` with ``touching`` and ``active_after``).
     """
     if near is None:
-        rows = conn.execute(_RUNS, {"uid": user_id}).all()
+        rows = run_prepared(conn, _RUNS, {"uid": user_id})
     else:
-        rows = conn.execute(
-            _RUNS_NEAR, {"uid": user_id, "lo": near[0], "hi": near[1], "recent": near[2]}
-        ).all()
+        lo, hi, recent = near
+        rows = run_prepared(conn, _RUNS_NEAR, {"uid": user_id, "lo": lo, "hi": hi, "recent": recent})
     return [
         Run(run_id, user_id, as_date(start), as_date(end), count, bool(active))
         for run_id, start, end, count, active in rows
@@ -108,7 +108,7 @@ def read_user(
     enabled = False
     found: list[Run] = []
     grouping: list[tuple[date, date, int]] = []
-    rows = conn.execute(_statement(conn, between is not None), params).all()
+    rows = run_prepared(conn, _statement(conn, between is not None), params)
     for kind, run_id, start, end, count, active, email, zone, flag_on in rows:
         if kind == _USER:
             user, enabled = User(user_id, email, zone), bool(flag_on)
@@ -117,7 +117,7 @@ def read_user(
         elif end is not None:
             grouping.append((as_date(start), as_date(end), int(count)))
         elif start is not None:  # SQLite: the ISO dates joined by commas
-            days = [date.fromisoformat(d[:10]).toordinal() for d in start.split(",")]
+            days = [as_date(d).toordinal() for d in start.split(",")]
             grouping = [
                 (date.fromordinal(lo), date.fromordinal(hi), hi - lo + 1)
                 for lo, hi in group_consecutive_ordinals(days)

@@ -30,7 +30,7 @@ from datetime import date, datetime
 
 from sqlalchemy import Connection, bindparam, text
 
-from potato_ops.db.backups import make_backup, save_backups
+from potato_ops.db.backups import take_backups
 from potato_ops.db.engine import chunks, is_postgres, lock_users
 from potato_ops.db.reads import fetch_runs
 from potato_ops.domain.dates import local_today
@@ -106,12 +106,10 @@ def fill_users(
         outcomes = _fill_here(conn, todays, timings)
     if options.backup != BACKUP_NEVER:
         with timed(timings, "backup"):
-            made = [
-                make_backup(uid, [], now, reason=options.backup_reason, operation_id=options.operation_id)
-                for uid, outcome in outcomes.items()
-                if outcome.changed
-            ]
-            for saved in save_backups(conn, made):
+            owned: list[tuple[str, list[Run]]] = [(uid, []) for uid, o in outcomes.items() if o.changed]
+            reason, operation_id = options.backup_reason, options.operation_id
+            taken = take_backups(conn, owned, now, reason=reason, operation_id=operation_id)
+            for saved in taken:
                 outcomes[saved.user_id].backup = saved
     return outcomes
 

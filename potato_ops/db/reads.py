@@ -37,6 +37,22 @@ def as_date(value: date | str) -> date:
     return found
 
 
+_ORDINALS: dict[str, int] = {}
+
+
+def iso_ordinals(texts: Sequence[str]) -> list[int]:
+    """Return the day ordinals of ISO date texts (SQLite's), each text parsed once per process."""
+    try:
+        return list(map(_ORDINALS.__getitem__, texts))
+    except KeyError:
+        if len(_ORDINALS) >= _PARSED_MAX:
+            _ORDINALS.clear()
+        for t in texts:
+            if t not in _ORDINALS:
+                _ORDINALS[t] = date.fromisoformat(t[:10]).toordinal()
+        return list(map(_ORDINALS.__getitem__, texts))
+
+
 def raw_dates(conn: Connection, *cols: ColumnElement[date]) -> list[ColumnElement[Any]]:
     """Return the date columns as the driver gives them (parse with ``as_date``).
 

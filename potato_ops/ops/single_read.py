@@ -13,7 +13,7 @@ from datetime import date
 from sqlalchemy import Boolean, Connection, Date, Integer, TextClause, bindparam, text
 
 from potato_ops.db.engine import run_prepared
-from potato_ops.db.reads import as_date
+from potato_ops.db.reads import as_date, iso_ordinals
 from potato_ops.domain.models import Run, User
 from potato_ops.domain.runs import group_consecutive_ordinals
 from potato_ops.errors import UserNotFoundError
@@ -117,7 +117,7 @@ def read_user(
         elif end is not None:
             grouping.append((as_date(start), as_date(end), int(count)))
         elif start is not None:  # SQLite: the ISO dates joined by commas
-            days = [as_date(d).toordinal() for d in start.split(",")]
+            days = iso_ordinals(start.split(","))
             grouping = [
                 (date.fromordinal(lo), date.fromordinal(hi), hi - lo + 1)
                 for lo, hi in group_consecutive_ordinals(days)

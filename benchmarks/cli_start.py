@@ -1,4 +1,5 @@
-"""Time how long ``potato-ops`` takes to answer ``--help`` and ``--version``, against bare Python.
+"""Time how long ``potato-ops`` takes to answer ``--help``, ``--version``, ``run --list`` and a
+run's parameter check, against bare Python.
 
 The yardstick is ``python -c pass`` with the same interpreter, run interleaved with the timed
 commands in the same process, so all see the same machine load and file caches. Each command is
@@ -72,6 +73,9 @@ def main() -> None:
         "python -c pass": [sys.executable, "-c", "pass"],
         "potato-ops --help": [sys.executable, "-c", ENTRY, "--help"],
         "potato-ops --version": [sys.executable, "-c", ENTRY, "--version"],
+        "potato-ops run --list": [sys.executable, "-c", ENTRY, "run", "--list"],
+        # A run whose parameter is refused: the check before a run, then exit 4.
+        "run: parameter check": [sys.executable, "-c", ENTRY, "run", "01", "-p", "dry_run", "maybe"],
     }
     timings: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(options.runs):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from importlib import metadata
 from typing import Any
 
 import typer
@@ -88,3 +89,60 @@ def test_boolean_flags_show_as_flags() -> None:
     help_text = CliRunner().invoke(app, ["rebuild", "--help"]).stdout
     dry_run = next(line for line in help_text.splitlines() if "--dry-run" in line)
     assert dry_run.split()[:2] == ["--dry-run", "Compute"]
+
+
+# A run whose parameters are refused, and --list, in one fresh interpreter: the libraries
+# loaded by then, and each exit code.
+REFUSED_SCRIPT = """
+import json, sys
+from typer.testing import CliRunner
+from potato_ops.cli import app
+
+refused = CliRunner().invoke(app, ["run", "01", "-p", "dry_run", "maybe", "--reports-dir", sys.argv[1]])
+listed = CliRunner().invoke(app, ["run", "--list"])
+heavy = sorted({m.split(".")[0] for m in sys.modules} & set(sys.argv[2:]))
+print(json.dumps({"refused": refused.exit_code, "listed": listed.exit_code, "heavy": heavy}))
+"""
+
+
+def test_a_refused_parameter_answers_before_the_notebook_machinery_loads(tmp_path: Any) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", REFUSED_SCRIPT, str(tmp_path / "reports"), *HEAVY],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    found = json.loads(done.stdout)
+
+    assert (found["refused"], found["listed"]) == (4, 0)
+    assert found["heavy"] == []
+    assert not (tmp_path / "reports").exists()  # nothing archived for a run that never started
+
+
+HIDDEN_SCRIPT = """
+import importlib.util, json, sys
+import potato_ops.notebook_runs.execute
+import potato_ops.notebook_runs.archive
+loaded = "rfc3987_syntax" in sys.modules
+installed = importlib.util.find_spec("rfc3987_syntax") is not None
+print(json.dumps({"loaded": loaded, "installed": installed, "jsonschema": "jsonschema" in sys.modules}))
+"""
+
+
+def test_the_runner_loads_jsonschema_without_the_iri_grammar() -> None:
+    # jsonschema imports rfc3987_syntax (a grammar compiled at import, over a second) when it
+    # is installed; the runner's imports leave it out, and leave it importable.
+    done = subprocess.run(
+        [sys.executable, "-c", HIDDEN_SCRIPT], capture_output=True, text=True, timeout=120, check=True
+    )
+    found = json.loads(done.stdout)
+
+    try:
+        metadata.distribution("rfc3987-syntax")
+        installed = True
+    except metadata.PackageNotFoundError:
+        installed = False
+    assert found["jsonschema"] is True
+    assert found["loaded"] is False
+    assert found["installed"] is installed  # still found: the hiding entry was removed again

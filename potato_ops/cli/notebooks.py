@@ -83,13 +83,19 @@ def run(
         return
     if notebook is None:
         raise fail("give a notebook to run, or --list to see them", ExitCode.USAGE)
-    from potato_ops.notebook_runs.execute import run_notebook
-    from potato_ops.notebook_runs.result import verdict_line
+    from potato_ops.notebook_runs.catalog import resolve_notebook
+    from potato_ops.notebook_runs.parameters import check_parameters
 
     parameters: dict[str, object] = {}
     for pair in parameter or []:
         name, _, value = pair.partition("=")
         parameters[name] = value
+    # A refused parameter answers at once, before papermill and the kernel machinery load
+    # (the run checks them again, from the same cached read of the notebook).
+    check_parameters(resolve_notebook(notebook), parameters)
+    from potato_ops.notebook_runs.execute import run_notebook
+    from potato_ops.notebook_runs.result import verdict_line
+
     with _live_log(enabled=not quiet):
         record = run_notebook(
             notebook,

@@ -30,12 +30,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import nbformat
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from nbconvert import HTMLExporter
 
 from potato_ops.config import reports_dir as default_reports_dir
 from potato_ops.errors import ReportError
+from potato_ops.notebook_runs.jupyter import HTMLExporter, nbformat
 from potato_ops.notebook_runs.signing import (
     HEAD_SIGNATURE_FILE,
     HeadSignature,

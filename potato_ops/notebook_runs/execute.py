@@ -28,13 +28,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
-import nbformat
-import papermill
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
-from nbclient.exceptions import CellTimeoutError
-from papermill.exceptions import PapermillExecutionError
-from papermill.execute import ERROR_MARKER_TAG
 from traitlets import default
 
 from potato_ops.config import reports_dir as default_reports_dir
@@ -43,6 +38,13 @@ from potato_ops.errors import NotebookError
 from potato_ops.exitcodes import ExitCode
 from potato_ops.notebook_runs import archive, records
 from potato_ops.notebook_runs.catalog import resolve_notebook
+from potato_ops.notebook_runs.jupyter import (
+    ERROR_MARKER_TAG,
+    CellTimeoutError,
+    PapermillExecutionError,
+    nbformat,
+    papermill,
+)
 from potato_ops.notebook_runs.parameters import (
     check_parameters,
 )

@@ -50,10 +50,6 @@ def _checksum(user_id: str, payload: str) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-def _ordered(user_runs: Sequence[Run]) -> list[Run]:
-    return sorted(user_runs, key=lambda r: (r.start_date, r.end_date, r.id or 0))
-
-
 def make_backup(
     user_id: str,
     user_runs: Sequence[Run],
@@ -63,9 +59,17 @@ def make_backup(
     operation_id: str | None = None,
 ) -> Backup:
     """Return an unsaved backup (id None) of the runs given."""
-    ordered = _ordered(user_runs)
-    meta = BackupMetadata(len(ordered), backup_checksum(user_id, ordered), reason, operation_id)
-    return Backup(None, user_id, timestamp, ordered, meta)
+    return _made(user_id, user_runs, timestamp, reason, operation_id)[0]
+
+
+def _made(
+    user_id: str, user_runs: Sequence[Run], timestamp: datetime, reason: str, operation_id: str | None
+) -> tuple[Backup, str]:
+    """Return an unsaved backup of the runs and its payload (written once: checksum and row)."""
+    ordered = sorted(user_runs, key=lambda r: (r.start_date, r.end_date, r.id or 0))
+    payload = _payload(ordered)
+    meta = BackupMetadata(len(ordered), _checksum(user_id, payload), reason, operation_id)
+    return Backup(None, user_id, timestamp, ordered, meta), payload
 
 
 _INSERT_RETURNING_ID = insert(ops_backups).returning(ops_backups.c.id, sort_by_parameter_order=True)
@@ -86,16 +90,9 @@ def take_backups(
 ) -> list[Backup]:
     """Back up each (user id, runs) given, in one statement; return the saved backups.
 
-    ``make_backup`` and ``save_backups`` in one, the payload written once for both its
-    checksum and the row.
+    ``make_backup`` and ``save_backups`` in one.
     """
-    made: list[tuple[Backup, str]] = []
-    for user_id, user_runs in owned:
-        ordered = _ordered(user_runs)
-        payload = _payload(ordered)
-        meta = BackupMetadata(len(ordered), _checksum(user_id, payload), reason, operation_id)
-        made.append((Backup(None, user_id, timestamp, ordered, meta), payload))
-    return _insert(conn, made)
+    return _insert(conn, [_made(uid, found, timestamp, reason, operation_id) for uid, found in owned])
 
 
 def _insert(conn: Connection, made: Sequence[tuple[Backup, str]]) -> list[Backup]:

@@ -30,27 +30,25 @@ def as_date(value: date | str) -> date:
     if isinstance(value, date):
         return value
     found = _PARSED.get(value)
-    if found is None:
+    return found if found is not None else iso_dates([value])[0]
+
+
+def iso_dates(texts: Sequence[str]) -> list[date]:
+    """Return the dates of ISO date texts (SQLite's), each text parsed once per process."""
+    try:
+        return list(map(_PARSED.__getitem__, texts))
+    except KeyError:
         if len(_PARSED) >= _PARSED_MAX:
             _PARSED.clear()
-        found = _PARSED[value] = date.fromisoformat(value[:10])
-    return found
-
-
-_ORDINALS: dict[str, int] = {}
+        for t in texts:
+            if t not in _PARSED:
+                _PARSED[t] = date.fromisoformat(t[:10])
+        return list(map(_PARSED.__getitem__, texts))
 
 
 def iso_ordinals(texts: Sequence[str]) -> list[int]:
-    """Return the day ordinals of ISO date texts (SQLite's), each text parsed once per process."""
-    try:
-        return list(map(_ORDINALS.__getitem__, texts))
-    except KeyError:
-        if len(_ORDINALS) >= _PARSED_MAX:
-            _ORDINALS.clear()
-        for t in texts:
-            if t not in _ORDINALS:
-                _ORDINALS[t] = date.fromisoformat(t[:10]).toordinal()
-        return list(map(_ORDINALS.__getitem__, texts))
+    """Return the day ordinals of ISO date texts (see ``iso_dates``)."""
+    return [d.toordinal() for d in iso_dates(texts)]
 
 
 def raw_dates(conn: Connection, *cols: ColumnElement[date]) -> list[ColumnElement[Any]]:
@@ -175,7 +173,7 @@ def fetch_marked_dates(
             query = query.where(day_marks.c.date.between(between[0], between[1]))
         for uid, agg in conn.execute(query).all():
             # SQLite's group_concat gives the stored ISO texts joined by commas.
-            mine = list(agg) if postgres else [date.fromisoformat(d[:10]) for d in agg.split(",")]
+            mine = list(agg) if postgres else iso_dates(agg.split(","))
             mine.sort()
             found[uid] = mine
     return defaultdict(list, found)

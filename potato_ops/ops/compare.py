@@ -18,7 +18,7 @@ from datetime import date
 from sqlalchemy import Boolean, Connection, Integer, Text, bindparam, text
 
 from potato_ops.db.engine import chunks, is_postgres
-from potato_ops.db.reads import as_date
+from potato_ops.db.reads import as_date, iso_ordinals
 from potato_ops.domain.models import Run
 from potato_ops.domain.runs import group_consecutive_ordinals
 from potato_ops.ops.scan import grouped_marks_sql
@@ -66,10 +66,6 @@ def compare_batch(conn: Connection, user_ids: Sequence[str]) -> BatchComparison:
     return _compare_here(conn, user_ids)
 
 
-def _ordinal(value: str) -> int:
-    return date.fromisoformat(value[:10]).toordinal()
-
-
 def _compare_here(conn: Connection, user_ids: Sequence[str]) -> BatchComparison:
     found = BatchComparison()
     marks_stmt = text(
@@ -83,10 +79,10 @@ def _compare_here(conn: Connection, user_ids: Sequence[str]) -> BatchComparison:
         params = {"uids": list(part)}
         stored: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
         for uid, start, end, count in conn.execute(runs_stmt, params).all():
-            stored[uid].append((_ordinal(start), _ordinal(end), count))
+            stored[uid].append((as_date(start).toordinal(), as_date(end).toordinal(), count))
         marked: dict[str, str] = {uid: joined for uid, joined in conn.execute(marks_stmt, params).all()}
         for uid in part:
-            days = [_ordinal(d) for d in marked[uid].split(",")] if uid in marked else []
+            days = iso_ordinals(marked[uid].split(",")) if uid in marked else []
             groups = [(s, e, e - s + 1) for s, e in group_consecutive_ordinals(days)]
             if groups != stored.get(uid, []):
                 found.differ[uid] = [(date.fromordinal(s), date.fromordinal(e), n) for s, e, n in groups]

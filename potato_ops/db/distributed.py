@@ -114,6 +114,9 @@ def distribute_schema(engine: Engine) -> list[str]:
             if column is not None:
                 done += _widen_keys(conn, table, column)
         with engine.begin() as conn:
+            # day_marks carries the change-capture trigger (``capture``): Citus copies it to
+            # every shard only when told the trigger is safe (it writes co-located rows only).
+            conn.execute(text("SELECT set_config('citus.enable_unsafe_triggers', 'on', true)"))
             if kind == "reference":
                 conn.execute(text("SELECT create_reference_table(:t)"), {"t": table})
             elif table == ANCHOR:

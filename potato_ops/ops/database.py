@@ -13,6 +13,7 @@ from sqlalchemy import Connection, Engine, insert, inspect, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from potato_ops.config import mask_url, resolve_database_url
+from potato_ops.db.capture import install_capture
 from potato_ops.db.engine import make_engine, read_connection, server_version, write_transaction
 from potato_ops.db.reads import fetch_feature_flag
 from potato_ops.db.schema import RUNS_V2_FLAG, check_schema, create_schema, feature_flags, metadata
@@ -69,6 +70,7 @@ class Database:
         """Create missing tables (idempotent); app tables with data are left untouched."""
         try:
             create_schema(self.engine)
+            install_capture(self.engine)
             self._schema_ok = True
         except SQLAlchemyError as exc:
             raise SchemaError(f"cannot create the schema on {self.url}: {getattr(exc, 'orig', exc)}") from exc

@@ -29,6 +29,8 @@ from potato_ops.domain.dates import ONE_DAY, local_today, parse_date_range, vali
 from potato_ops.domain.invariants import check_active_flags, check_invariants
 from potato_ops.domain.models import Backup, RebuildResult, Run, User, ValidationResult, Violation
 from potato_ops.domain.runs import diff_runs, earliest_active_end, expected_runs, should_be_active
+from potato_ops.errors import MarksChangedError
+from potato_ops.ops import freshness
 from potato_ops.ops.compare import Span, compare_batch, runs_and_grouping
 from potato_ops.ops.database import Database, Rollback
 from potato_ops.ops.single_read import UserRead, read_runs, read_user
@@ -636,8 +638,41 @@ def rebuild_user_runs(
     Backup, rebuild and validation commit together; on any violation nothing is
     committed and ``success`` is False. A dry run computes the same and rolls back.
     With ``timezone``, the user's zone changes (logged) in the same transaction first, so a
-    dry run shows the active flags the move would give and rolls both back.
+    dry run shows the active flags the move would give and rolls both back. A rebuild whose
+    user's marks changed between its read and its commit redoes itself (``freshness``);
+    MarksChangedError when they changed under every try.
     """
+    for attempt in range(freshness.MAX_TRIES):
+        try:
+            return _rebuild_user_runs_once(
+                db,
+                user_id,
+                from_date,
+                to_date,
+                backup=backup,
+                dry_run=dry_run,
+                timezone=timezone,
+                hold_first=attempt == freshness.MAX_TRIES - 1,
+            )
+        except freshness.MarksChanged:
+            log.info("rebuild of %s: the app changed its marks meanwhile; redoing it", user_id)
+    raise MarksChangedError(
+        f"the marks of user {user_id} changed during each of {freshness.MAX_TRIES} tries of its "
+        "rebuild; nothing was committed (try again)"
+    )
+
+
+def _rebuild_user_runs_once(
+    db: Database,
+    user_id: str,
+    from_date: date | str | None,
+    to_date: date | str | None,
+    *,
+    backup: bool,
+    dry_run: bool,
+    timezone: str | None,
+    hold_first: bool,
+) -> RebuildResult:
     if timezone is not None:
         validate_timezone(timezone)
     lo, hi = parse_date_range(from_date, to_date)
@@ -665,12 +700,15 @@ def rebuild_user_runs(
                 # The lock first, in a statement of its own, so that the one read after it
                 # (the user, the flag, the runs and the marks) sees every earlier commit.
                 lock_users(conn, [user_id])
+                seen = freshness.read_position(conn, user_id, hold=hold_first)
                 if timezone is not None:
                     change_timezone(conn, user_id, timezone, started)
                 read = read_user(conn, user_id, RUNS_V2_FLAG, _marks_window(options))
                 user, flag = read.user, read.flag
                 outcome = _rebuild_read_user(conn, read, options, started)
             else:  # a window without a backup: only the runs near it are read
+                lock_users(conn, [user_id])
+                seen = freshness.read_position(conn, user_id, hold=hold_first)
                 if timezone is not None:
                     change_timezone(conn, user_id, timezone, started)
                 user, flag = fetch_user_and_flag(conn, user_id, RUNS_V2_FLAG)
@@ -680,6 +718,7 @@ def rebuild_user_runs(
                     runs_after = outcome.runs_after
                 else:  # a window-only read of an unchanged user
                     runs_after = fetch_runs(conn, [user.id]).get(user.id, [])
+            freshness.ensure_unchanged(conn, user.id, seen, hold=not dry_run)
             if dry_run or not outcome.success:
                 raise Rollback
             duration = (time.perf_counter() - t0) * 1000

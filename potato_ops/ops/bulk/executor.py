@@ -29,7 +29,7 @@ from potato_ops.db import history
 from potato_ops.db.engine import read_connection, write_transaction
 from potato_ops.db.reads import fetch_users
 from potato_ops.errors import UserNotFoundError
-from potato_ops.ops.bulk import claims, ledger, ownership, rows
+from potato_ops.ops.bulk import catchup, claims, ledger, ownership, rows
 from potato_ops.ops.bulk.config import BulkConfig
 from potato_ops.ops.bulk.fill import rebuild_bulk_batch
 from potato_ops.ops.bulk.results import BulkResult, Progress, ProgressCallback, result_from_ledger
@@ -108,6 +108,7 @@ class BulkRun:
         self._base = rows.ItemCounts()
         self._ok = self._failed = 0  # users this run processed since _base was read
         self._start_processed: int | None = None
+        self.caught_up = 0  # users this run's catch-up rebuilt again
 
     # ------------------------------------------------------------ coordinator
 
@@ -123,6 +124,8 @@ class BulkRun:
             reason = self._drive(base, t0)
             with read_connection(self.engine) as conn:
                 left = ledger.item_counts(conn, self.operation_id).pending
+            if reason is None and left == 0 and not self.config.dry_run:
+                reason = self._catch_up(t0)
             if reason == FENCED:
                 status, error = FENCED, None
             elif reason is not None and reason != "cancelled":
@@ -144,6 +147,20 @@ class BulkRun:
         with read_connection(self.engine) as conn:
             op = ledger.fetch_operation(conn, self.operation_id)
             return result_from_ledger(conn, op, elapsed, dict(self.timings))
+
+    def _catch_up(self, t0: float) -> str | None:
+        """Rebuild again the users whose marks changed after their batch (``catchup``)."""
+        target = catchup.Target(
+            self.db, self.operation_id, self.options, self.history_kind, self.config.batch_size, self.epoch
+        )
+
+        def on_batch(caught_up: int) -> None:
+            self.caught_up = caught_up
+            self._report(t0)
+
+        report = catchup.catch_up(target, on_batch)
+        self._add_timings({"catchup": report.ms})
+        return FENCED if report.fenced else None
 
     def _record_end(self, status: str, error: str | None) -> None:
         """Write the final status: the owner always, a joined worker only a completion or cancel."""
@@ -312,6 +329,7 @@ class BulkRun:
                 eta_seconds=eta,
                 kind=KIND,
                 dry_run=self.config.dry_run,
+                caught_up_users=self.caught_up,
             )
         )
 
@@ -366,6 +384,7 @@ class BulkRun:
             with write_transaction(self.engine) as conn:
                 users = fetch_users(conn, user_ids)
                 found = [u.id for u in users]
+                seen = catchup.note_positions(conn, found, dry_run=self.config.dry_run)
                 outcomes = rebuild_bulk_batch(conn, users, self.options, started, timings)
                 good = all(o.success for o in outcomes.values())
                 if self.config.dry_run or not good:
@@ -375,6 +394,7 @@ class BulkRun:
                 now = self.db.now()
                 history.record_history(conn, self._history(results, outcomes, started, now))
                 ledger.record_items(conn, self.operation_id, results, now)
+                catchup.record_positions(conn, self.operation_id, seen, dry_run=self.config.dry_run)
                 claims.fence(conn, self.operation_id, claim, self.runner, self.epoch)
                 if not alone:
                     claims.close_batch(conn, self.operation_id, claim, now)

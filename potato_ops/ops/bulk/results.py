@@ -11,6 +11,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection
 
+from potato_ops.db import capture
 from potato_ops.db.engine import read_connection
 from potato_ops.ops.bulk import ledger, rows
 from potato_ops.ops.database import Database
@@ -65,6 +66,10 @@ class BulkResult:
     pending_users: int = 0
     error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    # Users rebuilt again because their marks changed after their batch (catch-up), and
+    # users whose change came after the final catch-up pass (the ledger lists them).
+    caught_up_users: int = 0
+    late_users: int = 0
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,7 @@ class Progress:
     error: str | None = None
     users_changed: int = 0
     cancel_requested: bool = False
+    caught_up_users: int = 0  # rebuilt again: their marks changed after their batch
 
 
 def _eta(
@@ -111,6 +117,7 @@ def _eta(
 def progress_of(db: Database, op: rows.OperationRow) -> Progress:
     with read_connection(db.engine) as conn:
         counts = ledger.item_counts(conn, op.id)
+        catch = capture.catch_up_counts(conn, op.id)
         eta = None
         if op.status == rows.RUNNING:
             eta = _eta(counts, ledger.recent_finishes(conn, op.id), op.started_at)
@@ -133,6 +140,7 @@ def progress_of(db: Database, op: rows.OperationRow) -> Progress:
         error=op.error,
         users_changed=counts.changed,
         cancel_requested=op.cancel_requested,
+        caught_up_users=catch.caught_up_users,
     )
 
 
@@ -149,6 +157,7 @@ def result_from_ledger(
     conn: Connection, op: rows.OperationRow, duration_ms: float, timings: dict[str, float]
 ) -> BulkResult:
     counts = ledger.item_counts(conn, op.id)
+    catch = capture.catch_up_counts(conn, op.id)
     errors = [
         UserError(i.user_id, i.error_class or "Error", i.error_message or "")
         for i in ledger.failed_items(conn, op.id)[:MAX_LISTED]
@@ -174,4 +183,6 @@ def result_from_ledger(
         pending_users=counts.pending,
         error=op.error,
         timings=timings,
+        caught_up_users=catch.caught_up_users,
+        late_users=catch.late_users,
     )

@@ -76,6 +76,11 @@ def _print_result(result: BulkResult) -> None:
         f"operation {result.operation_id}: {result.status}; completed {result.completed_users}, "
         f"failed {result.failed_users}, pending {result.pending_users} of {result.total_users}"
     )
+    if not result.dry_run:
+        typer.echo(
+            f"caught up {result.caught_up_users} users whose marks the app changed after their batch; "
+            f"{result.late_users} changed after the final pass (recorded in the ledger, the app's own)"
+        )
     typer.echo(
         f"duration {result.total_duration_ms / 1000:.1f} s ({per_hour:,.0f} users/hour), "
         f"average {result.average_duration_ms:.2f} ms per user"
@@ -100,7 +105,8 @@ def _progress_line(p: Progress) -> str:
     created = p.created_at.isoformat(timespec="seconds") if p.created_at else "-"
     return (
         f"{p.operation_id}  {p.status:<11} {mode:<8}  {p.processed_users}/{p.total_users} processed, "
-        f"{p.completed_users} completed, {p.failed_users} failed, {p.users_changed} changed{eta}"
+        f"{p.completed_users} completed, {p.failed_users} failed, {p.users_changed} changed, "
+        f"{p.caught_up_users} caught up{eta}"
         f"{cancel}  created {created}"
     )
 

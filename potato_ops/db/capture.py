@@ -26,7 +26,6 @@ from datetime import datetime
 
 from sqlalchemy import BigInteger, Connection, DateTime, Engine, Text, bindparam, text
 
-from potato_ops.db.distributed import citus_version
 from potato_ops.db.engine import chunks, is_postgres
 from potato_ops.db.reads import as_utc
 
@@ -93,7 +92,7 @@ def _install_postgres(conn: Connection) -> None:
         {"name": TRIGGER},
     ).first()
     if present is None:
-        if citus_version(conn) is not None:
+        if conn.execute(text("SELECT 1 FROM pg_extension WHERE extname = 'citus'")).first() is not None:
             # Citus creates the trigger on every shard; it runs there and writes only the
             # co-located shard of ops_mark_changes (same user id), which is what it allows.
             conn.execute(text("SELECT set_config('citus.enable_unsafe_triggers', 'on', true)"))
@@ -112,6 +111,14 @@ def _install_sqlite(conn: Connection) -> None:
             upsert_new=_SQLITE_UPSERT.format(row="NEW"), upsert_old=_SQLITE_UPSERT.format(row="OLD")
         )
         conn.execute(text(f"CREATE TRIGGER IF NOT EXISTS {name} {sql}"))
+
+
+def drop_capture(conn: Connection) -> bool:
+    """Drop the PostgreSQL capture trigger if present; return True if it was there."""
+    if not capture_installed(conn):
+        return False
+    conn.execute(text(f"DROP TRIGGER {TRIGGER} ON day_marks"))
+    return True
 
 
 def capture_installed(conn: Connection) -> bool:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, Engine, inspect, text
 
+from potato_ops.db.capture import drop_capture, install_capture
 from potato_ops.db.schema import metadata
 from potato_ops.errors import SchemaError
 
@@ -104,6 +105,7 @@ def distribute_schema(engine: Engine) -> list[str]:
             )
         placed = placement(conn)
     done: list[str] = []
+    recapture = False
     plan: list[tuple[str, str, str | None]] = [(ANCHOR, "distributed", "id")]
     plan += [(name, "distributed", "user_id") for name in _per_user_tables()]
     plan += [(name, "reference", None) for name in REFERENCE]
@@ -114,9 +116,10 @@ def distribute_schema(engine: Engine) -> list[str]:
             if column is not None:
                 done += _widen_keys(conn, table, column)
         with engine.begin() as conn:
-            # day_marks carries the change-capture trigger (``capture``): Citus copies it to
-            # every shard only when told the trigger is safe (it writes co-located rows only).
-            conn.execute(text("SELECT set_config('citus.enable_unsafe_triggers', 'on', true)"))
+            # The change-capture trigger (``capture``) would fire for every row Citus moves
+            # into the shards, before its table is distributed: it is put back afterwards.
+            if table == "day_marks":
+                recapture = drop_capture(conn)
             if kind == "reference":
                 conn.execute(text("SELECT create_reference_table(:t)"), {"t": table})
             elif table == ANCHOR:
@@ -130,6 +133,8 @@ def distribute_schema(engine: Engine) -> list[str]:
             # Citus copied the rows into the shards; the coordinator's own copy is now dead weight.
             conn.execute(text("SELECT truncate_local_data_after_distributing_table(:t)"), {"t": table})
         done.append(f"{table}: {kind}" + (f" by {column}" if column else ""))
+    if recapture:
+        install_capture(engine)
     return done
 
 

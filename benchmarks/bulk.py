@@ -66,7 +66,7 @@ from potato_ops.demo.synth import CORRUPTIONS_POSTGRES, CORRUPTIONS_SQLITE, inje
 from potato_ops.domain.dates import local_today
 from potato_ops.domain.models import ViolationKind
 from potato_ops.ops.bulk.api import bulk_rebuild_users
-from potato_ops.ops.scan import grouped_marks_sql
+from potato_ops.db.grouping import grouped_marks_sql
 
 NOW = datetime(2024, 3, 10, 15, 0, tzinfo=UTC)
 DEFAULT_PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

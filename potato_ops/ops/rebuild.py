@@ -15,23 +15,35 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, and_, bindparam, delete, insert, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from potato_ops.db import history
+from potato_ops.db.active_flags import set_active
 from potato_ops.db.backups import take_backups
-from potato_ops.db.engine import chunks, lock_users, run_prepared
-from potato_ops.db.reads import fetch_marked_dates, fetch_runs, fetch_user, fetch_user_and_flag
-from potato_ops.db.schema import RUNS_V2_FLAG, runs
+from potato_ops.db.engine import lock_users
+from potato_ops.db.grouping import Span, compare_batch, runs_and_grouping
+from potato_ops.db.reads import (
+    UserRead,
+    fetch_marked_dates,
+    fetch_runs,
+    fetch_user,
+    fetch_user_and_flag,
+    read_runs,
+    read_user,
+)
+from potato_ops.db.run_writes import delete_runs, insert_runs
+from potato_ops.db.schema import RUNS_V2_FLAG
 from potato_ops.db.timezone_log import change_timezone
 from potato_ops.domain.dates import ONE_DAY, local_today, parse_date_range, validate_timezone
 from potato_ops.domain.invariants import check_active_flags, check_invariants
 from potato_ops.domain.models import Backup, RebuildResult, Run, User, ValidationResult, Violation
 from potato_ops.domain.runs import diff_runs, earliest_active_end, expected_runs, should_be_active
-from potato_ops.ops.compare import Span, compare_batch, runs_and_grouping
 from potato_ops.ops.database import Database, Rollback
-from potato_ops.ops.single_read import UserRead, read_runs, read_user
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 log = logging.getLogger("potato_ops")
 
@@ -428,18 +440,6 @@ def _take_backups(
         outcomes[saved.user_id].backup = saved
 
 
-# A few rows (a single-user rebuild's usual writes) go by these statements, built once, one
-# parameter set per run: an IN list is compiled anew for each call, which costs more.
-_FEW_ROWS = 8
-_DELETE_RUN = delete(runs).where(runs.c.user_id == bindparam("uid"), runs.c.id == bindparam("rid"))
-_SET_RUN_ACTIVE = (
-    update(runs)
-    .where(runs.c.user_id == bindparam("uid"), runs.c.id == bindparam("rid"))
-    .values(active=bindparam("flag"))
-)
-_INSERT_RUNS = insert(runs)
-
-
 def _write(
     conn: Connection,
     to_delete: list[Run],
@@ -448,50 +448,10 @@ def _write(
     to_activate: list[Run],
 ) -> None:
     """Apply the writes in an order the one-active index and no-overlap constraint accept."""
-    if 0 < len(to_delete) <= _FEW_ROWS:
-        run_prepared(conn, _DELETE_RUN, [{"uid": r.user_id, "rid": r.id} for r in to_delete])
-    else:
-        for part in chunks(to_delete):
-            conn.execute(
-                delete(runs).where(
-                    runs.c.user_id.in_({r.user_id for r in part}),
-                    runs.c.id.in_([r.id for r in part]),
-                )
-            )
-    _set_active(conn, to_deactivate, False)
-    if to_insert:
-        run_prepared(
-            conn,
-            _INSERT_RUNS,
-            [
-                {
-                    "user_id": r.user_id,
-                    "start_date": r.start_date,
-                    "end_date": r.end_date,
-                    "day_count": r.day_count,
-                    "active": r.active,
-                }
-                for r in to_insert
-            ],
-        )
-    _set_active(conn, to_activate, True)
-
-
-def _set_active(conn: Connection, targets: list[Run], value: bool) -> None:
-    if 0 < len(targets) <= _FEW_ROWS:
-        run_prepared(conn, _SET_RUN_ACTIVE, [{"uid": r.user_id, "rid": r.id, "flag": value} for r in targets])
-        return
-    for part in chunks(targets):
-        conn.execute(
-            update(runs)
-            .where(
-                and_(
-                    runs.c.user_id.in_({r.user_id for r in part}),
-                    runs.c.id.in_([r.id for r in part]),
-                )
-            )
-            .values(active=value)
-        )
+    delete_runs(conn, [(r.user_id, r.id) for r in to_delete])
+    set_active(conn, [(r.user_id, r.id) for r in to_deactivate], False)
+    insert_runs(conn, to_insert)
+    set_active(conn, [(r.user_id, r.id) for r in to_activate], True)
 
 
 def _validate(

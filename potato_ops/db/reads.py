@@ -339,7 +339,10 @@ def user_timezones(conn: Connection, user_ids: Sequence[str]) -> dict[str, str]:
     """Return the timezone of each of the users that exists, by id."""
     found: dict[str, str] = {}
     for part in chunks(list(user_ids)):
-        found.update(conn.execute(select(users.c.id, users.c.timezone).where(users.c.id.in_(part))).tuples())
+        found.update(
+            (uid, zone)
+            for uid, zone in conn.execute(select(users.c.id, users.c.timezone).where(users.c.id.in_(part)))
+        )
     return found
 
 

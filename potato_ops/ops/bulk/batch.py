@@ -26,7 +26,7 @@ from potato_ops.errors import UserNotFoundError
 from potato_ops.ops.bulk.config import BulkConfig
 from potato_ops.ops.bulk.fill import rebuild_bulk_batch
 from potato_ops.ops.database import Database, Rollback
-from potato_ops.ops.rebuild import BatchOptions, UserOutcome, history_entry
+from potato_ops.ops.batch_rebuild import BatchOptions, UserOutcome, history_entry
 
 log = logging.getLogger("potato_ops")
 

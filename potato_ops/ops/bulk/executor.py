@@ -28,7 +28,7 @@ from potato_ops.ops.bulk.batch import MESSAGE_CHARS, BatchDone, BatchWorker
 from potato_ops.ops.bulk.config import BulkConfig
 from potato_ops.ops.bulk.results import BulkResult, Progress, ProgressCallback, result_from_ledger
 from potato_ops.ops.database import Database
-from potato_ops.ops.rebuild import (
+from potato_ops.ops.batch_rebuild import (
     BACKUP_CHANGED,
     BACKUP_NEVER,
     BatchOptions,

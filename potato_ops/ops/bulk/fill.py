@@ -37,7 +37,7 @@ from potato_ops.domain.dates import local_today
 from potato_ops.domain.invariants import check_active_flags
 from potato_ops.domain.models import Run, User
 from potato_ops.domain.runs import earliest_active_end, group_consecutive_dates, should_be_active
-from potato_ops.ops.rebuild import (
+from potato_ops.ops.batch_rebuild import (
     BACKUP_ALWAYS,
     BACKUP_NEVER,
     BatchOptions,

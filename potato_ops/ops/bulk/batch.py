@@ -23,10 +23,10 @@ from potato_ops.db.reads import fetch_users
 from potato_ops.domain import operations
 from potato_ops.domain.operations import Owner
 from potato_ops.errors import UserNotFoundError
+from potato_ops.ops.batch_rebuild import BatchOptions, UserOutcome, history_entry
 from potato_ops.ops.bulk.config import BulkConfig
 from potato_ops.ops.bulk.fill import rebuild_bulk_batch
 from potato_ops.ops.database import Database, Rollback
-from potato_ops.ops.batch_rebuild import BatchOptions, UserOutcome, history_entry
 
 log = logging.getLogger("potato_ops")
 

@@ -24,15 +24,15 @@ from potato_ops.db import claims, ledger
 from potato_ops.db.engine import read_connection, write_transaction
 from potato_ops.domain import operations
 from potato_ops.domain.operations import Owner
-from potato_ops.ops.bulk.batch import MESSAGE_CHARS, BatchDone, BatchWorker
-from potato_ops.ops.bulk.config import BulkConfig
-from potato_ops.ops.bulk.results import BulkResult, Progress, ProgressCallback, result_from_ledger
-from potato_ops.ops.database import Database
 from potato_ops.ops.batch_rebuild import (
     BACKUP_CHANGED,
     BACKUP_NEVER,
     BatchOptions,
 )
+from potato_ops.ops.bulk.batch import MESSAGE_CHARS, BatchDone, BatchWorker
+from potato_ops.ops.bulk.config import BulkConfig
+from potato_ops.ops.bulk.results import BulkResult, Progress, ProgressCallback, result_from_ledger
+from potato_ops.ops.database import Database
 
 log = logging.getLogger("potato_ops")
 

@@ -4,9 +4,10 @@ A run, step by step:
 
 1. The config is checked and, for a real run, the feature flag: bad input raises before
    anything is written.
-2. The operation and one item per user go into the ledger (``potato_ops.ops.bulk.ledger``), owned by
-   this process's owner (on PostgreSQL it also holds the operation's session lock).
-3. The pending items are cut into batches (``potato_ops.ops.bulk.claims``) and ``max_workers``
+2. The operation and one item per user go into the ledger (``potato_ops.db.ledger``), owned by
+   this process (its ``Owner``: host, pid, token; on PostgreSQL it also holds the operation's
+   session lock).
+3. The pending items are cut into batches (``potato_ops.db.claims``) and ``max_workers``
    threads claim them one at a time, each claim a lease; workers on other hosts may join the
    same operation (``join_bulk_operation``, ``potato-ops bulk-worker OPID``; PostgreSQL only)
    and claim from the same batches (``FOR UPDATE SKIP LOCKED``), so no user is rebuilt twice.

@@ -319,7 +319,7 @@ def _nothing_to_resume(op: operations.OperationRow, counts: operations.ItemCount
 
 def _running_message(op: operations.OperationRow) -> str:
     where = f" (pid {op.runner_pid} on {op.runner_host})" if op.runner_pid else ""
-    return f"operation {op.id} is still being run by a live owner{where}: refusing to take it over"
+    return f"operation {op.id} is still being run by a live runner{where}: refusing to take it over"
 
 
 def _settle(db: Database, op: operations.OperationRow) -> operations.OperationRow:

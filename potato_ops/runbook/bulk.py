@@ -6,11 +6,10 @@ from dataclasses import dataclass, replace
 
 import polars as pl
 
+from potato_ops import BulkConfig, BulkResult, Progress
 from potato_ops.charts.monitoring import duration_histogram, slowest_users_chart
 from potato_ops.errors import FeatureFlagError
 from potato_ops.monitoring.metrics import HISTORY_SCHEMA, history_frame, slowest_users_frame
-from potato_ops.ops.bulk.config import BulkConfig
-from potato_ops.ops.bulk.results import BulkResult, Progress
 from potato_ops.runbook.display import Chart, Shown, Verdict, user_emails
 from potato_ops.runbook.params import BulkParams
 from potato_ops.runbook.progress import ProgressBar

@@ -315,8 +315,9 @@ def test_the_isolation_check_reports_a_run_changed_outside_the_range(db: SeededD
     from dataclasses import replace
 
     from potato_ops.runbook.params import Common, UserRef
+    from potato_ops.runbook.partial_rebuild import verify_range_isolation
     from potato_ops.runbook.session import open_session
-    from potato_ops.runbook.user import execute_rebuild, identify_user, verify_range_isolation
+    from potato_ops.runbook.single_user_recovery import execute_rebuild, identify_user
 
     uid, spans = _spread_runs_user(db)
     lo, hi = spans[2][0], spans[2][1]

@@ -13,6 +13,7 @@ from potato_ops.charts.calendar import run_calendar
 from potato_ops.charts.runs import bucket_lengths, timezone_chart
 from potato_ops.domain.models import Run
 from potato_ops.errors import SchemaError
+from potato_ops.runbook.error_recovery import detect, dry_run_repairs, recovery_verdict, repair, verify
 from potato_ops.runbook.params import (
     Common,
     RunbookParameterError,
@@ -22,9 +23,9 @@ from potato_ops.runbook.params import (
     check_single_user_recovery,
     check_timezone_migration,
 )
-from potato_ops.runbook.recovery import detect, dry_run_repairs, recovery_verdict, repair, verify
+from potato_ops.runbook.partial_rebuild import verify_range_isolation
 from potato_ops.runbook.session import Session, open_session, safety_checklist
-from potato_ops.runbook.user import execute_rebuild, identify_user, verify_range_isolation
+from potato_ops.runbook.single_user_recovery import execute_rebuild, identify_user
 from tests.conftest import add_runs, add_user
 
 SECRET = "hunter2-secret"

@@ -12,7 +12,7 @@ from potato_ops.errors import BackupError
 from potato_ops.runbook.display import Chart, Shown, Status, Verdict
 from potato_ops.runbook.params import RestoreParams
 from potato_ops.runbook.session import Session
-from potato_ops.runbook.user import UserSnapshot, user_calendar
+from potato_ops.runbook.single_user_recovery import UserSnapshot, user_calendar
 
 BACKUP_SCHEMA: dict[str, Any] = {
     "backup_id": pl.Int64,

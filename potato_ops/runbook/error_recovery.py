@@ -25,9 +25,9 @@ from potato_ops.charts.monitoring import slowest_users_chart
 from potato_ops.charts.runs import violations_before_after
 from potato_ops.domain.models import ViolationKind
 from potato_ops.monitoring.metrics import history_frame, slowest_users_frame
+from potato_ops.runbook.database_views import InvariantCheck, scan_invariants, timezones_chart
 from potato_ops.runbook.display import Chart, Shown, Verdict, user_emails
 from potato_ops.runbook.params import RecoveryParams
-from potato_ops.runbook.scan import InvariantCheck, scan_invariants, timezones_chart
 from potato_ops.runbook.session import Session
 
 INVARIANTS, PERFORMANCE, CORRUPTION = "invariant_violations", "performance_degradation", "data_corruption"

@@ -18,7 +18,7 @@ from potato_ops.errors import BackupError, SchemaError
 from potato_ops.runbook.display import Chart, Shown, Verdict
 from potato_ops.runbook.params import TroubleshootParams
 from potato_ops.runbook.session import Session
-from potato_ops.runbook.user import RebuildStep, UserSnapshot, execute_rebuild, user_calendar
+from potato_ops.runbook.single_user_recovery import RebuildStep, UserSnapshot, execute_rebuild, user_calendar
 
 
 @dataclass(frozen=True, repr=False)

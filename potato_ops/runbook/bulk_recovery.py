@@ -10,10 +10,10 @@ from potato_ops import BulkConfig, BulkResult, Progress
 from potato_ops.charts.monitoring import duration_histogram, slowest_users_chart
 from potato_ops.errors import FeatureFlagError
 from potato_ops.monitoring.metrics import HISTORY_SCHEMA, history_frame, slowest_users_frame
+from potato_ops.runbook.database_views import InvariantCheck, scan_invariants
 from potato_ops.runbook.display import Chart, Shown, Verdict, user_emails
 from potato_ops.runbook.params import BulkParams
 from potato_ops.runbook.progress import ProgressBar
-from potato_ops.runbook.scan import InvariantCheck, scan_invariants
 from potato_ops.runbook.session import Session
 
 USERS_PER_HOUR_TARGET = 1000  # playbook: full rebuild

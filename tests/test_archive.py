@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from potato_ops.errors import SecretLeakError
 from potato_ops.notebook_runs.archive import (
     GENESIS_HASH,
-    ArchivedRun,
+    ArchivedExecution,
     archive_run,
     entry_hash,
     list_runs,
@@ -61,7 +61,7 @@ def _archive(
     notebook: dict[str, Any] | None = None,
     secrets: tuple[str, ...] = (),
     verdict: str = "all good",
-) -> ArchivedRun:
+) -> ArchivedExecution:
     started = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
     run_id = new_run_id(name, started)
     result = {
@@ -164,19 +164,19 @@ def test_verify_accepts_an_intact_archive(tmp_path: Path) -> None:
     assert not (tmp_path / "missing").exists()
 
 
-def _modify_result(reports: Path, runs: list[ArchivedRun]) -> None:
+def _modify_result(reports: Path, runs: list[ArchivedExecution]) -> None:
     path = runs[1].result_path
     path.write_text(path.read_text().replace("all good", "all fine"))
 
 
-def _modify_manifest(reports: Path, runs: list[ArchivedRun]) -> None:
+def _modify_manifest(reports: Path, runs: list[ArchivedExecution]) -> None:
     path = runs[1].manifest_path
     path.write_text(path.read_text() + "")
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[:-1]) + "\n")
 
 
-def _rehash_manifest_after_edit(reports: Path, runs: list[ArchivedRun]) -> None:
+def _rehash_manifest_after_edit(reports: Path, runs: list[ArchivedExecution]) -> None:
     path = runs[1].result_path
     path.write_text(path.read_text().replace("all good", "all fine"))
     manifest = runs[1].manifest_path
@@ -195,35 +195,35 @@ def _write_index(reports: Path, lines: list[str]) -> None:
     (reports / "index.jsonl").write_text("".join(f"{line}\n" for line in lines))
 
 
-def _delete_middle_line(reports: Path, runs: list[ArchivedRun]) -> None:
+def _delete_middle_line(reports: Path, runs: list[ArchivedExecution]) -> None:
     lines = _index_lines(reports)
     _write_index(reports, [lines[0], lines[2]])
 
 
-def _delete_last_line(reports: Path, runs: list[ArchivedRun]) -> None:
+def _delete_last_line(reports: Path, runs: list[ArchivedExecution]) -> None:
     _write_index(reports, _index_lines(reports)[:2])
 
 
-def _reorder_lines(reports: Path, runs: list[ArchivedRun]) -> None:
+def _reorder_lines(reports: Path, runs: list[ArchivedExecution]) -> None:
     lines = _index_lines(reports)
     _write_index(reports, [lines[0], lines[2], lines[1]])
 
 
-def _edit_entry(reports: Path, runs: list[ArchivedRun]) -> None:
+def _edit_entry(reports: Path, runs: list[ArchivedExecution]) -> None:
     lines = _index_lines(reports)
     lines[1] = lines[1].replace('"status":"ok"', '"status":"problem"')
     _write_index(reports, lines)
 
 
-def _add_file(reports: Path, runs: list[ArchivedRun]) -> None:
+def _add_file(reports: Path, runs: list[ArchivedExecution]) -> None:
     (runs[1].run_dir / "notes.txt").write_text("added later")
 
 
-def _remove_file(reports: Path, runs: list[ArchivedRun]) -> None:
+def _remove_file(reports: Path, runs: list[ArchivedExecution]) -> None:
     runs[1].summary_path.unlink()
 
 
-Tamper = Callable[[Path, list[ArchivedRun]], None]
+Tamper = Callable[[Path, list[ArchivedExecution]], None]
 
 
 @pytest.mark.parametrize(

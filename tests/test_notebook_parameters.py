@@ -57,7 +57,7 @@ def _cells(name: str) -> list[str]:
     return [c.source for c in nb.cells if c.cell_type == "code"]
 
 
-def _through_the_runner(name: str, parameter: str, raw: object) -> object:
+def _through_execute_notebook(name: str, parameter: str, raw: object) -> object:
     try:
         return check_parameters(NOTEBOOKS / f"{name}.ipynb", {parameter: raw})[parameter]
     except NotebookParameterError:
@@ -81,21 +81,21 @@ def _through_the_notebook(name: str, parameter: str, raw: object) -> object:
 
 
 @pytest.mark.parametrize(("name", "parameter", "raw"), TABLE, ids=lambda v: repr(v)[:40])
-def test_the_runner_and_the_notebook_read_a_value_alike(name: str, parameter: str, raw: object) -> None:
-    runner = _through_the_runner(name, parameter, raw)
+def test_execute_notebook_and_the_notebook_read_a_value_alike(name: str, parameter: str, raw: object) -> None:
+    executed = _through_execute_notebook(name, parameter, raw)
     notebook = _through_the_notebook(name, parameter, raw)
-    assert runner == notebook
-    assert type(runner) is type(notebook)
+    assert executed == notebook
+    assert type(executed) is type(notebook)
 
 
 def test_the_table_has_both_outcomes_for_every_parameter() -> None:
     seen: dict[str, set[bool]] = {}
     for name, parameter, raw in TABLE:
-        seen.setdefault(parameter, set()).add(_through_the_runner(name, parameter, raw) == REFUSED)
+        seen.setdefault(parameter, set()).add(_through_execute_notebook(name, parameter, raw) == REFUSED)
     assert {p: s for p, s in seen.items() if s != {True, False}} == {}
 
 
 def test_on_is_accepted_by_both(monkeypatch: pytest.MonkeyPatch) -> None:
     # The case that set them apart: `-p dry_run on` was refused by one and accepted by the other.
-    assert _through_the_runner("03_bulk_recovery", "dry_run", "on") is True
+    assert _through_execute_notebook("03_bulk_recovery", "dry_run", "on") is True
     assert _through_the_notebook("03_bulk_recovery", "dry_run", "on") is True

@@ -1,4 +1,4 @@
-"""Every runbook notebook executed through the runner on a small seeded SQLite database.
+"""Every runbook notebook executed through execute_notebook on a small seeded SQLite database.
 
 Each test reads the archived result JSON (what a scheduler keeps) and checks the database the
 notebook worked on. PostgreSQL runs are in test_notebooks_pg.py, reusing the helpers here.
@@ -35,7 +35,7 @@ from potato_ops.db.schema import (
 from potato_ops.demo.synth import SeedResult, seed
 from potato_ops.domain.models import User, ViolationKind
 from potato_ops.exitcodes import ExitCode
-from potato_ops.notebook_runs.execute import RunRecord, run_notebook
+from potato_ops.notebook_runs.execute import ExecutionRecord, execute_notebook
 from potato_ops.notebook_runs.result import RESULT_MIMETYPE
 
 pytestmark = pytest.mark.notebook
@@ -84,9 +84,9 @@ def seed_database(url: str, *, users: int = 24, days: int = 120, corrupt: float 
     return SeededDatabase(url, storage, seeded)
 
 
-def run(name: str, parameters: Mapping[str, object], reports: Path) -> tuple[RunRecord, dict[str, Any]]:
-    """Run a notebook through the runner; return its record and the archived result JSON."""
-    record = run_notebook(
+def run(name: str, parameters: Mapping[str, object], reports: Path) -> tuple[ExecutionRecord, dict[str, Any]]:
+    """Run a notebook through execute_notebook; return its record and the archived result JSON."""
+    record = execute_notebook(
         NOTEBOOKS / f"{name}.ipynb", parameters, reports_dir=reports, cell_timeout=CELL_TIMEOUT_S
     )
     archived: dict[str, Any] = json.loads(record.result_path.read_text(encoding="utf-8"))

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from potato_ops import Storage
 from potato_ops.cli import app
-from potato_ops.db.run_records import RecordedRun
+from potato_ops.db.run_records import StoredRecord
 from potato_ops.db.schema import ops_rebuild_history, ops_run_records
 from potato_ops.errors import ReportError, SecretLeakError
 from potato_ops.exitcodes import ExitCode
@@ -336,10 +336,10 @@ def test_compare_with_database_reports_missing_changed_and_extra_runs() -> None:
     def entry(run_id: str, seq: int, manifest: str) -> IndexEntry:
         return IndexEntry(seq, run_id, "n", "ok", "", "", run_id, manifest, "p", f"e{seq}")
 
-    def row(run_id: str, seq: int | None, manifest: str | None) -> RecordedRun:
+    def row(run_id: str, seq: int | None, manifest: str | None) -> StoredRecord:
         entry_hash = f"e{seq}" if seq is not None else None
         now = dt.datetime.now(dt.UTC)
-        return RecordedRun(run_id, "n", "ok", "here", seq, manifest, entry_hash, None, None, now)
+        return StoredRecord(run_id, "n", "ok", "here", seq, manifest, entry_hash, None, None, now)
 
     folder = [entry("a", 1, "m1"), entry("b", 2, "CHANGED"), entry("x", 3, "m3")]
     database = [row("a", 1, "m1"), row("b", 2, "m2"), row("c", 4, "m4"), row("never", None, None)]

@@ -80,8 +80,8 @@ class IndexEntry:
 
 
 @dataclass(frozen=True)
-class ArchivedRun:
-    """Where one archived run's files are, with the result as archived (scrubbed)."""
+class ArchivedExecution:
+    """Where one archived execution's files are, with the result as archived (scrubbed)."""
 
     run_dir: Path
     notebook_path: Path
@@ -187,7 +187,7 @@ def archive_run(
     reports_dir: str | os.PathLike[str] | None = None,
     secrets: Iterable[str] | None = None,
     signing_key: Ed25519PrivateKey | None = None,
-) -> ArchivedRun:
+) -> ArchivedExecution:
     """Return the archived run after writing its folder and chaining it into the index.
 
     Every file is scrubbed first and then checked; if any would still hold a secret, raise
@@ -243,7 +243,7 @@ def archive_run(
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     logger.info("archived %s in %s", run_id, run_dir)
-    return ArchivedRun(
+    return ArchivedExecution(
         run_dir=run_dir,
         notebook_path=run_dir / names["notebook"],
         html_path=run_dir / names["html"],

@@ -1,6 +1,6 @@
 """Running runbook notebooks headless: find them, check their parameters, execute, archive.
 
-``run_notebook`` is the one way the CLI and the tests run a notebook. Parameters are checked
+``execute_notebook`` is the one way the CLI and the tests run a notebook. Parameters are checked
 against the notebook's ``parameters`` cell before any kernel starts (see
 ``potato_ops.notebook_runs.parameters``); the kernel is pinned to this interpreter; every run
 that starts is archived (see ``potato_ops.notebook_runs.archive``), whatever its outcome, and
@@ -70,8 +70,8 @@ _PARAMETER_ERRORS = ("RunbookParameterError", "NotebookParameterError")
 
 
 @dataclass(frozen=True)
-class RunRecord:
-    """The outcome of one archived run: status, exit code and where the record lives."""
+class ExecutionRecord:
+    """The record of one notebook execution: status, exit code and where the record lives."""
 
     status: str
     exit_code: ExitCode
@@ -142,7 +142,7 @@ class _Outcome:
     record: dict[str, Any] = field(default_factory=dict)
 
 
-def run_notebook(
+def execute_notebook(
     notebook: str | os.PathLike[str],
     parameters: Mapping[str, object] | None = None,
     *,
@@ -151,7 +151,7 @@ def run_notebook(
     kernel_name: str = PINNED_KERNEL,
     log_output: bool = False,
     progress_bar: bool = False,
-) -> RunRecord:
+) -> ExecutionRecord:
     """Return the archived record of running the notebook headless with these parameters.
 
     Raises NotebookParameterError before anything runs (and archives nothing) when a
@@ -232,7 +232,7 @@ def run_notebook(
         archived.result.get("verdict", ""),
         archived.run_dir,
     )
-    return RunRecord(
+    return ExecutionRecord(
         status=outcome.status,
         exit_code=EXIT_CODES[outcome.status],
         run_dir=archived.run_dir,
@@ -326,7 +326,7 @@ def _execute(
 
 
 class _DropUnknownParameterWarning(logging.Filter):
-    """Papermill cannot read every annotation (``str | None``); the runner has checked them."""
+    """Papermill cannot read every annotation (``str | None``); execute_notebook has checked them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("Passed unknown parameter")

@@ -28,10 +28,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from potato_ops.config import DATABASE_URL_ENV, default_sqlite_path, mask_url, normalize_url
 from potato_ops.db.engine import make_engine
-from potato_ops.db.run_records import RecordedRun, insert_run_record, recorded_runs
+from potato_ops.db.run_records import StoredRecord, insert_run_record, recorded_runs
 from potato_ops.errors import RecordNotArchivedError, ReportError, SecretLeakError
 from potato_ops.notebook_runs.archive import (
-    ArchivedRun,
+    ArchivedExecution,
     IndexEntry,
     archive_run,
     readable_entries,
@@ -72,7 +72,7 @@ def record_row(
     *,
     archive: str,
     secrets: Sequence[str],
-    archived: ArchivedRun | None = None,
+    archived: ArchivedExecution | None = None,
     archive_error: str | None = None,
 ) -> dict[str, Any]:
     """Return the ``ops_run_records`` row of a run, scrubbed of secrets (SecretLeakError if one stays)."""
@@ -128,7 +128,7 @@ def keep_record(url: str, row: Mapping[str, Any]) -> str:
     return f"{RECORDS_TABLE} (run_id {row['run_id']}) of {mask_url(url)}"
 
 
-def read_recorded_runs(url: str, reports: Path) -> list[RecordedRun]:
+def read_recorded_runs(url: str, reports: Path) -> list[StoredRecord]:
     """Return the runs the database recorded for the archive folder ``reports``."""
     engine = make_engine(normalize_url(url))
     try:
@@ -141,7 +141,7 @@ def read_recorded_runs(url: str, reports: Path) -> list[RecordedRun]:
         engine.dispose()
 
 
-def compare_with_database(entries: Iterable[IndexEntry], recorded: Iterable[RecordedRun]) -> list[str]:
+def compare_with_database(entries: Iterable[IndexEntry], recorded: Iterable[StoredRecord]) -> list[str]:
     """Return one line per difference between the folder's index and the database's copy:
     runs the database has that the folder lost, hashes that differ, runs it never recorded."""
     in_folder = {e.run_id: e for e in entries}
@@ -179,7 +179,7 @@ def archive_with_record(
     reports: Path,
     database_url: str | None,
     signing_key: Ed25519PrivateKey | None = None,
-) -> tuple[ArchivedRun, str | None]:
+) -> tuple[ArchivedExecution, str | None]:
     """Return the archived run and, when its record could not be kept in the database, why.
 
     When archiving fails, the record is kept in the database instead and RecordNotArchivedError

@@ -1,4 +1,4 @@
-"""The notebook runner: lookup, parameter checks, statuses, exit codes, and what gets archived."""
+"""execute_notebook: lookup, parameter checks, statuses, exit codes, and what gets archived."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from potato_ops.errors import NotebookError, NotebookParameterError, SecretLeakE
 from potato_ops.exitcodes import ExitCode
 from potato_ops.notebook_runs.archive import list_runs, verify_reports
 from potato_ops.notebook_runs.catalog import list_notebooks, resolve_notebook
-from potato_ops.notebook_runs.execute import run_notebook
+from potato_ops.notebook_runs.execute import execute_notebook
 from potato_ops.notebook_runs.parameters import ParameterInfo, check_parameters
 from potato_ops.notebook_runs.result import ProblemFound, record_result, result_payload, verdict_line
 
@@ -284,7 +284,7 @@ def test_refused_parameters_start_no_kernel_and_archive_nothing(
     monkeypatch.setattr("papermill.execute_notebook", never)
     for bad in ({"nope": "1"}, {"threshold": "three"}, {"database_url_env": URL}):
         with pytest.raises(NotebookParameterError):
-            run_notebook("01", bad, reports_dir=reports)
+            execute_notebook("01", bad, reports_dir=reports)
     assert not reports.exists()
 
 
@@ -292,7 +292,7 @@ def test_refused_parameters_start_no_kernel_and_archive_nothing(
 
 
 def test_hostile_kernelspec_is_what_jupyter_would_pick(hostile_kernelspec: Path) -> None:
-    # Without the runner's pin, "python3" would start another interpreter.
+    # Without execute_notebook's pin, "python3" would start another interpreter.
     assert KernelSpecManager().get_kernel_spec("python3").argv[0] == str(hostile_kernelspec)
 
 
@@ -302,7 +302,9 @@ def test_hostile_kernelspec_is_what_jupyter_would_pick(hostile_kernelspec: Path)
 @pytest.mark.notebook
 @pytest.mark.usefixtures("hostile_kernelspec")
 def test_ok_run_is_archived_with_its_result(reports: Path) -> None:
-    record = run_notebook("01", {"threshold": "5", "user_ids": "a,b", "label": "none"}, reports_dir=reports)
+    record = execute_notebook(
+        "01", {"threshold": "5", "user_ids": "a,b", "label": "none"}, reports_dir=reports
+    )
 
     assert (record.status, record.exit_code) == ("ok", ExitCode.OK)
     result = json.loads(record.result_path.read_text())
@@ -340,7 +342,7 @@ def test_ok_run_is_archived_with_its_result(reports: Path) -> None:
 @pytest.mark.notebook
 @pytest.mark.usefixtures("hostile_kernelspec")
 def test_a_raising_cell_is_an_archived_error(reports: Path) -> None:
-    record = run_notebook("01_outcomes", {"outcome": "raise"}, reports_dir=reports)
+    record = execute_notebook("01_outcomes", {"outcome": "raise"}, reports_dir=reports)
 
     assert (record.status, record.exit_code) == ("error", ExitCode.EXECUTION_FAILED)
     assert record.result["error"] == {
@@ -359,7 +361,7 @@ def test_a_raising_cell_is_an_archived_error(reports: Path) -> None:
 def test_a_blocked_cell_times_out_and_is_archived(reports: Path) -> None:
     # The cell waits on an event nothing sets, right after the parameters: whatever the machine's
     # load, it is that cell, and only it, that reaches the timeout.
-    record = run_notebook("01", {"outcome": "block"}, reports_dir=reports, cell_timeout=6)
+    record = execute_notebook("01", {"outcome": "block"}, reports_dir=reports, cell_timeout=6)
 
     assert (record.status, record.exit_code) == ("timeout", ExitCode.EXECUTION_FAILED)
     assert record.result["error"] == {
@@ -375,7 +377,7 @@ def test_a_blocked_cell_times_out_and_is_archived(reports: Path) -> None:
 @pytest.mark.notebook
 @pytest.mark.usefixtures("hostile_kernelspec")
 def test_a_notebook_without_a_result_record_is_an_error(reports: Path) -> None:
-    record = run_notebook("01", {"outcome": "silent"}, reports_dir=reports)
+    record = execute_notebook("01", {"outcome": "silent"}, reports_dir=reports)
 
     assert (record.status, record.exit_code) == ("error", ExitCode.EXECUTION_FAILED)
     assert record.result["error"]["ename"] == "ResultMissing"
@@ -450,7 +452,7 @@ def test_a_secret_that_cannot_be_scrubbed_fails_the_run_closed(
     monkeypatch.setenv("POTATO_DATABASE_URL", URL)
 
     with pytest.raises(SecretLeakError, match=r"02_leaky\.ipynb would hold a secret") as caught:
-        run_notebook("02_leaky", {"encode": "yes"}, reports_dir=reports)
+        execute_notebook("02_leaky", {"encode": "yes"}, reports_dir=reports)
 
     assert SECRET not in str(caught.value)
     assert _files_under(reports) == {}

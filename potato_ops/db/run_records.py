@@ -14,7 +14,7 @@ from potato_ops.db.schema import ops_run_records
 
 @dataclass(frozen=True)
 class StoredRecord:
-    """A notebook execution's record as the database keeps it: where it was archived and the hashes that anchor it."""
+    """An execution's record as the database keeps it: its archive and the hashes that anchor it."""
 
     run_id: str
     notebook: str

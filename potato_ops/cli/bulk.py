@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from potato_ops import BulkConfig
 from potato_ops.cli.common import (
     DatabaseOption,
     FromDateOption,
@@ -119,8 +120,8 @@ def bulk_rebuild(
     to_date: ToDateOption = None,
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Users per batch (one transaction each).")
-    ] = 10,
-    workers: Annotated[int, typer.Option("--workers", help="Batches run at once.")] = 5,
+    ] = BulkConfig.batch_size,
+    workers: Annotated[int, typer.Option("--workers", help="Batches run at once.")] = BulkConfig.max_workers,
     execute: Annotated[
         bool, typer.Option("--execute", help="Really write (the default is a dry run that writes nothing).")
     ] = False,
@@ -136,7 +137,7 @@ def bulk_rebuild(
         typer.Option(
             "--max-failure-rate", help="Abort once more than this share (0..1) of 100+ users failed."
         ),
-    ] = 0.01,
+    ] = BulkConfig.max_failure_rate,
     detach: Annotated[
         bool,
         typer.Option(
@@ -153,7 +154,6 @@ def bulk_rebuild(
     Other hosts may join the run with ``bulk-worker OPID`` (PostgreSQL).
     Exit codes: 0 all users completed; 3 some users failed or the run stopped early.
     """
-    from potato_ops import BulkConfig
     from potato_ops.runbook.progress import ProgressBar
 
     if all_users == (user_ids_file is not None):

@@ -22,10 +22,10 @@ from potato_ops.errors import SecretLeakError
 from potato_ops.notebook_runs.archive import (
     GENESIS_HASH,
     ArchivedExecution,
-    archive_run,
+    archive_execution,
     entry_hash,
-    list_runs,
-    new_run_id,
+    list_executions,
+    new_execution_id,
     verify_reports,
 )
 
@@ -63,7 +63,7 @@ def _archive(
     verdict: str = "all good",
 ) -> ArchivedExecution:
     started = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
-    run_id = new_run_id(name, started)
+    run_id = new_execution_id(name, started)
     result = {
         "run_id": run_id,
         "notebook": name,
@@ -72,7 +72,7 @@ def _archive(
         "started_at": started.isoformat(),
         "finished_at": (started + dt.timedelta(seconds=2)).isoformat(),
     }
-    return archive_run(
+    return archive_execution(
         run_id=run_id,
         notebook_name=name,
         notebook=notebook if notebook is not None else _notebook(_stream("42\n")),
@@ -87,7 +87,7 @@ def _files_under(directory: Path) -> dict[str, bytes]:
 
 
 def test_run_id_names_time_notebook_and_random_part() -> None:
-    run_id = new_run_id("03_bulk_recovery", dt.datetime(2024, 5, 1, 14, 3, 9, tzinfo=dt.UTC))
+    run_id = new_execution_id("03_bulk_recovery", dt.datetime(2024, 5, 1, 14, 3, 9, tzinfo=dt.UTC))
     prefix, _, tail = run_id.rpartition("_")
     assert prefix == "20240501T140309Z_03_bulk_recovery"
     assert len(tail) == 8 and int(tail, 16) >= 0
@@ -119,7 +119,7 @@ def test_archive_writes_notebook_renderings_result_and_manifest(tmp_path: Path) 
 def test_index_is_a_hash_chain(tmp_path: Path) -> None:
     runs = [_archive(tmp_path, name=f"0{i}_demo") for i in range(1, 4)]
 
-    entries = list_runs(tmp_path)
+    entries = list_executions(tmp_path)
     assert [(e.seq, e.run_id, e.notebook) for e in entries] == [
         (1, runs[0].run_dir.name, "01_demo"),
         (2, runs[1].run_dir.name, "02_demo"),
@@ -160,7 +160,7 @@ def test_verify_accepts_an_intact_archive(tmp_path: Path) -> None:
     assert verify_reports(tmp_path).ok
     assert verify_reports(tmp_path).checked == 3
     assert verify_reports(tmp_path / "missing").ok
-    assert list_runs(tmp_path / "missing") == []
+    assert list_executions(tmp_path / "missing") == []
     assert not (tmp_path / "missing").exists()
 
 
@@ -339,7 +339,7 @@ def test_concurrent_archiving_keeps_one_chain(tmp_path: Path) -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(lambda i: _archive(tmp_path, name=f"{i:02d}_demo"), range(6)))
 
-    entries = list_runs(tmp_path)
+    entries = list_executions(tmp_path)
     assert [e.seq for e in entries] == [1, 2, 3, 4, 5, 6]
     assert verify_reports(tmp_path).ok
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from potato_ops.errors import NotebookError, NotebookParameterError, SecretLeakError
 from potato_ops.exitcodes import ExitCode
-from potato_ops.notebook_runs.archive import list_runs, verify_reports
+from potato_ops.notebook_runs.archive import list_executions, verify_reports
 from potato_ops.notebook_runs.catalog import list_notebooks, resolve_notebook
 from potato_ops.notebook_runs.execute import execute_notebook
 from potato_ops.notebook_runs.parameters import ParameterInfo, check_parameters
@@ -335,7 +335,7 @@ def test_ok_run_is_archived_with_its_result(reports: Path) -> None:
     assert result["potato_ops_version"] != "unknown"
     assert record.notebook_path.exists() and record.html_path.exists()
     assert "ok: 2 users" in record.html_path.read_text()
-    assert [e.run_id for e in list_runs(reports)] == [record.run_dir.name]
+    assert [e.run_id for e in list_executions(reports)] == [record.run_dir.name]
     assert verify_reports(reports).ok
 
 
@@ -403,7 +403,7 @@ def test_cli_run_reports_a_problem_with_exit_3(reports: Path) -> None:
     )
 
     assert result.exit_code == ExitCode.PROBLEM_FOUND, result.output
-    run_dir = list_runs(reports)[0].dir
+    run_dir = list_executions(reports)[0].dir
     assert result.stdout.splitlines() == [
         "❌ problem: 2 users, label None",
         f"status: problem; archived in {reports / run_dir}",
@@ -434,7 +434,7 @@ def test_no_archived_file_or_log_line_holds_the_database_password(
     assert len(files) == 8  # five files of the run, index.jsonl, index.html, the lock file
     for name, data in files.items():
         assert SECRET.encode() not in data, name
-    run = list_runs(reports)[0]
+    run = list_executions(reports)[0]
     archived = json.loads((reports / run.dir / "02_leaky.result.json").read_text())
     assert archived["status"] == "error"
     assert archived["error"]["evalue"] == (
@@ -522,6 +522,6 @@ def test_a_run_with_defaults_that_need_a_user_is_refused_naming_the_parameter(
     assert result.exit_code == ExitCode.INVALID_PARAMETERS, result.output
     first = result.stdout.splitlines()[0]
     assert first.startswith("❌ parameters refused: no user chosen") and "set user_email or user_id" in first
-    run_dir = list_runs(reports)[0].dir
+    run_dir = list_executions(reports)[0].dir
     archived = json.loads((reports / run_dir / "01_single_user_recovery.result.json").read_text())
     assert (archived["status"], archived["exit_code"]) == ("refused", ExitCode.INVALID_PARAMETERS)

@@ -162,9 +162,9 @@ def _live_log(*, enabled: bool) -> Iterator[None]:
 
 def reports_list(reports_dir: ReportsDirOption = None) -> None:
     """List the archived runs, newest first."""
-    from potato_ops.notebook_runs.archive import list_runs
+    from potato_ops.notebook_runs.archive import list_executions
 
-    runs = list_runs(reports_dir)
+    runs = list_executions(reports_dir)
     if not runs:
         typer.echo("no archived runs")
         return

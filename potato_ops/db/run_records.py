@@ -28,12 +28,12 @@ class StoredRecord:
     recorded_at: dt.datetime
 
 
-def insert_run_record(conn: Connection, row: Mapping[str, Any]) -> None:
+def insert_stored_record(conn: Connection, row: Mapping[str, Any]) -> None:
     """Insert one run's record; the caller commits."""
     conn.execute(insert(ops_run_records).values(**row))
 
 
-def recorded_runs(conn: Connection, archive: str) -> list[StoredRecord]:
+def stored_records(conn: Connection, archive: str) -> list[StoredRecord]:
     """Return the runs recorded for one archive folder, archived ones by their place first."""
     rows = conn.execute(
         select(ops_run_records)

@@ -27,7 +27,7 @@ from potato_ops.exitcodes import ExitCode
 from potato_ops.monitoring.alerts import AlertRule, FiringAlert, default_rules, evaluate, highest_severity
 from potato_ops.monitoring.alerts import load_rules as load_rules_file
 from potato_ops.monitoring.metrics import DEFAULT_SLOW_THRESHOLD_MS, Metrics, compute_metrics
-from potato_ops.notebook_runs.archive import list_runs
+from potato_ops.notebook_runs.archive import list_executions
 from potato_ops.notebook_runs.execute import ExecutionRecord, execute_notebook
 from potato_ops.notebook_runs.preflight import check_reports_dir
 from potato_ops.ops.database import Database
@@ -76,7 +76,7 @@ def last_audit_success(reports_dir: str | os.PathLike[str] | None = None) -> dat
     "Without failing" means its verdict was reached, ok or problem: a red verdict is a
     successful audit that found something. None when the archive holds no such run.
     """
-    for entry in reversed(list_runs(reports_dir)):
+    for entry in reversed(list_executions(reports_dir)):
         if entry.notebook == AUDIT_NOTEBOOK and entry.status not in _FAILED_RUN_STATUSES:
             try:
                 finished = datetime.fromisoformat(entry.finished_at)

@@ -173,7 +173,7 @@ def execute_notebook(
         notebook=done.notebook,
         result=_result(path, checked, done, kernel),
         reports=reports,
-        database_url=records.database_url_of_run(checked),
+        database_url=records.database_url_of_execution(checked),
         signing_key=signing_key,
     )
     status = done.outcome.status
@@ -220,7 +220,7 @@ def _execute_in_workspace(path: Path, checked: dict[str, object], kernel: _Kerne
     """Return the execution of the notebook in a temporary folder, its cells marked for the archive."""
     name = path.stem
     started_at = dt.datetime.now(dt.UTC)
-    run_id = archive.new_run_id(name, started_at)
+    run_id = archive.new_execution_id(name, started_at)
     logger.info("running %s as %s", name, run_id)
     clock = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="potato-ops-run-") as tmp:

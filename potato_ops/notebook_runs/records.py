@@ -28,12 +28,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from potato_ops.config import DATABASE_URL_ENV, default_sqlite_path, mask_url, normalize_url
 from potato_ops.db.engine import make_engine
-from potato_ops.db.run_records import StoredRecord, insert_run_record, recorded_runs
+from potato_ops.db.run_records import StoredRecord, insert_stored_record, stored_records
 from potato_ops.errors import RecordNotArchivedError, ReportError, SecretLeakError
 from potato_ops.notebook_runs.archive import (
     ArchivedExecution,
     IndexEntry,
-    archive_run,
+    archive_execution,
     readable_entries,
     scrub_data,
 )
@@ -49,7 +49,7 @@ def archive_location(reports: Path) -> str:
     return f"{socket.gethostname()}:{reports.resolve()}"
 
 
-def database_url_of_run(parameters: Mapping[str, object]) -> str | None:
+def database_url_of_execution(parameters: Mapping[str, object]) -> str | None:
     """Return the URL of the database the notebook worked on, or None when there is none."""
     env_name = parameters.get("database_url_env")
     url = os.environ.get(env_name if isinstance(env_name, str) and env_name else DATABASE_URL_ENV)
@@ -117,7 +117,7 @@ def keep_record(url: str, row: Mapping[str, Any]) -> str:
     engine = make_engine(url)
     try:
         with engine.begin() as conn:
-            insert_run_record(conn, row)
+            insert_stored_record(conn, row)
     except SQLAlchemyError as exc:
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise ReportError(
@@ -128,12 +128,12 @@ def keep_record(url: str, row: Mapping[str, Any]) -> str:
     return f"{RECORDS_TABLE} (run_id {row['run_id']}) of {mask_url(url)}"
 
 
-def read_recorded_runs(url: str, reports: Path) -> list[StoredRecord]:
+def read_stored_records(url: str, reports: Path) -> list[StoredRecord]:
     """Return the runs the database recorded for the archive folder ``reports``."""
     engine = make_engine(normalize_url(url))
     try:
         with engine.connect() as conn:
-            return recorded_runs(conn, archive_location(reports))
+            return stored_records(conn, archive_location(reports))
     except SQLAlchemyError as exc:
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise ReportError(f"cannot read {RECORDS_TABLE} of {mask_url(url)}: {detail}") from None
@@ -167,7 +167,7 @@ def compare_with_database(entries: Iterable[IndexEntry], recorded: Iterable[Stor
 
 def verify_against_database(url: str, reports: Path) -> list[str]:
     """Return the differences between the archive folder and the database's records of it."""
-    return compare_with_database(readable_entries(reports), read_recorded_runs(url, reports))
+    return compare_with_database(readable_entries(reports), read_stored_records(url, reports))
 
 
 def archive_with_record(
@@ -189,7 +189,7 @@ def archive_with_record(
     secrets = collect_secrets()
     location = archive_location(reports)
     try:
-        archived = archive_run(
+        archived = archive_execution(
             run_id=run_id,
             notebook_name=notebook_name,
             notebook=notebook,

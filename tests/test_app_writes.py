@@ -19,9 +19,9 @@ from sqlalchemy import Connection, create_engine, event, text
 from sqlalchemy.exc import OperationalError
 
 from potato_ops import BulkConfig, Storage
-from potato_ops.db.reads import as_utc
 from potato_ops.db.schema import RUNS_V2_FLAG
 from potato_ops.demo.synth import seed
+from potato_ops.domain.dates import as_utc
 from potato_ops.ops.bulk import catchup
 from potato_ops.ops.bulk.results import Progress
 from potato_ops.ops.freshness import MAX_TRIES

@@ -27,7 +27,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, Connection, DateTime, Engine, Text, bindparam, text
 
 from potato_ops.db.engine import chunks, is_postgres
-from potato_ops.db.reads import as_utc
+from potato_ops.domain.dates import as_utc
 
 TRIGGER = "potato_capture_mark_change"
 _SQLITE_TRIGGERS = {

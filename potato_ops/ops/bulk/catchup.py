@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection
 
 from potato_ops.config import mask_secrets
-from potato_ops.db import capture, history
+from potato_ops.db import capture, claims, history, ledger
 from potato_ops.db.capture import MarkChange
 from potato_ops.db.engine import chunks, lock_users, read_connection, write_transaction
 from potato_ops.db.reads import fetch_users
-from potato_ops.ops.bulk import claims, ledger, rows
+from potato_ops.domain import operations
+from potato_ops.ops.batch_rebuild import BatchOptions, UserOutcome, history_entry
 from potato_ops.ops.bulk.fill import rebuild_bulk_batch
 from potato_ops.ops.database import Database, Rollback
-from potato_ops.ops.rebuild import BatchOptions, UserOutcome, history_entry
 
 log = logging.getLogger("potato_ops")
 
@@ -190,8 +190,8 @@ def _record_failure(target: Target, user_id: str, exc: BaseException) -> None:
         text = mask_secrets(str(getattr(exc, "orig", None) or exc)).strip()
         message = "catch-up: " + (text.splitlines()[0] if text else "")
     log.warning("bulk operation %s: catch-up of user %s failed: %s", target.operation_id, user_id, message)
-    item = rows.ItemResult(
-        user_id, rows.FAILED, 1, error_class=error_class, error_message=message[:_MESSAGE_CHARS]
+    item = operations.ItemResult(
+        user_id, operations.FAILED, 1, error_class=error_class, error_message=message[:_MESSAGE_CHARS]
     )
     now = target.db.now()
     with write_transaction(target.db.engine) as conn:

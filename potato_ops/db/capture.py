@@ -20,7 +20,8 @@ it, and which change came after the operation's final pass.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -111,6 +112,25 @@ def _install_sqlite(conn: Connection) -> None:
             upsert_new=_SQLITE_UPSERT.format(row="NEW"), upsert_old=_SQLITE_UPSERT.format(row="OLD")
         )
         conn.execute(text(f"CREATE TRIGGER IF NOT EXISTS {name} {sql}"))
+
+
+@contextmanager
+def capture_paused(conn: Connection) -> Iterator[None]:
+    """Write without capture inside the caller's transaction (the seed: new users, runs right).
+
+    PostgreSQL: ``session_replication_role = replica`` for this transaction only, where the
+    role may set it (else capture stays on); SQLite: the triggers are dropped and put back in
+    the same transaction, which no other writer can see. Nothing stays paused after a crash.
+    """
+    if is_postgres(conn):
+        if conn.execute(text("SELECT current_setting('is_superuser')")).scalar_one() == "on":
+            conn.execute(text("SET LOCAL session_replication_role = replica"))
+        yield
+        return
+    for name in _SQLITE_TRIGGERS:
+        conn.execute(text(f"DROP TRIGGER IF EXISTS {name}"))
+    yield
+    _install_sqlite(conn)
 
 
 def drop_capture(conn: Connection) -> bool:

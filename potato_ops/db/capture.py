@@ -42,18 +42,29 @@ _SQLITE_UPSERT = (
     "FROM ops_mark_changes WHERE true "
     "ON CONFLICT (user_id) DO UPDATE SET position = excluded.position, changed_at = excluded.changed_at;"
 )
+# For a user who changed before (the usual case) the row is updated in place: no index column
+# changes, so PostgreSQL updates it without touching an index, which costs the app much less
+# than an upsert's speculative insert; the upsert covers a user's first change.
+_PG_TOUCH = """
+        UPDATE {schema}.ops_mark_changes
+            SET position = nextval({sequence}), changed_at = clock_timestamp()
+            WHERE user_id = {row}.user_id;
+        IF NOT FOUND THEN
+            {upsert}
+        END IF;"""
+# Citus refuses a volatile function (nextval) in an UPDATE of a distributed table: the upsert
+# alone there, its position drawn by the column's identity.
+_PG_UPSERT = (
+    "INSERT INTO {schema}.ops_mark_changes AS c (user_id, changed_at) "
+    "VALUES ({row}.user_id, clock_timestamp()) ON CONFLICT (user_id) "
+    "DO UPDATE SET position = EXCLUDED.position, changed_at = EXCLUDED.changed_at;"
+)
 _PG_FUNCTION = """
 CREATE OR REPLACE FUNCTION {schema}.{name}() RETURNS trigger LANGUAGE plpgsql AS $body$
 BEGIN
-    IF TG_OP <> 'INSERT' THEN
-        INSERT INTO {schema}.ops_mark_changes AS c (user_id, changed_at)
-        VALUES (OLD.user_id, clock_timestamp())
-        ON CONFLICT (user_id) DO UPDATE SET position = EXCLUDED.position, changed_at = EXCLUDED.changed_at;
+    IF TG_OP <> 'DELETE' THEN{touch_new}
     END IF;
-    IF TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND NEW.user_id IS DISTINCT FROM OLD.user_id) THEN
-        INSERT INTO {schema}.ops_mark_changes AS c (user_id, changed_at)
-        VALUES (NEW.user_id, clock_timestamp())
-        ON CONFLICT (user_id) DO UPDATE SET position = EXCLUDED.position, changed_at = EXCLUDED.changed_at;
+    IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND NEW.user_id IS DISTINCT FROM OLD.user_id) THEN{touch_old}
     END IF;
     RETURN NULL;
 END
@@ -87,13 +98,29 @@ def _install_postgres(conn: Connection) -> None:
     quoted = conn.dialect.identifier_preparer.quote_schema(schema)
     # Two processes running init-db at once must not race on CREATE.
     conn.execute(text("SELECT pg_advisory_xact_lock(1347376129, 1)"))
-    conn.execute(text(_PG_FUNCTION.format(schema=quoted, name=TRIGGER)))
+    sequence = conn.execute(
+        text("SELECT pg_get_serial_sequence(:t, 'position')"), {"t": f"{quoted}.{_TABLE}"}
+    ).scalar_one()
+    literal = "'" + str(sequence).replace("'", "''") + "'"
+    citus = conn.execute(text("SELECT 1 FROM pg_extension WHERE extname = 'citus'")).first() is not None
+    touch: dict[str, str] = {}
+    for row in ("NEW", "OLD"):
+        upsert = _PG_UPSERT.format(schema=quoted, row=row)
+        touch[row] = (
+            f"\n        {upsert}"
+            if citus
+            else _PG_TOUCH.format(schema=quoted, sequence=literal, row=row, upsert=upsert)
+        )
+    function = _PG_FUNCTION.format(
+        schema=quoted, name=TRIGGER, touch_new=touch["NEW"], touch_old=touch["OLD"]
+    )
+    conn.execute(text(function))
     present = conn.execute(
         text("SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass('day_marks') AND tgname = :name"),
         {"name": TRIGGER},
     ).first()
     if present is None:
-        if conn.execute(text("SELECT 1 FROM pg_extension WHERE extname = 'citus'")).first() is not None:
+        if citus:
             # Citus creates the trigger on every shard; it runs there and writes only the
             # co-located shard of ops_mark_changes (same user id), which is what it allows.
             conn.execute(text("SELECT set_config('citus.enable_unsafe_triggers', 'on', true)"))

@@ -14,6 +14,7 @@ stops and writes nothing more.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -29,7 +30,7 @@ from potato_ops.db import history
 from potato_ops.db.engine import read_connection, write_transaction
 from potato_ops.db.reads import fetch_users
 from potato_ops.errors import UserNotFoundError
-from potato_ops.ops.bulk import claims, ledger, ownership, rows
+from potato_ops.ops.bulk import claims, ledger, ownership, retry, rows
 from potato_ops.ops.bulk.config import BulkConfig
 from potato_ops.ops.bulk.fill import rebuild_bulk_batch
 from potato_ops.ops.bulk.results import BulkResult, Progress, ProgressCallback, result_from_ledger
@@ -132,7 +133,7 @@ class BulkRun:
             else:
                 status, error = (rows.CANCELLED if reason else status_if_left), None
         except Exception as exc:
-            error = f"{exc.__class__.__name__}: {mask_secrets(str(exc))}"[:_MESSAGE_CHARS]
+            error = retry.one_line(exc)  # one line: never the SQL or its parameters
             log.error("bulk operation %s failed: %s", self.operation_id, error)
             raise
         except BaseException:
@@ -185,7 +186,7 @@ class BulkRun:
                 self._add_timings(done.timings)
                 if time.perf_counter() - last_beat >= HEARTBEAT_EVERY_S:
                     self._heartbeat()
-                    self._refresh_base()
+                    retry.run_with_retry(self._refresh_base, "reading the counts", self.stop)
                     last_beat = time.perf_counter()
                 self._report(t0)
                 done.handled.set()
@@ -226,15 +227,7 @@ class BulkRun:
         """Claim and run batches until none is left, the run stops, or an error."""
         try:
             while not self.stop.is_set():
-                with write_transaction(self.engine) as conn:
-                    claim = claims.claim_batch(
-                        conn,
-                        self.operation_id,
-                        self.config.batch_size,
-                        self.runner,
-                        self.epoch,
-                        self.db.now(),
-                    )
+                claim = retry.run_with_retry(self._claim, "claiming a batch", self.stop)
                 if isinstance(claim, claims.NoClaim):
                     if claim.reason == claims.DONE:
                         return
@@ -248,7 +241,8 @@ class BulkRun:
                     self._halt(FENCED if claim.reason == "fenced" else claim.reason)
                     return
                 try:
-                    done = self._batch(claim)
+                    batch = functools.partial(self._batch, claim)
+                    done = retry.run_with_retry(batch, f"batch {claim.batch_no}", self.stop)
                     self._account(done)
                     self._done.put(done)
                     # The next claim waits until the coordinator reported this batch: a cancel
@@ -265,6 +259,12 @@ class BulkRun:
             self.stop.set()
         finally:
             self._done.put(None)
+
+    def _claim(self) -> claims.Claim | claims.NoClaim:
+        with write_transaction(self.engine) as conn:
+            return claims.claim_batch(
+                conn, self.operation_id, self.config.batch_size, self.runner, self.epoch, self.db.now()
+            )
 
     def _heartbeat(self) -> None:
         """Stamp the heartbeat; a miss (SQLite busy behind the workers) only waits for the next."""
@@ -391,6 +391,7 @@ class BulkRun:
                 return results
             return None
         except Exception as exc:
+            retry.reraise_if_connection_lost(exc)  # the whole batch is run again
             if not alone:
                 log.info("batch of %d users rolled back (%s); redoing each alone", len(user_ids), exc)
                 return None

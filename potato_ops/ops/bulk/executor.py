@@ -14,6 +14,7 @@ stops and writes nothing more.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import queue
@@ -109,6 +110,7 @@ class BulkRun:
         self._base = rows.ItemCounts()
         self._ok = self._failed = 0  # users this run processed since _base was read
         self._start_processed: int | None = None
+        self._processed_here = 0  # users this run processed (its own rate's base)
 
     # ------------------------------------------------------------ coordinator
 
@@ -116,6 +118,7 @@ class BulkRun:
         """Process the pending users (or only those given); record the final status."""
         t0 = time.perf_counter()
         status: str = rows.FAILED
+        reason: str | None = None
         error: str | None = "the runner stopped unexpectedly"
         self._only = None if only is None else set(only)
         try:
@@ -144,7 +147,8 @@ class BulkRun:
         elapsed = (time.perf_counter() - t0) * 1000
         with read_connection(self.engine) as conn:
             op = ledger.fetch_operation(conn, self.operation_id)
-            return result_from_ledger(conn, op, elapsed, dict(self.timings))
+            result = result_from_ledger(conn, op, elapsed, dict(self.timings))
+        return dataclasses.replace(result, processed_here=self._processed_here, taken_over=reason == FENCED)
 
     def _record_end(self, status: str, error: str | None) -> None:
         """Write the final status: the owner always, a joined worker only a completion or cancel."""
@@ -204,6 +208,7 @@ class BulkRun:
     def _account(self, done: _BatchDone) -> None:
         """Count a batch's outcome; stop every thread once too many users failed."""
         with self._counts_lock:
+            self._processed_here += len(done.results)
             self._ok += sum(r.status == rows.COMPLETED for r in done.results)
             self._failed += sum(r.status == rows.FAILED for r in done.results)
             reason = self._failure_rate(self._base, self._ok, self._failed)

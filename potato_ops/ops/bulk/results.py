@@ -47,6 +47,9 @@ class BulkResult:
     ``total_duration_ms`` is this call's wall time (for a completed operation returned as
     is, finished minus started); ``average_duration_ms`` is the mean per-user share of its
     batch's time. ``timings`` sums the ms each phase took in this call, over all workers.
+    ``processed_here`` is how many users this call itself processed (None for an operation
+    returned as the ledger holds it), the base of this call's rate; ``taken_over`` says this
+    runner was fenced out by a takeover and stopped (``status`` is then the new owner's).
     """
 
     operation_id: str
@@ -65,6 +68,8 @@ class BulkResult:
     pending_users: int = 0
     error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    processed_here: int | None = None
+    taken_over: bool = False
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from potato_ops.cli.bulk import _print_result
 from potato_ops.db.engine import write_transaction
 from potato_ops.db.schema import ops_operation_items
 from potato_ops.errors import OperationRunningError
+from potato_ops.ops import scan
 from potato_ops.ops.bulk import api, claims, fill, ledger, ownership
 from potato_ops.ops.bulk.results import BulkResult
 from tests.conftest import NOW, POSTGRES_AND_CITUS, add_user, spans
@@ -114,6 +115,10 @@ def test_a_second_claim_takes_the_next_batch_without_waiting_for_the_first(
 # -- a joined worker keeps the operation running -------------------------------------------------
 
 
+class TakenOverWhileWorking(Exception):
+    """resume took an operation over while one of its workers was inside a batch."""
+
+
 @POSTGRES_AND_CITUS
 def test_a_joined_worker_mid_batch_keeps_the_operation_running(
     corrupted: tuple[Storage, list[str], set[str]], monkeypatch: pytest.MonkeyPatch
@@ -129,7 +134,16 @@ def test_a_joined_worker_mid_batch_keeps_the_operation_running(
             assert go.wait(60)
         real_fence(conn, op, claim, runner, epoch)
 
+    real_take_over = claims.take_over
+
+    def take_over(conn: Connection, op: str) -> int:
+        if inside.is_set() and not go.is_set():
+            # A takeover now would wait on the paused batch's rows: fail at once instead.
+            raise TakenOverWhileWorking(op)
+        return real_take_over(conn, op)
+
     monkeypatch.setattr(claims, "fence", fence)
+    monkeypatch.setattr(claims, "take_over", take_over)
     outcome: dict[str, Any] = {}
 
     def work() -> None:
@@ -165,7 +179,7 @@ def test_runs_the_fill_got_wrong_are_caught_and_each_user_redone_alone(
     ids = [f"u{i}" for i in range(4)]
     for uid in ids:
         add_user(storage, uid, marks)
-    real_sql = fill.grouped_marks_sql
+    real_sql = scan.grouped_marks_sql
     wrong: list[str] = []
 
     def one_day_short(conn: Connection, user_filter: str = "") -> str:

@@ -385,6 +385,8 @@ def test_a_link_at_the_index_or_its_lock_is_refused_and_the_record_kept(
     assert "kept in ops_run_records" in str(error)
     assert [r["run_id"] for r in record_rows(db_url)] == [run_id]
     assert elsewhere.read_text() == "not yours\n"
+    checked = CliRunner().invoke(app, ["reports", "verify", "--reports-dir", str(reports)])
+    assert checked.exception is None or isinstance(checked.exception, SystemExit), checked.output
 
 
 # -- 8. a parameter too large for the procedure is refused before the kernel ---------------------

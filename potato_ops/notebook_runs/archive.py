@@ -279,7 +279,14 @@ def _index_lock(reports: Path, *, exclusive: bool) -> Iterator[None]:
     if not exclusive and not (reports / LOCK_FILE).exists():
         yield
         return
-    lock = open_no_follow(reports / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    try:
+        lock = open_no_follow(reports / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    except OSError:
+        if exclusive:
+            raise
+        # A reader never writes: a lock file that is a planted link only costs it the lock.
+        yield
+        return
     try:
         fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield

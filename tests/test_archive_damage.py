@@ -22,13 +22,13 @@ from potato_ops.config import resolve_database_url
 from potato_ops.errors import ConfigError, RecordNotArchivedError, ReportError
 from potato_ops.exitcodes import ExitCode
 from potato_ops.notebook_runs import archive, preflight
-from potato_ops.notebook_runs.archive import new_run_id
+from potato_ops.notebook_runs.archive import new_execution_id
 from potato_ops.notebook_runs.index_lines import GENESIS_HASH, INDEX_FILE
 from potato_ops.notebook_runs.preflight import check_reports_dir
 from potato_ops.notebook_runs.records import archive_with_record, keep_record
 from potato_ops.runbook.params import RunbookParameterError, url_env_param
 from tests.conftest import add_runs, add_user, snapshot
-from tests.test_run_records import (
+from tests.test_execution_records import (
     MARKS,
     WRONG_RUNS,
     _notebook,
@@ -99,7 +99,7 @@ def _result(run_id: str, name: str) -> dict[str, Any]:
 
 
 def _archive_after_damage(reports: Path, db_url: str) -> tuple[str, RecordNotArchivedError]:
-    run_id = new_run_id("01_demo", dt.datetime.now(dt.UTC))
+    run_id = new_execution_id("01_demo", dt.datetime.now(dt.UTC))
     with pytest.raises(RecordNotArchivedError) as raised:
         archive_with_record(
             run_id=run_id,
@@ -224,8 +224,8 @@ def test_verify_reports_tampered_files_in_one_line_each(
     assert CliRunner().invoke(app, ["reports", "keygen", str(key)]).exit_code == 0
     monkeypatch.setenv("POTATO_OPS_SIGNING_KEY", str(key))
     reports = tmp_path / "reports"
-    archive.archive_run(
-        run_id=new_run_id("01_demo", dt.datetime.now(dt.UTC)),
+    archive.archive_execution(
+        run_id=new_execution_id("01_demo", dt.datetime.now(dt.UTC)),
         notebook_name="01_demo",
         notebook=_notebook(),
         result={"status": "ok", "verdict": "fine"},
@@ -351,8 +351,8 @@ def test_a_planted_link_is_never_written_through(
     (reports / planted).symlink_to(elsewhere)
 
     check_reports_dir(reports)
-    archive.archive_run(
-        run_id=new_run_id("01_demo", dt.datetime.now(dt.UTC)),
+    archive.archive_execution(
+        run_id=new_execution_id("01_demo", dt.datetime.now(dt.UTC)),
         notebook_name="01_demo",
         notebook=_notebook(),
         result={"status": "ok", "verdict": "fine"},

@@ -13,11 +13,12 @@ from sqlalchemy import Connection, select, text
 
 from potato_ops import BulkConfig, Storage
 from potato_ops.cli.bulk import _print_result
+from potato_ops.db import claims, grouping, ledger
 from potato_ops.db.engine import write_transaction
 from potato_ops.db.schema import ops_operation_items
+from potato_ops.domain.operations import Owner
 from potato_ops.errors import OperationRunningError
-from potato_ops.ops import scan
-from potato_ops.ops.bulk import api, claims, fill, ledger, ownership
+from potato_ops.ops.bulk import api, fill, ownership
 from potato_ops.ops.bulk.results import BulkResult
 from tests.conftest import NOW, POSTGRES_AND_CITUS, add_user, spans
 from tests.test_bulk_shared import bulk_cli, check_processed_once, corrupted, wrong_users
@@ -25,9 +26,9 @@ from tests.test_bulk_shared import bulk_cli, check_processed_once, corrupted, wr
 __all__ = ["corrupted"]  # the fixture, shared with the multi-host tests
 
 
-def _joined(storage: Storage, operation_id: str) -> tuple[ownership.Runner, int]:
+def _joined(storage: Storage, operation_id: str) -> tuple[Owner, int]:
     """Return a new worker identity and the epoch it joined the operation under."""
-    runner = ownership.new_runner()
+    runner = ownership.new_owner()
     with write_transaction(storage.engine) as conn:
         epoch = ledger.join(conn, operation_id, NOW)
     assert epoch is not None
@@ -57,7 +58,7 @@ def test_a_runner_from_before_a_takeover_is_fenced_even_while_it_still_holds_its
 
     assert fenced.value.operation_lost  # the operation, not only the batch, is lost
     assert again == claims.NoClaim("fenced")
-    ownership.release_runner(old)
+    ownership.release_owner(old)
 
 
 # -- claims skip what others hold ----------------------------------------------------------------
@@ -70,7 +71,7 @@ def test_a_second_claim_takes_the_next_batch_without_waiting_for_the_first(
     storage, ids, _ = corrupted
     operation_id = api.open_bulk_operation(storage.database, ids, BulkConfig(batch_size=5, dry_run=False))
     first, epoch = _joined(storage, operation_id)
-    second = ownership.new_runner()
+    second = ownership.new_owner()
     outcome: dict[str, Any] = {}
     started, done = threading.Event(), threading.Event()
 
@@ -109,7 +110,7 @@ def test_a_second_claim_takes_the_next_batch_without_waiting_for_the_first(
     assert not waited, "the second claim waited for the batch the first one holds"
     assert outcome["claim"] == claims.Claim(1, 6, 10)
     for runner in (first, second):
-        ownership.release_runner(runner)
+        ownership.release_owner(runner)
 
 
 # -- a joined worker keeps the operation running -------------------------------------------------
@@ -179,20 +180,22 @@ def test_runs_the_fill_got_wrong_are_caught_and_each_user_redone_alone(
     ids = [f"u{i}" for i in range(4)]
     for uid in ids:
         add_user(storage, uid, marks)
-    real_sql = scan.grouped_marks_sql
+    real_fill = grouping.fill_grouped_runs
     wrong: list[str] = []
 
-    def one_day_short(conn: Connection, user_filter: str = "") -> str:
-        # Runs of two days or more lose their last day: wrong, yet never overlapping.
-        wrong.append(user_filter)
-        return (
-            "SELECT user_id, start_date, "
-            "CASE WHEN day_count > 1 THEN end_date - 1 ELSE end_date END AS end_date, "
-            "CASE WHEN day_count > 1 THEN day_count - 1 ELSE day_count END AS day_count "
-            f"FROM ({real_sql(conn, user_filter)}) AS right_runs"
+    def one_day_short(conn: Connection, todays: dict[str, date]) -> None:
+        # The fill's runs of two days or more lose their last day: wrong, yet never overlapping.
+        real_fill(conn, todays)
+        wrong.extend(todays)
+        conn.execute(
+            text(
+                "UPDATE runs SET end_date = end_date - 1, day_count = day_count - 1 "
+                "WHERE user_id = ANY(:uids) AND day_count > 1"
+            ),
+            {"uids": list(todays)},
         )
 
-    monkeypatch.setattr(fill, "grouped_marks_sql", one_day_short)
+    monkeypatch.setattr(fill, "fill_grouped_runs", one_day_short)
 
     result = storage.bulk_rebuild_users(
         ids, BulkConfig(batch_size=4, max_workers=1, dry_run=False, ignore_feature_flag=True)

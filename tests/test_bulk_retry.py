@@ -10,8 +10,9 @@ import pytest
 from sqlalchemy import Connection, select, text
 
 from potato_ops import BulkConfig, Storage
+from potato_ops.db import claims
 from potato_ops.db.schema import ops_operation_batches, ops_operation_items
-from potato_ops.ops.bulk import claims, retry
+from potato_ops.ops.bulk import retry
 from tests.conftest import POSTGRES_AND_CITUS
 from tests.test_bulk_shared import bulk_cli, check_processed_once, corrupted, wrong_users
 

@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import update
 
 from potato_ops import BulkConfig, Storage
-from potato_ops.db import reads
+from potato_ops.db import date_texts
 from potato_ops.db.schema import ops_rebuild_history
+from potato_ops.runbook.error_recovery import detect, dry_run_repairs, recovery_verdict, repair, verify
 from potato_ops.runbook.params import check_error_recovery
-from potato_ops.runbook.recovery import detect, dry_run_repairs, recovery_verdict, repair, verify
 from tests.conftest import add_runs, add_user, spans
 from tests.test_runbook import COMMON, _session
 
@@ -109,14 +109,14 @@ def test_a_partial_bulk_rebuild_of_users_with_no_runs_writes_runs_only_near_the_
 
 
 def test_the_sqlite_date_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(reads, "_PARSED", {})
-    monkeypatch.setattr(reads, "_PARSED_MAX", 50)
+    monkeypatch.setattr(date_texts, "_PARSED", {})
+    monkeypatch.setattr(date_texts, "_PARSED_MAX", 50)
     texts = [(date(2000, 1, 1) + timedelta(days=k)).isoformat() for k in range(1000)]
 
     for k in range(0, len(texts), 10):  # reads of ten new days each, as a long bulk run makes
         chunk = texts[k : k + 10]
-        assert reads.iso_dates(chunk) == [date.fromisoformat(t) for t in chunk]
-        assert len(reads._PARSED) <= 50 + 10
+        assert date_texts.iso_dates(chunk) == [date.fromisoformat(t) for t in chunk]
+        assert len(date_texts._PARSED) <= 50 + 10
 
 
 def test_error_recovery_verdict_is_a_problem_while_a_user_is_still_slow(storage: Storage) -> None:

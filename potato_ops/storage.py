@@ -259,8 +259,16 @@ class Storage:
         return bulk.get_rebuild_progress(self.database, operation_id)
 
     def resume_bulk_rebuild(self, operation_id: str, **kw: Any) -> BulkResult:
-        """Finish an interrupted operation: only its users not yet completed."""
+        """Finish an interrupted operation (only its users not yet completed), or unpause one.
+
+        A paused operation whose workers still wait goes on with them (returned as it stands);
+        one whose runner is gone is taken over and run here.
+        """
         return bulk.resume_bulk_rebuild(self.database, operation_id, **kw)
+
+    def pause_bulk_rebuild(self, operation_id: str) -> Progress:
+        """Pause an operation: every worker on every host stops at its next batch boundary."""
+        return bulk.pause_bulk_rebuild(self.database, operation_id)
 
     def cancel_bulk_rebuild(self, operation_id: str) -> Progress:
         """Ask a running operation to stop at its next batch boundary."""

@@ -44,6 +44,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 
+from potato_ops.db import throttling
 from potato_ops.db.engine import read_connection, write_transaction
 from potato_ops.db.schema import RUNS_V2_FLAG
 from potato_ops.errors import ConfigError, FeatureFlagError, OperationRunningError
@@ -86,6 +87,7 @@ def bulk_rebuild_users(
         if bad:
             raise ConfigError(f"user_ids must be non-empty strings; found {bad[0]!r}")
     _check_flag(db, config)
+    _throttle_refusal(db, config)
     operation_id = uuid.uuid4().hex
     runner = ownership.new_runner()
     try:
@@ -105,7 +107,7 @@ def bulk_rebuild_users(
                     now=now,
                 )
                 ledger.claim(conn, operation_id, runner, now, previous=runner.token)
-                claims.plan_batches(conn, operation_id, config.batch_size)
+                claims.plan_batches(conn, operation_id, config.claim_size)
             log.info(
                 "bulk operation %s: %d users, %s, batch %d, workers %d",
                 operation_id,
@@ -136,9 +138,23 @@ def list_operations(db: Database, status: str | None = None, limit: int = 20) ->
         live = [op for s in rows.LIVE for op in ledger.recent_operations(conn, s, 1000)]
     for op in live:  # mark the ones whose runner is gone, so the filter sees them as such
         _settle(db, op)
+    if status is None:
+        with read_connection(db.engine) as conn:
+            found = ledger.recent_operations(conn, None, limit)
+        return [progress_of(db, op) for op in found]
+    # "paused" is shown, not stored: it is a pending, running or interrupted one asked to pause.
+    stored = (rows.PENDING, rows.RUNNING, rows.INTERRUPTED) if status == rows.PAUSED else (status,)
     with read_connection(db.engine) as conn:
-        found = ledger.recent_operations(conn, status, limit)
-    return [progress_of(db, op) for op in found]
+        candidates = [op for s in stored for op in ledger.recent_operations(conn, s, limit + 1000)]
+    candidates.sort(key=lambda op: (op.created_at, op.id), reverse=True)
+    shown: list[Progress] = []
+    for op in candidates:
+        p = progress_of(db, op)
+        if p.status == status:
+            shown.append(p)
+            if len(shown) == limit:
+                break
+    return shown
 
 
 def resume_bulk_rebuild(
@@ -157,7 +173,15 @@ def resume_bulk_rebuild(
     with read_connection(db.engine) as conn:
         op = ledger.fetch_operation(conn, operation_id)
         counts = ledger.item_counts(conn, operation_id)
+        paused = throttling.pause_requested(conn, operation_id)
     config = BulkConfig.from_json(op.config)
+    if paused and op.status not in (rows.COMPLETED, rows.FAILED, rows.CANCELLED):
+        with write_transaction(db.engine) as conn:
+            throttling.set_pause(conn, operation_id, False)
+            alive = op.status in rows.LIVE and ownership.runner_alive(conn, op, db.now())
+        log.info("bulk operation %s: resumed from pause", operation_id)
+        if alive:  # its workers, waiting at their gates, go on by themselves
+            return stored_result(db, op)
     if _nothing_to_resume(op, counts, failed_only):
         return stored_result(db, op)
     _check_flag(db, config)
@@ -183,11 +207,12 @@ def resume_bulk_rebuild(
                 # Every earlier runner and worker is fenced out from here: their batches
                 # roll back at commit, and their claims are dropped with the old batches.
                 epoch = claims.take_over(conn, operation_id)
+                throttling.close_open_episodes(conn, operation_id)  # the earlier runners wait no more
                 only: list[str] | None = None
                 if failed_only:
                     only = [item.user_id for item in ledger.failed_items(conn, operation_id)]
                 ledger.reopen_failed(conn, operation_id)
-                claims.plan_batches(conn, operation_id, config.batch_size)
+                claims.plan_batches(conn, operation_id, config.claim_size)
             log.info("bulk operation %s resumed (was %s)", operation_id, op.status)
             previous = op.status if op.status not in rows.LIVE else rows.INTERRUPTED
             run = BulkRun(db, operation_id, config, runner, progress, epoch=epoch)
@@ -224,7 +249,7 @@ def open_bulk_operation(
             runner=runner,
             now=now,
         )
-        claims.plan_batches(conn, operation_id, config.batch_size)
+        claims.plan_batches(conn, operation_id, config.claim_size)
     log.info("bulk operation %s opened for workers", operation_id)
     return operation_id
 
@@ -253,6 +278,7 @@ def join_bulk_operation(
     if max_workers is not None:
         config = dataclasses.replace(config, max_workers=max_workers)
     _check_flag(db, config)
+    _throttle_refusal(db, config)
     runner = ownership.new_runner()
     try:
         with ownership.operation_lock(db.engine, operation_id, owner=False):
@@ -266,6 +292,21 @@ def join_bulk_operation(
             return run.execute(None, status_if_left=rows.RUNNING)
     finally:
         ownership.release_runner(runner)
+
+
+def pause_bulk_rebuild(db: Database, operation_id: str) -> Progress:
+    """Pause an operation: every worker, on every host, stops at its next batch boundary.
+
+    The workers keep nothing claimed and wait (the status reads ``paused``) until
+    ``resume_bulk_rebuild``; the request is in the ledger, so it outlives any runner. An
+    operation that has ended is left as it is. Returns its progress.
+    """
+    with write_transaction(db.engine) as conn:
+        op = ledger.fetch_operation(conn, operation_id)
+        if op.status in (rows.PENDING, rows.RUNNING, rows.INTERRUPTED):
+            throttling.set_pause(conn, operation_id, True)
+            log.info("bulk operation %s: pause requested", operation_id)
+    return get_rebuild_progress(db, operation_id)
 
 
 def cancel_bulk_rebuild(db: Database, operation_id: str) -> Progress:
@@ -296,6 +337,15 @@ def _check_flag(db: Database, config: BulkConfig) -> None:
         raise FeatureFlagError(
             f"feature flag {RUNS_V2_FLAG} is off: a real bulk rebuild is refused "
             "(turn the flag on, or set ignore_feature_flag)"
+        )
+
+
+def _throttle_refusal(db: Database, config: BulkConfig) -> None:
+    option = config.postgres_only_option()
+    if option is not None and db.dialect != "postgresql":
+        raise ConfigError(
+            f"{option} needs PostgreSQL: SQLite has no standbys and no other sessions to watch "
+            "(leave it out; --window, --nice-ratio and --batch-seconds work on SQLite)"
         )
 
 

@@ -32,7 +32,15 @@ from potato_ops.errors import UserNotFoundError
 from potato_ops.ops.bulk import claims, ledger, ownership, rows
 from potato_ops.ops.bulk.config import BulkConfig
 from potato_ops.ops.bulk.fill import rebuild_bulk_batch
-from potato_ops.ops.bulk.results import BulkResult, Progress, ProgressCallback, result_from_ledger
+from potato_ops.ops.bulk.results import (
+    BulkResult,
+    Progress,
+    ProgressCallback,
+    result_from_ledger,
+    waiting_fields,
+)
+from potato_ops.ops.bulk.sizing import BatchSizer
+from potato_ops.ops.bulk.throttle import Gate, RunnerId
 from potato_ops.ops.database import Database, Rollback
 from potato_ops.ops.rebuild import (
     BACKUP_CHANGED,
@@ -108,6 +116,12 @@ class BulkRun:
         self._base = rows.ItemCounts()
         self._ok = self._failed = 0  # users this run processed since _base was read
         self._start_processed: int | None = None
+        # Before each claim a worker passes the gate (pause, window, standby lag, load).
+        self.gate = Gate(db, operation_id, config, RunnerId(runner.token, runner.host, runner.pid), epoch)
+        self.sizer: BatchSizer | None = None
+        if config.batch_seconds is not None:
+            smallest, largest = config.batch_bounds
+            self.sizer = BatchSizer(config.batch_size, smallest, largest, config.batch_seconds)
 
     # ------------------------------------------------------------ coordinator
 
@@ -139,6 +153,7 @@ class BulkRun:
             status, error = rows.INTERRUPTED, "interrupted"
             raise
         finally:
+            self.gate.close()
             self._record_end(status, error)
         elapsed = (time.perf_counter() - t0) * 1000
         with read_connection(self.engine) as conn:
@@ -178,7 +193,13 @@ class BulkRun:
         running = len(threads)
         try:
             while running:
-                done = self._done.get()
+                try:
+                    done = self._done.get(timeout=HEARTBEAT_EVERY_S)
+                except queue.Empty:  # the workers wait at the gate (or run long batches)
+                    self._heartbeat()
+                    self._report(t0)
+                    last_beat = time.perf_counter()
+                    continue
                 if done is None:  # a thread ended
                     running -= 1
                     continue
@@ -226,11 +247,13 @@ class BulkRun:
         """Claim and run batches until none is left, the run stops, or an error."""
         try:
             while not self.stop.is_set():
+                if not self.gate.wait_until_open(self.stop):
+                    return
                 with write_transaction(self.engine) as conn:
                     claim = claims.claim_batch(
                         conn,
                         self.operation_id,
-                        self.config.batch_size,
+                        self.config.claim_size,
                         self.runner,
                         self.epoch,
                         self.db.now(),
@@ -240,6 +263,8 @@ class BulkRun:
                         return
                     if claim.reason == "busy":  # the rest is claimed by others: wait for them
                         self.stop.wait(WAIT_FOR_OTHERS_S)
+                        continue
+                    if claim.reason == claims.PAUSED:  # asked between the gate and the claim
                         continue
                     if claim.reason == "cancelled":
                         log.info(
@@ -312,6 +337,7 @@ class BulkRun:
                 eta_seconds=eta,
                 kind=KIND,
                 dry_run=self.config.dry_run,
+                **waiting_fields(self.gate.current),
             )
         )
 
@@ -329,16 +355,30 @@ class BulkRun:
             user_ids = claims.batch_user_ids(conn, self.operation_id, claim)
         if self._only is not None:
             user_ids = [u for u in user_ids if u in self._only]
-        results: list[rows.ItemResult] | None = []
-        if user_ids:
-            results = self._attempt(user_ids, claim, tries=1, timings=timings)
-        if results is None:
-            results = []
-            for uid in user_ids:
-                alone = self._attempt([uid], claim, tries=2, timings=timings, alone=True)
-                assert alone is not None
-                results.extend(alone)
-        if not user_ids or not results or results[0].tries == 2 or self.config.dry_run:
+        results: list[rows.ItemResult] = []
+        closed = False
+        start = 0
+        while start < len(user_ids):  # one transaction per chunk (the whole batch unless sizes adapt)
+            size = len(user_ids) if self.sizer is None else self.sizer.size
+            chunk = user_ids[start : start + size]
+            start += len(chunk)
+            t0 = time.perf_counter()
+            done = self._attempt(chunk, claim, tries=1, timings=timings, close=start >= len(user_ids))
+            if done is None:
+                done = []
+                for uid in chunk:
+                    alone = self._attempt([uid], claim, tries=2, timings=timings, alone=True)
+                    assert alone is not None
+                    done.extend(alone)
+            else:
+                closed = start >= len(user_ids) and not self.config.dry_run
+            seconds = time.perf_counter() - t0
+            results.extend(done)
+            if self.sizer is not None:
+                self.sizer.observe(len(chunk), seconds)
+            if self.config.nice_ratio:  # gh-ost's nice ratio: rest a share of the work's time
+                self.stop.wait(self.config.nice_ratio * seconds)
+        if not closed:
             with write_transaction(self.engine) as conn:  # the batch's own commit did not close it
                 claims.fence(conn, self.operation_id, claim, self.runner, self.epoch)
                 claims.close_batch(conn, self.operation_id, claim, self.db.now())
@@ -352,6 +392,7 @@ class BulkRun:
         tries: int,
         timings: dict[str, float],
         alone: bool = False,
+        close: bool = True,
     ) -> list[rows.ItemResult] | None:
         """Try the users in one transaction; return their results, or None to retry each alone.
 
@@ -376,7 +417,7 @@ class BulkRun:
                 history.record_history(conn, self._history(results, outcomes, started, now))
                 ledger.record_items(conn, self.operation_id, results, now)
                 claims.fence(conn, self.operation_id, claim, self.runner, self.epoch)
-                if not alone:
+                if close and not alone:
                     claims.close_batch(conn, self.operation_id, claim, now)
                 t_commit = time.perf_counter()
                 timings["ledger"] = timings.get("ledger", 0.0) + (t_commit - t_rec) * 1000

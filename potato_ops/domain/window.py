@@ -21,8 +21,6 @@ _SPEC = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 
 def _time(hours: str, minutes: str, spec: str) -> time:
     h, m = int(hours), int(minutes)
-    if h == 24 and m == 0:
-        return time(0, 0)  # 24:00 is the end of the day, the next day's 00:00
     if not (0 <= h <= 23 and 0 <= m <= 59):
         raise ConfigError(f"window {spec!r}: {hours}:{minutes} is not a time of day")
     return time(h, m)

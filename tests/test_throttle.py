@@ -39,7 +39,7 @@ from potato_ops.db.schema import (
 from potato_ops.demo.synth import seed
 from potato_ops.domain.sizes import format_size, parse_size
 from potato_ops.domain.window import Window, format_wait
-from potato_ops.ops.bulk import api, executor, throttle
+from potato_ops.ops.bulk import api, throttle
 from potato_ops.ops.bulk.results import BulkResult, Progress
 from potato_ops.ops.bulk.sizing import BatchSizer
 from tests.conftest import NOW, MutableClock
@@ -575,7 +575,7 @@ def test_transactions_adapt_toward_the_target_duration(
             max_workers=1,
             dry_run=False,
         )
-        result = storage.bulk_rebuild_users(None, config)
+        result = api.bulk_rebuild_users(storage.database, None, config)
         assert (result.status, result.completed_users) == ("completed", sum(sizes))
         assert transaction_sizes(storage, result.operation_id) == sizes
         assert wrong_users(storage, NOW, dates_only=True) == set()
@@ -597,7 +597,7 @@ def test_the_nice_ratio_rests_after_each_batch(
                 rests.append(timeout)
             return super().wait(timeout)
 
-    monkeypatch.setattr(executor.threading, "Event", StopEvent)
+    monkeypatch.setattr(threading, "Event", StopEvent)  # the run's stop event is made from it
     result = storage.bulk_rebuild_users(
         ids, BulkConfig(batch_size=10, max_workers=1, dry_run=False, nice_ratio=0.5)
     )

@@ -157,11 +157,11 @@ def bulk_phase(storage: Storage, config: BulkConfig) -> Callable[[Phase], None]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--url", default=os.environ.get("POTATO_TEST_REPLICA_URL"), help="the primary's URL")
-    parser.add_argument("--users", type=int, default=3000)
+    parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--think-ms", type=float, default=20.0, help="each client's pause between requests")
-    parser.add_argument("--idle-seconds", type=float, default=15.0)
+    parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--nice-ratio", type=float, default=2.0)

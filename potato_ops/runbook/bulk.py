@@ -224,11 +224,16 @@ class ProgressView(Shown):
         if p is None:
             return [("skip", f"skipped: {self.skipped}")]
         eta = f", eta {p.eta_seconds:.0f} s" if p.eta_seconds else ""
-        return [
+        shown = [
             ("ok" if p.status == "completed" else "warn", f"status: {p.status} (operation {p.operation_id})"),
             ("info", f"progress: {p.processed_users}/{p.total_users}{eta}"),
             ("info", f"completed {p.completed_users}, failed {p.failed_users}"),
         ]
+        if p.waiting:  # throttled, outside its window, or paused: why it does not move
+            shown.append(("warn", p.waiting))
+        if p.throttled_seconds:
+            shown.append(("info", f"waited {p.throttled_seconds:.0f} s in all (throttle, window, pause)"))
+        return shown
 
 
 def bulk_progress(session: Session, *steps: BulkStep) -> ProgressView:

@@ -144,7 +144,7 @@ def bulk_phase(storage: Storage, config: BulkConfig) -> Callable[[Phase], None]:
         with storage.engine.begin() as conn:
             conn.execute(text("DELETE FROM runs"))  # every user's runs to write again
         t0 = time.perf_counter()
-        result = storage.bulk_rebuild_users(None, config)  # type: ignore[arg-type]
+        result = storage.bulk_rebuild_users(None, config)
         phase.bulk_seconds = time.perf_counter() - t0
         waited = sum(result.throttled_seconds.values())
         phase.note = f"{result.status}, {result.completed_users} users" + (

@@ -330,7 +330,7 @@ def waited_while_closed(storage: Storage, operation_id: str, runners: int, looks
 
 
 def test_outside_its_window_an_operation_processes_nothing_and_says_why(
-    damaged: tuple[Storage, list[str]], clock: MutableClock, quick_gate: None
+    damaged: tuple[Storage, list[str]], clock: MutableClock, quick_gate: None, db_url: str
 ) -> None:
     storage, ids = damaged
     clock.set(datetime(2024, 3, 10, 2, 0, tzinfo=UTC))  # inside 01:00-05:00 UTC
@@ -366,6 +366,12 @@ def test_outside_its_window_an_operation_processes_nothing_and_says_why(
     assert result.throttled_seconds == {"window": 3 * 3600 + 12 * 60}
     done = storage.get_rebuild_progress(operation_id)
     assert (done.waiting, done.throttled_seconds) == (None, 3 * 3600 + 12 * 60)
+    assert done.throttle == "window 01:00-05:00 UTC"
+    code, out, _ = cli(db_url, "progress", operation_id)
+    assert code == 0 and out.splitlines()[1:] == [
+        "throttle: window 01:00-05:00 UTC",
+        "  waited 11520 s from 2024-03-10 21:48:00: waiting for window 01:00-05:00 UTC (opens in 3 h 12 min)",
+    ]
 
 
 def test_a_window_that_excludes_now_holds_the_operation_from_the_start(

@@ -298,6 +298,14 @@ def progress(operation_id: OperationArgument, database_url: DatabaseOption = Non
     typer.echo(_progress_line(p))
     if p.error:
         typer.echo(f"error: {p.error}")
+    if p.throttle:
+        typer.echo(f"throttle: {p.throttle}")
+    waits = storage.get_throttle_episodes(operation_id)
+    for wait in waits[-_SHOWN_ERRORS:]:
+        until = "still waiting" if wait.ended_at is None else f"{wait.seconds:.0f} s"
+        typer.echo(f"  waited {until} from {wait.started_at:%Y-%m-%d %H:%M:%S}: {wait.reason}")
+    if len(waits) > _SHOWN_ERRORS:
+        typer.echo(f"  … and {len(waits) - _SHOWN_ERRORS} earlier waits")
 
 
 def resume(

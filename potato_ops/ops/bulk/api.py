@@ -309,6 +309,13 @@ def pause_bulk_rebuild(db: Database, operation_id: str) -> Progress:
     return get_rebuild_progress(db, operation_id)
 
 
+def throttle_episodes(db: Database, operation_id: str) -> list[throttling.Episode]:
+    """Return the operation's waits (paused, window, replica lag, load), oldest first."""
+    with read_connection(db.engine) as conn:
+        ledger.fetch_operation(conn, operation_id)  # OperationNotFoundError for an unknown id
+        return throttling.episodes(conn, operation_id)
+
+
 def cancel_bulk_rebuild(db: Database, operation_id: str) -> Progress:
     """Stop an operation at its next batch boundary; return its progress.
 

@@ -8,7 +8,7 @@ from datetime import date
 from typing import Any
 
 from potato_ops.domain.dates import parse_date_range
-from potato_ops.domain.sizes import parse_size
+from potato_ops.domain.sizes import format_size, parse_size
 from potato_ops.domain.window import Window
 from potato_ops.errors import ConfigError
 
@@ -108,6 +108,23 @@ class BulkConfig:
     def maintenance_window(self) -> Window | None:
         """Return the window batches may start in, or None (any time); ConfigError if malformed."""
         return None if self.window is None else Window.parse(self.window, self.window_timezone)
+
+    def throttle_summary(self) -> str:
+        """Return the throttle settings in a few words ("" when none is set)."""
+        parts = []
+        if self.max_replica_lag is not None:
+            parts.append(f"replica lag <= {format_size(int(self.max_replica_lag))}")
+        if self.max_active_sessions is not None:
+            parts.append(f"active sessions <= {self.max_active_sessions}")
+        window = self.maintenance_window()
+        if window is not None:
+            parts.append(f"window {window}")
+        if self.nice_ratio:
+            parts.append(f"nice ratio {self.nice_ratio:g}")
+        if self.batch_seconds is not None:
+            lo, hi = self.batch_bounds
+            parts.append(f"batches of {self.batch_seconds:g} s ({lo}..{hi} users)")
+        return ", ".join(parts)
 
     def postgres_only_option(self) -> str | None:
         """Return the first option set that only PostgreSQL can honour (standbys, sessions)."""

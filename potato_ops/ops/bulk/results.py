@@ -14,7 +14,9 @@ from sqlalchemy import Connection
 
 from potato_ops.db import throttling
 from potato_ops.db.engine import read_connection
+from potato_ops.errors import PotatoOpsError
 from potato_ops.ops.bulk import ledger, rows
+from potato_ops.ops.bulk.config import BulkConfig
 from potato_ops.ops.database import Database
 
 if TYPE_CHECKING:
@@ -101,6 +103,7 @@ class Progress:
     waiting_kind: str | None = None
     waiting_since: datetime | None = None
     throttled_seconds: float = 0.0  # every runner's waits so far, summed
+    throttle: str = ""  # its throttle settings in words ("" when none)
 
 
 def waiting_fields(wait: Wait | None, since: datetime | None = None) -> dict[str, Any]:
@@ -121,6 +124,13 @@ def _waits(conn: Connection, op: rows.OperationRow) -> tuple[dict[str, Any], dic
         if wait is not None:
             now = {"waiting": wait.reason, "waiting_kind": wait.kind, "waiting_since": wait.started_at}
     return now, by_kind
+
+
+def _throttle_of(op: rows.OperationRow) -> str:
+    try:
+        return BulkConfig.from_json(op.config).throttle_summary()
+    except PotatoOpsError:  # a config an older release wrote, now refused: say nothing of it
+        return ""
 
 
 def shown_status(op: rows.OperationRow, pause_requested: bool) -> str:
@@ -179,6 +189,7 @@ def progress_of(db: Database, op: rows.OperationRow) -> Progress:
         users_changed=counts.changed,
         cancel_requested=op.cancel_requested,
         throttled_seconds=sum(waited.values()),
+        throttle=_throttle_of(op),
         **waiting,
     )
 

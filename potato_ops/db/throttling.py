@@ -13,8 +13,8 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
-from potato_ops.db.reads import as_utc
 from potato_ops.db.schema import ops_operations, ops_throttle_episodes
+from potato_ops.domain.dates import as_utc
 
 _ops = ops_operations
 _ep = ops_throttle_episodes

@@ -10,16 +10,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection
-
-from potato_ops.db import throttling
+from potato_ops.db import ledger, throttling
 from potato_ops.db.engine import read_connection
+from potato_ops.domain import operations
 from potato_ops.errors import PotatoOpsError
-from potato_ops.ops.bulk import ledger, rows
 from potato_ops.ops.bulk.config import BulkConfig
 from potato_ops.ops.database import Database
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
     from potato_ops.ops.bulk.throttle import Wait
 
 MAX_LISTED = 100_000  # BulkResult.errors / changes list at most this many users
@@ -113,35 +113,35 @@ def waiting_fields(wait: Wait | None, since: datetime | None = None) -> dict[str
     return {"waiting": wait.reason, "waiting_kind": wait.kind, "waiting_since": since}
 
 
-def _waits(conn: Connection, op: rows.OperationRow) -> tuple[dict[str, Any], dict[str, float]]:
+def _waits(conn: Connection, op: operations.OperationRow) -> tuple[dict[str, Any], dict[str, float]]:
     """Return the operation's current wait as Progress fields, and the seconds waited by kind."""
     by_kind: dict[str, float] = {}
     for episode in throttling.episodes(conn, op.id):
         by_kind[episode.kind] = by_kind.get(episode.kind, 0.0) + episode.seconds
     now: dict[str, Any] = {"waiting": None, "waiting_kind": None, "waiting_since": None}
-    if op.status == rows.RUNNING:
+    if op.status == operations.RUNNING:
         wait = throttling.current_wait(conn, op.id)
         if wait is not None:
             now = {"waiting": wait.reason, "waiting_kind": wait.kind, "waiting_since": wait.started_at}
     return now, by_kind
 
 
-def _throttle_of(op: rows.OperationRow) -> str:
+def _throttle_of(op: operations.OperationRow) -> str:
     try:
         return BulkConfig.from_json(op.config).throttle_summary()
     except PotatoOpsError:  # a config an older release wrote, now refused: say nothing of it
         return ""
 
 
-def shown_status(op: rows.OperationRow, pause_requested: bool) -> str:
+def shown_status(op: operations.OperationRow, pause_requested: bool) -> str:
     """Return the status a person sees: ``paused`` for one asked to pause that has not ended."""
-    if pause_requested and op.status in (rows.PENDING, rows.RUNNING, rows.INTERRUPTED):
-        return rows.PAUSED
+    if pause_requested and op.status in (operations.PENDING, operations.RUNNING, operations.INTERRUPTED):
+        return operations.PAUSED
     return op.status
 
 
 def _eta(
-    counts: rows.ItemCounts, finishes: list[tuple[datetime, int]], started: datetime | None
+    counts: operations.ItemCounts, finishes: list[tuple[datetime, int]], started: datetime | None
 ) -> float | None:
     """Return seconds left at the recent rate (users per second over the last batches)."""
     if counts.pending == 0:
@@ -159,13 +159,13 @@ def _eta(
     return counts.pending / (users / span)
 
 
-def progress_of(db: Database, op: rows.OperationRow) -> Progress:
+def progress_of(db: Database, op: operations.OperationRow) -> Progress:
     with read_connection(db.engine) as conn:
         counts = ledger.item_counts(conn, op.id)
         eta = None
-        if op.status == rows.RUNNING:
+        if op.status == operations.RUNNING:
             eta = _eta(counts, ledger.recent_finishes(conn, op.id), op.started_at)
-        elif op.status == rows.COMPLETED:
+        elif op.status == operations.COMPLETED:
             eta = 0.0
         waiting, waited = _waits(conn, op)
         status = shown_status(op, throttling.pause_requested(conn, op.id))
@@ -194,7 +194,7 @@ def progress_of(db: Database, op: rows.OperationRow) -> Progress:
     )
 
 
-def stored_result(db: Database, op: rows.OperationRow) -> BulkResult:
+def stored_result(db: Database, op: operations.OperationRow) -> BulkResult:
     """Return a finished operation's result as the ledger holds it (no work done)."""
     duration = 0.0
     if op.started_at is not None and op.finished_at is not None:
@@ -204,7 +204,7 @@ def stored_result(db: Database, op: rows.OperationRow) -> BulkResult:
 
 
 def result_from_ledger(
-    conn: Connection, op: rows.OperationRow, duration_ms: float, timings: dict[str, float]
+    conn: Connection, op: operations.OperationRow, duration_ms: float, timings: dict[str, float]
 ) -> BulkResult:
     counts = ledger.item_counts(conn, op.id)
     waiting, waited = _waits(conn, op)

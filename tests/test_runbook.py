@@ -103,6 +103,16 @@ def test_parameters_given_as_text_are_read_as_their_types(monkeypatch: pytest.Mo
         skip_backup="no",
         max_failure_rate="0.5",
         ignore_feature_flag=False,
+        max_replica_lag="16MB",
+        max_active_sessions="0",
+        nice_ratio="1.5",
+        batch_seconds=0.0,
+        min_batch_size=1,
+        max_batch_size=0,
+        window="01:00-05:00",
+        window_timezone="Europe/Berlin",
+        operation_id="",
+        pause="no",
         **COMMON,
     )
     assert (bulk.user_ids, bulk.config.batch_size, bulk.skip_backup, bulk.config.max_failure_rate) == (
@@ -110,6 +120,21 @@ def test_parameters_given_as_text_are_read_as_their_types(monkeypatch: pytest.Mo
         5,
         False,
         0.5,
+    )
+    # An empty text or a 0 leaves a throttle setting unset.
+    c = bulk.config
+    assert (c.max_replica_lag, c.max_active_sessions, c.nice_ratio, c.batch_seconds, c.max_batch_size) == (
+        16 * 1024**2,
+        None,
+        1.5,
+        None,
+        None,
+    )
+    assert (c.window, c.window_timezone, bulk.operation_id, bulk.pause) == (
+        "01:00-05:00",
+        "Europe/Berlin",
+        "",
+        False,
     )
 
 

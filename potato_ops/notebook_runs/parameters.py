@@ -37,8 +37,13 @@ LIMITS: dict[str, tuple[float | None, float | None]] = {
     "batch_size": (1, None),
     "calendar_days": (7, 36600),  # up to a century of history in one chart
     "many_marks": (1, None),
+    "batch_seconds": (0.0, None),
+    "max_active_sessions": (0, None),
+    "max_batch_size": (0, None),
     "max_failure_rate": (0.0, 1.0),
     "max_workers": (1, None),
+    "min_batch_size": (1, None),
+    "nice_ratio": (0.0, 100.0),
     "recent_days": (1, None),
     "slow_threshold_ms": (0.0, None),
     "still_slow_ms": (0.0, None),

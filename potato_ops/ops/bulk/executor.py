@@ -33,7 +33,14 @@ from potato_ops.ops.batch_rebuild import (
 from potato_ops.ops.bulk import retry
 from potato_ops.ops.bulk.batch import BatchDone, BatchWorker
 from potato_ops.ops.bulk.config import BulkConfig
-from potato_ops.ops.bulk.results import BulkResult, Progress, ProgressCallback, result_from_ledger
+from potato_ops.ops.bulk.results import (
+    BulkResult,
+    Progress,
+    ProgressCallback,
+    result_from_ledger,
+    waiting_fields,
+)
+from potato_ops.ops.bulk.throttle import Gate, RunnerId
 from potato_ops.ops.database import Database
 
 log = logging.getLogger("potato_ops")
@@ -81,10 +88,12 @@ class BulkExecutor:
             backup=BACKUP_NEVER if dry or config.skip_backup else BACKUP_CHANGED,
             backup_reason="bulk",
         )
-        self.batches = BatchWorker(db, operation_id, config, worker, epoch, self.options)
+        self.stop = threading.Event()
+        self.batches = BatchWorker(db, operation_id, config, worker, epoch, self.options, self.stop)
+        # Before each claim a worker passes the gate (pause, window, standby lag, load).
+        self.gate = Gate(db, operation_id, config, RunnerId(worker.token, worker.host, worker.pid), epoch)
         self.timings: dict[str, float] = {}
         self._timings_lock = threading.Lock()
-        self.stop = threading.Event()
         self._done: queue.Queue[BatchDone | None] = queue.Queue()
         self._stop_reason: str | None = None
         self._errors: list[BaseException] = []
@@ -126,6 +135,7 @@ class BulkExecutor:
             status, error = operations.INTERRUPTED, "interrupted"
             raise
         finally:
+            self.gate.close()
             self._record_end(status, error)
         elapsed = (time.perf_counter() - t0) * 1000
         with read_connection(self.engine) as conn:
@@ -166,7 +176,13 @@ class BulkExecutor:
         running = len(threads)
         try:
             while running:
-                done = self._done.get()
+                try:
+                    done = self._done.get(timeout=HEARTBEAT_EVERY_S)
+                except queue.Empty:  # the workers wait at the gate (or run long batches)
+                    self._heartbeat()
+                    self._report(t0)
+                    last_beat = time.perf_counter()
+                    continue
                 if done is None:  # a thread ended
                     running -= 1
                     continue
@@ -215,12 +231,16 @@ class BulkExecutor:
         """Claim and run batches until none is left, the run stops, or an error."""
         try:
             while not self.stop.is_set():
+                if not self.gate.wait_until_open(self.stop):
+                    return
                 claim = retry.run_with_retry(self._claim, "claiming a batch", self.stop)
                 if isinstance(claim, claims.NoClaim):
                     if claim.reason == claims.DONE:
                         return
                     if claim.reason == "busy":  # the rest is claimed by others: wait for them
                         self.stop.wait(WAIT_FOR_OTHERS_S)
+                        continue
+                    if claim.reason == claims.PAUSED:  # asked between the gate and the claim
                         continue
                     if claim.reason == "cancelled":
                         log.info(
@@ -251,7 +271,7 @@ class BulkExecutor:
     def _claim(self) -> claims.Claim | claims.NoClaim:
         with write_transaction(self.engine) as conn:
             return claims.claim_batch(
-                conn, self.operation_id, self.config.batch_size, self.worker, self.epoch, self.db.now()
+                conn, self.operation_id, self.config.claim_size, self.worker, self.epoch, self.db.now()
             )
 
     def _heartbeat(self) -> None:
@@ -300,6 +320,7 @@ class BulkExecutor:
                 eta_seconds=eta,
                 kind=KIND,
                 dry_run=self.config.dry_run,
+                **waiting_fields(self.gate.current),
             )
         )
 

@@ -43,7 +43,7 @@ def _single(**changes: object) -> dict[str, object]:
         ({"user_email": "a@x.org", "user_id": "u1"}, "not both"),
         ({"user_email": "not-an-email"}, "user_email"),
         ({"dry_run": "maybe"}, "True or False"),
-        ({"calendar_days": 3}, ">= 7"),
+        ({"calendar_days": 3}, "between 7 and 36600"),
         ({"from_date": "2024-05-01", "to_date": "2024-04-01"}, "after to_date"),
         ({"from_date": "yesterday"}, "YYYY-MM-DD"),
         ({"database_url_env": "NOT SET"}, "environment variable name"),

@@ -67,10 +67,12 @@ def _read_ids(path: Path) -> list[str]:
     return [i for i in ids if i]
 
 
-def _print_result(result: BulkResult) -> None:
-    per_hour = (
-        (result.completed_users + result.failed_users) / max(result.total_duration_ms, 1e-9) * 3_600_000
-    )
+def _print_result(result: BulkResult, *, worker: bool = False) -> None:
+    # The rate counts what this call processed, not the operation's earlier runs or other hosts.
+    processed = result.processed_here
+    if processed is None:  # returned as the ledger holds it: the whole operation's own run time
+        processed = result.completed_users + result.failed_users
+    per_hour = processed / max(result.total_duration_ms, 1e-9) * 3_600_000
     if result.dry_run:
         typer.echo(
             f"[DRY RUN] would change {result.users_changed} of {result.total_users} users "
@@ -88,12 +90,17 @@ def _print_result(result: BulkResult) -> None:
             f"changed {result.users_changed} users (deleted {result.runs_deleted} runs, "
             f"created {result.runs_created})"
         )
+    status = result.status
+    if result.taken_over:
+        status = f"taken over by another runner (now {result.status}); this runner stopped"
     typer.echo(
-        f"operation {result.operation_id}: {result.status}; completed {result.completed_users}, "
+        f"operation {result.operation_id}: {status}; completed {result.completed_users}, "
         f"failed {result.failed_users}, pending {result.pending_users} of {result.total_users}"
+        + (" (all hosts)" if worker else "")
     )
+    here = "" if result.processed_here is None else f"{result.processed_here} users processed here in "
     typer.echo(
-        f"duration {result.total_duration_ms / 1000:.1f} s ({per_hour:,.0f} users/hour), "
+        f"{here or 'duration '}{result.total_duration_ms / 1000:.1f} s ({per_hour:,.0f} users/hour), "
         f"average {result.average_duration_ms:.2f} ms per user"
     )
     if result.throttled_seconds:
@@ -287,7 +294,7 @@ def bulk_worker(
     storage = open_storage(database_url, must_exist=True)
     with ProgressBar(disable=quiet, desc="worker") as bar:
         result = storage.join_bulk_operation(operation_id, max_workers=workers, progress=bar)
-    _print_result(result)
+    _print_result(result, worker=True)
     _exit_for(result)
 
 
@@ -297,7 +304,7 @@ def progress(operation_id: OperationArgument, database_url: DatabaseOption = Non
     p = storage.get_rebuild_progress(operation_id)
     typer.echo(_progress_line(p))
     if p.error:
-        typer.echo(f"error: {p.error}")
+        typer.echo(f"error: {p.error.strip().splitlines()[0]}")  # older records held whole messages
     if p.throttle:
         typer.echo(f"throttle: {p.throttle}")
     waits = storage.get_throttle_episodes(operation_id)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from potato_ops import BulkConfig
-from potato_ops.config import DATABASE_URL_ENV, default_sqlite_path, mask_secrets
+from potato_ops.config import DATABASE_URL_ENV, database_url_in, default_sqlite_path, mask_secrets
 from potato_ops.domain.dates import parse_date_range, parse_since, system_clock, validate_timezone
 from potato_ops.errors import ConfigError, InvalidDateRangeError, InvalidTimezoneError, NotebookParameterError
 from potato_ops.notebook_runs.parameters import parse_value, refuse_secrets
@@ -125,6 +125,10 @@ def url_env_param(value: object) -> str:
             f"environment variable {name} (named by database_url_env) is not set: set it to the "
             f"database URL, or use the default {DATABASE_URL_ENV} (unset: the embedded database)"
         )
+    try:
+        database_url_in(name)
+    except ConfigError as exc:
+        raise RunbookParameterError(f"parameter database_url_env: {exc}") from None
     return name
 
 

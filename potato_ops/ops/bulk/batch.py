@@ -24,6 +24,7 @@ from potato_ops.domain import operations
 from potato_ops.domain.operations import Owner
 from potato_ops.errors import UserNotFoundError
 from potato_ops.ops.batch_rebuild import BatchOptions, UserOutcome, history_entry
+from potato_ops.ops.bulk import retry
 from potato_ops.ops.bulk.config import BulkConfig
 from potato_ops.ops.bulk.fill import rebuild_bulk_batch
 from potato_ops.ops.bulk.sizing import BatchSizer
@@ -160,6 +161,7 @@ class BatchWorker:
                 return results
             return None
         except Exception as exc:
+            retry.reraise_if_connection_lost(exc)  # the whole batch is run again
             if not alone:
                 log.info("batch of %d users rolled back (%s); redoing each alone", len(user_ids), exc)
                 return None

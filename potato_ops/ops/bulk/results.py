@@ -54,6 +54,9 @@ class BulkResult:
     ``total_duration_ms`` is this call's wall time (for a completed operation returned as
     is, finished minus started); ``average_duration_ms`` is the mean per-user share of its
     batch's time. ``timings`` sums the ms each phase took in this call, over all workers.
+    ``processed_here`` is how many users this call itself processed (None for an operation
+    returned as the ledger holds it), the base of this call's rate; ``taken_over`` says this
+    runner was fenced out by a takeover and stopped (``status`` is then the new owner's).
     """
 
     operation_id: str
@@ -74,6 +77,8 @@ class BulkResult:
     timings: dict[str, float] = field(default_factory=dict)
     waiting: str | None = None  # why a still-running operation does not move (see Progress)
     throttled_seconds: dict[str, float] = field(default_factory=dict)  # waited, by kind, every runner
+    processed_here: int | None = None
+    taken_over: bool = False
 
 
 @dataclass(frozen=True)

@@ -699,6 +699,7 @@ def test_every_bulk_command_and_option_has_help() -> None:
         "bulk-worker",
         "cancel",
         "operations",
+        "pause",
         "progress",
         "prune-backups",
         "resume",

@@ -74,11 +74,18 @@ class Report:
     ms: float = 0.0
 
 
-def catch_up(target: Target, on_batch: Callable[[int], None] | None = None) -> Report:
+def catch_up(
+    target: Target,
+    on_batch: Callable[[int], None] | None = None,
+    before_batch: Callable[[], bool] | None = None,
+) -> Report:
     """Run catch-up passes until one finds nothing (or the bound); return what was done.
 
-    ``on_batch`` receives the users caught up so far after each batch. A runner fenced out
-    (a takeover, or another worker ended the operation) stops at once with ``fenced`` set.
+    ``before_batch`` is the operation's gate (throttle, window, pause): it blocks until a
+    batch may run, and returns False when the run is stopping (what is left is then recorded
+    as after the final pass). ``on_batch`` receives the users caught up so far after each
+    batch. A runner fenced out (a takeover, or another worker ended the operation) stops at
+    once with ``fenced`` set.
     """
     t0 = time.perf_counter()
     report = Report()
@@ -90,7 +97,7 @@ def catch_up(target: Target, on_batch: Callable[[int], None] | None = None) -> R
                 cancelled = ledger.cancel_requested(conn, op)
             if not changed:
                 break
-            if report.passes >= MAX_PASSES or cancelled:
+            if report.passes >= MAX_PASSES or cancelled or not (before_batch is None or before_batch()):
                 with write_transaction(db.engine) as conn:
                     capture.record_late(conn, op, changed)
                     claims.fence_operation(conn, op, target.epoch)
@@ -104,7 +111,9 @@ def catch_up(target: Target, on_batch: Callable[[int], None] | None = None) -> R
                 break
             report.passes += 1
             log.info("bulk operation %s: catch-up pass %d, %d users", op, report.passes, len(changed))
-            for part in chunks([c.user_id for c in changed], target.batch_size):
+            for k, part in enumerate(chunks([c.user_id for c in changed], target.batch_size)):
+                if k and before_batch is not None and not before_batch():
+                    break  # stopping: the next look records what is left as after the final pass
                 report.caught_up += _rebuild(target, list(part))
                 if on_batch is not None:
                     on_batch(report.caught_up)

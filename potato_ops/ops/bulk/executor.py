@@ -161,7 +161,7 @@ class BulkExecutor:
             self.caught_up = caught_up
             self._report(t0)
 
-        report = catchup.catch_up(target, on_batch)
+        report = catchup.catch_up(target, on_batch, lambda: self.gate.wait_until_open(self.stop))
         self._add_timings({"catchup": report.ms})
         return FENCED if report.fenced else None
 

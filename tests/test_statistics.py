@@ -89,7 +89,8 @@ def test_a_bulk_run_analyzes_what_is_stale_before_its_first_batch(own_storage: S
     storage.set_feature_flag(RUNS_V2_FLAG, True)
     _flush(storage)
     assert _stale(storage) == ["day_marks", "runs", "users"]
-    result = storage.bulk_rebuild_users(None, BulkConfig(batch_size=20, max_workers=2, dry_run=True))
+    ids = [u.id for u in storage.get_all_users()]
+    result = storage.bulk_rebuild_users(ids, BulkConfig(batch_size=20, max_workers=2, dry_run=True))
     assert result.status == "completed"
     with storage.engine.connect() as conn:
         analyzed = conn.execute(

@@ -72,7 +72,7 @@ params
 
 # %%
 from potato_ops.notebook_runs.result import record_result
-from potato_ops.runbook.bulk import (
+from potato_ops.runbook.bulk_recovery import (
     bulk_dry_run,
     bulk_execute,
     bulk_progress,
@@ -82,7 +82,7 @@ from potato_ops.runbook.bulk import (
     slowest_chart,
     validate_bulk,
 )
-from potato_ops.runbook.scan import run_lengths_chart
+from potato_ops.runbook.database_views import run_lengths_chart
 from potato_ops.runbook.session import open_session, safety_checklist
 
 session = open_session(params.common)

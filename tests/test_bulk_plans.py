@@ -125,7 +125,7 @@ def _rewrite_runs(storage: Storage) -> None:
         # In no particular order, as a hash aggregate's output would come.
         conn.execute(text(f"INSERT INTO runs ({cols}) SELECT {cols} FROM kept ORDER BY user_id, start_date"))
         conn.execute(text("DROP TABLE kept"))
-    with storage.engine.begin() as conn:  # the counts of changed rows reach pg_stat_user_tables now
+        # This session's counts of changed rows reach pg_stat_user_tables as it commits.
         conn.execute(text("SELECT pg_stat_force_next_flush()"))
 
 

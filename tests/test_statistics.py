@@ -37,7 +37,11 @@ def _users(storage: Storage, count: int) -> None:
 
 
 def _flush(storage: Storage) -> None:
-    """Make this session's counts of changed rows visible in pg_stat_user_tables now."""
+    """Make the counts of changed rows visible in pg_stat_user_tables now.
+
+    A session reports its counts as it goes idle, at most once a second unless forced; the
+    writes above ran one after another on the pool's one connection, which this forces.
+    """
     with storage.engine.begin() as conn:
         conn.execute(text("SELECT pg_stat_force_next_flush()"))
 

@@ -43,11 +43,11 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 
 from potato_ops import BulkConfig, Storage, fixed_clock
+from potato_ops.db.grouping import grouped_marks_sql
 from potato_ops.db.schema import RUNS_V2_FLAG
 from potato_ops.demo.synth import CORRUPTIONS_POSTGRES, CORRUPTIONS_SQLITE, inject_corruption, seed
 from potato_ops.domain.models import ViolationKind
 from potato_ops.ops.bulk.api import bulk_rebuild_users
-from potato_ops.ops.scan import grouped_marks_sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: find the sibling
 from benchmarks import bulk as yardstick

@@ -142,13 +142,13 @@ def test_a_problem_record_raises_a_one_line_error_after_it_is_displayed(
     with pytest.raises(ProblemFound) as caught:
         record_result("3 overlaps", status="problem")
 
-    assert [d["text/plain"] for d in shown] == ["✅ 2 overlaps", "❌ 3 overlaps"]  # displayed first
+    assert [d["text/plain"] for d in shown] == ["✔ 2 overlaps", "✘ 3 overlaps"]  # displayed first
     assert str(caught.value) == "3 overlaps"
     assert caught.value._render_traceback_() == ["ProblemFound: 3 overlaps"]  # JupyterLab's whole error
 
 
 def test_verdict_line() -> None:
-    assert verdict_line("ok", "all good") == "✅ all good"
+    assert verdict_line("ok", "all good") == "✔ all good"
     assert verdict_line("problem", "2 overlaps") == "❌ 2 overlaps"
     assert verdict_line("timeout", "cell 3 did not finish") == "❌ cell 3 did not finish"
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, delete, insert, select
 
 from potato_ops.db.schema import ops_run_records
 
@@ -31,6 +31,17 @@ class RecordedRun:
 def insert_run_record(conn: Connection, row: Mapping[str, Any]) -> None:
     """Insert one run's record; the caller commits."""
     conn.execute(insert(ops_run_records).values(**row))
+
+
+def replace_run_record(conn: Connection, row: Mapping[str, Any]) -> None:
+    """Insert one run's record in place of any row with its run_id; the caller commits."""
+    delete_run_record(conn, str(row["run_id"]))
+    insert_run_record(conn, row)
+
+
+def delete_run_record(conn: Connection, run_id: str) -> None:
+    """Delete the record with this run_id, if any; the caller commits."""
+    conn.execute(delete(ops_run_records).where(ops_run_records.c.run_id == run_id))
 
 
 def recorded_runs(conn: Connection, archive: str) -> list[RecordedRun]:

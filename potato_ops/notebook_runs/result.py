@@ -23,7 +23,8 @@ from potato_ops.domain.models import jsonable
 RESULT_MIMETYPE = "application/vnd.potato-ops.result+json"
 RESULT_STATUSES = ("ok", "problem")
 
-_STATUS_MARK = {"ok": "✅", "problem": "❌"}
+# Marks every common font has (emoji are empty boxes in many browsers and terminals).
+_STATUS_MARK = {"ok": "✔", "problem": "✘"}
 
 
 class ProblemFound(Exception):  # named for the exit code it becomes, PROBLEM_FOUND
@@ -62,6 +63,12 @@ def record_result(
         {RESULT_MIMETYPE: payload, "text/plain": verdict_line(status, payload["verdict"])},
         raw=True,
     )
+    from potato_ops.notebook_runs import interactive
+
+    if interactive.current() is not None:  # a person's run: archived now, like a headless one
+        where = interactive.finish(payload)
+        if where:
+            display({"text/plain": where}, raw=True)  # type: ignore[no-untyped-call]
     if status == "problem":
         raise ProblemFound(payload["verdict"])
 
@@ -89,5 +96,5 @@ def result_payload(
 
 
 def verdict_line(status: str, verdict: str) -> str:
-    """Return the one-line verdict shown to people: ``✅ ...`` or ``❌ ...``."""
-    return f"{_STATUS_MARK.get(status, '❌')} {verdict}"
+    """Return the one-line verdict shown to people: ``✔ ...`` or ``✘ ...``."""
+    return f"{_STATUS_MARK.get(status, '✘')} {verdict}"

@@ -11,6 +11,7 @@ from potato_ops.errors import FeatureFlagError
 from potato_ops.monitoring.metrics import HISTORY_SCHEMA, history_frame, slowest_users_frame
 from potato_ops.ops.bulk.config import BulkConfig
 from potato_ops.ops.bulk.results import BulkResult, Progress
+from potato_ops.runbook.check_token import runbook_step
 from potato_ops.runbook.display import Chart, Shown, Verdict, user_emails
 from potato_ops.runbook.params import BulkParams
 from potato_ops.runbook.progress import ProgressBar
@@ -193,6 +194,7 @@ def bulk_dry_run(session: Session, plan: BulkPlan) -> BulkStep:
     return BulkStep(label, result)
 
 
+@runbook_step(writes=True)
 def bulk_execute(session: Session, plan: BulkPlan) -> BulkStep:
     """Return the real rebuild, unless the plan is a dry run or the feature flag refuses it."""
     label = "Execute the actual rebuild"

@@ -20,6 +20,7 @@ from potato_ops.domain.dates import parse_date_range, system_clock, validate_tim
 from potato_ops.errors import InvalidDateRangeError, InvalidTimezoneError, NotebookParameterError
 from potato_ops.monitoring.metrics import parse_since
 from potato_ops.notebook_runs.parameters import parse_value, refuse_secrets
+from potato_ops.runbook.check_token import checks_parameters
 from potato_ops.runbook.display import Shown
 
 SCENARIOS: tuple[str, ...] = (
@@ -245,6 +246,7 @@ class SingleUserParams(CheckedParams):
     calendar_days: int
 
 
+@checks_parameters
 def check_single_user_recovery(
     *,
     user_email: object,
@@ -292,6 +294,7 @@ class BulkParams(CheckedParams):
     ignore_feature_flag: bool
 
 
+@checks_parameters
 def check_bulk_recovery(
     *,
     user_ids: object,
@@ -334,6 +337,7 @@ class TimezoneParams(CheckedParams):
     dry_run: bool
 
 
+@checks_parameters
 def check_timezone_migration(
     *,
     user_email: object,
@@ -384,6 +388,7 @@ class RecoveryParams(CheckedParams):
     still_slow_ms: float
 
 
+@checks_parameters
 def check_error_recovery(
     *,
     scenario: object,
@@ -424,6 +429,7 @@ class RestoreParams(CheckedParams):
     calendar_days: int
 
 
+@checks_parameters
 def check_restore_from_backup(
     *,
     user_email: object,
@@ -460,6 +466,7 @@ class AuditParams(CheckedParams):
     alert_rules: Path | None
 
 
+@checks_parameters
 def check_monitoring_audit(
     *,
     since: object,
@@ -499,6 +506,7 @@ class TroubleshootParams(CheckedParams):
     calendar_days: int
 
 
+@checks_parameters
 def check_troubleshooting(
     *,
     user_email: object,

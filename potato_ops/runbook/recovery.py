@@ -25,6 +25,7 @@ from potato_ops.charts.runs import violations_before_after
 from potato_ops.domain.models import ViolationKind
 from potato_ops.monitoring.metrics import history_frame, slowest_users_frame
 from potato_ops.ops.repair import RepairStatus, UserRepair, repair_users
+from potato_ops.runbook.check_token import runbook_step
 from potato_ops.runbook.display import Chart, Shown, Verdict, user_emails
 from potato_ops.runbook.params import RecoveryParams
 from potato_ops.runbook.scan import InvariantCheck, scan_invariants, timezones_chart
@@ -259,6 +260,7 @@ def dry_run_repairs(session: Session, detection: Detection, params: RecoveryPara
     return Repairs("Dry run of the repair", _repairs(session, detection, params, dry_run=True))
 
 
+@runbook_step(writes=True)
 def repair(session: Session, detection: Detection, params: RecoveryParams) -> Repairs:
     """Return the real repair, scenario by scenario; skipped when dry_run is True."""
     label = "Repair"

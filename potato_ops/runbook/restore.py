@@ -10,6 +10,7 @@ import polars as pl
 from potato_ops.db.backups import verify_backup
 from potato_ops.domain.models import Backup, Run, Violation
 from potato_ops.errors import BackupError
+from potato_ops.runbook.check_token import runbook_step
 from potato_ops.runbook.display import Chart, Shown, Status, Verdict
 from potato_ops.runbook.params import RestoreParams
 from potato_ops.runbook.session import Session
@@ -121,6 +122,7 @@ class RestoreStep(Shown):
         return found
 
 
+@runbook_step(writes=True)
 def restore_backup(
     session: Session, snapshot: UserSnapshot, choice: BackupChoice, *, dry_run: bool
 ) -> RestoreStep:

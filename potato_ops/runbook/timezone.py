@@ -16,6 +16,7 @@ from potato_ops.domain.dates import local_today
 from potato_ops.domain.models import RebuildResult, Run, User
 from potato_ops.errors import UserNotFoundError
 from potato_ops.ops import rebuild
+from potato_ops.runbook.check_token import runbook_step
 from potato_ops.runbook.display import Chart, Shown, Verdict
 from potato_ops.runbook.params import TimezoneParams
 from potato_ops.runbook.session import Session
@@ -115,6 +116,7 @@ class TimezoneUpdate(Shown):
         return [("info", f"{prefix}{verb} user {uid}: {old} -> {new}") for uid, old, new in self.changes]
 
 
+@runbook_step(writes=True)
 def update_timezones(session: Session, affected: AffectedUsers, *, dry_run: bool) -> TimezoneUpdate:
     """Return the zone changes; writes them (logged, day marks untouched) unless dry_run."""
     changes = [
@@ -204,6 +206,7 @@ def _text(run: Run | None) -> str:
     return "none" if run is None else f"{run.start_date} .. {run.end_date} ({run.day_count} days)"
 
 
+@runbook_step(writes=True)
 def rebuild_affected(session: Session, affected: AffectedUsers, *, dry_run: bool) -> TimezoneRebuilds:
     """Return each user's rebuild (dry or real) with the active run by the rule in the target zone."""
     storage = session.storage

@@ -17,6 +17,7 @@ from potato_ops.charts.calendar import run_calendar
 from potato_ops.domain.dates import ONE_DAY, parse_date_range
 from potato_ops.domain.models import DayMark, RebuildResult, Run, User, Violation
 from potato_ops.errors import BackupError, UserNotFoundError
+from potato_ops.runbook.check_token import runbook_step
 from potato_ops.runbook.display import Chart, Shown, Verdict, runs_frame, violations_frame
 from potato_ops.runbook.params import SingleUserParams, UserRef
 from potato_ops.runbook.session import Session
@@ -180,6 +181,7 @@ class RebuildStep(Shown):
         return pl.concat([deleted, created]).select("change", pl.all().exclude("change"))
 
 
+@runbook_step(writes=True)
 def execute_rebuild(
     session: Session,
     snapshot: UserSnapshot,
@@ -253,6 +255,7 @@ class RollbackStep(Shown):
         return [("ok" if self.done else "problem", self.detail)]
 
 
+@runbook_step(writes=True)
 def rollback_if_needed(
     session: Session, snapshot: UserSnapshot, step: RebuildStep, validation: ValidationStep
 ) -> RollbackStep:

@@ -645,7 +645,9 @@ def rebuild_user_runs(
         uuid.uuid4().hex,
         lo,
         hi,
-        backup=BACKUP_ALWAYS if backup else BACKUP_NEVER,
+        # A rebuild that changes nothing keeps no backup: the backups of a user then tell what
+        # there was before each change, not how often a cell was run.
+        backup=BACKUP_CHANGED if backup else BACKUP_NEVER,
         backup_reason="dry_run" if dry_run else "rebuild",
         keep_runs_after=True,
     )

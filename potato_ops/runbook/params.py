@@ -424,9 +424,10 @@ class RestoreParams(CheckedParams):
 
     common: Common
     user: UserRef
-    backup_id: int | None  # None: the user's newest backup
+    backup_id: int | None  # None: the backup taken before the incident's first change
     dry_run: bool
     calendar_days: int
+    since: datetime | None = None  # the incident's start, when no ticket links its changes
 
 
 @checks_parameters
@@ -440,8 +441,10 @@ def check_restore_from_backup(
     operator: object,
     ticket: object,
     database_url_env: object,
+    since: object = "",
 ) -> RestoreParams:
-    """Return the checked parameters of 06; backup_id 0 means the newest backup."""
+    """Return the checked parameters of 06; backup_id 0 means the backup taken before the
+    incident's first change (the ticket's, else the oldest since ``since``, else the newest)."""
     chosen = int_param("backup_id", backup_id)
     checked = RestoreParams(
         common_params(operator, ticket, database_url_env),
@@ -449,6 +452,7 @@ def check_restore_from_backup(
         chosen or None,
         flag_param("dry_run", dry_run),
         int_param("calendar_days", calendar_days),
+        since_param(since, allow_empty=True),
     )
     required_user(checked.user, "restore from backup")
     return checked

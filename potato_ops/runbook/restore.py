@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import polars as pl
@@ -12,6 +13,7 @@ from potato_ops.domain.models import Backup, Run, Violation
 from potato_ops.errors import BackupError
 from potato_ops.runbook.check_token import runbook_step
 from potato_ops.runbook.display import Chart, Shown, Status, Verdict
+from potato_ops.runbook.incident import incident_backup
 from potato_ops.runbook.params import RestoreParams
 from potato_ops.runbook.session import Session
 from potato_ops.runbook.user import UserSnapshot, user_calendar
@@ -34,6 +36,7 @@ class BackupChoice(Shown):
     chosen: Backup | None = None
     problem: str = ""
     intact: bool = False
+    why: str = ""  # which rule chose it
 
     def title(self) -> str:
         return "Retrieve the backup"
@@ -48,6 +51,7 @@ class BackupChoice(Shown):
                 f"{len(self.backups)} backups of this user; "
                 f"chosen: backup {b.id} of {b.timestamp.isoformat()}",
             ),
+            *([("info", f"why: {self.why}")] if self.why else []),
             ("info", f"{b.metadata.total_runs} runs, reason {b.metadata.reason}"),
             (
                 "ok" if self.intact else "problem",
@@ -71,16 +75,21 @@ class BackupChoice(Shown):
         return pl.DataFrame(rows, schema=BACKUP_SCHEMA, orient="row")
 
 
-def choose_backup(session: Session, snapshot: UserSnapshot, backup_id: int | None) -> BackupChoice:
-    """Return the chosen backup (the newest when ``backup_id`` is None), its owner and checksum checked."""
+def choose_backup(
+    session: Session, snapshot: UserSnapshot, backup_id: int | None, *, since: datetime | None = None
+) -> BackupChoice:
+    """Return the chosen backup, its owner and checksum checked; without ``backup_id``, the one
+    taken before the incident's first change (by the session's ticket, else ``since``)."""
     if snapshot.user is None:
         return BackupChoice(problem=snapshot.problem)
     storage = session.storage
     found = storage.get_backups(snapshot.user.id)
+    why = f"backup {backup_id} was asked for"
     if backup_id is None:
-        if not found:
-            return BackupChoice(found, problem=f"user {snapshot.user.id} has no backups")
-        chosen = found[0]
+        picked = incident_backup(storage, snapshot.user.id, ticket=session.common.ticket, since=since)
+        if picked.backup is None:
+            return BackupChoice(found, problem=picked.why)
+        chosen, why = picked.backup, picked.why
     else:
         try:
             chosen = storage.get_backup(backup_id)
@@ -89,8 +98,8 @@ def choose_backup(session: Session, snapshot: UserSnapshot, backup_id: int | Non
     try:
         verify_backup(snapshot.user.id, chosen)
     except BackupError as exc:
-        return BackupChoice(found, chosen, str(exc), intact=False)
-    return BackupChoice(found, chosen, intact=True)
+        return BackupChoice(found, chosen, str(exc), intact=False, why=why)
+    return BackupChoice(found, chosen, intact=True, why=why)
 
 
 @dataclass(frozen=True, repr=False)

@@ -19,6 +19,7 @@ from potato_ops.domain.models import DayMark, RebuildResult, Run, User, Violatio
 from potato_ops.errors import BackupError, UserNotFoundError
 from potato_ops.runbook.check_token import runbook_step
 from potato_ops.runbook.display import Chart, Shown, Verdict, runs_frame, violations_frame
+from potato_ops.runbook.incident import incident_backup
 from potato_ops.runbook.params import SingleUserParams, UserRef
 from potato_ops.runbook.session import Session
 
@@ -278,18 +279,24 @@ def rollback_if_needed(
             else "the failed rebuild was rolled back, but the runs differ from before: check who else writes",
             current,
         )
+    own = [r.backup] if r.backup is not None and r.backup.id is not None else []
+    picked = incident_backup(session.storage, snapshot.user.id, ticket=session.common.ticket, also=own)
     if validation.valid:
-        return RollbackStep(False, False, "not needed: the rebuild is valid")
-    if r.backup is None or r.backup.id is None:
+        if picked.backup is None:
+            return RollbackStep(False, False, "not needed: the rebuild is valid")
+        return RollbackStep(
+            False, False, f"not needed: the rebuild is valid (a rollback would restore {picked.why})"
+        )
+    if picked.backup is None:
         return RollbackStep(
             True, False, "validation failed and no backup was kept: rebuild again or restore by hand"
         )
     try:
-        restored = session.storage.restore_user_runs(snapshot.user.id, r.backup)
+        restored = session.storage.restore_user_runs(snapshot.user.id, picked.backup)
     except BackupError as exc:
         return RollbackStep(True, False, f"rollback refused: {exc}")
     return RollbackStep(
-        True, True, f"rollback completed: {len(restored)} runs restored from backup {r.backup.id}", restored
+        True, True, f"rollback completed: {len(restored)} runs restored from {picked.why}", restored
     )
 
 

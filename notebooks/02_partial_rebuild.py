@@ -41,6 +41,7 @@ user_id: str = ""  # the user's id (give this or user_email)
 from_date: str = ""  # first day of the range, YYYY-MM-DD; empty: no lower bound
 to_date: str = ""  # last day of the range, YYYY-MM-DD; empty: no upper bound
 dry_run: bool = True  # True: compute and show every change, then roll back; False: commit
+confirm: str = ""  # a live run (dry_run=False) needs the database's name here; the check cell shows it
 keep_backup: bool = True  # keep a backup of the runs replaced (needed to roll back)
 calendar_days: int = 120  # days of history drawn in the calendar chart
 operator: str = ""  # who runs this procedure (kept in the archived record)
@@ -59,6 +60,7 @@ params = check_partial_rebuild(
     from_date=from_date,
     to_date=to_date,
     dry_run=dry_run,
+    confirm=confirm,
     keep_backup=keep_backup,
     calendar_days=calendar_days,
     operator=operator,

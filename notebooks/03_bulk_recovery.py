@@ -39,6 +39,7 @@ user_ids: list[str] = []  # users to rebuild (a list, or ids joined by commas); 
 batch_size: int = 10  # users per batch
 max_workers: int = 5  # batches processed at once
 dry_run: bool = True  # True: compute and show every change, then roll back; False: commit
+confirm: str = ""  # a live run (dry_run=False) needs the database's name here; the check cell shows it
 from_date: str = ""  # partial rebuild from this day, YYYY-MM-DD; empty: no lower bound
 to_date: str = ""  # partial rebuild up to this day, YYYY-MM-DD; empty: no upper bound
 skip_backup: bool = False  # True: keep no backups (faster, but nothing to roll back to)
@@ -59,6 +60,7 @@ params = check_bulk_recovery(
     batch_size=batch_size,
     max_workers=max_workers,
     dry_run=dry_run,
+    confirm=confirm,
     from_date=from_date,
     to_date=to_date,
     skip_backup=skip_backup,

@@ -90,6 +90,11 @@ class LiveNotebook:
         return [self.run(self.with_parameters(values)), *(self.run(c) for c in self.cells[1:])]
 
 
+def database_name(url: str) -> str:
+    """Return what a live run is confirmed with: the PostgreSQL database's or the SQLite file's name."""
+    return url.split("?", 1)[0].rsplit("/", 1)[1]
+
+
 def notebook_copy(name: str, folder: Path) -> Path:
     """Return a working copy of a runbook notebook in folder (the session's notebook path)."""
     folder.mkdir(parents=True, exist_ok=True)

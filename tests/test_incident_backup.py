@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import Engine, func, insert, select
 
 from potato_ops.db.schema import day_marks, ops_backups, runs
-from tests.kernel_session import live_notebook, notebook_copy
+from tests.kernel_session import database_name, live_notebook, notebook_copy
 from tests.test_notebooks import SeededDatabase, run, seed_database
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
@@ -67,7 +67,13 @@ def test_restore_defaults_to_the_backup_from_before_the_tickets_first_change(
     user = seeded.corrupted_user()
     damaged = spans(engine, user.id)
     env = {**os.environ, "POTATO_OPS_REPORTS_DIR": str(tmp_path / "records")}
-    live = {"user_id": user.id, "dry_run": False, "operator": "alice", "ticket": "INC-9"}
+    live = {
+        "user_id": user.id,
+        "dry_run": False,
+        "confirm": database_name(seeded.url),
+        "operator": "alice",
+        "ticket": "INC-9",
+    }
     path = notebook_copy("01_single_user_recovery", tmp_path / "incident")
     with live_notebook(path, env, tmp_path) as nb:
         nb.run_all(live)

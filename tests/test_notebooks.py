@@ -84,10 +84,22 @@ def seed_database(url: str, *, users: int = 24, days: int = 120, corrupt: float 
     return SeededDatabase(url, storage, seeded)
 
 
+def confirmation(parameters: Mapping[str, object]) -> dict[str, object]:
+    """Return the parameters with a live run confirmed by the database's name, as an operator types it."""
+    if parameters.get("dry_run") is not False or "confirm" in parameters:
+        return dict(parameters)
+    url = os.environ[str(parameters.get("database_url_env", "POTATO_DATABASE_URL"))]
+    path = url.split("?", 1)[0].rsplit("/", 1)[1]
+    return {**parameters, "confirm": path}
+
+
 def run(name: str, parameters: Mapping[str, object], reports: Path) -> tuple[RunRecord, dict[str, Any]]:
-    """Run a notebook through the runner; return its record and the archived result JSON."""
+    """Run a notebook through the runner (a live run confirmed); return its record and result JSON."""
     record = run_notebook(
-        NOTEBOOKS / f"{name}.ipynb", parameters, reports_dir=reports, cell_timeout=CELL_TIMEOUT_S
+        NOTEBOOKS / f"{name}.ipynb",
+        confirmation(parameters),
+        reports_dir=reports,
+        cell_timeout=CELL_TIMEOUT_S,
     )
     archived: dict[str, Any] = json.loads(record.result_path.read_text(encoding="utf-8"))
     assert archived["status"] == record.status

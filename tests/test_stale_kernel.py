@@ -28,7 +28,7 @@ from potato_ops.db.schema import (
     runs,
     users,
 )
-from tests.kernel_session import CellRun, live_notebook, notebook_copy
+from tests.kernel_session import CellRun, database_name, live_notebook, notebook_copy
 from tests.test_notebooks import SeededDatabase, seed_database
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
@@ -93,7 +93,8 @@ def assert_clean_refusal(cells: list[CellRun], *secrets_of_the_first_run: str) -
 
 
 def live_params(seeded: SeededDatabase, **extra: object) -> dict[str, object]:
-    return {"dry_run": False, "operator": "alice", "ticket": "INC-7", **extra}
+    confirm = database_name(seeded.url)
+    return {"dry_run": False, "confirm": confirm, "operator": "alice", "ticket": "INC-7", **extra}
 
 
 def test_single_user_recovery_stale_kernel_writes_nothing_and_shows_nothing_of_user_a(

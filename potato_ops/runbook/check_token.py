@@ -25,8 +25,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
+from potato_ops.config import DATABASE_URL_ENV
 from potato_ops.errors import NotebookError
 from potato_ops.notebook_runs import interactive
+from potato_ops.notebook_runs.confirm import CONFIRM, unconfirmed_live_run
 from potato_ops.notebook_runs.result import ProblemFound
 
 P = ParamSpec("P")
@@ -146,13 +148,26 @@ def checks_parameters(check: Callable[P, R]) -> Callable[P, R]:
     def checked(*args: P.args, **kwargs: P.kwargs) -> R:
         invalidate("the last check of the parameters failed")
         _watch_ipython()
+        confirm = kwargs.get(CONFIRM)
         result = check(*args, **kwargs)
+        if confirm is not None:
+            _refuse_unconfirmed(result, confirm)
         token = mint(check.__name__)
         stamp(result, token)
         interactive.begin(check.__name__, _parameters_of(result))
         return result
 
     return checked
+
+
+def _refuse_unconfirmed(checked: object, confirm: object) -> None:
+    from potato_ops.runbook.params import RunbookParameterError  # params is built on this module
+
+    common = getattr(checked, "common", None)
+    env_var = getattr(common, "database_url_env", "") or DATABASE_URL_ENV
+    why = unconfirmed_live_run(getattr(checked, "dry_run", True) is not False, confirm, env_var)
+    if why:
+        raise RunbookParameterError(why)
 
 
 def runbook_step(*, writes: bool = False) -> Callable[[Callable[P, R]], Callable[P, R]]:

@@ -19,6 +19,7 @@ from potato_ops.config import DATABASE_URL_ENV, default_sqlite_path, mask_secret
 from potato_ops.domain.dates import parse_date_range, system_clock, validate_timezone
 from potato_ops.errors import InvalidDateRangeError, InvalidTimezoneError, NotebookParameterError
 from potato_ops.monitoring.metrics import parse_since
+from potato_ops.notebook_runs.confirm import confirm_hint, database_name
 from potato_ops.notebook_runs.parameters import parse_value, refuse_secrets
 from potato_ops.runbook.check_token import checks_parameters
 from potato_ops.runbook.display import Shown
@@ -182,6 +183,12 @@ class CheckedParams(Shown):
         found.append(("info", f"operator: {self.common.operator or '(not given)'}"))
         found.append(("info", f"ticket: {self.common.ticket or '(not given)'}"))
         found.append(("info", f"database_url_env: {self.common.database_url_env}"))
+        dry_run = getattr(self, "dry_run", None)
+        if dry_run is True:
+            found.append(("info", confirm_hint(self.common.database_url_env)))
+        elif dry_run is False:
+            name = database_name(self.common.database_url_env)
+            found.append(("warn", f"LIVE run on the database {name!r} (confirmed)"))
         return found
 
 
@@ -259,6 +266,7 @@ def check_single_user_recovery(
     database_url_env: object,
     from_date: object = "",
     to_date: object = "",
+    confirm: object = "",  # a live run's confirmation, checked by @checks_parameters
 ) -> SingleUserParams:
     """Return the checked parameters of 01 (and, with a range, 02)."""
     lo, hi = date_range_param(from_date, to_date)
@@ -309,6 +317,7 @@ def check_bulk_recovery(
     operator: object,
     ticket: object,
     database_url_env: object,
+    confirm: object = "",  # a live run's confirmation, checked by @checks_parameters
 ) -> BulkParams:
     """Return the checked parameters of 03."""
     lo, hi = date_range_param(from_date, to_date)
@@ -348,6 +357,7 @@ def check_timezone_migration(
     operator: object,
     ticket: object,
     database_url_env: object,
+    confirm: object = "",  # a live run's confirmation, checked by @checks_parameters
 ) -> TimezoneParams:
     """Return the checked parameters of 04; a new timezone needs a user."""
     user = user_param(user_email, user_id)
@@ -399,6 +409,7 @@ def check_error_recovery(
     operator: object,
     ticket: object,
     database_url_env: object,
+    confirm: object = "",  # a live run's confirmation, checked by @checks_parameters
 ) -> RecoveryParams:
     """Return the checked parameters of 05; scenario is one of SCENARIOS or ``all``."""
     chosen = text_param("scenario", scenario).lower()
@@ -442,6 +453,7 @@ def check_restore_from_backup(
     ticket: object,
     database_url_env: object,
     since: object = "",
+    confirm: object = "",  # a live run's confirmation, checked by @checks_parameters
 ) -> RestoreParams:
     """Return the checked parameters of 06; backup_id 0 means the backup taken before the
     incident's first change (the ticket's, else the oldest since ``since``, else the newest)."""

@@ -39,7 +39,7 @@ def test_seed_validate_rebuild_restore_round_trip(db_url: str) -> None:
 
     code, out, _ = invoke(db_url, "rebuild", "--email", str(user.email), "--dry-run")
     assert code == 0
-    assert out.startswith("DRY RUN: ✅")
+    assert out.startswith("DRY RUN: ✔")
     assert user.id in storage.validate_invariants().users_with_violations
 
     code, out, _ = invoke(db_url, "rebuild", "--user-id", user.id)

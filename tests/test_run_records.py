@@ -161,6 +161,7 @@ def test_a_committed_run_whose_archive_fails_keeps_its_record_in_the_database(
             "-p",
             "operator",
             "ana",
+            *("-p", "confirm", db_url.split("?", 1)[0].rsplit("/", 1)[1]),
         ],
         env={"POTATO_OPS_REPORTS_DIR": str(reports)},
     )

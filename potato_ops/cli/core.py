@@ -41,7 +41,7 @@ def _runs_table(runs: list[Run]) -> str:
 
 def _print_rebuild(result: RebuildResult) -> None:
     mode = "DRY RUN: " if result.dry_run else ""
-    verdict = "✅ rebuild successful" if result.success else "❌ rebuild failed, rolled back"
+    verdict = "✔ rebuild successful" if result.success else "✘ rebuild failed, rolled back"
     typer.echo(f"{mode}{verdict} (operation {result.operation_id})")
     window = ""
     if result.from_date or result.to_date:
@@ -185,9 +185,9 @@ def validate(
         if len(report.violations) > limit:
             typer.echo(f"  … and {len(report.violations) - limit} more")
         typer.echo(
-            "✅ all invariants hold"
+            "✔ all invariants hold"
             if report.ok
-            else f"❌ {len(report.users_with_violations)} users with violations"
+            else f"✘ {len(report.users_with_violations)} users with violations"
         )
     if not report.ok:
         raise typer.Exit(int(ExitCode.PROBLEM_FOUND))

@@ -142,4 +142,6 @@ def lab_command(lab: LabFolder, *, port: int | None = None, open_browser: bool =
         command.append(f"--ServerApp.port={port}")
     if not open_browser:
         command.append("--no-browser")
+    if os.geteuid() == 0:  # a container's root: JupyterLab refuses to start without it
+        command.append("--allow-root")
     return command

@@ -13,6 +13,7 @@ from potato_ops.ops.bulk.config import BulkConfig
 from potato_ops.ops.bulk.results import BulkResult, Progress
 from potato_ops.runbook.check_token import runbook_step
 from potato_ops.runbook.display import Chart, Shown, Verdict, user_emails
+from potato_ops.runbook.dry_run_verdict import dry_run_verdict
 from potato_ops.runbook.params import BulkParams
 from potato_ops.runbook.progress import ProgressBar
 from potato_ops.runbook.scan import InvariantCheck, scan_invariants
@@ -290,13 +291,8 @@ def bulk_verdict(
     r = real.result
     if r is None:
         changed = dry.result.users_changed if dry.result else 0
-        return Verdict(
-            f"dry run: {changed} of {len(plan.user_ids)} users would change; "
-            f"{report.total} violations now; run with dry_run=False to rebuild",
-            "ok" if report.ok else "problem",
-            figures,
-            ops,
-        )
+        detail = f"of {len(plan.user_ids)} users planned; {report.total} violations now"
+        return dry_run_verdict(params.common, changed, detail, figures, ops, trouble=not report.ok)
     figures.update(
         completed_users=r.completed_users,
         failed_users=r.failed_users,

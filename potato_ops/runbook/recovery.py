@@ -27,6 +27,7 @@ from potato_ops.monitoring.metrics import history_frame, slowest_users_frame
 from potato_ops.ops.repair import RepairStatus, UserRepair, repair_users
 from potato_ops.runbook.check_token import runbook_step
 from potato_ops.runbook.display import Chart, Shown, Verdict, user_emails
+from potato_ops.runbook.dry_run_verdict import dry_run_verdict
 from potato_ops.runbook.params import RecoveryParams
 from potato_ops.runbook.scan import InvariantCheck, scan_invariants, timezones_chart
 from potato_ops.runbook.session import Session
@@ -317,13 +318,11 @@ def recovery_verdict(
         return Verdict("no violations and no slow users found: nothing to repair", "ok", figures)
     users = len({r.user_id for r in dry.rows})
     if params.dry_run:
-        return Verdict(
-            f"dry run: {before.total} violations in {len(before.users_with_violations)} users, "
-            f"{len(detection.slow)} slow users; the repair would touch {users} users; "
-            "run with dry_run=False to repair",
-            "problem",
-            figures,
+        detail = (
+            f"{before.total} violations in {len(before.users_with_violations)} users, "
+            f"{len(detection.slow)} slow users"
         )
+        return dry_run_verdict(params.common, users, detail, figures, trouble=not before.ok)
     bad = [r for r in done.rows if r.outcome.startswith(("failed", "could not", "still slow"))]
     repaired = sum(1 for r in done.rows if r.outcome in ("repaired", "removed"))
     text = f"repaired {repaired} users; {after.report.total} violations remain" + (

@@ -13,6 +13,7 @@ from potato_ops.domain.models import Backup, Run, Violation
 from potato_ops.errors import BackupError
 from potato_ops.runbook.check_token import runbook_step
 from potato_ops.runbook.display import Chart, Shown, Status, Verdict
+from potato_ops.runbook.dry_run_verdict import dry_run_verdict
 from potato_ops.runbook.incident import incident_backup
 from potato_ops.runbook.params import RestoreParams
 from potato_ops.runbook.session import Session
@@ -245,12 +246,14 @@ def restore_verdict(
         safety_backup_id=step.safety_backup.id if step.safety_backup else None,
     )
     if step.dry_run:
-        return Verdict(
-            f"dry run: backup {choice.chosen.id} of {who} is intact and would restore {check.found} runs "
-            f"({len(check.violations)} violations); run with dry_run=False to restore",
-            "ok" if not check.violations else "problem",
-            figures,
+        spans = [(r.start_date, r.end_date, r.day_count, r.active) for r in snapshot.runs]
+        restored = [(r.start_date, r.end_date, r.day_count, r.active) for r in step.restored]
+        detail = (
+            f"{who}: backup {choice.chosen.id} is intact and would restore {check.found} runs, "
+            f"{len(check.violations)} violations after"
         )
+        changes = int(spans != restored)
+        return dry_run_verdict(params.common, changes, detail, figures, trouble=bool(check.violations))
     if not check.complete:
         return Verdict(
             f"backup restoration incomplete for {who}: {check.found} of {check.expected} runs",

@@ -18,6 +18,7 @@ from potato_ops.errors import UserNotFoundError
 from potato_ops.ops import rebuild
 from potato_ops.runbook.check_token import runbook_step
 from potato_ops.runbook.display import Chart, Shown, Verdict
+from potato_ops.runbook.dry_run_verdict import dry_run_verdict
 from potato_ops.runbook.params import TimezoneParams
 from potato_ops.runbook.session import Session
 
@@ -304,13 +305,11 @@ def timezone_verdict(
         return Verdict("no users with pending timezone changes: nothing to do", "ok", figures)
     n = len(affected.users)
     if params.dry_run:
-        return Verdict(
-            f"dry run: {n} users to migrate, {len(update.changes)} timezone changes, "
-            f"active run would change for {len(rebuilds.active_changed)}; run with dry_run=False to apply",
-            "ok" if not rebuilds.failed else "problem",
-            figures,
-            ops,
+        detail = (
+            f"{len(update.changes)} timezone changes, active run changed for "
+            f"{len(rebuilds.active_changed)}, {len(rebuilds.failed)} rebuilds failing"
         )
+        return dry_run_verdict(params.common, n, detail, figures, ops, trouble=bool(rebuilds.failed))
     figures.update(flags_disagreeing=len(check.disagreeing), still_pending=len(check.still_pending))
     if rebuilds.failed or not check.ok:
         return Verdict(

@@ -19,6 +19,7 @@ from potato_ops.domain.models import DayMark, RebuildResult, Run, User, Violatio
 from potato_ops.errors import BackupError, UserNotFoundError
 from potato_ops.runbook.check_token import runbook_step
 from potato_ops.runbook.display import Chart, Shown, Verdict, runs_frame, violations_frame
+from potato_ops.runbook.dry_run_verdict import dry_run_verdict
 from potato_ops.runbook.incident import incident_backup
 from potato_ops.runbook.params import SingleUserParams, UserRef
 from potato_ops.runbook.session import Session
@@ -428,17 +429,14 @@ def recovery_verdict(
     isolated = isolation is None or isolation.skipped or isolation.ok
     if r.dry_run:
         if not step.changed and not snapshot.violations:
-            return Verdict(
-                f"dry run: runs of {who} are already correct, nothing to change", "ok", figures, ops
-            )
+            return dry_run_verdict(params.common, 0, f"the runs of {who} are already correct", figures, ops)
         good = r.success and bool(validation.valid) and isolated
-        text = (
-            f"dry run: rebuilding {who} would delete {r.runs_deleted} and create {r.runs_created} runs "
-            f"({len(snapshot.violations)} violations now"
-            + (", 0 after)" if good else f", {len(validation.violations)} after: investigate)")
-            + "; run with dry_run=False to apply"
+        detail = (
+            f"{who}: delete {r.runs_deleted} and create {r.runs_created} runs, "
+            f"{len(snapshot.violations)} violations now"
+            + (", 0 after" if good else f", {len(validation.violations)} after: investigate")
         )
-        return Verdict(text, "problem", figures, ops)
+        return dry_run_verdict(params.common, 1, detail, figures, ops, trouble=not good)
     if not r.success:
         return Verdict(
             f"rebuild of {who} failed and was rolled back: {len(r.invariant_violations)} violations",

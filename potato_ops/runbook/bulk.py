@@ -301,9 +301,14 @@ def bulk_verdict(
         status=r.status,
     )
     good = r.status == "completed" and r.failed_users == 0 and report.ok
+    following = ""
+    if not report.ok:
+        following = "; next: run 05_error_recovery (it repairs what a rebuild cannot, such as orphan runs)"
+    elif r.failed_users:
+        following = "; next: run 08_troubleshooting for the failed users"
     return Verdict(
         f"bulk rebuild {r.status}: {r.completed_users} completed, {r.failed_users} failed in "
-        f"{r.total_duration_ms / 1000:.1f} s; {report.total} violations remain",
+        f"{r.total_duration_ms / 1000:.1f} s; {report.total} violations remain{following}",
         "ok" if good else "problem",
         figures,
         ops,

@@ -439,7 +439,8 @@ def recovery_verdict(
         return dry_run_verdict(params.common, 1, detail, figures, ops, trouble=not good)
     if not r.success:
         return Verdict(
-            f"rebuild of {who} failed and was rolled back: {len(r.invariant_violations)} violations",
+            f"rebuild of {who} failed and was rolled back: {len(r.invariant_violations)} violations; "
+            "next: run 08_troubleshooting for this user",
             "problem",
             figures,
             ops,
@@ -447,7 +448,8 @@ def recovery_verdict(
     if not validation.valid:
         done = "rolled back to the backup" if rollback.done else "NOT rolled back"
         return Verdict(
-            f"rebuild of {who} failed validation ({len(validation.violations)} violations), {done}",
+            f"rebuild of {who} failed validation ({len(validation.violations)} violations), {done}; "
+            "next: run 08_troubleshooting for this user",
             "problem",
             figures,
             ops,

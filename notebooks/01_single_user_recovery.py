@@ -37,7 +37,7 @@
 user_email: str = ""  # the user's email (give this or user_id)
 user_id: str = ""  # the user's id (give this or user_email)
 dry_run: bool = True  # True: compute and show every change, then roll back; False: commit
-confirm: str = ""  # a live run (dry_run=False) needs the database's name here; the check cell shows it
+confirm: str = ""  # a live run needs the name of the database here (the check cell shows it)
 keep_backup: bool = True  # keep a backup of the runs replaced (needed to roll back)
 calendar_days: int = 120  # days of history drawn in the calendar chart
 operator: str = ""  # who runs this procedure (kept in the archived record)
@@ -66,12 +66,12 @@ params
 # %%
 from potato_ops.notebook_runs.result import record_result
 from potato_ops.runbook.session import open_session, safety_checklist
-from potato_ops.runbook.user import (
+from potato_ops.runbook.single_user_recovery import (
     execute_rebuild,
     identify_user,
     post_recovery_validation,
+    rebuild_verdict,
     recovery_calendar,
-    recovery_verdict,
     rollback_if_needed,
 )
 
@@ -136,7 +136,7 @@ recovery_calendar(snapshot, rebuild, rollback, days=params.calendar_days)
 # ## Verdict
 
 # %%
-verdict = recovery_verdict(params, snapshot, rebuild, validation, rollback)
+verdict = rebuild_verdict(params, snapshot, rebuild, validation, rollback)
 verdict
 
 # %%

@@ -41,7 +41,7 @@ user_id: str = ""  # the user's id (give this or user_email)
 from_date: str = ""  # first day of the range, YYYY-MM-DD; empty: no lower bound
 to_date: str = ""  # last day of the range, YYYY-MM-DD; empty: no upper bound
 dry_run: bool = True  # True: compute and show every change, then roll back; False: commit
-confirm: str = ""  # a live run (dry_run=False) needs the database's name here; the check cell shows it
+confirm: str = ""  # a live run needs the name of the database here (the check cell shows it)
 keep_backup: bool = True  # keep a backup of the runs replaced (needed to roll back)
 calendar_days: int = 120  # days of history drawn in the calendar chart
 operator: str = ""  # who runs this procedure (kept in the archived record)
@@ -71,15 +71,15 @@ params
 
 # %%
 from potato_ops.notebook_runs.result import record_result
+from potato_ops.runbook.partial_rebuild import verify_range_isolation
 from potato_ops.runbook.session import open_session, safety_checklist
-from potato_ops.runbook.user import (
+from potato_ops.runbook.single_user_recovery import (
     execute_rebuild,
     identify_user,
     post_recovery_validation,
+    rebuild_verdict,
     recovery_calendar,
-    recovery_verdict,
     rollback_if_needed,
-    verify_range_isolation,
 )
 
 session = open_session(params.common)
@@ -157,7 +157,7 @@ recovery_calendar(
 # ## Verdict
 
 # %%
-verdict = recovery_verdict(params, snapshot, rebuild, validation, rollback, isolation)
+verdict = rebuild_verdict(params, snapshot, rebuild, validation, rollback, isolation)
 verdict
 
 # %%

@@ -39,7 +39,7 @@ user_ids: list[str] = []  # users to rebuild (a list, or ids joined by commas); 
 batch_size: int = 10  # users per batch
 max_workers: int = 5  # batches processed at once
 dry_run: bool = True  # True: compute and show every change, then roll back; False: commit
-confirm: str = ""  # a live run (dry_run=False) needs the database's name here; the check cell shows it
+confirm: str = ""  # a live run needs the name of the database here (the check cell shows it)
 from_date: str = ""  # partial rebuild from this day, YYYY-MM-DD; empty: no lower bound
 to_date: str = ""  # partial rebuild up to this day, YYYY-MM-DD; empty: no upper bound
 skip_backup: bool = False  # True: keep no backups (faster, but nothing to roll back to)
@@ -74,7 +74,7 @@ params
 
 # %%
 from potato_ops.notebook_runs.result import record_result
-from potato_ops.runbook.bulk import (
+from potato_ops.runbook.bulk_recovery import (
     bulk_dry_run,
     bulk_execute,
     bulk_progress,
@@ -84,7 +84,7 @@ from potato_ops.runbook.bulk import (
     slowest_chart,
     validate_bulk,
 )
-from potato_ops.runbook.scan import run_lengths_chart
+from potato_ops.runbook.database_views import run_lengths_chart
 from potato_ops.runbook.session import open_session, safety_checklist
 
 session = open_session(params.common)

@@ -41,7 +41,7 @@ user_id: str = ""  # the user's id (give this or user_email)
 new_timezone: str = ""  # IANA timezone to move the user to (e.g. America/Los_Angeles); empty: keep
 since: str = ""  # only changes after this (ISO datetime, or 24h, 7d ago); empty: all pending
 dry_run: bool = True  # True: compute and show every change, then roll back; False: commit
-confirm: str = ""  # a live run (dry_run=False) needs the database's name here; the check cell shows it
+confirm: str = ""  # a live run needs the name of the database here (the check cell shows it)
 operator: str = ""  # who runs this procedure (kept in the archived record)
 ticket: str = ""  # the incident or change ticket this run belongs to
 database_url_env: str = "POTATO_DATABASE_URL"  # NAME of the variable holding the database URL, never a URL
@@ -68,7 +68,7 @@ params
 # %%
 from potato_ops.notebook_runs.result import record_result
 from potato_ops.runbook.session import open_session, safety_checklist
-from potato_ops.runbook.timezone import (
+from potato_ops.runbook.timezone_migration import (
     find_affected_users,
     rebuild_affected,
     timezone_verdict,

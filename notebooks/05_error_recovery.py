@@ -37,7 +37,7 @@
 # %% tags=["parameters"]
 scenario: str = "all"  # invariant_violations, performance_degradation, data_corruption or all
 dry_run: bool = True  # True: compute and show every change, then roll back; False: commit
-confirm: str = ""  # a live run (dry_run=False) needs the database's name here; the check cell shows it
+confirm: str = ""  # a live run needs the name of the database here (the check cell shows it)
 slow_threshold_ms: float = 1000.0  # performance: a rebuild slower than this makes a user slow
 recent_days: int = 90  # performance: the partial rebuild covers this many recent days
 still_slow_ms: float = 5000.0  # performance: flag users still slower than this afterwards
@@ -66,7 +66,7 @@ params
 
 # %%
 from potato_ops.notebook_runs.result import record_result
-from potato_ops.runbook.recovery import (
+from potato_ops.runbook.error_recovery import (
     affected_timezones_chart,
     detect,
     dry_run_repairs,

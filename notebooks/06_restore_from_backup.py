@@ -38,7 +38,7 @@ user_id: str = ""  # the user's id (give this or user_email)
 backup_id: int = 0  # the backup to restore; 0: the one taken before the incident's first change
 since: str = ""  # incident start (ISO datetime, or 24h, 7d ago) when no ticket links its changes
 dry_run: bool = True  # True: compute and show every change, then roll back; False: commit
-confirm: str = ""  # a live run (dry_run=False) needs the database's name here; the check cell shows it
+confirm: str = ""  # a live run needs the name of the database here (the check cell shows it)
 calendar_days: int = 120  # days of history drawn in the calendar chart
 operator: str = ""  # who runs this procedure (kept in the archived record)
 ticket: str = ""  # the incident or change ticket this run belongs to
@@ -66,7 +66,7 @@ params
 
 # %%
 from potato_ops.notebook_runs.result import record_result
-from potato_ops.runbook.restore import (
+from potato_ops.runbook.restore_from_backup import (
     choose_backup,
     restore_backup,
     restore_calendar,
@@ -74,7 +74,7 @@ from potato_ops.runbook.restore import (
     validate_restoration,
 )
 from potato_ops.runbook.session import open_session, safety_checklist
-from potato_ops.runbook.user import identify_user
+from potato_ops.runbook.single_user_recovery import identify_user
 
 session = open_session(params.common)
 session

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from potato_ops.db import backups, history, reads, run_records, timezone_log
+from potato_ops.db.distributed import lay_out
 from potato_ops.db.schema import RUNS_V2_FLAG
 from potato_ops.domain.dates import Clock, local_today, system_clock
 from potato_ops.domain.models import (
@@ -26,12 +27,14 @@ from potato_ops.domain.models import (
     ViolationKind,
 )
 from potato_ops.domain.runs import should_be_active
-from potato_ops.errors import InvalidDateRangeError
-from potato_ops.ops import rebuild, restore, scan
+from potato_ops.errors import BackupError, InvalidDateRangeError
+from potato_ops.ops import rebuild, repair, restore, scan
 from potato_ops.ops.bulk import api as bulk
 from potato_ops.ops.bulk.config import BulkConfig
-from potato_ops.ops.bulk.results import BulkResult, Progress
+from potato_ops.ops.bulk.results import BulkResult, Progress, ProgressCallback
 from potato_ops.ops.database import Database
+from potato_ops.ops.repair import UserRepair
+from potato_ops.ops.scan import IndexCheck
 
 
 class Storage:
@@ -40,6 +43,8 @@ class Storage:
     Create it with ``Storage.connect(url)``. Every method is one transaction; the writing ones
     take per-user locks (see ``potato_ops.db.engine``) so they can run from many threads at once.
     """
+
+    RUNS_V2_FLAG = RUNS_V2_FLAG  # the feature flag that gates runs
 
     def __init__(self, engine: Engine, clock: Clock = system_clock) -> None:
         self.database = Database(engine, clock)
@@ -158,10 +163,15 @@ class Storage:
         *,
         backup: bool = True,
         dry_run: bool = False,
+        timezone: str | None = None,
     ) -> RebuildResult:
-        """Rebuild one user's runs (all, or those touching the range) in one transaction."""
+        """Rebuild one user's runs (all, or those touching the range) in one transaction.
+
+        With ``timezone``, the user's timezone is changed (and logged) in the same
+        transaction, so the new zone and the runs it gives commit together.
+        """
         return rebuild.rebuild_user_runs(
-            self.database, user_id, from_date, to_date, backup=backup, dry_run=dry_run
+            self.database, user_id, from_date, to_date, backup=backup, dry_run=dry_run, timezone=timezone
         )
 
     def validate_rebuild_results(
@@ -254,9 +264,9 @@ class Storage:
     # ------------------------------------------------------------------ bulk (potato_ops.ops.bulk)
 
     def bulk_rebuild_users(
-        self, user_ids: Sequence[str], config: BulkConfig | None = None, **kw: Any
+        self, user_ids: Sequence[str] | None, config: BulkConfig | None = None, **kw: Any
     ) -> BulkResult:
-        """Rebuild many users in batches across workers; see ``potato_ops.ops.bulk``."""
+        """Rebuild many users (None: every user) in batches across workers; see ``potato_ops.ops.bulk``."""
         return bulk.bulk_rebuild_users(self.database, user_ids, config, **kw)
 
     def get_rebuild_progress(self, operation_id: str) -> Progress:
@@ -274,6 +284,55 @@ class Storage:
     def list_operations(self, status: str | None = None, limit: int = 20) -> list[Progress]:
         """Return recent operations, newest first."""
         return bulk.list_operations(self.database, status, limit)
+
+    def open_bulk_operation(self, user_ids: Sequence[str] | None, config: BulkConfig | None = None) -> str:
+        """Write an operation for workers on any host to join; return its id (PostgreSQL only)."""
+        return bulk.open_bulk_operation(self.database, user_ids, config)
+
+    def join_bulk_operation(
+        self,
+        operation_id: str,
+        *,
+        max_workers: int | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> BulkResult:
+        """Work on an open operation alongside its other workers until nothing is left."""
+        return bulk.join_bulk_operation(
+            self.database, operation_id, max_workers=max_workers, progress=progress
+        )
+
+    # ------------------------------------------------------------------ what the runbooks show
+
+    def verify_backup(self, user_id: str, backup: Backup) -> None:
+        """Raise BackupError unless the backup belongs to user_id and its checksum matches."""
+        backups.verify_backup(user_id, backup)
+
+    def get_backups_reporting_damage(self, user_id: str) -> tuple[list[Backup], list[BackupError]]:
+        """Return the user's readable backups (newest first) and an error for each damaged one."""
+        with self.database.read() as conn:
+            return backups.fetch_backups_reporting_damage(conn, user_id)
+
+    def repair_users(
+        self, user_ids: Sequence[str], *, dry_run: bool, recent_days: int | None = None
+    ) -> list[UserRepair]:
+        """Return each user's repair (backup, rebuild, validation), in order, each user atomic."""
+        return repair.repair_users(self.database, user_ids, dry_run=dry_run, recent_days=recent_days)
+
+    def get_timezones(self, user_ids: Sequence[str]) -> dict[str, str]:
+        """Return the timezone of each of the users that exists, by id."""
+        return scan.timezones_of(self.database, user_ids)
+
+    def get_run_length_counts(self, user_ids: Sequence[str] | None = None) -> dict[int, int]:
+        """Return how many stored runs have each day_count (every user's, or the given users')."""
+        return scan.run_length_counts(self.database, user_ids)
+
+    def check_indexes(self) -> IndexCheck:
+        """Return the database's keys on day_marks and runs."""
+        return scan.index_check(self.database)
+
+    def lay_out(self, *, distributed: bool) -> list[str]:
+        """Lay the tables out for the database (Citus distribution when asked); return what was done."""
+        return lay_out(self.engine, distributed=distributed)
 
 
 __all__ = ["Storage"]

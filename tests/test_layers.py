@@ -20,9 +20,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("database", ("db",)),
     ("operations", ("ops",)),
     ("services", ("monitoring", "notebook_runs", "demo")),
-    ("facade", ("storage",)),
+    ("facade", ("storage", "__init__")),  # Storage and the public names
     ("runbook", ("runbook", "charts")),
-    ("surfaces", ("cli", "__init__", "__main__")),
+    ("surfaces", ("cli", "__main__")),
 ]
 
 
@@ -140,6 +140,45 @@ def test_nothing_below_the_runbook_layer_imports_storage() -> None:
     runbook = [name for name, _ in LAYERS].index("runbook")
     users = [m for m, t in package_graph().items() if "potato_ops.storage" in t and layer_of(m) < runbook]
     assert users == []
+
+
+SURFACE_FILES = sorted(
+    [
+        *(PACKAGE / "runbook").rglob("*.py"),
+        *(PACKAGE / "cli").rglob("*.py"),
+        *(PACKAGE.parent / "notebooks").glob("*.py"),
+    ]
+)
+BEHIND_THE_DOOR = ("potato_ops.ops", "potato_ops.db")
+
+
+def reaches_past_storage(path: Path) -> list[str]:
+    """Return the modules of ops/ or db/ that this file imports at run time."""
+    return sorted(
+        t for t in imports_of(path) if any(t == p or t.startswith(p + ".") for p in BEHIND_THE_DOOR)
+    )
+
+
+def test_the_surfaces_go_through_storage_and_the_public_names() -> None:
+    assert SURFACE_FILES, "no surface files found"
+    wrong = {
+        str(p.relative_to(PACKAGE.parent)): found for p in SURFACE_FILES if (found := reaches_past_storage(p))
+    }
+    assert wrong == {}, "runbook/, cli/ and notebooks/ reach ops/ or db/ past Storage"
+
+
+def test_a_surface_reaching_past_storage_is_seen() -> None:
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from potato_ops.db.schema import runs\n"
+        "def f():\n    from potato_ops.ops import scan\n    return scan\n"
+    )
+    path = PACKAGE / "runbook" / "_door_probe.py"
+    path.write_text(source)
+    try:
+        assert reaches_past_storage(path) == ["potato_ops.ops.scan"]
+    finally:
+        path.unlink()
 
 
 @pytest.mark.parametrize(

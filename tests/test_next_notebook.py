@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from potato_ops.monitoring.alerts import default_rules, evaluate
 from potato_ops.monitoring.names import METRIC_NAMES
-from potato_ops.runbook.audit import AlertsView, runbooks_of
+from potato_ops.runbook.monitoring_audit import AlertsView, runbooks_of
 
 
 def test_each_firing_alert_and_the_audit_name_the_notebook_to_run_next() -> None:

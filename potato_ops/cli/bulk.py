@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from potato_ops import BulkConfig
 from potato_ops.cli.common import (
     DatabaseOption,
     FromDateOption,
@@ -25,7 +26,7 @@ from potato_ops.cli.common import (
 from potato_ops.exitcodes import ExitCode
 
 if TYPE_CHECKING:
-    from potato_ops.ops.bulk.results import BulkResult, Progress
+    from potato_ops import BulkResult, Progress
 
 _SHOWN_ERRORS = 10
 
@@ -119,8 +120,8 @@ def bulk_rebuild(
     to_date: ToDateOption = None,
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Users per batch (one transaction each).")
-    ] = 10,
-    workers: Annotated[int, typer.Option("--workers", help="Batches run at once.")] = 5,
+    ] = BulkConfig.batch_size,
+    workers: Annotated[int, typer.Option("--workers", help="Batches run at once.")] = BulkConfig.max_workers,
     execute: Annotated[
         bool, typer.Option("--execute", help="Really write (the default is a dry run that writes nothing).")
     ] = False,
@@ -136,7 +137,7 @@ def bulk_rebuild(
         typer.Option(
             "--max-failure-rate", help="Abort once more than this share (0..1) of 100+ users failed."
         ),
-    ] = 0.01,
+    ] = BulkConfig.max_failure_rate,
     detach: Annotated[
         bool,
         typer.Option(
@@ -153,8 +154,6 @@ def bulk_rebuild(
     Other hosts may join the run with ``bulk-worker OPID`` (PostgreSQL).
     Exit codes: 0 all users completed; 3 some users failed or the run stopped early.
     """
-    from potato_ops.ops.bulk import api as bulk
-    from potato_ops.ops.bulk.config import BulkConfig
     from potato_ops.runbook.progress import ProgressBar
 
     if all_users == (user_ids_file is not None):
@@ -173,11 +172,11 @@ def bulk_rebuild(
     )
     storage = open_storage(database_url, must_exist=True)
     if detach:
-        operation_id = bulk.open_bulk_operation(storage.database, ids, config)
+        operation_id = storage.open_bulk_operation(ids, config)
         typer.echo(f"operation {operation_id} written; run it with: potato-ops bulk-worker {operation_id}")
         return
     with ProgressBar(disable=quiet) as bar:
-        result = bulk.bulk_rebuild_users(storage.database, ids, config, progress=bar)
+        result = storage.bulk_rebuild_users(ids, config, progress=bar)
     _print_result(result)
     _exit_for(result)
 
@@ -199,12 +198,11 @@ def bulk_worker(
     twice; a dead worker's batches are taken over once its lease lapses. PostgreSQL only.
     Exit codes: 0 the operation completed; 3 it stopped early or some users failed.
     """
-    from potato_ops.ops.bulk import api as bulk
     from potato_ops.runbook.progress import ProgressBar
 
     storage = open_storage(database_url, must_exist=True)
     with ProgressBar(disable=quiet, desc="worker") as bar:
-        result = bulk.join_bulk_operation(storage.database, operation_id, max_workers=workers, progress=bar)
+        result = storage.join_bulk_operation(operation_id, max_workers=workers, progress=bar)
     _print_result(result)
     _exit_for(result)
 

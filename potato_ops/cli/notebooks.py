@@ -93,11 +93,11 @@ def run(
     # A refused parameter answers at once, before papermill and the kernel machinery load
     # (the run checks them again, from the same cached read of the notebook).
     check_parameters(resolve_notebook(notebook), parameters)
-    from potato_ops.notebook_runs.execute import run_notebook
+    from potato_ops.notebook_runs.execute import execute_notebook
     from potato_ops.notebook_runs.result import verdict_line
 
     with _live_log(enabled=not quiet):
-        record = run_notebook(
+        record = execute_notebook(
             notebook,
             parameters,
             reports_dir=reports_dir,
@@ -126,7 +126,7 @@ def _print_notebooks() -> None:
 
 
 class _HideTemporaryPaths(logging.Filter):
-    """Papermill names the runner's temporary files; the archive folder is what matters."""
+    """Papermill names execute_notebook's temporary files; the archive folder is what matters."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(("Input Notebook", "Output Notebook"))
@@ -162,9 +162,9 @@ def _live_log(*, enabled: bool) -> Iterator[None]:
 
 def reports_list(reports_dir: ReportsDirOption = None) -> None:
     """List the archived runs, newest first."""
-    from potato_ops.notebook_runs.archive import list_runs
+    from potato_ops.notebook_runs.archive import list_executions
 
-    runs = list_runs(reports_dir)
+    runs = list_executions(reports_dir)
     if not runs:
         typer.echo("no archived runs")
         return

@@ -14,8 +14,8 @@ from potato_ops.db.schema import ops_run_records
 
 
 @dataclass(frozen=True)
-class RecordedRun:
-    """A run as the database knows it: where it was archived and the hashes that anchor it."""
+class StoredRecord:
+    """An execution's record as the database keeps it: its archive and the hashes that anchor it."""
 
     run_id: str
     notebook: str
@@ -29,7 +29,7 @@ class RecordedRun:
     recorded_at: dt.datetime
 
 
-def insert_run_record(conn: Connection, row: Mapping[str, Any]) -> None:
+def insert_stored_record(conn: Connection, row: Mapping[str, Any]) -> None:
     """Insert one run's record; the caller commits."""
     conn.execute(insert(ops_run_records).values(**row))
 
@@ -37,7 +37,7 @@ def insert_run_record(conn: Connection, row: Mapping[str, Any]) -> None:
 def replace_run_record(conn: Connection, row: Mapping[str, Any]) -> None:
     """Insert one run's record in place of any row with its run_id; the caller commits."""
     delete_run_record(conn, str(row["run_id"]))
-    insert_run_record(conn, row)
+    insert_stored_record(conn, row)
 
 
 def delete_run_record(conn: Connection, run_id: str) -> None:
@@ -62,7 +62,7 @@ def operation_ids_for_ticket(conn: Connection, ticket: str) -> set[str]:
     return found
 
 
-def recorded_runs(conn: Connection, archive: str) -> list[RecordedRun]:
+def stored_records(conn: Connection, archive: str) -> list[StoredRecord]:
     """Return the runs recorded for one archive folder, archived ones by their place first."""
     rows = conn.execute(
         select(ops_run_records)
@@ -70,7 +70,7 @@ def recorded_runs(conn: Connection, archive: str) -> list[RecordedRun]:
         .order_by(ops_run_records.c.seq, ops_run_records.c.recorded_at, ops_run_records.c.run_id)
     ).mappings()
     return [
-        RecordedRun(
+        StoredRecord(
             run_id=r["run_id"],
             notebook=r["notebook"],
             status=r["status"],

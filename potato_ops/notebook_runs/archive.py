@@ -80,8 +80,8 @@ class IndexEntry:
 
 
 @dataclass(frozen=True)
-class ArchivedRun:
-    """Where one archived run's files are, with the result as archived (scrubbed)."""
+class ArchivedExecution:
+    """Where one archived execution's files are, with the result as archived (scrubbed)."""
 
     run_dir: Path
     notebook_path: Path
@@ -103,7 +103,7 @@ class VerifyReport:
     problems: list[str]
 
 
-def new_run_id(notebook_name: str, started_at: dt.datetime) -> str:
+def new_execution_id(notebook_name: str, started_at: dt.datetime) -> str:
     """Return a fresh run id (also the run's folder name): ``<UTC time>_<notebook>_<8 hex>``."""
     stamp = started_at.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     safe_name = re.sub(r"[^A-Za-z0-9_.\-]+", "-", notebook_name).strip("-.") or "notebook"
@@ -178,7 +178,7 @@ def _scrub_html(page: str, secrets: Sequence[str]) -> str:
     return scrub_text(page, secrets, mask_patterns=False)
 
 
-def archive_run(
+def archive_execution(
     *,
     run_id: str,
     notebook_name: str,
@@ -187,7 +187,7 @@ def archive_run(
     reports_dir: str | os.PathLike[str] | None = None,
     secrets: Iterable[str] | None = None,
     signing_key: Ed25519PrivateKey | None = None,
-) -> ArchivedRun:
+) -> ArchivedExecution:
     """Return the archived run after writing its folder and chaining it into the index.
 
     Every file is scrubbed first and then checked; if any would still hold a secret, raise
@@ -224,7 +224,7 @@ def archive_run(
     staging.mkdir()
     signature: HeadSignature | None = None
     try:
-        write_run_files(staging, payload)
+        write_execution_files(staging, payload)
         with _index_lock(reports, exclusive=True):
             run_dir = reports / run_id
             staging.rename(run_dir)
@@ -243,7 +243,7 @@ def archive_run(
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     logger.info("archived %s in %s", run_id, run_dir)
-    return ArchivedRun(
+    return ArchivedExecution(
         run_dir=run_dir,
         notebook_path=run_dir / names["notebook"],
         html_path=run_dir / names["html"],
@@ -256,7 +256,7 @@ def archive_run(
     )
 
 
-def write_run_files(folder: Path, payload: Mapping[str, bytes]) -> None:
+def write_execution_files(folder: Path, payload: Mapping[str, bytes]) -> None:
     """Write each file of a run's record into ``folder`` (its staging copy)."""
     for filename, data in payload.items():
         (folder / filename).write_bytes(data)
@@ -355,7 +355,7 @@ def _as_entry(data: Mapping[str, Any]) -> IndexEntry | None:
     return IndexEntry(**{n: data[n] for n in names})
 
 
-def list_runs(reports_dir: str | os.PathLike[str] | None = None) -> list[IndexEntry]:
+def list_executions(reports_dir: str | os.PathLike[str] | None = None) -> list[IndexEntry]:
     """Return the runs of the index, oldest first; raise ReportError on a malformed line."""
     reports = default_reports_dir(reports_dir)
     with _index_lock(reports, exclusive=False):
@@ -457,7 +457,7 @@ def verify_reports(
             previous_hash = entry.entry_hash
             head = entry
             indexed.add(entry.dir)
-            problems.extend(_check_run(reports, entry))
+            problems.extend(_check_execution(reports, entry))
         for child in sorted(reports.iterdir()) if reports.exists() else []:
             if child.is_dir() and RUN_DIR_PATTERN.match(child.name) and child.name not in indexed:
                 problems.append(f"{child.name}: run folder is not in {INDEX_FILE} (entry removed?)")
@@ -472,7 +472,7 @@ def verify_reports(
     return VerifyReport(ok=not problems, checked=len(raw), problems=problems)
 
 
-def _check_run(reports: Path, entry: IndexEntry) -> list[str]:
+def _check_execution(reports: Path, entry: IndexEntry) -> list[str]:
     run_dir = reports / entry.dir
     if Path(entry.dir).name != entry.dir or not run_dir.is_dir():
         return [f"{entry.dir}: run folder is missing"]

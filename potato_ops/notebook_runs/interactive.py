@@ -38,6 +38,7 @@ from potato_ops.db.run_records import delete_run_record, replace_run_record
 from potato_ops.domain.models import jsonable
 from potato_ops.errors import PotatoOpsError, ReportError
 from potato_ops.exitcodes import ExitCode
+from potato_ops.notebook_runs.result import archive_results_with
 from potato_ops.redact import collect_secrets
 
 if TYPE_CHECKING:
@@ -188,9 +189,10 @@ def begin(check: str, parameters: Mapping[str, Any]) -> Execution | None:
     """Start a new execution after a successful check; None when this kernel is not interactive."""
     global _current
     _current = None
+    archive_results_with(None)
     if not enabled():
         return None
-    from potato_ops.notebook_runs.archive import new_run_id
+    from potato_ops.notebook_runs.archive import new_execution_id
 
     shell = _shell()
     capture = _capture(shell)
@@ -202,7 +204,9 @@ def begin(check: str, parameters: Mapping[str, Any]) -> Execution | None:
     before = [c for c in capture.cells if c.count < first]
     if before and "database_url_env" in before[-1].source:  # the parameters cell, run just before
         first = before[-1].count
-    _current = Execution(new_run_id(name, started), name, source, jsonable(dict(parameters)), started, first)
+    checked = jsonable(dict(parameters))
+    _current = Execution(new_execution_id(name, started), name, source, checked, started, first)
+    archive_results_with(finish)
     return _current
 
 
@@ -260,7 +264,7 @@ def finish(payload: Mapping[str, Any]) -> str | None:
             notebook=notebook,
             result=result,
             reports=reports,
-            database_url=records.database_url_of_run(execution.parameters),
+            database_url=records.database_url_of_execution(execution.parameters),
             signing_key=configured_signing_key(),
         )
     except (RecordNotArchivedError, ReportError) as exc:
@@ -316,7 +320,7 @@ def _result(
 def _keep_pending(execution: Execution, result: Mapping[str, Any]) -> str:
     from potato_ops.notebook_runs import records
 
-    url = records.database_url_of_run(execution.parameters)
+    url = records.database_url_of_execution(execution.parameters)
     if url is None:
         raise ReportError("there is no database to keep it in")
     row = records.record_row(
@@ -334,7 +338,7 @@ def _drop_pending(execution: Execution) -> None:
         return
     from potato_ops.notebook_runs import records
 
-    url = records.database_url_of_run(execution.parameters)
+    url = records.database_url_of_execution(execution.parameters)
     if url is None:
         return
     try:

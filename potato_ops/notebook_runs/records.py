@@ -28,12 +28,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from potato_ops.config import DATABASE_URL_ENV, default_sqlite_path, mask_url, normalize_url
 from potato_ops.db.engine import make_engine
-from potato_ops.db.run_records import RecordedRun, insert_run_record, recorded_runs
+from potato_ops.db.run_records import StoredRecord, insert_stored_record, stored_records
 from potato_ops.errors import RecordNotArchivedError, ReportError, SecretLeakError
 from potato_ops.notebook_runs.archive import (
-    ArchivedRun,
+    ArchivedExecution,
     IndexEntry,
-    archive_run,
+    archive_execution,
     readable_entries,
     scrub_data,
 )
@@ -49,7 +49,7 @@ def archive_location(reports: Path) -> str:
     return f"{socket.gethostname()}:{reports.resolve()}"
 
 
-def database_url_of_run(parameters: Mapping[str, object]) -> str | None:
+def database_url_of_execution(parameters: Mapping[str, object]) -> str | None:
     """Return the URL of the database the notebook worked on, or None when there is none."""
     env_name = parameters.get("database_url_env")
     url = os.environ.get(env_name if isinstance(env_name, str) and env_name else DATABASE_URL_ENV)
@@ -72,7 +72,7 @@ def record_row(
     *,
     archive: str,
     secrets: Sequence[str],
-    archived: ArchivedRun | None = None,
+    archived: ArchivedExecution | None = None,
     archive_error: str | None = None,
 ) -> dict[str, Any]:
     """Return the ``ops_run_records`` row of a run, scrubbed of secrets (SecretLeakError if one stays)."""
@@ -117,7 +117,7 @@ def keep_record(url: str, row: Mapping[str, Any]) -> str:
     engine = make_engine(url)
     try:
         with engine.begin() as conn:
-            insert_run_record(conn, row)
+            insert_stored_record(conn, row)
     except SQLAlchemyError as exc:
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise ReportError(
@@ -128,12 +128,12 @@ def keep_record(url: str, row: Mapping[str, Any]) -> str:
     return f"{RECORDS_TABLE} (run_id {row['run_id']}) of {mask_url(url)}"
 
 
-def read_recorded_runs(url: str, reports: Path) -> list[RecordedRun]:
+def read_stored_records(url: str, reports: Path) -> list[StoredRecord]:
     """Return the runs the database recorded for the archive folder ``reports``."""
     engine = make_engine(normalize_url(url))
     try:
         with engine.connect() as conn:
-            return recorded_runs(conn, archive_location(reports))
+            return stored_records(conn, archive_location(reports))
     except SQLAlchemyError as exc:
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise ReportError(f"cannot read {RECORDS_TABLE} of {mask_url(url)}: {detail}") from None
@@ -141,7 +141,7 @@ def read_recorded_runs(url: str, reports: Path) -> list[RecordedRun]:
         engine.dispose()
 
 
-def compare_with_database(entries: Iterable[IndexEntry], recorded: Iterable[RecordedRun]) -> list[str]:
+def compare_with_database(entries: Iterable[IndexEntry], recorded: Iterable[StoredRecord]) -> list[str]:
     """Return one line per difference between the folder's index and the database's copy:
     runs the database has that the folder lost, hashes that differ, runs it never recorded."""
     in_folder = {e.run_id: e for e in entries}
@@ -167,7 +167,7 @@ def compare_with_database(entries: Iterable[IndexEntry], recorded: Iterable[Reco
 
 def verify_against_database(url: str, reports: Path) -> list[str]:
     """Return the differences between the archive folder and the database's records of it."""
-    return compare_with_database(readable_entries(reports), read_recorded_runs(url, reports))
+    return compare_with_database(readable_entries(reports), read_stored_records(url, reports))
 
 
 def archive_with_record(
@@ -179,7 +179,7 @@ def archive_with_record(
     reports: Path,
     database_url: str | None,
     signing_key: Ed25519PrivateKey | None = None,
-) -> tuple[ArchivedRun, str | None]:
+) -> tuple[ArchivedExecution, str | None]:
     """Return the archived run and, when its record could not be kept in the database, why.
 
     When archiving fails, the record is kept in the database instead and RecordNotArchivedError
@@ -189,7 +189,7 @@ def archive_with_record(
     secrets = collect_secrets()
     location = archive_location(reports)
     try:
-        archived = archive_run(
+        archived = archive_execution(
             run_id=run_id,
             notebook_name=notebook_name,
             notebook=notebook,

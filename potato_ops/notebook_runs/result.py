@@ -1,4 +1,4 @@
-"""The verdict a runbook notebook leaves behind for the runner: one machine-readable output.
+"""The verdict a runbook notebook leaves behind for whoever executed it: one machine-readable output.
 
 A notebook's last cell calls::
 
@@ -7,14 +7,14 @@ A notebook's last cell calls::
 
 which displays a single output carrying ``application/vnd.potato-ops.result+json`` (read by
 ``potato_ops.notebook_runs.execute``) and a one-line ``text/plain`` verdict for people. When the
-verdict is a problem it then raises ``ProblemFound``: every way of running the notebook (the
-runner, plain papermill, ``jupyter nbconvert --execute``, a person in JupyterLab) ends on that
+verdict is a problem it then raises ``ProblemFound``: every way of running the notebook
+(execute_notebook, plain papermill, ``jupyter nbconvert --execute``, a person in JupyterLab) ends on that
 one-line error, after every output, the record included, is written.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from potato_ops.config import mask_secrets
@@ -25,6 +25,16 @@ RESULT_STATUSES = ("ok", "problem")
 
 # Marks every common font has (emoji are empty boxes in many browsers and terminals).
 _STATUS_MARK = {"ok": "✔", "problem": "✘"}
+
+
+# What archives a result shown in a kernel a person drives (set by notebook_runs.interactive).
+_archiver: Callable[[Mapping[str, Any]], str | None] | None = None
+
+
+def archive_results_with(archiver: Callable[[Mapping[str, Any]], str | None] | None) -> None:
+    """Make record_result hand its payload to archiver (None: to nothing) and show where it went."""
+    global _archiver
+    _archiver = archiver
 
 
 class ProblemFound(Exception):  # named for the exit code it becomes, PROBLEM_FOUND
@@ -63,10 +73,8 @@ def record_result(
         {RESULT_MIMETYPE: payload, "text/plain": verdict_line(status, payload["verdict"])},
         raw=True,
     )
-    from potato_ops.notebook_runs import interactive
-
-    if interactive.current() is not None:  # a person's run: archived now, like a headless one
-        where = interactive.finish(payload)
+    if _archiver is not None:  # a person's run: archived now, like a headless one
+        where = _archiver(payload)
         if where:
             display({"text/plain": where}, raw=True)  # type: ignore[no-untyped-call]
     if status == "problem":

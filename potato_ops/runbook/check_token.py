@@ -25,10 +25,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
-from potato_ops.config import DATABASE_URL_ENV
 from potato_ops.errors import NotebookError
 from potato_ops.notebook_runs import interactive
-from potato_ops.notebook_runs.confirm import CONFIRM, unconfirmed_live_run
+from potato_ops.notebook_runs.confirm import CONFIRM
 from potato_ops.notebook_runs.result import ProblemFound
 
 P = ParamSpec("P")
@@ -141,33 +140,27 @@ def stale_message(where: str, found: CheckToken) -> str:
     )
 
 
-def checks_parameters(check: Callable[P, R]) -> Callable[P, R]:
-    """Decorate a notebook's check: it makes earlier results stale, then mints a token for its own."""
+def checks_parameters(
+    check: Callable[P, R], confirmed: Callable[[R, object], None] | None = None
+) -> Callable[P, R]:
+    """Decorate a notebook's check: it makes earlier results stale, then mints a token for its own.
+
+    ``confirmed(checked, confirm)`` raises when a live run's ``confirm`` argument is wrong.
+    """
 
     @functools.wraps(check)
     def checked(*args: P.args, **kwargs: P.kwargs) -> R:
         invalidate("the last check of the parameters failed")
         _watch_ipython()
-        confirm = kwargs.get(CONFIRM)
         result = check(*args, **kwargs)
-        if confirm is not None:
-            _refuse_unconfirmed(result, confirm)
+        if confirmed is not None and CONFIRM in kwargs:
+            confirmed(result, kwargs[CONFIRM])
         token = mint(check.__name__)
         stamp(result, token)
         interactive.begin(check.__name__, _parameters_of(result))
         return result
 
     return checked
-
-
-def _refuse_unconfirmed(checked: object, confirm: object) -> None:
-    from potato_ops.runbook.params import RunbookParameterError  # params is built on this module
-
-    common = getattr(checked, "common", None)
-    env_var = getattr(common, "database_url_env", "") or DATABASE_URL_ENV
-    why = unconfirmed_live_run(getattr(checked, "dry_run", True) is not False, confirm, env_var)
-    if why:
-        raise RunbookParameterError(why)
 
 
 def runbook_step(*, writes: bool = False) -> Callable[[Callable[P, R]], Callable[P, R]]:

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
+from potato_ops import BulkConfig
 from potato_ops.config import DATABASE_URL_ENV, default_sqlite_path, mask_secrets
 from potato_ops.domain.dates import parse_date_range, system_clock, validate_timezone
-from potato_ops.errors import InvalidDateRangeError, InvalidTimezoneError, NotebookParameterError
+from potato_ops.errors import ConfigError, InvalidDateRangeError, InvalidTimezoneError, NotebookParameterError
 from potato_ops.monitoring.metrics import parse_since
-from potato_ops.notebook_runs.confirm import confirm_hint, database_name
+from potato_ops.notebook_runs.confirm import confirm_hint, database_name, unconfirmed_live_run
 from potato_ops.notebook_runs.parameters import parse_value, refuse_secrets
-from potato_ops.runbook.check_token import checks_parameters
+from potato_ops.runbook import check_token
 from potato_ops.runbook.display import Shown
 
 SCENARIOS: tuple[str, ...] = (
@@ -30,6 +32,8 @@ SCENARIOS: tuple[str, ...] = (
     "data_corruption",
 )
 ALL_SCENARIOS = "all"
+P = ParamSpec("P")
+R = TypeVar("R")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -42,6 +46,20 @@ class RunbookParameterError(NotebookParameterError):
             f"{type(self).__name__}: {self}",
             "Nothing was read or written. Fix the parameter and run the notebook again.",
         ]
+
+
+def checks_parameters(check: Callable[P, R]) -> Callable[P, R]:
+    """Decorate a notebook's check: earlier results go stale, a live run must be confirmed
+    (``confirm`` = the database's name), and a token is minted for what follows."""
+    return check_token.checks_parameters(check, _refuse_unconfirmed)
+
+
+def _refuse_unconfirmed(checked: object, confirm: object) -> None:
+    common = getattr(checked, "common", None)
+    env_var = getattr(common, "database_url_env", "") or DATABASE_URL_ENV
+    why = unconfirmed_live_run(getattr(checked, "dry_run", True) is not False, confirm, env_var)
+    if why:
+        raise RunbookParameterError(why)
 
 
 def _refuse(name: str, value: object, expected: str) -> RunbookParameterError:
@@ -178,8 +196,11 @@ class CheckedParams(Shown):
         if self.common.embedded:
             found.append(("warn", self.common.embedded_warning()))
         for item in fields(cast(Any, self)):
-            if item.name != "common":
-                found.append(("info", f"{item.name}: {_shown(getattr(self, item.name))}"))
+            value = getattr(self, item.name)
+            if isinstance(value, BulkConfig):  # shown setting by setting, as the ledger keeps it
+                found.extend(("info", f"{k}: {_shown(v)}") for k, v in value.to_json().items())
+            elif item.name != "common":
+                found.append(("info", f"{item.name}: {_shown(value)}"))
         found.append(("info", f"operator: {self.common.operator or '(not given)'}"))
         found.append(("info", f"ticket: {self.common.ticket or '(not given)'}"))
         found.append(("info", f"database_url_env: {self.common.database_url_env}"))
@@ -264,42 +285,91 @@ def check_single_user_recovery(
     operator: object,
     ticket: object,
     database_url_env: object,
-    from_date: object = "",
-    to_date: object = "",
     confirm: object = "",  # a live run's confirmation, checked by @checks_parameters
 ) -> SingleUserParams:
-    """Return the checked parameters of 01 (and, with a range, 02)."""
-    lo, hi = date_range_param(from_date, to_date)
+    """Return the checked parameters of 01 (a full rebuild of one user)."""
+    return _single_user(
+        (None, None),
+        user_email,
+        user_id,
+        dry_run,
+        keep_backup,
+        calendar_days,
+        operator,
+        ticket,
+        database_url_env,
+    )
+
+
+@checks_parameters
+def check_partial_rebuild(
+    *,
+    user_email: object,
+    user_id: object,
+    from_date: object,
+    to_date: object,
+    dry_run: object,
+    keep_backup: object,
+    calendar_days: object,
+    operator: object,
+    ticket: object,
+    database_url_env: object,
+    confirm: object = "",  # a live run's confirmation, checked by @checks_parameters
+) -> SingleUserParams:
+    """Return the checked parameters of 02 (01's, with the range to rebuild)."""
+    return _single_user(
+        date_range_param(from_date, to_date),
+        user_email,
+        user_id,
+        dry_run,
+        keep_backup,
+        calendar_days,
+        operator,
+        ticket,
+        database_url_env,
+    )
+
+
+def _single_user(
+    date_range: tuple[date | None, date | None],
+    user_email: object,
+    user_id: object,
+    dry_run: object,
+    keep_backup: object,
+    calendar_days: object,
+    operator: object,
+    ticket: object,
+    database_url_env: object,
+) -> SingleUserParams:
     checked = SingleUserParams(
         common_params(operator, ticket, database_url_env),
         user_param(user_email, user_id),
         flag_param("dry_run", dry_run),
         flag_param("keep_backup", keep_backup),
-        lo,
-        hi,
+        *date_range,
         int_param("calendar_days", calendar_days),
     )
     required_user(checked.user, "this single-user procedure")
     return checked
 
 
-check_partial_rebuild = check_single_user_recovery
-
-
 @dataclass(frozen=True, repr=False)
 class BulkParams(CheckedParams):
-    """03 bulk recovery."""
+    """03 bulk recovery: the users and the library's own ``BulkConfig`` (its defaults are 03's)."""
 
     common: Common
     user_ids: tuple[str, ...]  # empty: every user
-    batch_size: int
-    max_workers: int
-    dry_run: bool
-    from_date: date | None
-    to_date: date | None
-    skip_backup: bool
-    max_failure_rate: float
-    ignore_feature_flag: bool
+    config: BulkConfig
+
+    @property
+    def dry_run(self) -> bool:
+        """Return True when the rebuild only computes and shows its changes."""
+        return self.config.dry_run
+
+    @property
+    def skip_backup(self) -> bool:
+        """Return True when no backups are kept."""
+        return self.config.skip_backup
 
 
 @checks_parameters
@@ -321,18 +391,22 @@ def check_bulk_recovery(
 ) -> BulkParams:
     """Return the checked parameters of 03."""
     lo, hi = date_range_param(from_date, to_date)
-    return BulkParams(
-        common_params(operator, ticket, database_url_env),
-        ids_param("user_ids", user_ids),
-        int_param("batch_size", batch_size),
-        int_param("max_workers", max_workers),
-        flag_param("dry_run", dry_run),
-        lo,
-        hi,
-        flag_param("skip_backup", skip_backup),
-        float_param("max_failure_rate", max_failure_rate),
-        flag_param("ignore_feature_flag", ignore_feature_flag),
-    )
+    common = common_params(operator, ticket, database_url_env)
+    ids = ids_param("user_ids", user_ids)
+    try:
+        config = BulkConfig(
+            batch_size=int_param("batch_size", batch_size),
+            max_workers=int_param("max_workers", max_workers),
+            dry_run=flag_param("dry_run", dry_run),
+            from_date=lo,
+            to_date=hi,
+            skip_backup=flag_param("skip_backup", skip_backup),
+            max_failure_rate=float_param("max_failure_rate", max_failure_rate),
+            ignore_feature_flag=flag_param("ignore_feature_flag", ignore_feature_flag),
+        )
+    except ConfigError as exc:
+        raise RunbookParameterError(f"{exc}") from None
+    return BulkParams(common, ids, config)
 
 
 @dataclass(frozen=True, repr=False)

@@ -12,7 +12,7 @@ from typing import Never
 
 from tqdm.auto import tqdm
 
-from potato_ops.ops.bulk.results import Progress
+from potato_ops import Progress
 
 
 class ProgressBar:

@@ -6,17 +6,16 @@ from dataclasses import dataclass, replace
 
 import polars as pl
 
+from potato_ops import BulkConfig, BulkResult, Progress
 from potato_ops.charts.monitoring import duration_histogram, slowest_users_chart
 from potato_ops.errors import FeatureFlagError
 from potato_ops.monitoring.metrics import HISTORY_SCHEMA, history_frame, slowest_users_frame
-from potato_ops.ops.bulk.config import BulkConfig
-from potato_ops.ops.bulk.results import BulkResult, Progress
 from potato_ops.runbook.check_token import runbook_step
+from potato_ops.runbook.database_views import InvariantCheck, scan_invariants
 from potato_ops.runbook.display import Chart, Shown, Verdict, user_emails
 from potato_ops.runbook.dry_run_verdict import dry_run_verdict
 from potato_ops.runbook.params import BulkParams
 from potato_ops.runbook.progress import ProgressBar
-from potato_ops.runbook.scan import InvariantCheck, scan_invariants
 from potato_ops.runbook.session import Session
 
 USERS_PER_HOUR_TARGET = 1000  # playbook: full rebuild
@@ -62,17 +61,7 @@ class BulkPlan(Shown):
 
     def config_frame(self) -> pl.DataFrame:
         """Return the configuration as setting / value rows."""
-        c = self.config
-        settings = {
-            "batch_size": c.batch_size,
-            "max_workers": c.max_workers,
-            "dry_run": c.dry_run,
-            "from_date": c.from_date,
-            "to_date": c.to_date,
-            "skip_backup": c.skip_backup,
-            "max_failure_rate": c.max_failure_rate,
-            "ignore_feature_flag": c.ignore_feature_flag,
-        }
+        settings = self.config.to_json()
         return pl.DataFrame({"setting": list(settings), "value": [str(v) for v in settings.values()]})
 
 
@@ -85,17 +74,7 @@ def plan_bulk(session: Session, params: BulkParams) -> BulkPlan:
         missing = [u for u in params.user_ids if u not in present]
     else:
         chosen, missing = known, []
-    config = BulkConfig(
-        batch_size=params.batch_size,
-        max_workers=params.max_workers,
-        dry_run=params.dry_run,
-        from_date=params.from_date,
-        to_date=params.to_date,
-        skip_backup=params.skip_backup,
-        max_failure_rate=params.max_failure_rate,
-        ignore_feature_flag=params.ignore_feature_flag,
-    )
-    return BulkPlan(chosen, missing, config, not params.user_ids)
+    return BulkPlan(chosen, missing, params.config, not params.user_ids)
 
 
 @dataclass(frozen=True, repr=False)

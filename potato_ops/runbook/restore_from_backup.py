@@ -8,7 +8,6 @@ from typing import Any
 
 import polars as pl
 
-from potato_ops.db.backups import verify_backup
 from potato_ops.domain.models import Backup, Run, Violation
 from potato_ops.errors import BackupError
 from potato_ops.runbook.check_token import runbook_step
@@ -17,7 +16,7 @@ from potato_ops.runbook.dry_run_verdict import dry_run_verdict
 from potato_ops.runbook.incident import incident_backup
 from potato_ops.runbook.params import RestoreParams
 from potato_ops.runbook.session import Session
-from potato_ops.runbook.user import UserSnapshot, user_calendar
+from potato_ops.runbook.single_user_recovery import UserSnapshot, user_calendar
 
 BACKUP_SCHEMA: dict[str, Any] = {
     "backup_id": pl.Int64,
@@ -97,7 +96,7 @@ def choose_backup(
         except BackupError as exc:
             return BackupChoice(found, problem=str(exc))
     try:
-        verify_backup(snapshot.user.id, chosen)
+        storage.verify_backup(snapshot.user.id, chosen)
     except BackupError as exc:
         return BackupChoice(found, chosen, str(exc), intact=False, why=why)
     return BackupChoice(found, chosen, intact=True, why=why)

@@ -174,7 +174,11 @@ def runbook_step(*, writes: bool = False) -> Callable[[Callable[P, R]], Callable
         def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
             arguments = (*args, *kwargs.values())
             refuse_stale(arguments, name)
+            # Only results of the current check's own state are kept (a call with plain
+            # arguments, from Python, is never taken for a repeat).
             token = _tokens.current
+            if token is not None and not any(token_of(a) == token for a in arguments):
+                token = None
             if writes and token is not None and (token.serial, name) in _tokens.writes:
                 done: R = _tokens.writes[token.serial, name]
                 _show_note(
@@ -187,7 +191,7 @@ def runbook_step(*, writes: bool = False) -> Callable[[Callable[P, R]], Callable
             except BaseException:
                 invalidate(f"{name} failed")
                 raise
-            if token is not None and any(token_of(a) == token for a in arguments):
+            if token is not None:
                 stamp(result, token)
                 if writes:
                     _tokens.writes[token.serial, name] = result

@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select
+from typer.testing import CliRunner
 
+from potato_ops.cli import app
 from potato_ops.db.schema import (
     ops_backups,
     ops_operations,
@@ -128,6 +130,9 @@ def test_single_user_recovery_stale_kernel_writes_nothing_and_shows_nothing_of_u
     assert result["verdict"].startswith(f"rebuilt {user.email}")
     archived = (folder / "01_single_user_recovery.ipynb").read_text()
     assert "execute_rebuild" in archived and "rebuilt " in archived
+    verify = ["reports", "verify", "--reports-dir", str(tmp_path / "records"), "--database-url", seeded.url]
+    checked = CliRunner().invoke(app, verify)
+    assert checked.exit_code == 0, checked.output
 
 
 def test_an_interactive_run_that_stops_after_its_write_leaves_the_database_row(

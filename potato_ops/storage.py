@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from potato_ops.db import backups, history, reads, run_records, timezone_log
 from potato_ops.db.distributed import lay_out
 from potato_ops.db.schema import RUNS_V2_FLAG
-from potato_ops.domain.dates import Clock, local_today, system_clock
+from potato_ops.domain.dates import Clock, local_today, parse_since, system_clock
 from potato_ops.domain.models import (
     Backup,
     DayMark,
@@ -27,7 +27,7 @@ from potato_ops.domain.models import (
     ViolationKind,
 )
 from potato_ops.domain.runs import should_be_active
-from potato_ops.errors import BackupError, InvalidDateRangeError
+from potato_ops.errors import BackupError
 from potato_ops.ops import rebuild, repair, restore, scan
 from potato_ops.ops.bulk import api as bulk
 from potato_ops.ops.bulk.config import BulkConfig
@@ -226,11 +226,12 @@ class Storage:
         return self.get_user(user_id)
 
     def get_users_with_timezone_changes(self, since: datetime | str | None = None) -> list[str]:
-        """Return users whose timezone changed after their last successful rebuild."""
-        try:
-            when = datetime.fromisoformat(since.strip()) if isinstance(since, str) else since
-        except ValueError as exc:
-            raise InvalidDateRangeError(f"since {since!r} is not an ISO date or datetime") from exc
+        """Return users whose timezone changed after their last successful rebuild.
+
+        ``since`` as ``parse_since`` reads it: a duration back from now (``7d``), an ISO date or
+        datetime, or a datetime (naive means UTC).
+        """
+        when = None if since is None else parse_since(since, self.now())
         with self.database.read() as conn:
             return timezone_log.users_with_pending_timezone_changes(conn, when)
 

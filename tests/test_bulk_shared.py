@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 
 from potato_ops import BulkConfig, Storage, group_consecutive_dates
 from potato_ops.cli.bulk import register
+from potato_ops.db import claims
 from potato_ops.db.engine import LOCK_NS_OPERATION
 from potato_ops.db.schema import (
     day_marks,
@@ -38,7 +39,7 @@ from potato_ops.db.schema import (
 )
 from potato_ops.demo.synth import seed
 from potato_ops.errors import ConfigError
-from potato_ops.ops.bulk import api, claims, executor
+from potato_ops.ops.bulk import api, executor
 from tests.conftest import NOW, POSTGRES_AND_CITUS
 
 CHILD = Path(__file__).with_name("bulk_child.py")
@@ -179,7 +180,7 @@ def test_a_paused_runner_s_batch_rolls_back_at_its_fence(
     resume_read = threading.Event()
     real_users = claims.batch_user_ids
     fenced: list[str] = []
-    real_fence, real_execute = claims.fence, executor.BulkRun.execute
+    real_fence, real_execute = claims.fence, executor.BulkExecutor.execute
     first_runner: list[str] = []
 
     def fence(conn: Any, operation_id: str, claim: claims.Claim, runner: Any, epoch: int) -> None:
@@ -196,9 +197,9 @@ def test_a_paused_runner_s_batch_rolls_back_at_its_fence(
             return
         real_fence(conn, operation_id, claim, runner, epoch)
 
-    def execute(self: executor.BulkRun, *args: Any, **kwargs: Any) -> Any:
+    def execute(self: executor.BulkExecutor, *args: Any, **kwargs: Any) -> Any:
         if not first_runner:
-            first_runner.append(self.runner.token)
+            first_runner.append(self.worker.token)
         else:
             taken_over.set()  # the takeover transaction (epoch bump) has committed
         return real_execute(self, *args, **kwargs)
@@ -211,7 +212,7 @@ def test_a_paused_runner_s_batch_rolls_back_at_its_fence(
 
     monkeypatch.setattr(claims, "fence", fence)
     monkeypatch.setattr(claims, "batch_user_ids", batch_user_ids)
-    monkeypatch.setattr(executor.BulkRun, "execute", execute)
+    monkeypatch.setattr(executor.BulkExecutor, "execute", execute)
     outcome: dict[str, Any] = {}
 
     def run_first() -> None:

@@ -127,7 +127,7 @@ def audit(
     """
     _check_textfile(textfile)
     _check_rules_file(rules)
-    from potato_ops.monitoring.metrics import parse_since
+    from potato_ops.domain.dates import parse_since
     from potato_ops.monitoring.scheduled_audit import describe_alert, load_rules, run_audit
 
     load_rules(rules)  # a bad rules file is refused before the database is opened

@@ -84,9 +84,3 @@ def stored_records(conn: Connection, archive: str) -> list[StoredRecord]:
         )
         for r in rows
     ]
-
-
-def get_run_record(conn: Connection, run_id: str) -> dict[str, Any] | None:
-    """Return the run's stored row as a dict, or None."""
-    row = conn.execute(select(ops_run_records).where(ops_run_records.c.run_id == run_id)).mappings().first()
-    return dict(row) if row is not None else None

@@ -18,10 +18,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import func, inspect, select
-
 from potato_ops.config import default_sqlite_path
-from potato_ops.db.schema import RUNS_V2_FLAG, users
+from potato_ops.db.catalog import table_names
+from potato_ops.db.reads import count_users
+from potato_ops.db.schema import RUNS_V2_FLAG
 from potato_ops.demo.synth import seed
 from potato_ops.errors import ConfigError
 from potato_ops.exitcodes import ExitCode
@@ -92,10 +92,10 @@ def _holds_foreign_data(path: Path) -> bool:
         return False
     db = Database.connect(f"sqlite:///{path}")
     try:
-        if "users" not in inspect(db.engine).get_table_names():
+        if "users" not in table_names(db.engine):
             return False
         with db.engine.connect() as conn:
-            count = conn.execute(select(func.count()).select_from(users)).scalar_one()
+            count = count_users(conn)
         return bool(count) and not db.get_feature_flag(DEMO_FLAG)
     finally:
         db.close()

@@ -18,9 +18,8 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 from potato_ops import BulkConfig
 from potato_ops.config import DATABASE_URL_ENV, default_sqlite_path, mask_secrets
-from potato_ops.domain.dates import parse_date_range, system_clock, validate_timezone
+from potato_ops.domain.dates import parse_date_range, parse_since, system_clock, validate_timezone
 from potato_ops.errors import ConfigError, InvalidDateRangeError, InvalidTimezoneError, NotebookParameterError
-from potato_ops.monitoring.metrics import parse_since
 from potato_ops.notebook_runs.confirm import confirm_hint, database_name, unconfirmed_live_run
 from potato_ops.notebook_runs.parameters import parse_value, refuse_secrets
 from potato_ops.runbook import check_token

@@ -8,12 +8,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection
-
+from potato_ops.db import ledger
 from potato_ops.db.engine import read_connection
-from potato_ops.ops.bulk import ledger, rows
+from potato_ops.domain import operations
 from potato_ops.ops.database import Database
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 MAX_LISTED = 100_000  # BulkResult.errors / changes list at most this many users
 
@@ -90,7 +93,7 @@ class Progress:
 
 
 def _eta(
-    counts: rows.ItemCounts, finishes: list[tuple[datetime, int]], started: datetime | None
+    counts: operations.ItemCounts, finishes: list[tuple[datetime, int]], started: datetime | None
 ) -> float | None:
     """Return seconds left at the recent rate (users per second over the last batches)."""
     if counts.pending == 0:
@@ -108,13 +111,13 @@ def _eta(
     return counts.pending / (users / span)
 
 
-def progress_of(db: Database, op: rows.OperationRow) -> Progress:
+def progress_of(db: Database, op: operations.OperationRow) -> Progress:
     with read_connection(db.engine) as conn:
         counts = ledger.item_counts(conn, op.id)
         eta = None
-        if op.status == rows.RUNNING:
+        if op.status == operations.RUNNING:
             eta = _eta(counts, ledger.recent_finishes(conn, op.id), op.started_at)
-        elif op.status == rows.COMPLETED:
+        elif op.status == operations.COMPLETED:
             eta = 0.0
     return Progress(
         operation_id=op.id,
@@ -136,7 +139,7 @@ def progress_of(db: Database, op: rows.OperationRow) -> Progress:
     )
 
 
-def stored_result(db: Database, op: rows.OperationRow) -> BulkResult:
+def stored_result(db: Database, op: operations.OperationRow) -> BulkResult:
     """Return a finished operation's result as the ledger holds it (no work done)."""
     duration = 0.0
     if op.started_at is not None and op.finished_at is not None:
@@ -146,7 +149,7 @@ def stored_result(db: Database, op: rows.OperationRow) -> BulkResult:
 
 
 def result_from_ledger(
-    conn: Connection, op: rows.OperationRow, duration_ms: float, timings: dict[str, float]
+    conn: Connection, op: operations.OperationRow, duration_ms: float, timings: dict[str, float]
 ) -> BulkResult:
     counts = ledger.item_counts(conn, op.id)
     errors = [

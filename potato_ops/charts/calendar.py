@@ -95,8 +95,10 @@ def run_calendar(
     start = end - timedelta(days=days - 1)
     span = changed_span(before, after)
     if span is not None:  # a change long ago is drawn, not left off the left edge
-        start = min(start, span[0] - CONTEXT)
-        end = max(end, span[1] + CONTEXT)
+        if span[0] < start:
+            start = span[0] - CONTEXT
+        if span[1] > end:
+            end = span[1] + CONTEXT
     lo, hi = _num(start), _num(end) + 1
     if window is not None and (window[0] or window[1]):
         w_lo = max(_num(window[0]), lo) if window[0] else lo

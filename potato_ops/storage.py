@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from potato_ops.db import backups, history, reads, run_records, timezone_log
 from potato_ops.db.distributed import lay_out
 from potato_ops.db.schema import RUNS_V2_FLAG
+from potato_ops.db.throttling import Episode
 from potato_ops.domain.dates import Clock, local_today, parse_since, system_clock
 from potato_ops.domain.models import (
     Backup,
@@ -275,8 +276,20 @@ class Storage:
         return bulk.get_rebuild_progress(self.database, operation_id)
 
     def resume_bulk_rebuild(self, operation_id: str, **kw: Any) -> BulkResult:
-        """Finish an interrupted operation: only its users not yet completed."""
+        """Finish an interrupted operation (only its users not yet completed), or unpause one.
+
+        A paused operation whose workers still wait goes on with them (returned as it stands);
+        one whose runner is gone is taken over and run here.
+        """
         return bulk.resume_bulk_rebuild(self.database, operation_id, **kw)
+
+    def pause_bulk_rebuild(self, operation_id: str) -> Progress:
+        """Pause an operation: every worker on every host stops at its next batch boundary."""
+        return bulk.pause_bulk_rebuild(self.database, operation_id)
+
+    def get_throttle_episodes(self, operation_id: str) -> list[Episode]:
+        """Return an operation's waits (paused, window, replica lag, load), oldest first."""
+        return bulk.throttle_episodes(self.database, operation_id)
 
     def cancel_bulk_rebuild(self, operation_id: str) -> Progress:
         """Ask a running operation to stop at its next batch boundary."""

@@ -23,7 +23,8 @@ from potato_ops.db.schema import ops_rebuild_history, ops_run_records
 from potato_ops.errors import ReportError, SecretLeakError
 from potato_ops.exitcodes import ExitCode
 from potato_ops.notebook_runs import archive
-from potato_ops.notebook_runs.archive import INDEX_FILE, IndexEntry, list_executions, new_execution_id
+from potato_ops.notebook_runs.archive import IndexEntry, list_executions, new_execution_id
+from potato_ops.notebook_runs.index_lines import INDEX_FILE
 from potato_ops.notebook_runs.preflight import check_reports_dir
 from potato_ops.notebook_runs.records import (
     archive_location,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, cast
 
 from potato_ops import BulkConfig
-from potato_ops.config import DATABASE_URL_ENV, default_sqlite_path, mask_secrets
+from potato_ops.config import DATABASE_URL_ENV, database_url_in, default_sqlite_path, mask_secrets
 from potato_ops.domain.dates import parse_date_range, parse_since, system_clock, validate_timezone
 from potato_ops.errors import ConfigError, InvalidDateRangeError, InvalidTimezoneError, NotebookParameterError
 from potato_ops.notebook_runs.confirm import confirm_hint, database_name, unconfirmed_live_run
@@ -144,6 +144,10 @@ def url_env_param(value: object) -> str:
             f"environment variable {name} (named by database_url_env) is not set: set it to the "
             f"database URL, or use the default {DATABASE_URL_ENV} (unset: the embedded database)"
         )
+    try:
+        database_url_in(name)
+    except ConfigError as exc:
+        raise RunbookParameterError(f"parameter database_url_env: {exc}") from None
     return name
 
 
@@ -359,6 +363,8 @@ class BulkParams(CheckedParams):
     common: Common
     user_ids: tuple[str, ...]  # empty: every user
     config: BulkConfig
+    operation_id: str = ""  # an operation to pause or to continue instead of starting one
+    pause: bool = False
 
     @property
     def dry_run(self) -> bool:
@@ -383,12 +389,22 @@ def check_bulk_recovery(
     skip_backup: object,
     max_failure_rate: object,
     ignore_feature_flag: object,
+    max_replica_lag: object,
+    max_active_sessions: object,
+    nice_ratio: object,
+    batch_seconds: object,
+    min_batch_size: object,
+    max_batch_size: object,
+    window: object,
+    window_timezone: object,
+    operation_id: object,
+    pause: object,
     operator: object,
     ticket: object,
     database_url_env: object,
     confirm: object = "",  # a live run's confirmation, checked by @checks_parameters
 ) -> BulkParams:
-    """Return the checked parameters of 03."""
+    """Return the checked parameters of 03 (an empty text or a 0 leaves a throttle setting unset)."""
     lo, hi = date_range_param(from_date, to_date)
     common = common_params(operator, ticket, database_url_env)
     ids = ids_param("user_ids", user_ids)
@@ -402,10 +418,22 @@ def check_bulk_recovery(
             skip_backup=flag_param("skip_backup", skip_backup),
             max_failure_rate=float_param("max_failure_rate", max_failure_rate),
             ignore_feature_flag=flag_param("ignore_feature_flag", ignore_feature_flag),
+            max_replica_lag=text_param("max_replica_lag", max_replica_lag) or None,
+            max_active_sessions=int_param("max_active_sessions", max_active_sessions) or None,
+            nice_ratio=float_param("nice_ratio", nice_ratio),
+            batch_seconds=float_param("batch_seconds", batch_seconds) or None,
+            min_batch_size=int_param("min_batch_size", min_batch_size),
+            max_batch_size=int_param("max_batch_size", max_batch_size) or None,
+            window=text_param("window", window) or None,
+            window_timezone=text_param("window_timezone", window_timezone) or "UTC",
         )
     except ConfigError as exc:
         raise RunbookParameterError(f"{exc}") from None
-    return BulkParams(common, ids, config)
+    operation = text_param("operation_id", operation_id)
+    pausing = flag_param("pause", pause)
+    if pausing and not operation:
+        raise RunbookParameterError("pause=True needs the operation to pause: give operation_id")
+    return BulkParams(common, ids, config, operation, pausing)
 
 
 @dataclass(frozen=True, repr=False)

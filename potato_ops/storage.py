@@ -12,9 +12,10 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from potato_ops.db import backups, history, reads, timezone_log
+from potato_ops.db import backups, history, reads, run_records, timezone_log
 from potato_ops.db.distributed import lay_out
 from potato_ops.db.schema import RUNS_V2_FLAG
+from potato_ops.db.throttling import Episode
 from potato_ops.domain.dates import Clock, local_today, parse_since, system_clock
 from potato_ops.domain.models import (
     Backup,
@@ -191,6 +192,11 @@ class Storage:
         with self.database.read() as conn:
             return backups.fetch_backups(conn, user_id)
 
+    def get_ticket_operation_ids(self, ticket: str) -> set[str]:
+        """Return the ids of the operations recorded runbook runs made for this ticket."""
+        with self.database.read() as conn:
+            return run_records.operation_ids_for_ticket(conn, ticket)
+
     def get_backup(self, backup_id: int) -> Backup:
         """Return one persisted backup, or raise BackupError."""
         with self.database.read() as conn:
@@ -270,8 +276,20 @@ class Storage:
         return bulk.get_rebuild_progress(self.database, operation_id)
 
     def resume_bulk_rebuild(self, operation_id: str, **kw: Any) -> BulkResult:
-        """Finish an interrupted operation: only its users not yet completed."""
+        """Finish an interrupted operation (only its users not yet completed), or unpause one.
+
+        A paused operation whose workers still wait goes on with them (returned as it stands);
+        one whose runner is gone is taken over and run here.
+        """
         return bulk.resume_bulk_rebuild(self.database, operation_id, **kw)
+
+    def pause_bulk_rebuild(self, operation_id: str) -> Progress:
+        """Pause an operation: every worker on every host stops at its next batch boundary."""
+        return bulk.pause_bulk_rebuild(self.database, operation_id)
+
+    def get_throttle_episodes(self, operation_id: str) -> list[Episode]:
+        """Return an operation's waits (paused, window, replica lag, load), oldest first."""
+        return bulk.throttle_episodes(self.database, operation_id)
 
     def cancel_bulk_rebuild(self, operation_id: str) -> Progress:
         """Ask a running operation to stop at its next batch boundary."""

@@ -20,7 +20,6 @@ from typer.testing import CliRunner
 
 from potato_ops.errors import SecretLeakError
 from potato_ops.notebook_runs.archive import (
-    GENESIS_HASH,
     ArchivedExecution,
     archive_execution,
     entry_hash,
@@ -28,6 +27,7 @@ from potato_ops.notebook_runs.archive import (
     new_execution_id,
     verify_reports,
 )
+from potato_ops.notebook_runs.index_lines import GENESIS_HASH
 
 SECRET = "Sup3rS3cret"
 URL = f"postgresql+psycopg://ops:{SECRET}@localhost/x"

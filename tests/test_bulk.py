@@ -700,6 +700,7 @@ def test_every_bulk_command_and_option_has_help() -> None:
         "bulk-worker",
         "cancel",
         "operations",
+        "pause",
         "progress",
         "prune-backups",
         "resume",

@@ -23,7 +23,8 @@ from potato_ops.db.schema import ops_rebuild_history, ops_run_records
 from potato_ops.errors import ReportError, SecretLeakError
 from potato_ops.exitcodes import ExitCode
 from potato_ops.notebook_runs import archive
-from potato_ops.notebook_runs.archive import INDEX_FILE, IndexEntry, list_executions, new_execution_id
+from potato_ops.notebook_runs.archive import IndexEntry, list_executions, new_execution_id
+from potato_ops.notebook_runs.index_lines import INDEX_FILE
 from potato_ops.notebook_runs.preflight import check_reports_dir
 from potato_ops.notebook_runs.records import (
     archive_location,
@@ -97,7 +98,10 @@ def test_run_refuses_a_reports_folder_that_cannot_take_the_record(
 
     result = CliRunner().invoke(
         app,
-        ["run", "01_single_user_recovery", "-p", "user_id", "U", "-p", "dry_run", "false"],
+        [
+            *("run", "01_single_user_recovery", "-p", "user_id", "U", "-p", "dry_run", "false"),
+            *("-p", "confirm", db_url.split("?", 1)[0].rsplit("/", 1)[1]),
+        ],
         env={"POTATO_DATABASE_URL": db_url, "POTATO_OPS_REPORTS_DIR": str(reports)},
     )
 
@@ -158,6 +162,7 @@ def test_a_committed_run_whose_archive_fails_keeps_its_record_in_the_database(
             "-p",
             "operator",
             "ana",
+            *("-p", "confirm", db_url.split("?", 1)[0].rsplit("/", 1)[1]),
         ],
         env={"POTATO_OPS_REPORTS_DIR": str(reports)},
     )

@@ -132,7 +132,16 @@ def test_the_bulk_notebooks_defaults_are_bulk_configs() -> None:
     literals = _defaults("03_bulk_recovery")
     library = BulkConfig()
     settings = {f.name for f in dataclasses.fields(BulkConfig)}
-    dates = {"from_date", "to_date"}  # "" in the cell is no bound, None in BulkConfig
-    assert {k: literals[k] or None if k in dates else literals[k] for k in settings} == {
+    # "" or 0 in the cell is no bound (no date, no limit), None in BulkConfig.
+    unset = {
+        "from_date",
+        "to_date",
+        "max_replica_lag",
+        "max_active_sessions",
+        "batch_seconds",
+        "max_batch_size",
+    }
+    unset |= {"window"}
+    assert {k: literals[k] or None if k in unset else literals[k] for k in settings} == {
         k: getattr(library, k) for k in settings
     }

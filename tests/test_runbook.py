@@ -43,7 +43,7 @@ def _single(**changes: object) -> dict[str, object]:
         ({"user_email": "a@x.org", "user_id": "u1"}, "not both"),
         ({"user_email": "not-an-email"}, "user_email"),
         ({"dry_run": "maybe"}, "True or False"),
-        ({"calendar_days": 3}, ">= 7"),
+        ({"calendar_days": 3}, "between 7 and 36600"),
         ({"from_date": "2024-05-01", "to_date": "2024-04-01"}, "after to_date"),
         ({"from_date": "yesterday"}, "YYYY-MM-DD"),
         ({"database_url_env": "NOT SET"}, "environment variable name"),
@@ -103,6 +103,16 @@ def test_parameters_given_as_text_are_read_as_their_types(monkeypatch: pytest.Mo
         skip_backup="no",
         max_failure_rate="0.5",
         ignore_feature_flag=False,
+        max_replica_lag="16MB",
+        max_active_sessions="0",
+        nice_ratio="1.5",
+        batch_seconds=0.0,
+        min_batch_size=1,
+        max_batch_size=0,
+        window="01:00-05:00",
+        window_timezone="Europe/Berlin",
+        operation_id="",
+        pause="no",
         **COMMON,
     )
     assert (bulk.user_ids, bulk.config.batch_size, bulk.skip_backup, bulk.config.max_failure_rate) == (
@@ -110,6 +120,21 @@ def test_parameters_given_as_text_are_read_as_their_types(monkeypatch: pytest.Mo
         5,
         False,
         0.5,
+    )
+    # An empty text or a 0 leaves a throttle setting unset.
+    c = bulk.config
+    assert (c.max_replica_lag, c.max_active_sessions, c.nice_ratio, c.batch_seconds, c.max_batch_size) == (
+        16 * 1024**2,
+        None,
+        1.5,
+        None,
+        None,
+    )
+    assert (c.window, c.window_timezone, bulk.operation_id, bulk.pause) == (
+        "01:00-05:00",
+        "Europe/Berlin",
+        "",
+        False,
     )
 
 

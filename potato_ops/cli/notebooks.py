@@ -195,7 +195,7 @@ def reports_verify(
     from potato_ops.config import reports_dir as default_reports_dir
     from potato_ops.notebook_runs.archive import verify_reports
     from potato_ops.notebook_runs.records import verify_against_database
-    from potato_ops.notebook_runs.signing import load_public_key
+    from potato_ops.notebook_runs.signing import HEAD_SIGNATURE_FILE, load_public_key
 
     reports = default_reports_dir(reports_dir)
     key = load_public_key(public_key) if public_key is not None else None
@@ -207,6 +207,8 @@ def reports_verify(
     if not problems:
         against = "matching the database's records" if url else "folder only: no database given"
         signed = "; head signature verified" if key is not None else ""
+        if key is None and (reports / HEAD_SIGNATURE_FILE).exists():
+            signed = f"; {HEAD_SIGNATURE_FILE} present but NOT checked: give --public-key"
         typer.echo(f"ok: {report.checked} runs intact ({against}{signed})")
         return
     for problem in problems:

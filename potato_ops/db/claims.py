@@ -26,6 +26,7 @@ from potato_ops.domain.operations import PENDING, RUNNING, Owner
 
 LEASE = timedelta(minutes=5)  # a batch takes well under a second; a lapsed lease means a dead worker
 DONE = "done"
+PAUSED = "paused"  # `potato-ops pause`: claim nothing until resumed
 
 _b = ops_operation_batches
 _i = ops_operation_items
@@ -43,7 +44,7 @@ class Claim:
 
 @dataclass(frozen=True)
 class NoClaim:
-    """Why no batch was claimed: done (for this worker), busy (others hold some), cancelled, fenced."""
+    """Why no batch was claimed: done (here), busy (others hold some), cancelled, fenced, paused."""
 
     reason: str
 
@@ -79,9 +80,9 @@ def plan_batches(conn: Connection, operation_id: str, size: int) -> int:
 
 
 def _check_operation(conn: Connection, operation_id: str, epoch: int) -> str | None:
-    """Return why the worker may not go on (cancelled, fenced), locking the operation's row."""
+    """Return why the worker may not go on (cancelled, fenced, paused), locking the operation's row."""
     row = conn.execute(
-        select(_ops.c.epoch, _ops.c.status, _ops.c.cancel_requested)
+        select(_ops.c.epoch, _ops.c.status, _ops.c.cancel_requested, _ops.c.pause_requested)
         .where(_ops.c.id == operation_id)
         .with_for_update(read=True)
     ).first()
@@ -89,6 +90,8 @@ def _check_operation(conn: Connection, operation_id: str, epoch: int) -> str | N
         return "fenced"
     if row.cancel_requested:
         return "cancelled"
+    if row.pause_requested:
+        return PAUSED
     return None
 
 

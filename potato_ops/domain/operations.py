@@ -16,7 +16,9 @@ COMPLETED = "completed"
 FAILED = "failed"
 CANCELLED = "cancelled"
 INTERRUPTED = "interrupted"
-STATUSES = (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, INTERRUPTED)
+# Shown, never stored: an operation asked to pause (``pause_requested``) that has not ended.
+PAUSED = "paused"
+STATUSES = (PENDING, RUNNING, PAUSED, COMPLETED, FAILED, CANCELLED, INTERRUPTED)
 LIVE = (PENDING, RUNNING)  # statuses that claim an owner is at work
 
 

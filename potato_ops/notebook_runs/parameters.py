@@ -20,24 +20,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from potato_ops.config import mask_secrets
-from potato_ops.errors import NotebookError, NotebookParameterError
+from potato_ops.config import DATABASE_URL_ENV, database_url_in, mask_secrets
+from potato_ops.errors import ConfigError, NotebookError, NotebookParameterError
+from potato_ops.notebook_runs.confirm import CONFIRM, unconfirmed_live_run
 from potato_ops.redact import url_passwords
 
 TRUE_WORDS = ("true", "yes", "on", "1")
 FALSE_WORDS = ("false", "no", "off", "0")
 NONE_WORDS = ("none", "null")
 _WHOLE_NUMBER = re.compile(r"\s*[+-]?\d+\s*")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 # Bounds of the numeric parameters, by name, wherever they appear: the same name means the same
 # thing in every notebook, and both the pre-run check and the notebook's own cell enforce these.
 LIMITS: dict[str, tuple[float | None, float | None]] = {
     "backup_id": (0, None),
     "batch_size": (1, None),
-    "calendar_days": (7, None),
+    "calendar_days": (7, 36600),  # up to a century of history in one chart
     "many_marks": (1, None),
+    "batch_seconds": (0.0, None),
+    "max_active_sessions": (0, None),
+    "max_batch_size": (0, None),
     "max_failure_rate": (0.0, 1.0),
     "max_workers": (1, None),
+    "min_batch_size": (1, None),
+    "nice_ratio": (0.0, 100.0),
     "recent_days": (1, None),
     "slow_threshold_ms": (0.0, None),
     "still_slow_ms": (0.0, None),
@@ -383,7 +390,34 @@ def check_parameters(path: Path, raw: Mapping[str, object]) -> dict[str, object]
         parsed = parse_value(name, value, declared[name].type_name)
         refuse_secrets(name, parsed)
         checked[name] = parsed
+    url_env = checked.get("database_url_env")
+    if isinstance(url_env, str) and _ENV_NAME.fullmatch(url_env):
+        try:
+            database_url_in(url_env)
+        except ConfigError as exc:
+            raise NotebookParameterError(f"parameter database_url_env: {exc}") from None
+    if CONFIRM in declared:
+        _refuse_unconfirmed(declared, checked)
     return checked
+
+
+def _refuse_unconfirmed(declared: Mapping[str, ParameterInfo], checked: Mapping[str, object]) -> None:
+    """Raise NotebookParameterError for a live run whose ``confirm`` does not name the database."""
+
+    def value(name: str) -> object:
+        if name in checked:
+            return checked[name]
+        info = declared.get(name)
+        return parse_value(name, ast.literal_eval(info.default), info.type_name) if info else None
+
+    env_var = value("database_url_env")
+    why = unconfirmed_live_run(
+        bool(value("dry_run")),
+        value(CONFIRM),
+        env_var if isinstance(env_var, str) and env_var else DATABASE_URL_ENV,
+    )
+    if why:
+        raise NotebookParameterError(why)
 
 
 def refuse_secrets(name: str, value: object) -> None:

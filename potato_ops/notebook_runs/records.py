@@ -26,10 +26,17 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.exc import SQLAlchemyError
 
-from potato_ops.config import DATABASE_URL_ENV, default_sqlite_path, mask_url, normalize_url
+from potato_ops.config import (
+    DATABASE_URL_ENV,
+    database_url_in,
+    default_sqlite_path,
+    mask_secrets,
+    mask_url,
+    normalize_url,
+)
 from potato_ops.db.engine import make_engine
 from potato_ops.db.run_records import StoredRecord, insert_stored_record, stored_records
-from potato_ops.errors import RecordNotArchivedError, ReportError, SecretLeakError
+from potato_ops.errors import ConfigError, RecordNotArchivedError, ReportError, SecretLeakError
 from potato_ops.notebook_runs.archive import (
     ArchivedExecution,
     IndexEntry,
@@ -52,9 +59,13 @@ def archive_location(reports: Path) -> str:
 def database_url_of_execution(parameters: Mapping[str, object]) -> str | None:
     """Return the URL of the database the notebook worked on, or None when there is none."""
     env_name = parameters.get("database_url_env")
-    url = os.environ.get(env_name if isinstance(env_name, str) and env_name else DATABASE_URL_ENV)
+    try:
+        url = database_url_in(env_name if isinstance(env_name, str) and env_name else DATABASE_URL_ENV)
+    except ConfigError as exc:
+        logger.warning("the run's record cannot be kept in its database: %s", exc)
+        return None
     if url:
-        return normalize_url(url.strip())
+        return url
     embedded = default_sqlite_path()
     return f"sqlite:///{embedded}" if embedded.is_file() else None
 
@@ -114,14 +125,20 @@ def _login_name() -> str:
 
 def keep_record(url: str, row: Mapping[str, Any]) -> str:
     """Return where the row was kept after inserting it; ReportError when the database refuses."""
-    engine = make_engine(url)
+    try:
+        engine = make_engine(url)
+    except (SQLAlchemyError, ValueError):
+        # Not a URL at all: its text may be any secret, so it is never shown.
+        raise ReportError(
+            f"cannot keep the run's record in {RECORDS_TABLE}: the database URL is not a URL (not shown)"
+        ) from None
     try:
         with engine.begin() as conn:
             insert_stored_record(conn, row)
     except SQLAlchemyError as exc:
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise ReportError(
-            f"cannot keep the run's record in {RECORDS_TABLE} of {mask_url(url)}: {detail}"
+            f"cannot keep the run's record in {RECORDS_TABLE} of {mask_url(url)}: {mask_secrets(detail)}"
         ) from None
     finally:
         engine.dispose()
@@ -130,7 +147,10 @@ def keep_record(url: str, row: Mapping[str, Any]) -> str:
 
 def read_stored_records(url: str, reports: Path) -> list[StoredRecord]:
     """Return the runs the database recorded for the archive folder ``reports``."""
-    engine = make_engine(normalize_url(url))
+    try:
+        engine = make_engine(normalize_url(url))
+    except (SQLAlchemyError, ValueError):
+        raise ReportError(f"cannot read {RECORDS_TABLE}: the database URL is not a URL (not shown)") from None
     try:
         with engine.connect() as conn:
             return stored_records(conn, archive_location(reports))
@@ -198,8 +218,11 @@ def archive_with_record(
             secrets=secrets,
             signing_key=signing_key,
         )
-    except (OSError, ReportError) as exc:
+    except Exception as exc:  # whatever stopped the archive, the record is kept
+        # Damage of the archive's own files that the preflight could not see (it happened
+        # since), a full disk, a secret: the change may have committed, so keep the record.
         reason = str(exc) if isinstance(exc, ReportError) else f"{type(exc).__name__}: {exc}"
+        reason = mask_secrets(" ".join(reason.split()))[:500]
         kept = _keep_unarchived(database_url, result, location, secrets, reason)
         if isinstance(exc, SecretLeakError):
             raise SecretLeakError(f"{exc}; {kept}") from None

@@ -8,10 +8,12 @@ import polars as pl
 
 from potato_ops import BulkConfig, BulkResult, Progress
 from potato_ops.charts.monitoring import duration_histogram, slowest_users_chart
-from potato_ops.errors import FeatureFlagError
+from potato_ops.errors import FeatureFlagError, PotatoOpsError
 from potato_ops.monitoring.metrics import HISTORY_SCHEMA, history_frame, slowest_users_frame
+from potato_ops.runbook.check_token import runbook_step
 from potato_ops.runbook.database_views import InvariantCheck, scan_invariants
 from potato_ops.runbook.display import Chart, Shown, Verdict, user_emails
+from potato_ops.runbook.dry_run_verdict import dry_run_verdict
 from potato_ops.runbook.params import BulkParams
 from potato_ops.runbook.progress import ProgressBar
 from potato_ops.runbook.session import Session
@@ -29,6 +31,8 @@ class BulkPlan(Shown):
     missing: list[str]
     config: BulkConfig
     everyone: bool
+    operation_id: str = ""  # pause this operation, or continue it instead of starting one
+    pause: bool = False
 
     def title(self) -> str:
         return "Preparation: the users and the configuration"
@@ -46,6 +50,9 @@ class BulkPlan(Shown):
             )
         if not self.user_ids:
             found.append(("warn", "no users to rebuild"))
+        if self.operation_id:
+            act = "pause" if self.pause else "continue (a paused or interrupted operation)"
+            found.append(("info", f"this run will {act} operation {self.operation_id}, not start one"))
         c = self.config
         found.append(
             (
@@ -72,7 +79,7 @@ def plan_bulk(session: Session, params: BulkParams) -> BulkPlan:
         missing = [u for u in params.user_ids if u not in present]
     else:
         chosen, missing = known, []
-    return BulkPlan(chosen, missing, params.config, not params.user_ids)
+    return BulkPlan(chosen, missing, params.config, not params.user_ids, params.operation_id, params.pause)
 
 
 @dataclass(frozen=True, repr=False)
@@ -84,6 +91,7 @@ class BulkStep(Shown):
     skipped: str = ""
     refused: str = ""
     partial: bool = False
+    paused: Progress | None = None  # the operation this run paused
 
     @property
     def failure_rate(self) -> float:
@@ -98,6 +106,19 @@ class BulkStep(Shown):
     def lines(self) -> list[tuple[str, str]]:
         if self.refused:
             return [("problem", f"refused: {self.refused}")]
+        if self.paused is not None:
+            p = self.paused
+            return [
+                ("warn" if p.status == "paused" else "info", f"operation {p.operation_id}: {p.status}"),
+                (
+                    "info",
+                    f"progress: {p.processed_users}/{p.total_users}; its workers stop at their next batch",
+                ),
+                (
+                    "info",
+                    f"continue it with operation_id={p.operation_id} (or potato-ops resume {p.operation_id})",
+                ),
+            ]
         r = self.result
         if r is None:
             return [("skip", f"skipped: {self.skipped}")]
@@ -163,6 +184,8 @@ class BulkStep(Shown):
 def bulk_dry_run(session: Session, plan: BulkPlan) -> BulkStep:
     """Return the dry run over the plan's users (always done first; nothing is written)."""
     label = "Execute the dry run"
+    if plan.operation_id:
+        return BulkStep(label, skipped=f"this run pauses or continues operation {plan.operation_id}")
     if not plan.user_ids:
         return BulkStep(label, skipped="no users to rebuild")
     with ProgressBar(desc="dry run") as bar:
@@ -172,9 +195,12 @@ def bulk_dry_run(session: Session, plan: BulkPlan) -> BulkStep:
     return BulkStep(label, result)
 
 
+@runbook_step(writes=True)
 def bulk_execute(session: Session, plan: BulkPlan) -> BulkStep:
     """Return the real rebuild, unless the plan is a dry run or the feature flag refuses it."""
     label = "Execute the actual rebuild"
+    if plan.operation_id:
+        return _pause_or_resume(session, plan)
     if plan.config.dry_run:
         return BulkStep(label, skipped="dry_run=True: the dry run above is all this run does")
     if not plan.user_ids:
@@ -186,6 +212,20 @@ def bulk_execute(session: Session, plan: BulkPlan) -> BulkStep:
     except FeatureFlagError as exc:
         return BulkStep(label, refused=str(exc), partial=partial)
     return BulkStep(label, result, partial=partial)
+
+
+def _pause_or_resume(session: Session, plan: BulkPlan) -> BulkStep:
+    """Pause the plan's operation, or continue it with the settings its ledger holds."""
+    try:
+        if plan.pause:
+            return BulkStep(
+                "Pause the operation", paused=session.storage.pause_bulk_rebuild(plan.operation_id)
+            )
+        with ProgressBar(desc="resuming") as bar:
+            result = session.storage.resume_bulk_rebuild(plan.operation_id, progress=bar)
+    except PotatoOpsError as exc:  # unknown operation, a live runner, the flag turned off
+        return BulkStep("Continue the operation", refused=str(exc))
+    return BulkStep("Continue the operation", result)
 
 
 @dataclass(frozen=True, repr=False)
@@ -203,21 +243,25 @@ class ProgressView(Shown):
         if p is None:
             return [("skip", f"skipped: {self.skipped}")]
         eta = f", eta {p.eta_seconds:.0f} s" if p.eta_seconds else ""
-        return [
+        shown = [
             ("ok" if p.status == "completed" else "warn", f"status: {p.status} (operation {p.operation_id})"),
             ("info", f"progress: {p.processed_users}/{p.total_users}{eta}"),
             ("info", f"completed {p.completed_users}, failed {p.failed_users}"),
         ]
+        if p.waiting:  # throttled, outside its window, or paused: why it does not move
+            shown.append(("warn", p.waiting))
+        if p.throttled_seconds:
+            shown.append(("info", f"waited {p.throttled_seconds:.0f} s in all (throttle, window, pause)"))
+        return shown
 
 
 def bulk_progress(session: Session, *steps: BulkStep) -> ProgressView:
-    """Return the ledger's progress of the last of the steps that ran."""
-    ran = [s for s in steps if s.result is not None]
+    """Return the ledger's progress of the last of the steps that ran (or paused an operation)."""
+    ran = [s.result.operation_id for s in steps if s.result is not None]
+    ran += [s.paused.operation_id for s in steps if s.paused is not None]
     if not ran:
         return ProgressView(None, "no operation ran")
-    result = ran[-1].result
-    assert result is not None
-    return ProgressView(session.storage.get_rebuild_progress(result.operation_id))
+    return ProgressView(session.storage.get_rebuild_progress(ran[-1]))
 
 
 def validate_bulk(session: Session, plan: BulkPlan) -> InvariantCheck:
@@ -264,16 +308,21 @@ def bulk_verdict(
         return Verdict("nothing to do: no users to rebuild", "ok" if report.ok else "problem", figures, ops)
     if real.refused:
         return Verdict(f"bulk rebuild refused: {real.refused}", "problem", figures, ops)
+    if real.paused is not None:
+        p = real.paused
+        figures.update(status=p.status, processed_users=p.processed_users, total_users=p.total_users)
+        return Verdict(
+            f"operation {p.operation_id} {p.status} at {p.processed_users}/{p.total_users} users; "
+            f"continue it with operation_id={p.operation_id}",
+            "ok" if p.status in ("paused", "completed") else "problem",
+            figures,
+            (p.operation_id,),
+        )
     r = real.result
     if r is None:
         changed = dry.result.users_changed if dry.result else 0
-        return Verdict(
-            f"dry run: {changed} of {len(plan.user_ids)} users would change; "
-            f"{report.total} violations now; run with dry_run=False to rebuild",
-            "ok" if report.ok else "problem",
-            figures,
-            ops,
-        )
+        detail = f"of {len(plan.user_ids)} users planned; {report.total} violations now"
+        return dry_run_verdict(params.common, changed, detail, figures, ops, trouble=not report.ok)
     figures.update(
         completed_users=r.completed_users,
         failed_users=r.failed_users,
@@ -281,10 +330,22 @@ def bulk_verdict(
         average_duration_ms=round(r.average_duration_ms, 3),
         status=r.status,
     )
+    if r.status == "running":  # a paused operation whose workers were waiting: they go on
+        return Verdict(
+            f"operation {r.operation_id} resumed: its workers go on ({r.completed_users} completed so far)",
+            "ok",
+            figures,
+            ops,
+        )
     good = r.status == "completed" and r.failed_users == 0 and report.ok
+    following = ""
+    if not report.ok:
+        following = "; next: run 05_error_recovery (it repairs what a rebuild cannot, such as orphan runs)"
+    elif r.failed_users:
+        following = "; next: run 08_troubleshooting for the failed users"
     return Verdict(
         f"bulk rebuild {r.status}: {r.completed_users} completed, {r.failed_users} failed in "
-        f"{r.total_duration_ms / 1000:.1f} s; {report.total} violations remain",
+        f"{r.total_duration_ms / 1000:.1f} s; {report.total} violations remain{following}",
         "ok" if good else "problem",
         figures,
         ops,

@@ -45,7 +45,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 
-from potato_ops.db import claims, ledger
+from potato_ops.db import claims, ledger, throttling
 from potato_ops.db.engine import read_connection, write_transaction
 from potato_ops.db.locks import operation_lock
 from potato_ops.db.schema import RUNS_V2_FLAG
@@ -90,6 +90,7 @@ def bulk_rebuild_users(
         if bad:
             raise ConfigError(f"user_ids must be non-empty strings; found {bad[0]!r}")
     _check_flag(db, config)
+    _throttle_refusal(db, config)
     operation_id = uuid.uuid4().hex
     owner = ownership.new_owner()
     try:
@@ -109,7 +110,7 @@ def bulk_rebuild_users(
                     now=now,
                 )
                 ledger.claim(conn, operation_id, owner, now, previous=owner.token)
-                claims.plan_batches(conn, operation_id, config.batch_size)
+                claims.plan_batches(conn, operation_id, config.claim_size)
             log.info(
                 "bulk operation %s: %d users, %s, batch %d, workers %d",
                 operation_id,
@@ -140,9 +141,27 @@ def list_operations(db: Database, status: str | None = None, limit: int = 20) ->
         live = [op for s in operations.LIVE for op in ledger.recent_operations(conn, s, 1000)]
     for op in live:  # mark the ones whose owner is gone, so the filter sees them as such
         _settle(db, op)
+    if status is None:
+        with read_connection(db.engine) as conn:
+            found = ledger.recent_operations(conn, None, limit)
+        return [progress_of(db, op) for op in found]
+    # "paused" is shown, not stored: it is a pending, running or interrupted one asked to pause.
+    stored = (
+        (operations.PENDING, operations.RUNNING, operations.INTERRUPTED)
+        if status == operations.PAUSED
+        else (status,)
+    )
     with read_connection(db.engine) as conn:
-        found = ledger.recent_operations(conn, status, limit)
-    return [progress_of(db, op) for op in found]
+        candidates = [op for s in stored for op in ledger.recent_operations(conn, s, limit + 1000)]
+    candidates.sort(key=lambda op: (op.created_at, op.id), reverse=True)
+    shown: list[Progress] = []
+    for op in candidates:
+        p = progress_of(db, op)
+        if p.status == status:
+            shown.append(p)
+            if len(shown) == limit:
+                break
+    return shown
 
 
 def resume_bulk_rebuild(
@@ -161,7 +180,15 @@ def resume_bulk_rebuild(
     with read_connection(db.engine) as conn:
         op = ledger.fetch_operation(conn, operation_id)
         counts = ledger.item_counts(conn, operation_id)
+        paused = throttling.pause_requested(conn, operation_id)
     config = BulkConfig.from_json(op.config)
+    if paused and op.status not in (operations.COMPLETED, operations.FAILED, operations.CANCELLED):
+        with write_transaction(db.engine) as conn:
+            throttling.set_pause(conn, operation_id, False)
+            alive = op.status in operations.LIVE and ownership.owner_alive(conn, op, db.now())
+        log.info("bulk operation %s: resumed from pause", operation_id)
+        if alive:  # its workers, waiting at their gates, go on by themselves
+            return stored_result(db, op)
     if _nothing_to_resume(op, counts, failed_only):
         return stored_result(db, op)
     _check_flag(db, config)
@@ -187,11 +214,12 @@ def resume_bulk_rebuild(
                 # Every earlier owner and worker is fenced out from here: their batches
                 # roll back at commit, and their claims are dropped with the old batches.
                 epoch = claims.take_over(conn, operation_id)
+                throttling.close_open_episodes(conn, operation_id)  # the earlier runners wait no more
                 only: list[str] | None = None
                 if failed_only:
                     only = [item.user_id for item in ledger.failed_items(conn, operation_id)]
                 ledger.reopen_failed(conn, operation_id)
-                claims.plan_batches(conn, operation_id, config.batch_size)
+                claims.plan_batches(conn, operation_id, config.claim_size)
             log.info("bulk operation %s resumed (was %s)", operation_id, op.status)
             previous = op.status if op.status not in operations.LIVE else operations.INTERRUPTED
             run = BulkExecutor(db, operation_id, config, owner, progress, epoch=epoch)
@@ -228,7 +256,7 @@ def open_bulk_operation(
             owner=owner,
             now=now,
         )
-        claims.plan_batches(conn, operation_id, config.batch_size)
+        claims.plan_batches(conn, operation_id, config.claim_size)
     log.info("bulk operation %s opened for workers", operation_id)
     return operation_id
 
@@ -257,6 +285,7 @@ def join_bulk_operation(
     if max_workers is not None:
         config = dataclasses.replace(config, max_workers=max_workers)
     _check_flag(db, config)
+    _throttle_refusal(db, config)
     owner = ownership.new_owner()
     try:
         with operation_lock(db.engine, operation_id, owner=False):
@@ -270,6 +299,28 @@ def join_bulk_operation(
             return run.execute(None, status_if_left=operations.RUNNING)
     finally:
         ownership.release_owner(owner)
+
+
+def pause_bulk_rebuild(db: Database, operation_id: str) -> Progress:
+    """Pause an operation: every worker, on every host, stops at its next batch boundary.
+
+    The workers keep nothing claimed and wait (the status reads ``paused``) until
+    ``resume_bulk_rebuild``; the request is in the ledger, so it outlives any runner. An
+    operation that has ended is left as it is. Returns its progress.
+    """
+    with write_transaction(db.engine) as conn:
+        op = ledger.fetch_operation(conn, operation_id)
+        if op.status in (operations.PENDING, operations.RUNNING, operations.INTERRUPTED):
+            throttling.set_pause(conn, operation_id, True)
+            log.info("bulk operation %s: pause requested", operation_id)
+    return get_rebuild_progress(db, operation_id)
+
+
+def throttle_episodes(db: Database, operation_id: str) -> list[throttling.Episode]:
+    """Return the operation's waits (paused, window, replica lag, load), oldest first."""
+    with read_connection(db.engine) as conn:
+        ledger.fetch_operation(conn, operation_id)  # OperationNotFoundError for an unknown id
+        return throttling.episodes(conn, operation_id)
 
 
 def cancel_bulk_rebuild(db: Database, operation_id: str) -> Progress:
@@ -300,6 +351,15 @@ def _check_flag(db: Database, config: BulkConfig) -> None:
         raise FeatureFlagError(
             f"feature flag {RUNS_V2_FLAG} is off: a real bulk rebuild is refused "
             "(turn the flag on, or set ignore_feature_flag)"
+        )
+
+
+def _throttle_refusal(db: Database, config: BulkConfig) -> None:
+    option = config.postgres_only_option()
+    if option is not None and db.dialect != "postgresql":
+        raise ConfigError(
+            f"{option} needs PostgreSQL: SQLite has no standbys and no other sessions to watch "
+            "(leave it out; --window, --nice-ratio and --batch-seconds work on SQLite)"
         )
 
 

@@ -24,8 +24,10 @@ from potato_ops.domain import operations
 from potato_ops.domain.operations import Owner
 from potato_ops.errors import UserNotFoundError
 from potato_ops.ops.batch_rebuild import BatchOptions, UserOutcome, history_entry
+from potato_ops.ops.bulk import retry
 from potato_ops.ops.bulk.config import BulkConfig
 from potato_ops.ops.bulk.fill import rebuild_bulk_batch
+from potato_ops.ops.bulk.sizing import BatchSizer
 from potato_ops.ops.database import Database, Rollback
 
 log = logging.getLogger("potato_ops")
@@ -53,6 +55,7 @@ class BatchWorker:
         worker: Owner,
         epoch: int,
         options: BatchOptions,
+        stop: threading.Event | None = None,
     ) -> None:
         self.db = db
         self.engine = db.engine
@@ -63,24 +66,48 @@ class BatchWorker:
         self.options = options
         self.history_kind = history.PARTIAL_REBUILD if options.partial else history.REBUILD
         self.only: set[str] | None = None  # with ``execute(only=...)``: the users to process
+        self.stop = stop or threading.Event()  # set: the run stops (a rest ends at once)
+        self.sizer: BatchSizer | None = None  # with ``batch_seconds``: users per transaction adapt
+        if config.batch_seconds is not None:
+            smallest, largest = config.batch_bounds
+            self.sizer = BatchSizer(config.batch_size, smallest, largest, config.batch_seconds)
 
     def run(self, claim: claims.Claim) -> BatchDone:
-        """Rebuild a claimed batch in one transaction; on any failure redo each user alone."""
+        """Rebuild a claimed batch in one transaction; on any failure redo each user alone.
+
+        With ``batch_seconds`` the batch goes in several transactions, each of the sizer's
+        size; with ``nice_ratio`` each transaction is followed by a rest that many times its
+        length.
+        """
         timings: dict[str, float] = {}
         with read_connection(self.engine) as conn:
             user_ids = claims.batch_user_ids(conn, self.operation_id, claim)
         if self.only is not None:
             user_ids = [u for u in user_ids if u in self.only]
-        results: list[operations.ItemResult] | None = []
-        if user_ids:
-            results = self._attempt(user_ids, claim, tries=1, timings=timings)
-        if results is None:
-            results = []
-            for uid in user_ids:
-                alone = self._attempt([uid], claim, tries=2, timings=timings, alone=True)
-                assert alone is not None
-                results.extend(alone)
-        if not user_ids or not results or results[0].tries == 2 or self.config.dry_run:
+        results: list[operations.ItemResult] = []
+        closed = False
+        start = 0
+        while start < len(user_ids):  # one transaction per chunk (the whole batch unless sizes adapt)
+            size = len(user_ids) if self.sizer is None else self.sizer.size
+            chunk = user_ids[start : start + size]
+            start += len(chunk)
+            t0 = time.perf_counter()
+            done = self._attempt(chunk, claim, tries=1, timings=timings, close=start >= len(user_ids))
+            if done is None:
+                done = []
+                for uid in chunk:
+                    alone = self._attempt([uid], claim, tries=2, timings=timings, alone=True)
+                    assert alone is not None
+                    done.extend(alone)
+            else:
+                closed = start >= len(user_ids) and not self.config.dry_run
+            seconds = time.perf_counter() - t0
+            results.extend(done)
+            if self.sizer is not None:
+                self.sizer.observe(len(chunk), seconds)
+            if self.config.nice_ratio:  # gh-ost's nice ratio: rest a share of the work's time
+                self.stop.wait(self.config.nice_ratio * seconds)
+        if not closed:
             with write_transaction(self.engine) as conn:  # the batch's own commit did not close it
                 claims.fence(conn, self.operation_id, claim, self.worker, self.epoch)
                 claims.close_batch(conn, self.operation_id, claim, self.db.now())
@@ -94,6 +121,7 @@ class BatchWorker:
         tries: int,
         timings: dict[str, float],
         alone: bool = False,
+        close: bool = True,
     ) -> list[operations.ItemResult] | None:
         """Try the users in one transaction; return their results, or None to retry each alone.
 
@@ -118,7 +146,7 @@ class BatchWorker:
                 history.record_history(conn, self._history(results, outcomes, started, now))
                 ledger.record_items(conn, self.operation_id, results, now)
                 claims.fence(conn, self.operation_id, claim, self.worker, self.epoch)
-                if not alone:
+                if close and not alone:
                     claims.close_batch(conn, self.operation_id, claim, now)
                 t_commit = time.perf_counter()
                 timings["ledger"] = timings.get("ledger", 0.0) + (t_commit - t_rec) * 1000
@@ -133,6 +161,7 @@ class BatchWorker:
                 return results
             return None
         except Exception as exc:
+            retry.reraise_if_connection_lost(exc)  # the whole batch is run again
             if not alone:
                 log.info("batch of %d users rolled back (%s); redoing each alone", len(user_ids), exc)
                 return None

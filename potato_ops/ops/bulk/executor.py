@@ -12,6 +12,8 @@ worker fenced out by a takeover stops and writes nothing more.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import queue
 import threading
@@ -19,7 +21,6 @@ import time
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from potato_ops.config import mask_secrets
 from potato_ops.db import claims, ledger
 from potato_ops.db.engine import read_connection, write_transaction
 from potato_ops.domain import operations
@@ -29,10 +30,18 @@ from potato_ops.ops.batch_rebuild import (
     BACKUP_NEVER,
     BatchOptions,
 )
-from potato_ops.ops.bulk.batch import MESSAGE_CHARS, BatchDone, BatchWorker
+from potato_ops.ops.bulk import retry
+from potato_ops.ops.bulk.batch import BatchDone, BatchWorker
 from potato_ops.ops.bulk.config import BulkConfig
-from potato_ops.ops.bulk.results import BulkResult, Progress, ProgressCallback, result_from_ledger
+from potato_ops.ops.bulk.results import (
+    BulkResult,
+    Progress,
+    ProgressCallback,
+    result_from_ledger,
+    waiting_fields,
+)
 from potato_ops.ops.bulk.statistics import StatisticsWatch
+from potato_ops.ops.bulk.throttle import Gate, RunnerId
 from potato_ops.ops.database import Database
 
 log = logging.getLogger("potato_ops")
@@ -81,10 +90,12 @@ class BulkExecutor:
             backup=BACKUP_NEVER if dry or config.skip_backup else BACKUP_CHANGED,
             backup_reason="bulk",
         )
-        self.batches = BatchWorker(db, operation_id, config, worker, epoch, self.options)
+        self.stop = threading.Event()
+        self.batches = BatchWorker(db, operation_id, config, worker, epoch, self.options, self.stop)
+        # Before each claim a worker passes the gate (pause, window, standby lag, load).
+        self.gate = Gate(db, operation_id, config, RunnerId(worker.token, worker.host, worker.pid), epoch)
         self.timings: dict[str, float] = {}
         self._timings_lock = threading.Lock()
-        self.stop = threading.Event()
         self._done: queue.Queue[BatchDone | None] = queue.Queue()
         self._stop_reason: str | None = None
         self._errors: list[BaseException] = []
@@ -93,6 +104,7 @@ class BulkExecutor:
         self._base = operations.ItemCounts()
         self._ok = self._failed = 0  # users this run processed since _base was read
         self._start_processed: int | None = None
+        self._processed_here = 0  # users this run processed (its own rate's base)
 
     # ------------------------------------------------------------ coordinator
 
@@ -100,6 +112,7 @@ class BulkExecutor:
         """Process the pending users (or only those given); record the final status."""
         t0 = time.perf_counter()
         status: str = operations.FAILED
+        reason: str | None = None
         error: str | None = "the runner stopped unexpectedly"
         self.batches.only = None if only is None else set(only)
         try:
@@ -117,18 +130,20 @@ class BulkExecutor:
             else:
                 status, error = (operations.CANCELLED if reason else status_if_left), None
         except Exception as exc:
-            error = f"{exc.__class__.__name__}: {mask_secrets(str(exc))}"[:MESSAGE_CHARS]
+            error = retry.one_line(exc)  # one line: never the SQL or its parameters
             log.error("bulk operation %s failed: %s", self.operation_id, error)
             raise
         except BaseException:
             status, error = operations.INTERRUPTED, "interrupted"
             raise
         finally:
+            self.gate.close()
             self._record_end(status, error)
         elapsed = (time.perf_counter() - t0) * 1000
         with read_connection(self.engine) as conn:
             op = ledger.fetch_operation(conn, self.operation_id)
-            return result_from_ledger(conn, op, elapsed, dict(self.timings))
+            result = result_from_ledger(conn, op, elapsed, dict(self.timings))
+        return dataclasses.replace(result, processed_here=self._processed_here, taken_over=reason == FENCED)
 
     def _record_end(self, status: str, error: str | None) -> None:
         """Write the final status: the owner always, a joined worker only a completion or cancel."""
@@ -165,7 +180,13 @@ class BulkExecutor:
         running = len(threads)
         try:
             while running:
-                done = self._done.get()
+                try:
+                    done = self._done.get(timeout=HEARTBEAT_EVERY_S)
+                except queue.Empty:  # the workers wait at the gate (or run long batches)
+                    self._heartbeat()
+                    self._report(t0)
+                    last_beat = time.perf_counter()
+                    continue
                 if done is None:  # a thread ended
                     running -= 1
                     continue
@@ -177,7 +198,7 @@ class BulkExecutor:
                 # that counting takes at most 1/COUNT_EVERY of the run, whatever its size.
                 if time.perf_counter() - last_count >= max(HEARTBEAT_EVERY_S, count_s * COUNT_EVERY):
                     t_count = time.perf_counter()
-                    self._refresh_base()
+                    retry.run_with_retry(self._refresh_base, "reading the counts", self.stop)
                     last_count = time.perf_counter()
                     count_s = last_count - t_count
                 self._report(t0)
@@ -197,6 +218,7 @@ class BulkExecutor:
     def _account(self, done: BatchDone) -> None:
         """Count a batch's outcome; stop every thread once too many users failed."""
         with self._counts_lock:
+            self._processed_here += len(done.results)
             self._ok += sum(r.status == operations.COMPLETED for r in done.results)
             self._failed += sum(r.status == operations.FAILED for r in done.results)
             reason = self._failure_rate(self._base, self._ok, self._failed)
@@ -220,20 +242,16 @@ class BulkExecutor:
         """Claim and run batches until none is left, the run stops, or an error."""
         try:
             while not self.stop.is_set():
-                with write_transaction(self.engine) as conn:
-                    claim = claims.claim_batch(
-                        conn,
-                        self.operation_id,
-                        self.config.batch_size,
-                        self.worker,
-                        self.epoch,
-                        self.db.now(),
-                    )
+                if not self.gate.wait_until_open(self.stop):
+                    return
+                claim = retry.run_with_retry(self._claim, "claiming a batch", self.stop)
                 if isinstance(claim, claims.NoClaim):
                     if claim.reason == claims.DONE:
                         return
                     if claim.reason == "busy":  # the rest is claimed by others: wait for them
                         self.stop.wait(WAIT_FOR_OTHERS_S)
+                        continue
+                    if claim.reason == claims.PAUSED:  # asked between the gate and the claim
                         continue
                     if claim.reason == "cancelled":
                         log.info(
@@ -242,7 +260,8 @@ class BulkExecutor:
                     self._halt(FENCED if claim.reason == "fenced" else claim.reason)
                     return
                 try:
-                    done = self.batches.run(claim)
+                    batch = functools.partial(self.batches.run, claim)
+                    done = retry.run_with_retry(batch, f"batch {claim.batch_no}", self.stop)
                     self._account(done)
                     self._done.put(done)
                     # The next claim waits until the coordinator reported this batch: a cancel
@@ -259,6 +278,12 @@ class BulkExecutor:
             self.stop.set()
         finally:
             self._done.put(None)
+
+    def _claim(self) -> claims.Claim | claims.NoClaim:
+        with write_transaction(self.engine) as conn:
+            return claims.claim_batch(
+                conn, self.operation_id, self.config.claim_size, self.worker, self.epoch, self.db.now()
+            )
 
     def _heartbeat(self) -> None:
         """Stamp the heartbeat; a miss (SQLite busy behind the workers) only waits for the next."""
@@ -306,6 +331,7 @@ class BulkExecutor:
                 eta_seconds=eta,
                 kind=KIND,
                 dry_run=self.config.dry_run,
+                **waiting_fields(self.gate.current),
             )
         )
 

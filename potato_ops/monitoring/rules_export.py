@@ -95,7 +95,8 @@ def _seconds_words(seconds: float) -> str:
 def _what(exposed: ExposedName, metric: str) -> str:
     if exposed.age:
         return "time " + METRIC_HELP[metric].removeprefix("seconds ")
-    return exposed.help.rstrip(".")[:1].lower() + exposed.help.rstrip(".")[1:]
+    text = exposed.help.rstrip(".").replace("Share 0..1 of", "Share of")
+    return text[:1].lower() + text[1:]
 
 
 def _value_words(exposed: ExposedName, value: float | None) -> str:

@@ -170,7 +170,8 @@ def _failure(gateway: Gateway, what: str, exc: BaseException) -> PushError:
     if gateway.password:
         detail = detail.replace(gateway.password, MASK)
     first = mask_secrets((detail.splitlines() or [""])[0])
-    return PushError(f"--pushgateway {gateway.shown}: {what} failed: {first}")
+    # "URL (push failed)": a masked query value (?token=***) must not swallow what follows it.
+    return PushError(f"--pushgateway {gateway.shown} ({what} failed): {first}")
 
 
 def push_registry(

@@ -30,10 +30,10 @@ from pathlib import Path
 from sqlalchemy import create_engine, func, insert, select, text
 
 from potato_ops import Storage, fixed_clock
+from potato_ops.db.grouping import grouped_marks_sql
 from potato_ops.db.schema import day_marks, ops_backups, ops_rebuild_history, ops_timezone_changes, runs
 from potato_ops.demo.synth import seed
 from potato_ops.monitoring.metrics import compute_metrics
-from potato_ops.ops.scan import grouped_marks_sql
 
 NOW = datetime(2024, 3, 10, 15, 0, tzinfo=UTC)
 DEFAULT_PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

@@ -60,13 +60,13 @@ from sqlalchemy import (
 )
 
 from potato_ops import BulkConfig, Storage, fixed_clock
+from potato_ops.db.grouping import grouped_marks_sql
 from potato_ops.db.schema import RUNS_V2_FLAG, runs
 from potato_ops.db.schema import users as users_table
 from potato_ops.demo.synth import CORRUPTIONS_POSTGRES, CORRUPTIONS_SQLITE, inject_corruption, seed
 from potato_ops.domain.dates import local_today
 from potato_ops.domain.models import ViolationKind
 from potato_ops.ops.bulk.api import bulk_rebuild_users
-from potato_ops.ops.scan import grouped_marks_sql
 
 NOW = datetime(2024, 3, 10, 15, 0, tzinfo=UTC)
 DEFAULT_PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

@@ -25,7 +25,7 @@ from potato_ops import Storage
 from potato_ops.db.schema import RUNS_V2_FLAG
 from potato_ops.demo.synth import seed
 from potato_ops.errors import SchemaError, UserNotFoundError
-from potato_ops.notebook_runs.execute import run_notebook
+from potato_ops.notebook_runs.execute import execute_notebook
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 AUDIT_TARGET_S = 30.0
@@ -80,7 +80,7 @@ def prepare(path: Path, users: int, fresh: bool) -> Storage:
 def time_notebook(name: str, parameters: dict[str, object], reports: Path) -> Timing:
     """Return the timing of one run through the runner."""
     started = time.perf_counter()
-    record = run_notebook(NOTEBOOKS / f"{name}.ipynb", parameters, reports_dir=reports, cell_timeout=1800)
+    record = execute_notebook(NOTEBOOKS / f"{name}.ipynb", parameters, reports_dir=reports, cell_timeout=1800)
     wall = time.perf_counter() - started
     executed = json.loads(record.notebook_path.read_text(encoding="utf-8"))
     cells = sum(

@@ -64,12 +64,12 @@ params
 # %%
 from potato_ops.notebook_runs.result import record_result
 from potato_ops.runbook.session import open_session, safety_checklist
-from potato_ops.runbook.user import (
+from potato_ops.runbook.single_user_recovery import (
     execute_rebuild,
     identify_user,
     post_recovery_validation,
+    rebuild_verdict,
     recovery_calendar,
-    recovery_verdict,
     rollback_if_needed,
 )
 
@@ -134,7 +134,7 @@ recovery_calendar(snapshot, rebuild, rollback, days=params.calendar_days)
 # ## Verdict
 
 # %%
-verdict = recovery_verdict(params, snapshot, rebuild, validation, rollback)
+verdict = rebuild_verdict(params, snapshot, rebuild, validation, rollback)
 verdict
 
 # %%

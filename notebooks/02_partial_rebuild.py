@@ -69,15 +69,15 @@ params
 
 # %%
 from potato_ops.notebook_runs.result import record_result
+from potato_ops.runbook.partial_rebuild import verify_range_isolation
 from potato_ops.runbook.session import open_session, safety_checklist
-from potato_ops.runbook.user import (
+from potato_ops.runbook.single_user_recovery import (
     execute_rebuild,
     identify_user,
     post_recovery_validation,
+    rebuild_verdict,
     recovery_calendar,
-    recovery_verdict,
     rollback_if_needed,
-    verify_range_isolation,
 )
 
 session = open_session(params.common)
@@ -155,7 +155,7 @@ recovery_calendar(
 # ## Verdict
 
 # %%
-verdict = recovery_verdict(params, snapshot, rebuild, validation, rollback, isolation)
+verdict = rebuild_verdict(params, snapshot, rebuild, validation, rollback, isolation)
 verdict
 
 # %%

@@ -44,6 +44,16 @@ to_date: str = ""  # partial rebuild up to this day, YYYY-MM-DD; empty: no upper
 skip_backup: bool = False  # True: keep no backups (faster, but nothing to roll back to)
 max_failure_rate: float = 0.01  # stop when more than this share of users fail (0..1)
 ignore_feature_flag: bool = False  # True: run even while ff.potato.runs_v2 is off
+max_replica_lag: str = ""  # start no batch while a standby lags more, e.g. 16MB (PostgreSQL); empty: no limit
+max_active_sessions: int = 0  # start no batch while more client sessions are active (PostgreSQL); 0: no limit
+nice_ratio: float = 0.0  # after each batch, rest this many times its duration (1 halves the load)
+batch_seconds: float = 0.0  # adapt users per transaction toward this many seconds; 0: always batch_size
+min_batch_size: int = 1  # fewest users per transaction when batch_seconds is set
+max_batch_size: int = 0  # most users per transaction when batch_seconds is set; 0: 10x batch_size
+window: str = ""  # start batches only in this daily window, HH:MM-HH:MM (may wrap midnight); empty: always
+window_timezone: str = "UTC"  # IANA time zone of the window
+operation_id: str = ""  # an operation to continue (paused or interrupted) instead of starting a new one
+pause: bool = False  # True: pause operation_id (its workers stop at their next batch), nothing else
 operator: str = ""  # who runs this procedure (kept in the archived record)
 ticket: str = ""  # the incident or change ticket this run belongs to
 database_url_env: str = "POTATO_DATABASE_URL"  # NAME of the variable holding the database URL, never a URL
@@ -64,6 +74,16 @@ params = check_bulk_recovery(
     skip_backup=skip_backup,
     max_failure_rate=max_failure_rate,
     ignore_feature_flag=ignore_feature_flag,
+    max_replica_lag=max_replica_lag,
+    max_active_sessions=max_active_sessions,
+    nice_ratio=nice_ratio,
+    batch_seconds=batch_seconds,
+    min_batch_size=min_batch_size,
+    max_batch_size=max_batch_size,
+    window=window,
+    window_timezone=window_timezone,
+    operation_id=operation_id,
+    pause=pause,
     operator=operator,
     ticket=ticket,
     database_url_env=database_url_env,
@@ -72,7 +92,7 @@ params
 
 # %%
 from potato_ops.notebook_runs.result import record_result
-from potato_ops.runbook.bulk import (
+from potato_ops.runbook.bulk_recovery import (
     bulk_dry_run,
     bulk_execute,
     bulk_progress,
@@ -82,7 +102,7 @@ from potato_ops.runbook.bulk import (
     slowest_chart,
     validate_bulk,
 )
-from potato_ops.runbook.scan import run_lengths_chart
+from potato_ops.runbook.database_views import run_lengths_chart
 from potato_ops.runbook.session import open_session, safety_checklist
 
 session = open_session(params.common)

@@ -66,7 +66,7 @@ params
 # %%
 from potato_ops.notebook_runs.result import record_result
 from potato_ops.runbook.session import open_session, safety_checklist
-from potato_ops.runbook.timezone import (
+from potato_ops.runbook.timezone_migration import (
     find_affected_users,
     rebuild_affected,
     timezone_verdict,

@@ -64,7 +64,7 @@ params
 
 # %%
 from potato_ops.notebook_runs.result import record_result
-from potato_ops.runbook.recovery import (
+from potato_ops.runbook.error_recovery import (
     affected_timezones_chart,
     detect,
     dry_run_repairs,

@@ -62,7 +62,7 @@ params
 
 # %%
 from potato_ops.notebook_runs.result import record_result
-from potato_ops.runbook.restore import (
+from potato_ops.runbook.restore_from_backup import (
     choose_backup,
     restore_backup,
     restore_calendar,
@@ -70,7 +70,7 @@ from potato_ops.runbook.restore import (
     validate_restoration,
 )
 from potato_ops.runbook.session import open_session, safety_checklist
-from potato_ops.runbook.user import identify_user
+from potato_ops.runbook.single_user_recovery import identify_user
 
 session = open_session(params.common)
 session

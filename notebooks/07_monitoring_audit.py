@@ -62,7 +62,7 @@ params
 
 # %%
 from potato_ops.notebook_runs.result import record_result
-from potato_ops.runbook.audit import (
+from potato_ops.runbook.monitoring_audit import (
     affected_timezones_chart,
     audit_metrics,
     audit_verdict,

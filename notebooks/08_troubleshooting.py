@@ -63,7 +63,8 @@ params
 # %%
 from potato_ops.notebook_runs.result import record_result
 from potato_ops.runbook.session import open_session, safety_checklist
-from potato_ops.runbook.troubleshoot import (
+from potato_ops.runbook.single_user_recovery import identify_user
+from potato_ops.runbook.troubleshooting import (
     check_backups,
     check_day_marks,
     check_invariant_causes,
@@ -73,7 +74,6 @@ from potato_ops.runbook.troubleshoot import (
     debug_rebuild,
     troubleshooting_verdict,
 )
-from potato_ops.runbook.user import identify_user
 
 session = open_session(params.common)
 session

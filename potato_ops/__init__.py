@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     )
     from potato_ops.ops.bulk.config import BulkConfig
     from potato_ops.ops.bulk.results import BulkResult, Progress
+    from potato_ops.ops.repair import RepairStatus, UserRepair
     from potato_ops.storage import Storage
 
 _LAZY: dict[str, str] = {
@@ -45,6 +46,8 @@ _LAZY: dict[str, str] = {
     "BulkConfig": "potato_ops.ops.bulk.config",
     "BulkResult": "potato_ops.ops.bulk.results",
     "Progress": "potato_ops.ops.bulk.results",
+    "RepairStatus": "potato_ops.ops.repair",
+    "UserRepair": "potato_ops.ops.repair",
     "Storage": "potato_ops.storage",
     **dict.fromkeys(
         (
@@ -107,11 +110,13 @@ __all__ = [
     "PotatoOpsError",
     "Progress",
     "RebuildResult",
+    "RepairStatus",
     "Run",
     "SchemaError",
     "Storage",
     "User",
     "UserNotFoundError",
+    "UserRepair",
     "ValidationResult",
     "Violation",
     "__version__",

@@ -67,6 +67,8 @@ def normalize_url(url: str) -> str:
 def resolve_database_url(url: str | None = None, env_var: str = DATABASE_URL_ENV) -> str:
     """Return the database URL: the argument, else the environment variable, else embedded SQLite."""
     chosen = url or os.environ.get(env_var)
+    # A value that is not a URL may be any secret (a password in the wrong variable): never shown.
+    source = "the database URL given" if url else f"${env_var}"
     if not chosen:
         path = default_sqlite_path()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +81,10 @@ def resolve_database_url(url: str | None = None, env_var: str = DATABASE_URL_ENV
     try:
         parsed = make_url(chosen)
     except ArgumentError as exc:
-        raise ConfigError(f"not a database URL: {mask_url(chosen)!r}") from exc
+        raise ConfigError(
+            f"{source} is not a database URL (its value is not shown): "
+            "expected postgresql+psycopg://USER@HOST/DB or sqlite:///PATH"
+        ) from exc
     except ValueError:
         # make_url reads the port with int(): "host:abc" fails there.
         raise ConfigError(f"not a database URL (the port must be a number): {mask_url(chosen)!r}") from None
@@ -89,6 +94,16 @@ def resolve_database_url(url: str | None = None, env_var: str = DATABASE_URL_ENV
             "use postgresql+psycopg:// or sqlite:///"
         )
     return chosen
+
+
+def database_url_in(env_var: str) -> str | None:
+    """Return the database URL held by an environment variable, None when it is unset or empty.
+
+    Raises ConfigError, without showing the value, when it is not a database URL.
+    """
+    if not os.environ.get(env_var, "").strip():
+        return None
+    return resolve_database_url(None, env_var)
 
 
 def mask_url(url: str) -> str:

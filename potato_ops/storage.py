@@ -13,8 +13,10 @@ from typing import Any
 from sqlalchemy import Engine
 
 from potato_ops.db import backups, history, reads, timezone_log
+from potato_ops.db.distributed import lay_out
 from potato_ops.db.schema import RUNS_V2_FLAG
-from potato_ops.domain.dates import Clock, local_today, system_clock
+from potato_ops.db.throttling import Episode
+from potato_ops.domain.dates import Clock, local_today, parse_since, system_clock
 from potato_ops.domain.models import (
     Backup,
     DayMark,
@@ -26,12 +28,14 @@ from potato_ops.domain.models import (
     ViolationKind,
 )
 from potato_ops.domain.runs import should_be_active
-from potato_ops.errors import InvalidDateRangeError
-from potato_ops.ops import rebuild, restore, scan
+from potato_ops.errors import BackupError
+from potato_ops.ops import rebuild, repair, restore, scan
 from potato_ops.ops.bulk import api as bulk
 from potato_ops.ops.bulk.config import BulkConfig
-from potato_ops.ops.bulk.results import BulkResult, Progress
+from potato_ops.ops.bulk.results import BulkResult, Progress, ProgressCallback
 from potato_ops.ops.database import Database
+from potato_ops.ops.repair import UserRepair
+from potato_ops.ops.scan import IndexCheck
 
 
 class Storage:
@@ -40,6 +44,8 @@ class Storage:
     Create it with ``Storage.connect(url)``. Every method is one transaction; the writing ones
     take per-user locks (see ``potato_ops.db.engine``) so they can run from many threads at once.
     """
+
+    RUNS_V2_FLAG = RUNS_V2_FLAG  # the feature flag that gates runs
 
     def __init__(self, engine: Engine, clock: Clock = system_clock) -> None:
         self.database = Database(engine, clock)
@@ -158,10 +164,15 @@ class Storage:
         *,
         backup: bool = True,
         dry_run: bool = False,
+        timezone: str | None = None,
     ) -> RebuildResult:
-        """Rebuild one user's runs (all, or those touching the range) in one transaction."""
+        """Rebuild one user's runs (all, or those touching the range) in one transaction.
+
+        With ``timezone``, the user's timezone is changed (and logged) in the same
+        transaction, so the new zone and the runs it gives commit together.
+        """
         return rebuild.rebuild_user_runs(
-            self.database, user_id, from_date, to_date, backup=backup, dry_run=dry_run
+            self.database, user_id, from_date, to_date, backup=backup, dry_run=dry_run, timezone=timezone
         )
 
     def validate_rebuild_results(
@@ -211,11 +222,12 @@ class Storage:
         return self.get_user(user_id)
 
     def get_users_with_timezone_changes(self, since: datetime | str | None = None) -> list[str]:
-        """Return users whose timezone changed after their last successful rebuild."""
-        try:
-            when = datetime.fromisoformat(since.strip()) if isinstance(since, str) else since
-        except ValueError as exc:
-            raise InvalidDateRangeError(f"since {since!r} is not an ISO date or datetime") from exc
+        """Return users whose timezone changed after their last successful rebuild.
+
+        ``since`` as ``parse_since`` reads it: a duration back from now (``7d``), an ISO date or
+        datetime, or a datetime (naive means UTC).
+        """
+        when = None if since is None else parse_since(since, self.now())
         with self.database.read() as conn:
             return timezone_log.users_with_pending_timezone_changes(conn, when)
 
@@ -249,9 +261,9 @@ class Storage:
     # ------------------------------------------------------------------ bulk (potato_ops.ops.bulk)
 
     def bulk_rebuild_users(
-        self, user_ids: Sequence[str], config: BulkConfig | None = None, **kw: Any
+        self, user_ids: Sequence[str] | None, config: BulkConfig | None = None, **kw: Any
     ) -> BulkResult:
-        """Rebuild many users in batches across workers; see ``potato_ops.ops.bulk``."""
+        """Rebuild many users (None: every user) in batches across workers; see ``potato_ops.ops.bulk``."""
         return bulk.bulk_rebuild_users(self.database, user_ids, config, **kw)
 
     def get_rebuild_progress(self, operation_id: str) -> Progress:
@@ -259,8 +271,20 @@ class Storage:
         return bulk.get_rebuild_progress(self.database, operation_id)
 
     def resume_bulk_rebuild(self, operation_id: str, **kw: Any) -> BulkResult:
-        """Finish an interrupted operation: only its users not yet completed."""
+        """Finish an interrupted operation (only its users not yet completed), or unpause one.
+
+        A paused operation whose workers still wait goes on with them (returned as it stands);
+        one whose runner is gone is taken over and run here.
+        """
         return bulk.resume_bulk_rebuild(self.database, operation_id, **kw)
+
+    def pause_bulk_rebuild(self, operation_id: str) -> Progress:
+        """Pause an operation: every worker on every host stops at its next batch boundary."""
+        return bulk.pause_bulk_rebuild(self.database, operation_id)
+
+    def get_throttle_episodes(self, operation_id: str) -> list[Episode]:
+        """Return an operation's waits (paused, window, replica lag, load), oldest first."""
+        return bulk.throttle_episodes(self.database, operation_id)
 
     def cancel_bulk_rebuild(self, operation_id: str) -> Progress:
         """Ask a running operation to stop at its next batch boundary."""
@@ -269,6 +293,55 @@ class Storage:
     def list_operations(self, status: str | None = None, limit: int = 20) -> list[Progress]:
         """Return recent operations, newest first."""
         return bulk.list_operations(self.database, status, limit)
+
+    def open_bulk_operation(self, user_ids: Sequence[str] | None, config: BulkConfig | None = None) -> str:
+        """Write an operation for workers on any host to join; return its id (PostgreSQL only)."""
+        return bulk.open_bulk_operation(self.database, user_ids, config)
+
+    def join_bulk_operation(
+        self,
+        operation_id: str,
+        *,
+        max_workers: int | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> BulkResult:
+        """Work on an open operation alongside its other workers until nothing is left."""
+        return bulk.join_bulk_operation(
+            self.database, operation_id, max_workers=max_workers, progress=progress
+        )
+
+    # ------------------------------------------------------------------ what the runbooks show
+
+    def verify_backup(self, user_id: str, backup: Backup) -> None:
+        """Raise BackupError unless the backup belongs to user_id and its checksum matches."""
+        backups.verify_backup(user_id, backup)
+
+    def get_backups_reporting_damage(self, user_id: str) -> tuple[list[Backup], list[BackupError]]:
+        """Return the user's readable backups (newest first) and an error for each damaged one."""
+        with self.database.read() as conn:
+            return backups.fetch_backups_reporting_damage(conn, user_id)
+
+    def repair_users(
+        self, user_ids: Sequence[str], *, dry_run: bool, recent_days: int | None = None
+    ) -> list[UserRepair]:
+        """Return each user's repair (backup, rebuild, validation), in order, each user atomic."""
+        return repair.repair_users(self.database, user_ids, dry_run=dry_run, recent_days=recent_days)
+
+    def get_timezones(self, user_ids: Sequence[str]) -> dict[str, str]:
+        """Return the timezone of each of the users that exists, by id."""
+        return scan.timezones_of(self.database, user_ids)
+
+    def get_run_length_counts(self, user_ids: Sequence[str] | None = None) -> dict[int, int]:
+        """Return how many stored runs have each day_count (every user's, or the given users')."""
+        return scan.run_length_counts(self.database, user_ids)
+
+    def check_indexes(self) -> IndexCheck:
+        """Return the database's keys on day_marks and runs."""
+        return scan.index_check(self.database)
+
+    def lay_out(self, *, distributed: bool) -> list[str]:
+        """Lay the tables out for the database (Citus distribution when asked); return what was done."""
+        return lay_out(self.engine, distributed=distributed)
 
 
 __all__ = ["Storage"]

@@ -18,8 +18,9 @@ from datetime import datetime
 from typing import Any
 
 from potato_ops import BulkConfig, Storage
+from potato_ops.db import claims
 from potato_ops.domain.dates import fixed_clock
-from potato_ops.ops.bulk import api, claims
+from potato_ops.ops.bulk import api
 
 KILL_AT_BATCH = "POTATO_TEST_KILL_AT_BATCH"
 

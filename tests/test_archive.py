@@ -20,14 +20,14 @@ from typer.testing import CliRunner
 
 from potato_ops.errors import SecretLeakError
 from potato_ops.notebook_runs.archive import (
-    GENESIS_HASH,
-    ArchivedRun,
-    archive_run,
+    ArchivedExecution,
+    archive_execution,
     entry_hash,
-    list_runs,
-    new_run_id,
+    list_executions,
+    new_execution_id,
     verify_reports,
 )
+from potato_ops.notebook_runs.index_lines import GENESIS_HASH
 
 SECRET = "Sup3rS3cret"
 URL = f"postgresql+psycopg://ops:{SECRET}@localhost/x"
@@ -61,9 +61,9 @@ def _archive(
     notebook: dict[str, Any] | None = None,
     secrets: tuple[str, ...] = (),
     verdict: str = "all good",
-) -> ArchivedRun:
+) -> ArchivedExecution:
     started = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
-    run_id = new_run_id(name, started)
+    run_id = new_execution_id(name, started)
     result = {
         "run_id": run_id,
         "notebook": name,
@@ -72,7 +72,7 @@ def _archive(
         "started_at": started.isoformat(),
         "finished_at": (started + dt.timedelta(seconds=2)).isoformat(),
     }
-    return archive_run(
+    return archive_execution(
         run_id=run_id,
         notebook_name=name,
         notebook=notebook if notebook is not None else _notebook(_stream("42\n")),
@@ -87,7 +87,7 @@ def _files_under(directory: Path) -> dict[str, bytes]:
 
 
 def test_run_id_names_time_notebook_and_random_part() -> None:
-    run_id = new_run_id("03_bulk_recovery", dt.datetime(2024, 5, 1, 14, 3, 9, tzinfo=dt.UTC))
+    run_id = new_execution_id("03_bulk_recovery", dt.datetime(2024, 5, 1, 14, 3, 9, tzinfo=dt.UTC))
     prefix, _, tail = run_id.rpartition("_")
     assert prefix == "20240501T140309Z_03_bulk_recovery"
     assert len(tail) == 8 and int(tail, 16) >= 0
@@ -119,7 +119,7 @@ def test_archive_writes_notebook_renderings_result_and_manifest(tmp_path: Path) 
 def test_index_is_a_hash_chain(tmp_path: Path) -> None:
     runs = [_archive(tmp_path, name=f"0{i}_demo") for i in range(1, 4)]
 
-    entries = list_runs(tmp_path)
+    entries = list_executions(tmp_path)
     assert [(e.seq, e.run_id, e.notebook) for e in entries] == [
         (1, runs[0].run_dir.name, "01_demo"),
         (2, runs[1].run_dir.name, "02_demo"),
@@ -160,23 +160,23 @@ def test_verify_accepts_an_intact_archive(tmp_path: Path) -> None:
     assert verify_reports(tmp_path).ok
     assert verify_reports(tmp_path).checked == 3
     assert verify_reports(tmp_path / "missing").ok
-    assert list_runs(tmp_path / "missing") == []
+    assert list_executions(tmp_path / "missing") == []
     assert not (tmp_path / "missing").exists()
 
 
-def _modify_result(reports: Path, runs: list[ArchivedRun]) -> None:
+def _modify_result(reports: Path, runs: list[ArchivedExecution]) -> None:
     path = runs[1].result_path
     path.write_text(path.read_text().replace("all good", "all fine"))
 
 
-def _modify_manifest(reports: Path, runs: list[ArchivedRun]) -> None:
+def _modify_manifest(reports: Path, runs: list[ArchivedExecution]) -> None:
     path = runs[1].manifest_path
     path.write_text(path.read_text() + "")
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[:-1]) + "\n")
 
 
-def _rehash_manifest_after_edit(reports: Path, runs: list[ArchivedRun]) -> None:
+def _rehash_manifest_after_edit(reports: Path, runs: list[ArchivedExecution]) -> None:
     path = runs[1].result_path
     path.write_text(path.read_text().replace("all good", "all fine"))
     manifest = runs[1].manifest_path
@@ -195,35 +195,35 @@ def _write_index(reports: Path, lines: list[str]) -> None:
     (reports / "index.jsonl").write_text("".join(f"{line}\n" for line in lines))
 
 
-def _delete_middle_line(reports: Path, runs: list[ArchivedRun]) -> None:
+def _delete_middle_line(reports: Path, runs: list[ArchivedExecution]) -> None:
     lines = _index_lines(reports)
     _write_index(reports, [lines[0], lines[2]])
 
 
-def _delete_last_line(reports: Path, runs: list[ArchivedRun]) -> None:
+def _delete_last_line(reports: Path, runs: list[ArchivedExecution]) -> None:
     _write_index(reports, _index_lines(reports)[:2])
 
 
-def _reorder_lines(reports: Path, runs: list[ArchivedRun]) -> None:
+def _reorder_lines(reports: Path, runs: list[ArchivedExecution]) -> None:
     lines = _index_lines(reports)
     _write_index(reports, [lines[0], lines[2], lines[1]])
 
 
-def _edit_entry(reports: Path, runs: list[ArchivedRun]) -> None:
+def _edit_entry(reports: Path, runs: list[ArchivedExecution]) -> None:
     lines = _index_lines(reports)
     lines[1] = lines[1].replace('"status":"ok"', '"status":"problem"')
     _write_index(reports, lines)
 
 
-def _add_file(reports: Path, runs: list[ArchivedRun]) -> None:
+def _add_file(reports: Path, runs: list[ArchivedExecution]) -> None:
     (runs[1].run_dir / "notes.txt").write_text("added later")
 
 
-def _remove_file(reports: Path, runs: list[ArchivedRun]) -> None:
+def _remove_file(reports: Path, runs: list[ArchivedExecution]) -> None:
     runs[1].summary_path.unlink()
 
 
-Tamper = Callable[[Path, list[ArchivedRun]], None]
+Tamper = Callable[[Path, list[ArchivedExecution]], None]
 
 
 @pytest.mark.parametrize(
@@ -339,7 +339,7 @@ def test_concurrent_archiving_keeps_one_chain(tmp_path: Path) -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(lambda i: _archive(tmp_path, name=f"{i:02d}_demo"), range(6)))
 
-    entries = list_runs(tmp_path)
+    entries = list_executions(tmp_path)
     assert [e.seq for e in entries] == [1, 2, 3, 4, 5, 6]
     assert verify_reports(tmp_path).ok
 

@@ -22,7 +22,7 @@ from potato_ops import Storage
 from potato_ops.cli import app
 from potato_ops.exitcodes import ExitCode
 from potato_ops.monitoring.scheduled_audit import AUDIT_DATABASE_URL_ENV, AUDIT_NOTEBOOK
-from potato_ops.notebook_runs.archive import list_runs
+from potato_ops.notebook_runs.archive import list_executions
 from tests.test_metrics import add_history
 
 REPO_NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -294,7 +294,7 @@ def test_a_failing_notebook_is_reported_but_the_exit_follows_the_alerts(
         err,
     ), err
     assert (archived_dir(out) / f"{AUDIT_NOTEBOOK}.ipynb").is_file()
-    assert [(e.notebook, e.status) for e in list_runs(reports)] == [(AUDIT_NOTEBOOK, "error")]
+    assert [(e.notebook, e.status) for e in list_executions(reports)] == [(AUDIT_NOTEBOOK, "error")]
 
 
 def test_a_missing_notebook_is_reported_but_the_exit_follows_the_alerts(
@@ -336,5 +336,5 @@ def test_audit_archives_the_monitoring_notebook(
     assert run_dir.parent == reports
     assert (run_dir / f"{AUDIT_NOTEBOOK}.ipynb").is_file()
     assert (run_dir / f"{AUDIT_NOTEBOOK}.html").is_file()
-    entries = list_runs(reports)
+    entries = list_executions(reports)
     assert [(e.notebook, e.status in ("ok", "problem")) for e in entries] == [(AUDIT_NOTEBOOK, True)]

@@ -31,6 +31,7 @@ from potato_ops import (
     group_consecutive_dates,
 )
 from potato_ops.cli.bulk import register
+from potato_ops.db import claims, ledger
 from potato_ops.db.engine import write_transaction
 from potato_ops.db.schema import (
     RUNS_V2_FLAG,
@@ -41,8 +42,10 @@ from potato_ops.db.schema import (
     runs,
 )
 from potato_ops.demo.synth import seed
+from potato_ops.domain import operations
 from potato_ops.domain.models import ViolationKind
-from potato_ops.ops.bulk import claims, ledger, ownership, rows
+from potato_ops.domain.operations import Owner
+from potato_ops.ops.bulk import ownership
 from potato_ops.ops.bulk.results import Progress, UserError
 from potato_ops.runbook.progress import ProgressBar
 from tests.conftest import CITUS, NOW, MutableClock, add_runs, add_user, snapshot, spans
@@ -395,7 +398,7 @@ def test_a_live_runner_cannot_be_taken_over(flag_on: Storage) -> None:
     assert (result.status, result.completed_users) == ("completed", 12)
 
 
-def fabricate_dead_run(storage: Storage, user_ids: list[str], runner: ownership.Runner) -> str:
+def fabricate_dead_run(storage: Storage, user_ids: list[str], runner: Owner) -> str:
     """Write an operation claimed by a runner that does not exist (as a crash leaves it)."""
     config = BulkConfig(batch_size=3, max_workers=2, dry_run=False).to_json()
     with write_transaction(storage.engine) as conn:
@@ -406,7 +409,7 @@ def fabricate_dead_run(storage: Storage, user_ids: list[str], runner: ownership.
             dry_run=False,
             config=config,
             user_ids=user_ids,
-            runner=runner,
+            owner=runner,
             now=NOW,
         )
         ledger.claim(conn, "op-dead", runner, NOW, previous=runner.token)
@@ -416,9 +419,7 @@ def fabricate_dead_run(storage: Storage, user_ids: list[str], runner: ownership.
 def test_an_operation_whose_runner_died_is_interrupted_and_resumable(flag_on: Storage) -> None:
     storage = flag_on
     seeded = seed(storage.engine, users_count=9, days=30, now=NOW, with_runs=False)
-    op = fabricate_dead_run(
-        storage, list(seeded.user_ids), ownership.Runner(socket.gethostname(), dead_pid(), "1/x")
-    )
+    op = fabricate_dead_run(storage, list(seeded.user_ids), Owner(socket.gethostname(), dead_pid(), "1/x"))
 
     progress = storage.get_rebuild_progress(op)
 
@@ -432,7 +433,7 @@ def test_an_operation_whose_runner_died_is_interrupted_and_resumable(flag_on: St
 
 def test_cancel_of_an_operation_whose_runner_died_cancels_at_once(flag_on: Storage) -> None:
     seeded = seed(flag_on.engine, users_count=3, days=10, now=NOW, with_runs=False)
-    op = fabricate_dead_run(flag_on, list(seeded.user_ids), ownership.Runner("elsewhere", 1, "1/x"))
+    op = fabricate_dead_run(flag_on, list(seeded.user_ids), Owner("elsewhere", 1, "1/x"))
     with flag_on.engine.begin() as conn:  # another host's runner: only its heartbeat tells
         conn.execute(
             update(ops_operations).values(heartbeat_at=NOW - ownership.STALE_AFTER - timedelta(seconds=1))
@@ -440,9 +441,9 @@ def test_cancel_of_an_operation_whose_runner_died_cancels_at_once(flag_on: Stora
     assert flag_on.cancel_bulk_rebuild(op).status == "cancelled"
 
 
-def _op_run_by(pid: int, token: str, host: str | None = None) -> rows.OperationRow:
+def _op_run_by(pid: int, token: str, host: str | None = None) -> operations.OperationRow:
     host = host or socket.gethostname()
-    return rows.OperationRow(
+    return operations.OperationRow(
         "x", "bulk_rebuild", "running", False, {}, 0, NOW, NOW, NOW, None, host, pid, token, False, None
     )
 
@@ -454,15 +455,15 @@ def test_runner_liveness_by_process_start_time() -> None:
     try:
         started = ownership._process_start(child.pid)
         assert started is not None
-        assert ownership._process_runner_alive(op(child.pid, f"{started}/t"), NOW)
-        assert not ownership._process_runner_alive(op(child.pid, "12345/t"), NOW)  # pid reused
-        assert not ownership._process_runner_alive(op(os.getpid(), "1/unknown-token"), NOW)
-        assert ownership._process_runner_alive(op(1, "1/x", host="elsewhere"), NOW + timedelta(minutes=1))
-        assert not ownership._process_runner_alive(op(1, "1/x", host="elsewhere"), NOW + timedelta(hours=1))
+        assert ownership._process_owner_alive(op(child.pid, f"{started}/t"), NOW)
+        assert not ownership._process_owner_alive(op(child.pid, "12345/t"), NOW)  # pid reused
+        assert not ownership._process_owner_alive(op(os.getpid(), "1/unknown-token"), NOW)
+        assert ownership._process_owner_alive(op(1, "1/x", host="elsewhere"), NOW + timedelta(minutes=1))
+        assert not ownership._process_owner_alive(op(1, "1/x", host="elsewhere"), NOW + timedelta(hours=1))
     finally:
         child.kill()
         child.wait()
-    assert not ownership._process_runner_alive(op(child.pid, f"{started}/t"), NOW)
+    assert not ownership._process_owner_alive(op(child.pid, f"{started}/t"), NOW)
 
 
 def test_progress_eta_comes_from_the_recent_rate(flag_on: Storage, clock: MutableClock) -> None:
@@ -699,6 +700,7 @@ def test_every_bulk_command_and_option_has_help() -> None:
         "bulk-worker",
         "cancel",
         "operations",
+        "pause",
         "progress",
         "prune-backups",
         "resume",

@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 
 from potato_ops import BulkConfig, Storage, group_consecutive_dates
 from potato_ops.cli.bulk import register
+from potato_ops.db import claims, ledger
 from potato_ops.db.engine import LOCK_NS_OPERATION
 from potato_ops.db.schema import (
     day_marks,
@@ -38,10 +39,11 @@ from potato_ops.db.schema import (
 )
 from potato_ops.demo.synth import seed
 from potato_ops.errors import ConfigError
-from potato_ops.ops.bulk import api, claims, executor
+from potato_ops.ops.bulk import api, executor, ownership
 from tests.conftest import NOW, POSTGRES_AND_CITUS
 
 CHILD = Path(__file__).with_name("bulk_child.py")
+HANG_GUARD_S = 900  # only a hang gets this far; every check is on counts and events
 ROOT = Path(__file__).parents[1]
 Row = tuple[date, date, int, bool]
 
@@ -171,6 +173,7 @@ def test_a_runner_whose_lock_connection_was_cut_stops_when_resume_takes_over(
 
 
 @POSTGRES_AND_CITUS
+@pytest.mark.timeout(HANG_GUARD_S)
 def test_a_paused_runner_s_batch_rolls_back_at_its_fence(
     corrupted: tuple[Storage, list[str], set[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -179,7 +182,7 @@ def test_a_paused_runner_s_batch_rolls_back_at_its_fence(
     resume_read = threading.Event()
     real_users = claims.batch_user_ids
     fenced: list[str] = []
-    real_fence, real_execute = claims.fence, executor.BulkRun.execute
+    real_fence, real_execute = claims.fence, executor.BulkExecutor.execute
     first_runner: list[str] = []
 
     def fence(conn: Any, operation_id: str, claim: claims.Claim, runner: Any, epoch: int) -> None:
@@ -196,9 +199,9 @@ def test_a_paused_runner_s_batch_rolls_back_at_its_fence(
             return
         real_fence(conn, operation_id, claim, runner, epoch)
 
-    def execute(self: executor.BulkRun, *args: Any, **kwargs: Any) -> Any:
+    def execute(self: executor.BulkExecutor, *args: Any, **kwargs: Any) -> Any:
         if not first_runner:
-            first_runner.append(self.runner.token)
+            first_runner.append(self.worker.token)
         else:
             taken_over.set()  # the takeover transaction (epoch bump) has committed
         return real_execute(self, *args, **kwargs)
@@ -211,7 +214,7 @@ def test_a_paused_runner_s_batch_rolls_back_at_its_fence(
 
     monkeypatch.setattr(claims, "fence", fence)
     monkeypatch.setattr(claims, "batch_user_ids", batch_user_ids)
-    monkeypatch.setattr(executor.BulkRun, "execute", execute)
+    monkeypatch.setattr(executor.BulkExecutor, "execute", execute)
     outcome: dict[str, Any] = {}
 
     def run_first() -> None:
@@ -232,8 +235,8 @@ def test_a_paused_runner_s_batch_rolls_back_at_its_fence(
     resume.start()
     assert taken_over.wait(60) and resume_read.wait(60)
     go.set()  # the paused runner wakes up: its batch must roll back at the fence
-    first.join(60)
-    resume.join(60)
+    first.join()
+    resume.join()
 
     assert outcome["resumed"].status == "completed"
     check_processed_once(storage, operation_id, ids, changed)
@@ -263,7 +266,22 @@ def start_worker(
     return child
 
 
+def probe_claim(storage: Storage, operation_id: str, now: datetime) -> claims.Claim | claims.NoClaim:
+    """Return what a new worker's claim at ``now`` would get, rolled back (nothing kept)."""
+    runner = ownership.new_owner()
+    try:
+        with storage.engine.connect() as conn, conn.begin() as probe:
+            epoch = ledger.join(conn, operation_id, now)  # as a worker joins it
+            assert epoch is not None
+            found = claims.claim_batch(conn, operation_id, 5, runner, epoch, now)
+            probe.rollback()
+        return found
+    finally:
+        ownership.release_owner(runner)
+
+
 @POSTGRES_AND_CITUS
+@pytest.mark.timeout(HANG_GUARD_S)
 def test_three_workers_share_one_operation_and_survive_a_sigkill_mid_batch(
     corrupted: tuple[Storage, list[str], set[str]], db_url: str
 ) -> None:
@@ -283,11 +301,19 @@ def test_three_workers_share_one_operation_and_survive_a_sigkill_mid_batch(
     assert [(n, pid) for n, pid, _ in held] == [(1, doomed.pid)]  # its first batch committed
     assert storage.get_rebuild_progress(operation_id).processed_users == 5
 
+    # What a claim gets, tried and rolled back: while the dead worker's lease runs, the next
+    # free batch; once it lapsed, the dead worker's batch. (Workers that could not take it
+    # over would wait for it forever: this says so at once.)
+    later = NOW + claims.LEASE + timedelta(minutes=1)
+    assert [probe_claim(storage, operation_id, now) for now in (NOW, later)] == [
+        claims.Claim(2, 11, 15),
+        claims.Claim(1, 6, 10),
+    ]
+
     # Two more hosts join later, their clocks past the dead worker's lease: they take its
     # batch over, share the rest, and the last one to finish completes the operation.
-    later = NOW + claims.LEASE + timedelta(minutes=1)
     others = [start_worker(db_url, operation_id, later) for _ in range(2)]
-    outputs = [w.communicate(timeout=120)[0] for w in others]
+    outputs = [w.communicate()[0] for w in others]
     assert [w.returncode for w in others] == [0, 0], outputs
     check_processed_once(storage, operation_id, ids, changed)
 

@@ -130,9 +130,9 @@ print(json.dumps({"loaded": loaded, "installed": installed, "jsonschema": "jsons
 """
 
 
-def test_the_runner_loads_jsonschema_without_the_iri_grammar() -> None:
+def test_execute_notebook_loads_jsonschema_without_the_iri_grammar() -> None:
     # jsonschema imports rfc3987_syntax (a grammar compiled at import, over a second) when it
-    # is installed; the runner's imports leave it out, and leave it importable.
+    # is installed; execute_notebook's imports leave it out, and leave it importable.
     done = subprocess.run(
         [sys.executable, "-c", HIDDEN_SCRIPT], capture_output=True, text=True, timeout=120, check=True
     )

@@ -20,9 +20,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("database", ("db",)),
     ("operations", ("ops",)),
     ("services", ("monitoring", "notebook_runs", "demo")),
-    ("facade", ("storage",)),
+    ("facade", ("storage", "__init__")),  # Storage and the public names
     ("runbook", ("runbook", "charts")),
-    ("surfaces", ("cli", "__init__", "__main__")),
+    ("surfaces", ("cli", "__main__")),
 ]
 
 
@@ -142,6 +142,45 @@ def test_nothing_below_the_runbook_layer_imports_storage() -> None:
     assert users == []
 
 
+SURFACE_FILES = sorted(
+    [
+        *(PACKAGE / "runbook").rglob("*.py"),
+        *(PACKAGE / "cli").rglob("*.py"),
+        *(PACKAGE.parent / "notebooks").glob("*.py"),
+    ]
+)
+BEHIND_THE_DOOR = ("potato_ops.ops", "potato_ops.db")
+
+
+def reaches_past_storage(path: Path) -> list[str]:
+    """Return the modules of ops/ or db/ that this file imports at run time."""
+    return sorted(
+        t for t in imports_of(path) if any(t == p or t.startswith(p + ".") for p in BEHIND_THE_DOOR)
+    )
+
+
+def test_the_surfaces_go_through_storage_and_the_public_names() -> None:
+    assert SURFACE_FILES, "no surface files found"
+    wrong = {
+        str(p.relative_to(PACKAGE.parent)): found for p in SURFACE_FILES if (found := reaches_past_storage(p))
+    }
+    assert wrong == {}, "runbook/, cli/ and notebooks/ reach ops/ or db/ past Storage"
+
+
+def test_a_surface_reaching_past_storage_is_seen() -> None:
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from potato_ops.db.schema import runs\n"
+        "def f():\n    from potato_ops.ops import scan\n    return scan\n"
+    )
+    path = PACKAGE / "runbook" / "_door_probe.py"
+    path.write_text(source)
+    try:
+        assert reaches_past_storage(path) == ["potato_ops.ops.scan"]
+    finally:
+        path.unlink()
+
+
 @pytest.mark.parametrize(
     ("graph", "cyclic"),
     [
@@ -163,3 +202,76 @@ def test_an_upward_import_inside_a_function_is_seen(tmp_path: Path) -> None:
         assert layer_of("potato_ops.storage") > layer_of(module_name(path))
     finally:
         path.unlink()
+
+
+# What builds SQL: SQLAlchemy's statement and expression constructors. Types, the engine, the
+# connection and ``sqlalchemy.exc`` build none; a module outside db/ may use those.
+QUERY_BUILDING = frozenset(
+    {
+        "text", "select", "insert", "update", "delete", "bindparam", "func", "and_", "or_", "not_",
+        "case", "cast", "exists", "literal", "literal_column", "column", "table", "join", "outerjoin",
+        "union", "union_all", "except_", "intersect", "distinct", "null", "true", "false", "tuple_",
+        "type_coerce", "values", "lateral", "over", "within_group", "inspect", "TextClause",
+        "ColumnElement", "Select",
+    }
+)  # fmt: skip
+SQL_MODULES = ("sqlalchemy.sql", "sqlalchemy.sql.expression", "sqlalchemy.dialects", "sqlalchemy.schema")
+STATEMENT_HOME = PACKAGE / "db"
+
+
+def sql_built_in(path: Path) -> list[str]:
+    """Return what this file uses to build SQL at run time (TYPE_CHECKING blocks aside)."""
+    tree = ast.parse(path.read_text(), str(path))
+    found: list[str] = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _type_checking_block(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            # ``import sqlalchemy`` (as sa) reaches every constructor through the module.
+            found.extend(f"import {a.name}" for a in node.names if a.name in ("sqlalchemy", *SQL_MODULES))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sqlalchemy"):
+            module = node.module or ""
+            for alias in node.names:
+                if alias.name in QUERY_BUILDING or module.startswith(SQL_MODULES):
+                    found.append(f"from {module} import {alias.name}")
+        elif isinstance(node, ast.Attribute) and node.attr == "exec_driver_sql":
+            found.append("exec_driver_sql")
+        for sub in ast.iter_child_nodes(node):
+            visit(sub)
+
+    visit(tree)
+    return found
+
+
+def test_no_sql_is_built_outside_db() -> None:
+    wrong = [
+        f"{module_name(path)}: {what}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if STATEMENT_HOME not in path.parents
+        for what in sql_built_in(path)
+    ]
+    assert not wrong, (
+        "SQL built outside potato_ops/db/ (move the statement into a db/ module):\n" + "\n".join(wrong)
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "caught"),
+    [
+        pytest.param("from sqlalchemy import select\n", True, id="select"),
+        pytest.param("import sqlalchemy as sa\n", True, id="module"),
+        pytest.param("def f(c):\n    from sqlalchemy import text\n    return c\n", True, id="in-function"),
+        pytest.param("def f(c):\n    c.exec_driver_sql('SELECT 1')\n", True, id="driver-sql"),
+        pytest.param("from sqlalchemy.exc import SQLAlchemyError\n", False, id="exc"),
+        pytest.param(
+            "if TYPE_CHECKING:\n    from sqlalchemy import Connection, select\n", False, id="typing"
+        ),
+    ],
+)
+def test_the_sql_finder_sees_query_building(tmp_path: Path, source: str, caught: bool) -> None:
+    path = tmp_path / "probe.py"
+    path.write_text(source)
+    assert bool(sql_built_in(path)) is caught

@@ -25,13 +25,13 @@ from potato_ops.charts.monitoring import (
     violations_by_kind_chart,
 )
 from potato_ops.db.schema import ops_operations, ops_rebuild_history
+from potato_ops.domain.dates import parse_since
 from potato_ops.errors import InvalidDateRangeError
 from potato_ops.monitoring.metrics import (
     HISTORY_SCHEMA,
     compute_metrics,
     history_frame,
     metrics_frame,
-    parse_since,
     slowest_users_frame,
     success_rate_frame,
 )

@@ -1,4 +1,4 @@
-"""Every runbook notebook executed through the runner on a small seeded SQLite database.
+"""Every runbook notebook executed through execute_notebook on a small seeded SQLite database.
 
 Each test reads the archived result JSON (what a scheduler keeps) and checks the database the
 notebook worked on. PostgreSQL runs are in test_notebooks_pg.py, reusing the helpers here.
@@ -35,7 +35,7 @@ from potato_ops.db.schema import (
 from potato_ops.demo.synth import SeedResult, seed
 from potato_ops.domain.models import User, ViolationKind
 from potato_ops.exitcodes import ExitCode
-from potato_ops.notebook_runs.execute import RunRecord, run_notebook
+from potato_ops.notebook_runs.execute import ExecutionRecord, execute_notebook
 from potato_ops.notebook_runs.result import RESULT_MIMETYPE
 
 pytestmark = pytest.mark.notebook
@@ -84,9 +84,9 @@ def seed_database(url: str, *, users: int = 24, days: int = 120, corrupt: float 
     return SeededDatabase(url, storage, seeded)
 
 
-def run(name: str, parameters: Mapping[str, object], reports: Path) -> tuple[RunRecord, dict[str, Any]]:
-    """Run a notebook through the runner; return its record and the archived result JSON."""
-    record = run_notebook(
+def run(name: str, parameters: Mapping[str, object], reports: Path) -> tuple[ExecutionRecord, dict[str, Any]]:
+    """Run a notebook through execute_notebook; return its record and the archived result JSON."""
+    record = execute_notebook(
         NOTEBOOKS / f"{name}.ipynb", parameters, reports_dir=reports, cell_timeout=CELL_TIMEOUT_S
     )
     archived: dict[str, Any] = json.loads(record.result_path.read_text(encoding="utf-8"))
@@ -315,8 +315,9 @@ def test_the_isolation_check_reports_a_run_changed_outside_the_range(db: SeededD
     from dataclasses import replace
 
     from potato_ops.runbook.params import Common, UserRef
+    from potato_ops.runbook.partial_rebuild import verify_range_isolation
     from potato_ops.runbook.session import open_session
-    from potato_ops.runbook.user import execute_rebuild, identify_user, verify_range_isolation
+    from potato_ops.runbook.single_user_recovery import execute_rebuild, identify_user
 
     uid, spans = _spread_runs_user(db)
     lo, hi = spans[2][0], spans[2][1]

@@ -1,4 +1,4 @@
-"""The single-user, bulk and restore notebooks on a real PostgreSQL, through the runner.
+"""The single-user, bulk and restore notebooks on a real PostgreSQL, through execute_notebook.
 
 The database URL reaches the kernel only through an environment variable, here one holding a
 password (the test server trusts local connections, so any password works): the archived

@@ -13,10 +13,10 @@ from sqlalchemy import func, select, update
 
 from potato_ops import Storage
 from potato_ops.db.engine import write_transaction
+from potato_ops.db.grouping import compare_batch
 from potato_ops.db.reads import fetch_users
 from potato_ops.db.schema import ops_backups, runs
-from potato_ops.ops.compare import compare_batch
-from potato_ops.ops.rebuild import BACKUP_CHANGED, BatchOptions, UserOutcome, rebuild_batch
+from potato_ops.ops.batch_rebuild import BACKUP_CHANGED, BatchOptions, UserOutcome, rebuild_batch
 from tests.conftest import NOW, add_runs, add_user
 
 TODAY = NOW.date()  # UTC users: local today is NOW's date

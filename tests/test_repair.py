@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from potato_ops import Storage
 from potato_ops.db.schema import ops_backups, ops_rebuild_history
 from potato_ops.domain.models import Violation, ViolationKind
-from potato_ops.ops import rebuild
+from potato_ops.ops import batch_rebuild
 from potato_ops.ops.repair import RepairStatus, repair_user, repair_users
 from tests.conftest import add_runs, add_user
 
@@ -54,7 +54,7 @@ def test_a_repair_that_does_not_validate_rolls_back_whole(
     def always_broken(*_a: object, **_k: object) -> list[Violation]:
         return [Violation(ViolationKind.OVERLAP, "u1", "injected by the test")]
 
-    monkeypatch.setattr(rebuild, "check_active_flags", always_broken)
+    monkeypatch.setattr(batch_rebuild, "check_active_flags", always_broken)
     done = repair_user(storage.database, "u1", dry_run=False)
     assert done.status is RepairStatus.ROLLED_BACK
     assert spans(storage, "u1") == before  # the runs are exactly as backed up

@@ -13,18 +13,19 @@ from potato_ops.charts.calendar import run_calendar
 from potato_ops.charts.runs import bucket_lengths, timezone_chart
 from potato_ops.domain.models import Run
 from potato_ops.errors import SchemaError
+from potato_ops.runbook.error_recovery import detect, dry_run_repairs, recovery_verdict, repair, verify
 from potato_ops.runbook.params import (
     Common,
     RunbookParameterError,
     UserRef,
     check_bulk_recovery,
     check_error_recovery,
-    check_single_user_recovery,
+    check_partial_rebuild,
     check_timezone_migration,
 )
-from potato_ops.runbook.recovery import detect, dry_run_repairs, recovery_verdict, repair, verify
+from potato_ops.runbook.partial_rebuild import verify_range_isolation
 from potato_ops.runbook.session import Session, open_session, safety_checklist
-from potato_ops.runbook.user import execute_rebuild, identify_user, verify_range_isolation
+from potato_ops.runbook.single_user_recovery import execute_rebuild, identify_user
 from tests.conftest import add_runs, add_user
 
 SECRET = "hunter2-secret"
@@ -33,7 +34,7 @@ SINGLE = {"user_email": "", "user_id": "", "dry_run": True, "keep_backup": True,
 
 
 def _single(**changes: object) -> dict[str, object]:
-    return {**SINGLE, **COMMON, **changes}
+    return {**SINGLE, "from_date": "", "to_date": "", **COMMON, **changes}
 
 
 @pytest.mark.parametrize(
@@ -42,7 +43,7 @@ def _single(**changes: object) -> dict[str, object]:
         ({"user_email": "a@x.org", "user_id": "u1"}, "not both"),
         ({"user_email": "not-an-email"}, "user_email"),
         ({"dry_run": "maybe"}, "True or False"),
-        ({"calendar_days": 3}, ">= 7"),
+        ({"calendar_days": 3}, "between 7 and 36600"),
         ({"from_date": "2024-05-01", "to_date": "2024-04-01"}, "after to_date"),
         ({"from_date": "yesterday"}, "YYYY-MM-DD"),
         ({"database_url_env": "NOT SET"}, "environment variable name"),
@@ -63,12 +64,12 @@ def test_single_user_parameters_refused_with_a_clear_message(
     changes: dict[str, object], message: str
 ) -> None:
     with pytest.raises(RunbookParameterError, match=message):
-        check_single_user_recovery(**_single(**changes))
+        check_partial_rebuild(**_single(**changes))
 
 
 def test_a_url_given_as_the_variable_name_is_refused_without_showing_it() -> None:
     with pytest.raises(RunbookParameterError) as caught:
-        check_single_user_recovery(**_single(database_url_env=f"postgresql://ops:{SECRET}@db/potato"))
+        check_partial_rebuild(**_single(database_url_env=f"postgresql://ops:{SECRET}@db/potato"))
     assert SECRET not in str(caught.value)
     assert "NAME of an environment variable" in str(caught.value)
     shown = caught.value._render_traceback_()
@@ -77,7 +78,7 @@ def test_a_url_given_as_the_variable_name_is_refused_without_showing_it() -> Non
 
 def test_parameters_given_as_text_are_read_as_their_types(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPS_DB", "sqlite:///x.sqlite3")
-    params = check_single_user_recovery(
+    params = check_partial_rebuild(
         **_single(
             user_id=" u1 ",
             dry_run="false",
@@ -102,13 +103,38 @@ def test_parameters_given_as_text_are_read_as_their_types(monkeypatch: pytest.Mo
         skip_backup="no",
         max_failure_rate="0.5",
         ignore_feature_flag=False,
+        max_replica_lag="16MB",
+        max_active_sessions="0",
+        nice_ratio="1.5",
+        batch_seconds=0.0,
+        min_batch_size=1,
+        max_batch_size=0,
+        window="01:00-05:00",
+        window_timezone="Europe/Berlin",
+        operation_id="",
+        pause="no",
         **COMMON,
     )
-    assert (bulk.user_ids, bulk.batch_size, bulk.skip_backup, bulk.max_failure_rate) == (
+    assert (bulk.user_ids, bulk.config.batch_size, bulk.skip_backup, bulk.config.max_failure_rate) == (
         ("a", "b"),
         5,
         False,
         0.5,
+    )
+    # An empty text or a 0 leaves a throttle setting unset.
+    c = bulk.config
+    assert (c.max_replica_lag, c.max_active_sessions, c.nice_ratio, c.batch_seconds, c.max_batch_size) == (
+        16 * 1024**2,
+        None,
+        1.5,
+        None,
+        None,
+    )
+    assert (c.window, c.window_timezone, bulk.operation_id, bulk.pause) == (
+        "01:00-05:00",
+        "Europe/Berlin",
+        "",
+        False,
     )
 
 

@@ -7,10 +7,10 @@ from datetime import date, timedelta
 import pytest
 
 from potato_ops import Storage
+from potato_ops.db.reads import read_runs, read_user
 from potato_ops.db.schema import RUNS_V2_FLAG
 from potato_ops.domain.models import Run
 from potato_ops.errors import UserNotFoundError
-from potato_ops.ops.single_read import read_runs, read_user
 from tests.conftest import add_runs, add_user, spans
 
 D = date.fromisoformat

@@ -1,5 +1,5 @@
-"""Bulk commands: ``bulk-rebuild``, ``bulk-worker``, ``progress``, ``resume``, ``cancel``, ``operations``,
-``prune-backups``.
+"""Bulk commands: ``bulk-rebuild``, ``bulk-worker``, ``progress``, ``pause``, ``resume``, ``cancel``,
+``operations``, ``prune-backups``.
 
 Each opens the database, makes one library call and prints the outcome; a long run shows a
 ``tqdm`` progress bar on stderr (the library only calls back).
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from potato_ops import BulkConfig
 from potato_ops.cli.common import (
     DatabaseOption,
     FromDateOption,
@@ -25,7 +26,7 @@ from potato_ops.cli.common import (
 from potato_ops.exitcodes import ExitCode
 
 if TYPE_CHECKING:
-    from potato_ops.ops.bulk.results import BulkResult, Progress
+    from potato_ops import BulkResult, Progress
 
 _SHOWN_ERRORS = 10
 
@@ -34,6 +35,21 @@ OperationArgument = Annotated[
     typer.Argument(metavar="OPID", help="The operation id that bulk-rebuild printed.", show_default=False),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Show no progress bar.")]
+_WAIT_WORDS = {
+    "paused": "paused",
+    "window": "outside the window",
+    "replica_lag": "replica lag",
+    "load": "load",
+}
+
+
+def _waited(seconds: dict[str, float]) -> str:
+    """Return ``waited 12 s (replica lag 10 s, outside the window 2 s)``, or "" when it never waited."""
+    total = sum(seconds.values())
+    if not seconds:
+        return ""
+    parts = ", ".join(f"{_WAIT_WORDS.get(k, k)} {v:.0f} s" for k, v in sorted(seconds.items()) if v >= 0)
+    return f"waited {total:.0f} s ({parts})"
 
 
 def _read_ids(path: Path) -> list[str]:
@@ -51,10 +67,12 @@ def _read_ids(path: Path) -> list[str]:
     return [i for i in ids if i]
 
 
-def _print_result(result: BulkResult) -> None:
-    per_hour = (
-        (result.completed_users + result.failed_users) / max(result.total_duration_ms, 1e-9) * 3_600_000
-    )
+def _print_result(result: BulkResult, *, worker: bool = False) -> None:
+    # The rate counts what this call processed, not the operation's earlier runs or other hosts.
+    processed = result.processed_here
+    if processed is None:  # returned as the ledger holds it: the whole operation's own run time
+        processed = result.completed_users + result.failed_users
+    per_hour = processed / max(result.total_duration_ms, 1e-9) * 3_600_000
     if result.dry_run:
         typer.echo(
             f"[DRY RUN] would change {result.users_changed} of {result.total_users} users "
@@ -72,14 +90,23 @@ def _print_result(result: BulkResult) -> None:
             f"changed {result.users_changed} users (deleted {result.runs_deleted} runs, "
             f"created {result.runs_created})"
         )
+    status = result.status
+    if result.taken_over:
+        status = f"taken over by another runner (now {result.status}); this runner stopped"
     typer.echo(
-        f"operation {result.operation_id}: {result.status}; completed {result.completed_users}, "
+        f"operation {result.operation_id}: {status}; completed {result.completed_users}, "
         f"failed {result.failed_users}, pending {result.pending_users} of {result.total_users}"
+        + (" (all hosts)" if worker else "")
     )
+    here = "" if result.processed_here is None else f"{result.processed_here} users processed here in "
     typer.echo(
-        f"duration {result.total_duration_ms / 1000:.1f} s ({per_hour:,.0f} users/hour), "
+        f"{here or 'duration '}{result.total_duration_ms / 1000:.1f} s ({per_hour:,.0f} users/hour), "
         f"average {result.average_duration_ms:.2f} ms per user"
     )
+    if result.throttled_seconds:
+        typer.echo(_waited(result.throttled_seconds))
+    if result.waiting:
+        typer.echo(result.waiting)
     if result.error:
         typer.echo(f"error: {result.error}")
     for err in result.errors[:_SHOWN_ERRORS]:
@@ -96,12 +123,14 @@ def _exit_for(result: BulkResult) -> None:
 def _progress_line(p: Progress) -> str:
     eta = "" if p.eta_seconds is None else f", eta {p.eta_seconds:.0f} s"
     mode = "dry run" if p.dry_run else "real run"
-    cancel = ", cancel requested" if p.cancel_requested and p.status == "running" else ""
+    cancel = ", cancel requested" if p.cancel_requested and p.status in ("running", "paused") else ""
     created = p.created_at.isoformat(timespec="seconds") if p.created_at else "-"
+    waiting = f", {p.waiting}" if p.waiting and p.status == "running" else ""
+    waited = f", waited {p.throttled_seconds:.0f} s" if p.throttled_seconds and not waiting else ""
     return (
         f"{p.operation_id}  {p.status:<11} {mode:<8}  {p.processed_users}/{p.total_users} processed, "
         f"{p.completed_users} completed, {p.failed_users} failed, {p.users_changed} changed{eta}"
-        f"{cancel}  created {created}"
+        f"{cancel}{waiting}{waited}  created {created}"
     )
 
 
@@ -119,8 +148,8 @@ def bulk_rebuild(
     to_date: ToDateOption = None,
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Users per batch (one transaction each).")
-    ] = 10,
-    workers: Annotated[int, typer.Option("--workers", help="Batches run at once.")] = 5,
+    ] = BulkConfig.batch_size,
+    workers: Annotated[int, typer.Option("--workers", help="Batches run at once.")] = BulkConfig.max_workers,
     execute: Annotated[
         bool, typer.Option("--execute", help="Really write (the default is a dry run that writes nothing).")
     ] = False,
@@ -136,7 +165,60 @@ def bulk_rebuild(
         typer.Option(
             "--max-failure-rate", help="Abort once more than this share (0..1) of 100+ users failed."
         ),
-    ] = 0.01,
+    ] = BulkConfig.max_failure_rate,
+    max_replica_lag: Annotated[
+        str | None,
+        typer.Option(
+            "--max-replica-lag",
+            metavar="SIZE",
+            help="Start no batch while a standby's replay lag exceeds this (e.g. 16MB; PostgreSQL).",
+            show_default=False,
+        ),
+    ] = None,
+    max_active_sessions: Annotated[
+        int | None,
+        typer.Option(
+            "--max-active-sessions",
+            metavar="N",
+            help="Start no batch while more than N client sessions are active, ours included (PostgreSQL).",
+            show_default=False,
+        ),
+    ] = None,
+    nice_ratio: Annotated[
+        float,
+        typer.Option("--nice-ratio", help="After each batch, rest this many times its duration (0: none)."),
+    ] = BulkConfig.nice_ratio,
+    batch_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--batch-seconds",
+            help="Adapt users per transaction toward this duration, from --batch-size within the bounds.",
+            show_default=False,
+        ),
+    ] = None,
+    min_batch_size: Annotated[
+        int, typer.Option("--min-batch-size", help="Fewest users per transaction with --batch-seconds.")
+    ] = BulkConfig.min_batch_size,
+    max_batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--max-batch-size",
+            help="Most users per transaction with --batch-seconds (default 10x --batch-size).",
+            show_default=False,
+        ),
+    ] = None,
+    window: Annotated[
+        str | None,
+        typer.Option(
+            "--window",
+            metavar="HH:MM-HH:MM",
+            help="Start batches only in this daily window (may wrap midnight), e.g. 01:00-05:00.",
+            show_default=False,
+        ),
+    ] = None,
+    window_timezone: Annotated[
+        str, typer.Option("--window-timezone", metavar="ZONE", help="IANA zone of --window.")
+    ] = BulkConfig.window_timezone,
     detach: Annotated[
         bool,
         typer.Option(
@@ -150,11 +232,11 @@ def bulk_rebuild(
 ) -> None:
     """Rebuild many users' runs in batches across workers (a dry run unless --execute).
 
-    Other hosts may join the run with ``bulk-worker OPID`` (PostgreSQL).
+    Other hosts may join the run with ``bulk-worker OPID`` (PostgreSQL). Before each batch every
+    worker checks the throttle (--max-replica-lag, --max-active-sessions, --window, a pause):
+    while it says wait, no batch starts and ``progress`` says why.
     Exit codes: 0 all users completed; 3 some users failed or the run stopped early.
     """
-    from potato_ops.ops.bulk import api as bulk
-    from potato_ops.ops.bulk.config import BulkConfig
     from potato_ops.runbook.progress import ProgressBar
 
     if all_users == (user_ids_file is not None):
@@ -170,14 +252,22 @@ def bulk_rebuild(
         skip_backup=skip_backup,
         max_failure_rate=max_failure_rate,
         ignore_feature_flag=ignore_feature_flag,
+        max_replica_lag=max_replica_lag,
+        max_active_sessions=max_active_sessions,
+        nice_ratio=nice_ratio,
+        batch_seconds=batch_seconds,
+        min_batch_size=min_batch_size,
+        max_batch_size=max_batch_size,
+        window=window,
+        window_timezone=window_timezone,
     )
     storage = open_storage(database_url, must_exist=True)
     if detach:
-        operation_id = bulk.open_bulk_operation(storage.database, ids, config)
+        operation_id = storage.open_bulk_operation(ids, config)
         typer.echo(f"operation {operation_id} written; run it with: potato-ops bulk-worker {operation_id}")
         return
     with ProgressBar(disable=quiet) as bar:
-        result = bulk.bulk_rebuild_users(storage.database, ids, config, progress=bar)
+        result = storage.bulk_rebuild_users(ids, config, progress=bar)
     _print_result(result)
     _exit_for(result)
 
@@ -199,13 +289,12 @@ def bulk_worker(
     twice; a dead worker's batches are taken over once its lease lapses. PostgreSQL only.
     Exit codes: 0 the operation completed; 3 it stopped early or some users failed.
     """
-    from potato_ops.ops.bulk import api as bulk
     from potato_ops.runbook.progress import ProgressBar
 
     storage = open_storage(database_url, must_exist=True)
     with ProgressBar(disable=quiet, desc="worker") as bar:
-        result = bulk.join_bulk_operation(storage.database, operation_id, max_workers=workers, progress=bar)
-    _print_result(result)
+        result = storage.join_bulk_operation(operation_id, max_workers=workers, progress=bar)
+    _print_result(result, worker=True)
     _exit_for(result)
 
 
@@ -215,7 +304,15 @@ def progress(operation_id: OperationArgument, database_url: DatabaseOption = Non
     p = storage.get_rebuild_progress(operation_id)
     typer.echo(_progress_line(p))
     if p.error:
-        typer.echo(f"error: {p.error}")
+        typer.echo(f"error: {p.error.strip().splitlines()[0]}")  # older records held whole messages
+    if p.throttle:
+        typer.echo(f"throttle: {p.throttle}")
+    waits = storage.get_throttle_episodes(operation_id)
+    for wait in waits[-_SHOWN_ERRORS:]:
+        until = "still waiting" if wait.ended_at is None else f"{wait.seconds:.0f} s"
+        typer.echo(f"  waited {until} from {wait.started_at:%Y-%m-%d %H:%M:%S}: {wait.reason}")
+    if len(waits) > _SHOWN_ERRORS:
+        typer.echo(f"  … and {len(waits) - _SHOWN_ERRORS} earlier waits")
 
 
 def resume(
@@ -226,17 +323,37 @@ def resume(
     quiet: QuietOption = False,
     database_url: DatabaseOption = None,
 ) -> None:
-    """Finish an interrupted, cancelled or failed operation: only its users not completed.
+    """Continue a paused operation, or finish an interrupted, cancelled or failed one.
 
-    Exit codes: 0 all users completed; 1 its runner is still alive; 3 some users failed.
+    A paused operation whose workers still wait goes on with them; otherwise this process runs
+    its users not completed. Exit codes: 0 all users completed (or a paused operation's workers
+    go on); 1 its runner is still alive; 3 some users failed.
     """
     from potato_ops.runbook.progress import ProgressBar
 
     storage = open_storage(database_url, must_exist=True)
     with ProgressBar(disable=quiet, desc="resuming") as bar:
         result = storage.resume_bulk_rebuild(operation_id, failed_only=failed_only, progress=bar)
+    if result.status == "running":  # a paused operation whose workers were waiting: they go on
+        typer.echo(f"operation {operation_id} resumed; its workers go on")
+        typer.echo(_progress_line(storage.get_rebuild_progress(operation_id)))
+        return
     _print_result(result)
     _exit_for(result)
+
+
+def pause(operation_id: OperationArgument, database_url: DatabaseOption = None) -> None:
+    """Pause an operation: every worker on every host stops at its next batch boundary.
+
+    The workers keep nothing claimed and wait until ``potato-ops resume OPID``. An operation
+    that has ended is left as it is.
+    """
+    storage = open_storage(database_url, must_exist=True)
+    p = storage.pause_bulk_rebuild(operation_id)
+    if p.status == "paused":
+        typer.echo(f"pause requested; every worker stops at its next batch boundary\n{_progress_line(p)}")
+    else:
+        typer.echo(f"operation {operation_id} has ended ({p.status}): nothing to pause")
 
 
 def cancel(operation_id: OperationArgument, database_url: DatabaseOption = None) -> None:
@@ -301,6 +418,7 @@ def register(app: typer.Typer) -> None:
     app.command("bulk-rebuild")(expected_failures(bulk_rebuild))
     app.command("bulk-worker")(expected_failures(bulk_worker))
     app.command("progress")(expected_failures(progress))
+    app.command("pause")(expected_failures(pause))
     app.command("resume")(expected_failures(resume))
     app.command("cancel")(expected_failures(cancel))
     app.command("operations")(expected_failures(operations))

@@ -68,6 +68,13 @@ EmailOption = Annotated[
 
 # Library messages name parameters by their Python names; a person typed the option.
 _OPTION_WORDS: tuple[tuple[str, str], ...] = (
+    ("min_batch_size", "--min-batch-size"),  # before batch_size, which it holds
+    ("max_batch_size", "--max-batch-size"),
+    ("max_replica_lag", "--max-replica-lag"),
+    ("max_active_sessions", "--max-active-sessions"),
+    ("nice_ratio", "--nice-ratio"),
+    ("batch_seconds", "--batch-seconds"),
+    ("window time zone", "--window-timezone"),
     ("from_date", "--from"),
     ("to_date", "--to"),
     ("batch_size", "--batch-size"),

@@ -72,11 +72,9 @@ def init_db(
     ] = False,
 ) -> None:
     """Create missing tables (idempotent); existing app data is left untouched."""
-    from potato_ops.db.distributed import lay_out
-
     storage = open_storage(database_url)
     storage.create_schema()
-    for line in lay_out(storage.engine, distributed=distributed):
+    for line in storage.lay_out(distributed=distributed):
         typer.echo(line)
     typer.echo(f"schema ready on {storage.url}")
 
@@ -210,12 +208,9 @@ def backups(
     user_id: UserIdOption = None, email: EmailOption = None, database_url: DatabaseOption = None
 ) -> None:
     """List one user's backups, newest first; a damaged one is named on stderr (exit 3)."""
-    from potato_ops.db.backups import fetch_backups_reporting_damage
-
     storage = open_storage(database_url, must_exist=True)
     uid = resolve_user(storage, user_id, email)
-    with storage.database.read() as conn:
-        found, damaged = fetch_backups_reporting_damage(conn, uid)
+    found, damaged = storage.get_backups_reporting_damage(uid)
     if not found and not damaged:
         typer.echo(f"no backups of user {uid}")
     for b in found:

@@ -11,10 +11,10 @@ from potato_ops.cli.common import ReportsDirOption, expected_failures
 from potato_ops.config import DATABASE_URL_ENV
 
 if TYPE_CHECKING:
-    from potato_ops.notebook_runs.execute import RunRecord
+    from potato_ops.notebook_runs.execute import ExecutionRecord
 
 
-def _describe(step: str, record: RunRecord) -> None:
+def _describe(step: str, record: ExecutionRecord) -> None:
     from potato_ops.notebook_runs.result import verdict_line
 
     typer.echo(f"{step}: {verdict_line(record.status, str(record.result.get('verdict', '')))}")
@@ -37,7 +37,7 @@ def demo(
     """Seed a fresh embedded database with corrupted users; audit it, then repair it.
 
     Runs 07_monitoring_audit (which finds the injected corruption) and 05_error_recovery (detect,
-    dry run, repair, verify) through the runner, and prints where their records are. Exit 0
+    dry run, repair, verify) through execute_notebook, and prints where their records are. Exit 0
     when the repair leaves zero violations; 3 when it does not; 5 when a notebook failed.
     """
     from potato_ops.demo.showcase import run_demo

@@ -138,7 +138,7 @@ def audit(
     grouping_labels = parse_labels(label)
     if pushgateway_auth_file is not None and pushgateway is None:
         raise fail("--pushgateway-auth-file needs --pushgateway", ExitCode.USAGE)
-    from potato_ops.monitoring.metrics import parse_since
+    from potato_ops.domain.dates import parse_since
     from potato_ops.monitoring.scheduled_audit import describe_alert, load_rules, run_audit
 
     load_rules(rules)  # a bad rules file is refused before the database is opened

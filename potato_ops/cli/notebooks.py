@@ -93,11 +93,11 @@ def run(
     # A refused parameter answers at once, before papermill and the kernel machinery load
     # (the run checks them again, from the same cached read of the notebook).
     check_parameters(resolve_notebook(notebook), parameters)
-    from potato_ops.notebook_runs.execute import run_notebook
+    from potato_ops.notebook_runs.execute import execute_notebook
     from potato_ops.notebook_runs.result import verdict_line
 
     with _live_log(enabled=not quiet):
-        record = run_notebook(
+        record = execute_notebook(
             notebook,
             parameters,
             reports_dir=reports_dir,
@@ -126,7 +126,7 @@ def _print_notebooks() -> None:
 
 
 class _HideTemporaryPaths(logging.Filter):
-    """Papermill names the runner's temporary files; the archive folder is what matters."""
+    """Papermill names execute_notebook's temporary files; the archive folder is what matters."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(("Input Notebook", "Output Notebook"))
@@ -162,9 +162,9 @@ def _live_log(*, enabled: bool) -> Iterator[None]:
 
 def reports_list(reports_dir: ReportsDirOption = None) -> None:
     """List the archived runs, newest first."""
-    from potato_ops.notebook_runs.archive import list_runs
+    from potato_ops.notebook_runs.archive import list_executions
 
-    runs = list_runs(reports_dir)
+    runs = list_executions(reports_dir)
     if not runs:
         typer.echo("no archived runs")
         return
@@ -195,7 +195,7 @@ def reports_verify(
     from potato_ops.config import reports_dir as default_reports_dir
     from potato_ops.notebook_runs.archive import verify_reports
     from potato_ops.notebook_runs.records import verify_against_database
-    from potato_ops.notebook_runs.signing import load_public_key
+    from potato_ops.notebook_runs.signing import HEAD_SIGNATURE_FILE, load_public_key
 
     reports = default_reports_dir(reports_dir)
     key = load_public_key(public_key) if public_key is not None else None
@@ -207,6 +207,8 @@ def reports_verify(
     if not problems:
         against = "matching the database's records" if url else "folder only: no database given"
         signed = "; head signature verified" if key is not None else ""
+        if key is None and (reports / HEAD_SIGNATURE_FILE).exists():
+            signed = f"; {HEAD_SIGNATURE_FILE} present but NOT checked: give --public-key"
         typer.echo(f"ok: {report.checked} runs intact ({against}{signed})")
         return
     for problem in problems:

@@ -108,8 +108,8 @@ def exporter(
     metrics` or `audit` for that: their last scan is what it shows). Runs until interrupted
     (Ctrl-C or SIGTERM).
     """
+    from potato_ops.domain.dates import parse_since
     from potato_ops.monitoring.exporter import parse_listen, start_exporter
-    from potato_ops.monitoring.metrics import parse_since
 
     parse_listen(listen)
     storage = open_storage(database_url, must_exist=True)
@@ -151,7 +151,7 @@ def pushgateway_prune(
         raise fail("--pushgateway URL is required", ExitCode.USAGE)
     from datetime import UTC, datetime
 
-    from potato_ops.monitoring.metrics import parse_since
+    from potato_ops.domain.dates import parse_since
     from potato_ops.monitoring.pushgateway import describe_group, parse_gateway, prune_stale_groups
 
     now = datetime.now(UTC)

@@ -11,8 +11,8 @@ from sqlalchemy import Connection, RowMapping, delete, func, insert, select
 from sqlalchemy.exc import DataError, IntegrityError
 
 from potato_ops.db.engine import run_prepared
-from potato_ops.db.reads import as_utc
 from potato_ops.db.schema import ops_backups, runs
+from potato_ops.domain.dates import as_utc
 from potato_ops.domain.models import Backup, BackupMetadata, Run
 from potato_ops.domain.runs import should_be_active
 from potato_ops.errors import BackupError

@@ -13,8 +13,8 @@ from potato_ops.db.schema import ops_run_records
 
 
 @dataclass(frozen=True)
-class RecordedRun:
-    """A run as the database knows it: where it was archived and the hashes that anchor it."""
+class StoredRecord:
+    """An execution's record as the database keeps it: its archive and the hashes that anchor it."""
 
     run_id: str
     notebook: str
@@ -28,12 +28,12 @@ class RecordedRun:
     recorded_at: dt.datetime
 
 
-def insert_run_record(conn: Connection, row: Mapping[str, Any]) -> None:
+def insert_stored_record(conn: Connection, row: Mapping[str, Any]) -> None:
     """Insert one run's record; the caller commits."""
     conn.execute(insert(ops_run_records).values(**row))
 
 
-def recorded_runs(conn: Connection, archive: str) -> list[RecordedRun]:
+def stored_records(conn: Connection, archive: str) -> list[StoredRecord]:
     """Return the runs recorded for one archive folder, archived ones by their place first."""
     rows = conn.execute(
         select(ops_run_records)
@@ -41,7 +41,7 @@ def recorded_runs(conn: Connection, archive: str) -> list[RecordedRun]:
         .order_by(ops_run_records.c.seq, ops_run_records.c.recorded_at, ops_run_records.c.run_id)
     ).mappings()
     return [
-        RecordedRun(
+        StoredRecord(
             run_id=r["run_id"],
             notebook=r["notebook"],
             status=r["status"],
@@ -55,9 +55,3 @@ def recorded_runs(conn: Connection, archive: str) -> list[RecordedRun]:
         )
         for r in rows
     ]
-
-
-def get_run_record(conn: Connection, run_id: str) -> dict[str, Any] | None:
-    """Return the run's stored row as a dict, or None."""
-    row = conn.execute(select(ops_run_records).where(ops_run_records.c.run_id == run_id)).mappings().first()
-    return dict(row) if row is not None else None

@@ -9,8 +9,8 @@ from datetime import datetime
 
 from sqlalchemy import Connection, delete, func, insert, select
 
-from potato_ops.db.reads import as_utc
 from potato_ops.db.schema import ops_scan_results
+from potato_ops.domain.dates import as_utc
 
 # Rows kept beyond the newest of each source: a week of scans every five minutes, or so.
 KEEP_ROWS = 2000

@@ -209,6 +209,8 @@ ops_operations = Table(
     # Bumped by every takeover (resume): a batch commits only under the epoch its worker
     # joined, so a runner that lost the operation can never write again.
     Column("epoch", Integer, nullable=False, server_default="0"),
+    # `potato-ops pause`: every worker stops at its next batch boundary until `resume`.
+    Column("pause_requested", Boolean, nullable=False, server_default=text("false")),
     Index("ix_ops_operations_created", "created_at"),
 )
 
@@ -249,6 +251,26 @@ ops_operation_batches = Table(
     Column("finished_at", DateTime(timezone=True)),
     PrimaryKeyConstraint("operation_id", "batch_no", name="ops_operation_batches_pkey"),
     Index("ix_ops_batches_status", "operation_id", "status", "batch_no"),
+)
+
+# One row per wait of one runner of an operation (paused, outside its window, throttled on
+# standby lag or load): its reason as last seen, when it began and ended. Per operation, not
+# per user: kept on the coordinator with the operation rows.
+ops_throttle_episodes = Table(
+    "ops_throttle_episodes",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True),
+    Column("operation_id", Text, nullable=False),
+    Column("runner_token", Text, nullable=False),
+    Column("runner_host", Text),
+    Column("runner_pid", Integer),
+    Column("kind", Text, nullable=False),  # paused | window | replica_lag | load
+    Column("reason", Text, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("last_checked_at", DateTime(timezone=True), nullable=False),
+    Column("ended_at", DateTime(timezone=True)),
+    Column("checks", Integer, nullable=False, server_default="1"),
+    Index("ix_ops_throttle_episodes_op", "operation_id", "ended_at"),
 )
 
 ops_timezone_changes = Table(
@@ -313,6 +335,7 @@ OPS_TABLES = (
     ops_operations,
     ops_operation_items,
     ops_operation_batches,
+    ops_throttle_episodes,
     ops_timezone_changes,
     ops_run_records,
     ops_scan_results,

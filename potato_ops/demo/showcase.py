@@ -1,5 +1,5 @@
 """The demo: a fresh embedded database with seeded users and injected corruption, then the
-monitoring audit and the error-recovery notebook run through the runner, as a scheduler would.
+monitoring audit and the error-recovery notebook run through execute_notebook, as a scheduler would.
 
 The demo database is the embedded default (the file ``Storage.connect()`` opens when no URL is
 configured), so the commands that follow (``potato-ops validate`` and the like) see it. It is
@@ -18,14 +18,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import func, inspect, select
-
 from potato_ops.config import default_sqlite_path
-from potato_ops.db.schema import RUNS_V2_FLAG, users
+from potato_ops.db.catalog import table_names
+from potato_ops.db.reads import count_users
+from potato_ops.db.schema import RUNS_V2_FLAG
 from potato_ops.demo.synth import seed
 from potato_ops.errors import ConfigError
 from potato_ops.exitcodes import ExitCode
-from potato_ops.notebook_runs.execute import RunRecord, run_notebook
+from potato_ops.notebook_runs.execute import ExecutionRecord, execute_notebook
 from potato_ops.ops.database import Database
 from potato_ops.ops.scan import validate_invariants
 
@@ -46,8 +46,8 @@ class DemoResult:
     corrupted: dict[str, int]  # invariant kind -> users corrupted with it
     violations_before: int
     violations_after: int
-    audit: RunRecord
-    recovery: RunRecord
+    audit: ExecutionRecord
+    recovery: ExecutionRecord
 
     @property
     def ok(self) -> bool:
@@ -91,10 +91,10 @@ def _holds_foreign_data(path: Path) -> bool:
         return False
     db = Database.connect(f"sqlite:///{path}")
     try:
-        if "users" not in inspect(db.engine).get_table_names():
+        if "users" not in table_names(db.engine):
             return False
         with db.engine.connect() as conn:
-            count = conn.execute(select(func.count()).select_from(users)).scalar_one()
+            count = count_users(conn)
         return bool(count) and not db.get_feature_flag(DEMO_FLAG)
     finally:
         db.close()
@@ -150,9 +150,11 @@ def run_demo(
         common = {"database_url_env": DEMO_URL_ENV, "operator": "potato-ops demo", "ticket": "DEMO"}
         with _environment(DEMO_URL_ENV, url):
             say(f"running {AUDIT_NOTEBOOK} (expected to find the injected corruption)")
-            audit = run_notebook(AUDIT_NOTEBOOK, common, reports_dir=reports_dir, cell_timeout=cell_timeout)
+            audit = execute_notebook(
+                AUDIT_NOTEBOOK, common, reports_dir=reports_dir, cell_timeout=cell_timeout
+            )
             say(f"running {RECOVERY_NOTEBOOK}: detect, dry run, repair, verify")
-            recovery = run_notebook(
+            recovery = execute_notebook(
                 RECOVERY_NOTEBOOK,
                 {**common, "scenario": "all", "dry_run": False},
                 reports_dir=reports_dir,

@@ -20,16 +20,17 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from itertools import pairwise
-from typing import overload
-
-from sqlalchemy import Connection, Engine, delete, insert, select, update
+from typing import TYPE_CHECKING, overload
 
 from potato_ops.db.engine import write_transaction
-from potato_ops.db.schema import runs as runs_table
-from potato_ops.db.schema import users
-from potato_ops.demo.seed_sink import ORPHAN_DAYS, ORPHAN_START_DAYS_BACK, SeedChunk, write_chunk
+from potato_ops.db.reads import fetch_runs, fetch_user
+from potato_ops.db.run_writes import delete_runs, insert_runs, update_run
+from potato_ops.db.seed_sink import ORPHAN_DAYS, ORPHAN_START_DAYS_BACK, SeedChunk, write_chunk
 from potato_ops.domain.dates import local_today
-from potato_ops.domain.models import ViolationKind
+from potato_ops.domain.models import Run, ViolationKind
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
 
 log = logging.getLogger("potato_ops")
 
@@ -127,13 +128,6 @@ class SeedResult:
     def corrupted_users(self) -> set[str]:
         """Return the ids of every corrupted user (orphans included)."""
         return set(self.corrupted)
-
-
-def streaky_days(rng: random.Random, days: int, end: date, density: float = 0.66) -> list[date]:
-    """Return marked dates over the days ending at ``end``: streaks, as people keep habits."""
-    first = end - timedelta(days=days - 1)
-    marked, _unmarked = _streaky_indices(rng, days, density, 0.0)
-    return [first + timedelta(days=k) for k in marked]
 
 
 def _streaky_indices(
@@ -380,15 +374,8 @@ def inject_corruption(
             if kind == ViolationKind.ORPHAN:
                 ghost = str(uuid.UUID(int=rng.getrandbits(128), version=4))
                 start = now.date() - timedelta(days=ORPHAN_START_DAYS_BACK)
-                conn.execute(
-                    insert(runs_table).values(
-                        user_id=ghost,
-                        start_date=start,
-                        end_date=start + timedelta(days=ORPHAN_DAYS - 1),
-                        day_count=ORPHAN_DAYS,
-                        active=False,
-                    )
-                )
+                end = start + timedelta(days=ORPHAN_DAYS - 1)
+                insert_runs(conn, [Run(None, ghost, start, end, ORPHAN_DAYS, False)])
                 done[ghost] = kind
             elif _corrupt_stored(conn, uid, kind, now):
                 done[uid] = kind
@@ -397,22 +384,12 @@ def inject_corruption(
 
 def _corrupt_stored(conn: Connection, uid: str, kind: str, now: datetime) -> bool:
     """Corrupt one stored user's runs; False (nothing written) if they can't hold ``kind``."""
-    rows = conn.execute(
-        select(
-            runs_table.c.id,
-            runs_table.c.start_date,
-            runs_table.c.end_date,
-            runs_table.c.day_count,
-            runs_table.c.active,
-        )
-        .where(runs_table.c.user_id == uid)
-        .order_by(runs_table.c.start_date)
-    ).all()
+    rows = fetch_runs(conn, [uid]).get(uid, [])
     before = {
         r.id: [r.start_date.toordinal(), r.end_date.toordinal(), r.day_count, int(r.active)] for r in rows
     }
     after = [list(v) for v in before.values()]
-    tz = conn.execute(select(users.c.timezone).where(users.c.id == uid)).scalar_one()
+    tz = fetch_user(conn, uid).timezone
     if not _corrupt_runs(after, kind, local_today(tz, now).toordinal()):
         return False
     # Runs are compared by position: the first len(before) entries are the stored runs (edited
@@ -420,25 +397,15 @@ def _corrupt_stored(conn: Connection, uid: str, kind: str, now: datetime) -> boo
     kept = list(before.items())
     if len(after) < len(kept):
         gone = next(i for i, (_id, v) in enumerate(kept) if i >= len(after) or after[i] != v)
-        conn.execute(delete(runs_table).where(runs_table.c.user_id == uid, runs_table.c.id == kept[gone][0]))
+        delete_runs(conn, [(uid, kept[gone][0])])
         kept.pop(gone)
     for (run_id, old), new in zip(kept, after, strict=False):
         if new != old:
-            conn.execute(
-                update(runs_table)
-                .where(runs_table.c.user_id == uid, runs_table.c.id == run_id)
-                .values(**_run_values(new))
-            )
-    for new in after[len(kept) :]:
-        conn.execute(insert(runs_table).values(user_id=uid, **_run_values(new)))
+            update_run(conn, _run(uid, run_id, new))
+    insert_runs(conn, [_run(uid, None, new) for new in after[len(kept) :]])
     return True
 
 
-def _run_values(run: SeedRun) -> dict[str, object]:
+def _run(user_id: str, run_id: int | None, run: SeedRun) -> Run:
     start, end, day_count, active = run
-    return {
-        "start_date": date.fromordinal(start),
-        "end_date": date.fromordinal(end),
-        "day_count": day_count,
-        "active": bool(active),
-    }
+    return Run(run_id, user_id, date.fromordinal(start), date.fromordinal(end), day_count, bool(active))

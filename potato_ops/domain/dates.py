@@ -1,8 +1,9 @@
-"""Pure dates: clocks, local today in an IANA zone, parsing dates and zones."""
+"""Pure dates: clocks, local today in an IANA zone, parsing dates, instants, durations and zones."""
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
@@ -29,6 +30,46 @@ def fixed_clock(instant: datetime) -> Clock:
     if instant.tzinfo is None:
         raise ValueError("a clock must return aware datetimes")
     return lambda: instant
+
+
+_DURATION = re.compile(r"(?P<amount>\d+(?:\.\d+)?)\s*(?P<unit>[smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def as_utc(value: datetime) -> datetime:
+    """Return value as an aware UTC datetime (a naive one is taken as UTC, as SQLite hands it back)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def parse_since(value: str | datetime | timedelta, now: datetime) -> datetime:
+    """Return the instant a window starts, in UTC: the one parser of every ``since``.
+
+    Accepts a duration back from ``now`` (``90m``, ``24h``, ``7d``, ``2w``; units s m h d w),
+    an ISO datetime (naive means UTC) or date (its midnight UTC), a ``timedelta`` or a datetime
+    (naive means UTC). Raises InvalidDateRangeError for anything else.
+    """
+    if isinstance(value, timedelta):
+        return as_utc(now) - value
+    if isinstance(value, datetime):
+        return as_utc(value)
+    text = value.strip()
+    duration = _DURATION.fullmatch(text)
+    if duration:
+        seconds = float(duration["amount"]) * _UNIT_SECONDS[duration["unit"]]
+        try:
+            return as_utc(now) - timedelta(seconds=seconds)
+        except OverflowError:
+            raise InvalidDateRangeError(f"since {value!r} reaches back before the year 1") from None
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidDateRangeError(
+            f"since {value!r} is neither a duration (24h, 7d, 90m) nor an ISO datetime"
+        ) from None
+    try:
+        return as_utc(parsed)
+    except OverflowError:
+        raise InvalidDateRangeError(f"since {value!r} is out of range") from None
 
 
 def parse_date(value: date | str, name: str = "date") -> date:

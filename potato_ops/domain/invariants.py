@@ -54,23 +54,33 @@ def check_invariants(
     only known there); the other checks look at every run given. ``flags=False`` leaves out
     the active-flag checks (see ``check_active_flags``).
     """
-    violations: list[Violation] = []
+    span = None if window is None else (window[0].toordinal(), window[1].toordinal())
     marks = sorted({d.toordinal() for d in marked_dates})
-    w_lo = window[0].toordinal() if window else None
-    w_hi = window[1].toordinal() if window else None
-    if w_lo is not None and w_hi is not None:
-        marks = marks[bisect_left(marks, w_lo) : bisect_right(marks, w_hi)]
-
+    if span is not None:
+        marks = marks[bisect_left(marks, span[0]) : bisect_right(marks, span[1])]
+    violations: list[Violation] = []
     if not user_exists:
         violations.extend(
             Violation(ViolationKind.ORPHAN, user_id, f"{_fmt(r)} belongs to no existing user") for r in runs
         )
+    well_formed = _check_well_formed(user_id, runs, violations)
+    ordered = sorted(well_formed, key=lambda r: (r.start_date, r.end_date))
+    violations.extend(_check_neighbours(user_id, ordered))
+    violations.extend(_check_coverage(user_id, ordered, marks, span))
+    violations.extend(_check_completeness(user_id, ordered, marks))
+    if flags:
+        violations.extend(check_active_flags(user_id, runs, today))
+    return violations
 
+
+def _check_well_formed(user_id: str, runs: Sequence[Run], violations: list[Violation]) -> list[Run]:
+    """Add the malformed runs' violations; return the runs with start <= end (invariant 1)."""
     well_formed: list[Run] = []
     for r in runs:
         if r.start_date > r.end_date:
             violations.append(Violation(ViolationKind.MALFORMED, user_id, f"{_fmt(r)} starts after it ends"))
-        elif r.day_count != (r.end_date - r.start_date).days + 1:
+            continue
+        if r.day_count != (r.end_date - r.start_date).days + 1:
             violations.append(
                 Violation(
                     ViolationKind.MALFORMED,
@@ -79,11 +89,13 @@ def check_invariants(
                     f"dates give {(r.end_date - r.start_date).days + 1}",
                 )
             )
-            well_formed.append(r)
-        else:
-            well_formed.append(r)
+        well_formed.append(r)
+    return well_formed
 
-    ordered = sorted(well_formed, key=lambda r: (r.start_date, r.end_date))
+
+def _check_neighbours(user_id: str, ordered: Sequence[Run]) -> list[Violation]:
+    """Return the overlaps and adjacencies of runs sorted by start (invariants 2 and 3)."""
+    violations: list[Violation] = []
     reach: Run | None = None  # the run reaching furthest so far
     for r in ordered:
         if reach is not None:
@@ -97,13 +109,19 @@ def check_invariants(
                 )
         if reach is None or r.end_date > reach.end_date:
             reach = r
+    return violations
 
-    # coverage: every date inside a run is marked
+
+def _check_coverage(
+    user_id: str, ordered: Sequence[Run], marks: list[int], span: tuple[int, int] | None
+) -> list[Violation]:
+    """Return the days inside a run that are not marked (invariant 4), within ``span`` if given."""
+    violations: list[Violation] = []
     phantom: set[int] = set()
     for r in ordered:
         lo, hi = r.start_date.toordinal(), r.end_date.toordinal()
-        if w_lo is not None and w_hi is not None:
-            lo, hi = max(lo, w_lo), min(hi, w_hi)
+        if span is not None:
+            lo, hi = max(lo, span[0]), min(hi, span[1])
         if lo > hi:
             continue
         inside = bisect_right(marks, hi) - bisect_left(marks, lo)
@@ -121,8 +139,11 @@ def check_invariants(
     violations.extend(
         _day_violations(ViolationKind.PHANTOM_DAY, user_id, sorted(phantom), "inside a run but not marked")
     )
+    return violations
 
-    # completeness: every marked date lies in a run
+
+def _check_completeness(user_id: str, ordered: Sequence[Run], marks: list[int]) -> list[Violation]:
+    """Return the marked days that lie in no run (invariant 5)."""
     intervals = sorted((r.start_date.toordinal(), r.end_date.toordinal()) for r in ordered)
     uncovered: list[int] = []
     i = 0
@@ -133,13 +154,7 @@ def check_invariants(
             i += 1
         if m > max_end:
             uncovered.append(m)
-    violations.extend(
-        _day_violations(ViolationKind.UNCOVERED_DAY, user_id, uncovered, "marked but in no run")
-    )
-
-    if flags:
-        violations.extend(check_active_flags(user_id, runs, today))
-    return violations
+    return _day_violations(ViolationKind.UNCOVERED_DAY, user_id, uncovered, "marked but in no run")
 
 
 def check_active_flags(user_id: str, runs: Sequence[Run], today: date) -> list[Violation]:

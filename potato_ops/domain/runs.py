@@ -15,7 +15,9 @@ def should_be_active(start_date: date, end_date: date, today: date) -> bool:
 
     The one statement of the rule: the streak includes today, or ended yesterday and can still
     be continued. A malformed run (start after end) is never active: it is no streak at all,
-    and flagging it would let it take the one active slot from a real run.
+    and flagging it would let it take the one active slot from a real run. Its SQL twin, for
+    statements that set the flag themselves, is ``db.grouping.active_flag_sql``;
+    ``tests/test_sql_rules.py`` proves the two agree.
     """
     return start_date <= end_date and start_date <= today and end_date >= today - ONE_DAY
 
@@ -32,7 +34,8 @@ def earliest_active_end(today: date) -> date:
 def group_consecutive_dates(dates: Iterable[date | str]) -> list[tuple[date, date]]:
     """Return the sorted ``(start, end)`` pairs of maximal streaks of consecutive dates.
 
-    Duplicates and input order don't matter.
+    Duplicates and input order don't matter. Its SQL twin is ``db.grouping.grouped_marks_sql``
+    (``tests/test_sql_rules.py`` proves the two agree).
     """
     # Dates (the usual case, by the hundred thousand in a bulk batch) skip parse_date.
     ordinals = (d.toordinal() if type(d) is date else parse_date(d).toordinal() for d in dates)

@@ -20,30 +20,24 @@ the newest one kept, with its age; None only when no scan was ever recorded.
 from __future__ import annotations
 
 import logging
-import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
-from sqlalchemy import (
-    ColumnElement,
-    Connection,
-    Float,
-    and_,
-    case,
-    cast,
-    distinct,
-    func,
-    select,
-)
 
 from potato_ops.db.engine import read_connection
-from potato_ops.db.history import PARTIAL_REBUILD, REBUILD
-from potato_ops.db.reads import as_utc
-from potato_ops.db.schema import ops_backups, ops_operations, ops_rebuild_history
+from potato_ops.db.metrics import (
+    Window,
+    backup_figures,
+    history_rows,
+    last_completed_operation,
+    operation_figures,
+    rebuild_figures,
+)
 from potato_ops.db.timezone_log import users_with_pending_timezone_changes
+from potato_ops.domain.dates import as_utc, parse_since
 from potato_ops.domain.models import InvariantReport, ViolationKind, jsonable
 from potato_ops.errors import InvalidDateRangeError
 from potato_ops.monitoring.names import METRIC_HELP, METRIC_NAMES
@@ -51,14 +45,13 @@ from potato_ops.ops import scan_record
 from potato_ops.ops.database import Database
 from potato_ops.ops.scan import count_wrong_flags, validate_invariants
 
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
 log = logging.getLogger("potato_ops")
 
 DEFAULT_WINDOW = timedelta(hours=24)
 DEFAULT_SLOW_THRESHOLD_MS = 1000.0
-REBUILD_KINDS: tuple[str, ...] = (REBUILD, PARTIAL_REBUILD)
-
-_DURATION = re.compile(r"(?P<amount>\d+(?:\.\d+)?)\s*(?P<unit>[smhdw])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 HISTORY_SCHEMA: dict[str, Any] = {
     "finished_at": pl.Datetime("us", "UTC"),
@@ -163,51 +156,6 @@ class Metrics:
 # --- the window --------------------------------------------------------------------------------
 
 
-def parse_since(value: str | datetime | timedelta, now: datetime) -> datetime:
-    """Return the instant a window starts, in UTC.
-
-    Accepts a duration back from ``now`` (``90m``, ``24h``, ``7d``, ``2w``; units s m h d w),
-    an ISO datetime (naive means UTC) or date (its midnight UTC), a ``timedelta`` or a datetime.
-    Raises InvalidDateRangeError for anything else.
-    """
-    if isinstance(value, timedelta):
-        return as_utc(now) - value
-    if isinstance(value, datetime):
-        return as_utc(value)
-    text = value.strip()
-    duration = _DURATION.fullmatch(text)
-    if duration:
-        seconds = float(duration["amount"]) * _UNIT_SECONDS[duration["unit"]]
-        try:
-            return as_utc(now) - timedelta(seconds=seconds)
-        except OverflowError:
-            raise InvalidDateRangeError(f"since {value!r} reaches back before the year 1") from None
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidDateRangeError(
-            f"since {value!r} is neither a duration (24h, 7d, 90m) nor an ISO datetime"
-        ) from None
-    try:
-        return as_utc(parsed)
-    except OverflowError:
-        raise InvalidDateRangeError(f"since {value!r} is out of range") from None
-
-
-def _window_condition(
-    start: datetime | None, end: datetime | None, operation_id: str | None
-) -> ColumnElement[bool]:
-    h = ops_rebuild_history
-    conditions: list[ColumnElement[bool]] = [h.c.kind.in_(REBUILD_KINDS)]
-    if operation_id is not None:
-        conditions.append(h.c.operation_id == operation_id)
-    if start is not None:
-        conditions.append(h.c.finished_at >= start)
-    if end is not None:
-        conditions.append(h.c.finished_at <= end)
-    return and_(*conditions)
-
-
 def _resolve_window(
     now: datetime,
     since: str | datetime | timedelta | None,
@@ -228,127 +176,9 @@ def _resolve_window(
 # --- the queries -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RebuildFigures:
-    """What the rebuild history of a window says."""
-
-    count: int
-    successes: int
-    users: int
-    violations: int
-    slow_users: int
-    avg_ms: float | None
-    p50_ms: float | None
-    p95_ms: float | None
-    max_ms: float | None
-
-
-def rebuild_figures(
-    conn: Connection, condition: ColumnElement[bool], slow_threshold_ms: float
-) -> RebuildFigures:
-    """Return counts and durations of the history rows matching ``condition``, in one SELECT.
-
-    Percentiles are ``percentile_cont`` (linear interpolation between the two nearest ranks),
-    written with window functions and integer arithmetic so both dialects compute them.
-    """
-    h = ops_rebuild_history
-    ranked = (
-        select(
-            h.c.user_id,
-            h.c.success,
-            h.c.violations,
-            h.c.duration_ms.label("d"),
-            (func.row_number().over(order_by=h.c.duration_ms) - 1).label("i"),
-            func.count().over().label("n"),
-        )
-        .where(condition)
-        .subquery()
-    )
-
-    def percentile(percent: int) -> ColumnElement[Any]:
-        scaled = (ranked.c.n - 1) * percent  # the rank p * (n - 1), times 100
-        below = scaled // 100
-        weight = cast(scaled % 100, Float) / 100.0
-        return func.sum(
-            case(
-                (ranked.c.i == below, ranked.c.d * (1 - weight)),
-                (ranked.c.i == below + 1, ranked.c.d * weight),
-                else_=0.0,
-            )
-        )
-
-    row = conn.execute(
-        select(
-            func.count().label("rebuilds"),
-            func.coalesce(func.sum(case((ranked.c.success, 1), else_=0)), 0).label("ok"),
-            func.count(distinct(ranked.c.user_id)).label("users"),
-            func.coalesce(func.sum(ranked.c.violations), 0).label("violations"),
-            func.count(distinct(case((ranked.c.d > slow_threshold_ms, ranked.c.user_id)))).label("slow"),
-            func.avg(ranked.c.d).label("avg"),
-            percentile(50).label("p50"),
-            percentile(95).label("p95"),
-            func.max(ranked.c.d).label("max"),
-        )
-    ).one()
-    return RebuildFigures(
-        count=int(row.rebuilds),
-        successes=int(row.ok),
-        users=int(row.users),
-        violations=int(row.violations),
-        slow_users=int(row.slow),
-        avg_ms=_float(row.avg),
-        p50_ms=_float(row.p50),
-        p95_ms=_float(row.p95),
-        max_ms=_float(row.max),
-    )
-
-
 def stale_active_flags(conn: Connection, now: datetime) -> int:
     """Return how many runs' active flags disagree with the rule at now, as the scan counts them."""
     return count_wrong_flags(conn, now)
-
-
-def backup_figures(conn: Connection, now: datetime) -> tuple[int, float | None, float | None]:
-    """Return (backups kept, age of the oldest in hours, age of the newest in hours)."""
-    b = ops_backups
-    row = conn.execute(select(func.count(), func.min(b.c.created_at), func.max(b.c.created_at))).one()
-    count, oldest, newest = int(row[0]), row[1], row[2]
-
-    def age(instant: datetime | None) -> float | None:
-        return None if instant is None else (as_utc(now) - as_utc(instant)).total_seconds() / 3600
-
-    return count, age(oldest), age(newest)
-
-
-def operation_figures(
-    conn: Connection,
-    start: datetime | None,
-    end: datetime | None,
-    operation_id: str | None,
-) -> tuple[int, int]:
-    """Return (operations failed within the window, operations interrupted now)."""
-    o = ops_operations
-    ended = func.coalesce(o.c.finished_at, o.c.heartbeat_at, o.c.started_at, o.c.created_at)
-    in_window: list[ColumnElement[bool]] = [o.c.status == "failed"]
-    if start is not None:
-        in_window.append(ended >= start)
-    if end is not None:
-        in_window.append(ended <= end)
-    query = select(
-        func.coalesce(func.sum(case((and_(*in_window), 1), else_=0)), 0),
-        func.coalesce(func.sum(case((o.c.status == "interrupted", 1), else_=0)), 0),
-    )
-    if operation_id is not None:
-        query = query.where(o.c.id == operation_id)
-    failed, interrupted = conn.execute(query).one()
-    return int(failed), int(interrupted)
-
-
-def last_completed_operation(conn: Connection) -> datetime | None:
-    """Return when the newest completed bulk operation finished (UTC), or None if none did."""
-    o = ops_operations
-    finished = conn.execute(select(func.max(o.c.finished_at)).where(o.c.status == "completed")).scalar()
-    return None if finished is None else as_utc(finished)
 
 
 def _age(now: datetime, then: datetime) -> float:
@@ -386,9 +216,8 @@ def compute_metrics(
     """
     now = as_utc(db.now())
     start, end = _resolve_window(now, since, until, operation_id)
-    condition = _window_condition(start, end, operation_id)
     with read_connection(db.engine) as conn:
-        rebuilds = rebuild_figures(conn, condition, slow_threshold_ms)
+        rebuilds = rebuild_figures(conn, Window(start, end, operation_id), slow_threshold_ms)
         stale = stale_active_flags(conn, now)
         pending = len(users_with_pending_timezone_changes(conn))
         backups, oldest, newest = backup_figures(conn, now)
@@ -473,24 +302,8 @@ def history_frame(
     Columns: finished_at (UTC), user_id, kind, duration_ms, success, violations.
     """
     start, end = _resolve_window(as_utc(db.now()), since, until, operation_id)
-    h = ops_rebuild_history
-    query = (
-        select(h.c.finished_at, h.c.user_id, h.c.kind, h.c.duration_ms, h.c.success, h.c.violations)
-        .where(_window_condition(start, end, operation_id))
-        .order_by(h.c.finished_at, h.c.user_id, h.c.id)
-    )
     with read_connection(db.engine) as conn:
-        rows = [
-            (
-                as_utc(r.finished_at),
-                r.user_id,
-                r.kind,
-                float(r.duration_ms),
-                bool(r.success),
-                int(r.violations),
-            )
-            for r in conn.execute(query)
-        ]
+        rows = history_rows(conn, Window(start, end, operation_id))
     return pl.DataFrame(rows, schema=HISTORY_SCHEMA, orient="row")
 
 

@@ -22,7 +22,7 @@ from datetime import datetime
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from potato_ops.db.reads import as_utc
+from potato_ops.domain.dates import as_utc
 from potato_ops.monitoring.names import PREFIX
 from potato_ops.ops.bulk.api import list_operations
 from potato_ops.ops.bulk.results import Progress
@@ -33,7 +33,7 @@ AT_WORK = ("pending", "running", "paused")
 RUNNING = "running"
 SCANNED_OPERATIONS = 200  # newest operations looked at per scrape
 # Attributes a Progress may carry to say why a live operation is not processing right now.
-_REASON_FIELDS = ("waiting_reason", "wait_reason", "throttle_reason", "throttled", "waiting", "reason")
+_REASON_FIELDS = ("waiting", "waiting_reason", "reason")
 _MAX_REASON = 120
 
 

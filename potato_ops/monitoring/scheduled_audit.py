@@ -1,7 +1,7 @@
 """The scheduled audit behind ``potato-ops audit``: metrics, alert rules, the archived notebook.
 
 ``run_audit`` computes the metrics of a window, evaluates the alert rules on them, then (unless
-told not to) runs the monitoring audit notebook through the runner, which archives it. The exit
+told not to) runs the monitoring audit notebook through execute_notebook, which archives it. The exit
 code follows the most severe alert that fired (``ExitCode.OK``, ``ALERT_P2``, ``ALERT_P1``,
 ``ALERT_P0``), so a scheduler can act on it. A notebook that fails does not change that code:
 the figures behind the alerts were computed here; its failure is reported in ``notebook_error``.
@@ -27,8 +27,8 @@ from potato_ops.exitcodes import ExitCode
 from potato_ops.monitoring.alerts import AlertRule, FiringAlert, default_rules, evaluate, highest_severity
 from potato_ops.monitoring.alerts import load_rules as load_rules_file
 from potato_ops.monitoring.metrics import DEFAULT_SLOW_THRESHOLD_MS, Metrics, compute_metrics
-from potato_ops.notebook_runs.archive import list_runs
-from potato_ops.notebook_runs.execute import RunRecord, run_notebook
+from potato_ops.notebook_runs.archive import list_executions
+from potato_ops.notebook_runs.execute import ExecutionRecord, execute_notebook
 from potato_ops.notebook_runs.preflight import check_reports_dir
 from potato_ops.ops import scan_record
 from potato_ops.ops.database import Database
@@ -57,7 +57,7 @@ class AuditOutcome:
     alerts: tuple[FiringAlert, ...]
     severity: str | None  # the most severe alert that fired, None when none did
     exit_code: ExitCode
-    run: RunRecord | None  # None with --no-notebook, or when the notebook could not start
+    run: ExecutionRecord | None  # None with --no-notebook, or when the notebook could not start
     notebook_error: str | None = None  # why the notebook did not run, or how it failed
 
 
@@ -77,7 +77,7 @@ def last_audit_success(reports_dir: str | os.PathLike[str] | None = None) -> dat
     "Without failing" means its verdict was reached, ok or problem: a red verdict is a
     successful audit that found something. None when the archive holds no such run.
     """
-    for entry in reversed(list_runs(reports_dir)):
+    for entry in reversed(list_executions(reports_dir)):
         if entry.notebook == AUDIT_NOTEBOOK and entry.status not in _FAILED_RUN_STATUSES:
             try:
                 finished = datetime.fromisoformat(entry.finished_at)
@@ -128,7 +128,7 @@ def run_audit(
     severity = highest_severity(alerts)
     for alert in alerts:
         log.info("alert firing: %s", describe_alert(alert))
-    run: RunRecord | None = None
+    run: ExecutionRecord | None = None
     notebook_error: str | None = None
     if notebook:
         run, notebook_error = _run_audit_notebook(
@@ -152,7 +152,7 @@ def _run_audit_notebook(
     cell_timeout: float | None,
     operator: str,
     ticket: str,
-) -> tuple[RunRecord | None, str | None]:
+) -> tuple[ExecutionRecord | None, str | None]:
     """Return the archived run of the audit notebook and, if it failed, why."""
     parameters: dict[str, object] = {
         "database_url_env": AUDIT_DATABASE_URL_ENV,
@@ -164,7 +164,9 @@ def _run_audit_notebook(
     parameters.update({k: v for k, v in (("operator", operator), ("ticket", ticket)) if v})
     try:
         with _database_url_exported(db):
-            run = run_notebook(AUDIT_NOTEBOOK, parameters, reports_dir=reports_dir, cell_timeout=cell_timeout)
+            run = execute_notebook(
+                AUDIT_NOTEBOOK, parameters, reports_dir=reports_dir, cell_timeout=cell_timeout
+            )
     except NotebookError as exc:
         log.info("the monitoring notebook did not run: %s", exc)
         return None, f"the monitoring notebook did not run: {exc}"

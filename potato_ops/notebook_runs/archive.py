@@ -34,6 +34,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from potato_ops.config import reports_dir as default_reports_dir
 from potato_ops.errors import ReportError
+from potato_ops.notebook_runs.folder_writes import (
+    open_no_follow,
+    replace_file,
+    temporary_name,
+    write_new,
+)
+from potato_ops.notebook_runs.index_lines import (
+    GENESIS_HASH,
+    INDEX_FILE,
+    LOCK_FILE,
+    chain_tail,
+    is_seq,
+    read_lines,
+)
 from potato_ops.notebook_runs.jupyter import HTMLExporter, nbformat
 from potato_ops.notebook_runs.signing import (
     HEAD_SIGNATURE_FILE,
@@ -46,11 +60,8 @@ from potato_ops.redact import base64_runs, collect_secrets, ensure_no_secrets, s
 
 logger = logging.getLogger("potato_ops")
 
-INDEX_FILE = "index.jsonl"
 INDEX_HTML = "index.html"
-LOCK_FILE = ".index.lock"
 MANIFEST_FILE = "MANIFEST.sha256"
-GENESIS_HASH = "0" * 64
 RUN_DIR_PATTERN = re.compile(r"^\d{8}T\d{6}Z_[A-Za-z0-9_.\-]+_[0-9a-f]{8}$")
 
 _render_lock = threading.Lock()
@@ -80,8 +91,8 @@ class IndexEntry:
 
 
 @dataclass(frozen=True)
-class ArchivedRun:
-    """Where one archived run's files are, with the result as archived (scrubbed)."""
+class ArchivedExecution:
+    """Where one archived execution's files are, with the result as archived (scrubbed)."""
 
     run_dir: Path
     notebook_path: Path
@@ -103,7 +114,7 @@ class VerifyReport:
     problems: list[str]
 
 
-def new_run_id(notebook_name: str, started_at: dt.datetime) -> str:
+def new_execution_id(notebook_name: str, started_at: dt.datetime) -> str:
     """Return a fresh run id (also the run's folder name): ``<UTC time>_<notebook>_<8 hex>``."""
     stamp = started_at.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     safe_name = re.sub(r"[^A-Za-z0-9_.\-]+", "-", notebook_name).strip("-.") or "notebook"
@@ -178,7 +189,7 @@ def _scrub_html(page: str, secrets: Sequence[str]) -> str:
     return scrub_text(page, secrets, mask_patterns=False)
 
 
-def archive_run(
+def archive_execution(
     *,
     run_id: str,
     notebook_name: str,
@@ -187,7 +198,7 @@ def archive_run(
     reports_dir: str | os.PathLike[str] | None = None,
     secrets: Iterable[str] | None = None,
     signing_key: Ed25519PrivateKey | None = None,
-) -> ArchivedRun:
+) -> ArchivedExecution:
     """Return the archived run after writing its folder and chaining it into the index.
 
     Every file is scrubbed first and then checked; if any would still hold a secret, raise
@@ -224,7 +235,7 @@ def archive_run(
     staging.mkdir()
     signature: HeadSignature | None = None
     try:
-        write_run_files(staging, payload)
+        write_execution_files(staging, payload)
         with _index_lock(reports, exclusive=True):
             run_dir = reports / run_id
             staging.rename(run_dir)
@@ -243,7 +254,7 @@ def archive_run(
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     logger.info("archived %s in %s", run_id, run_dir)
-    return ArchivedRun(
+    return ArchivedExecution(
         run_dir=run_dir,
         notebook_path=run_dir / names["notebook"],
         html_path=run_dir / names["html"],
@@ -256,10 +267,10 @@ def archive_run(
     )
 
 
-def write_run_files(folder: Path, payload: Mapping[str, bytes]) -> None:
+def write_execution_files(folder: Path, payload: Mapping[str, bytes]) -> None:
     """Write each file of a run's record into ``folder`` (its staging copy)."""
     for filename, data in payload.items():
-        (folder / filename).write_bytes(data)
+        write_new(folder / filename, data)
 
 
 @contextlib.contextmanager
@@ -268,21 +279,27 @@ def _index_lock(reports: Path, *, exclusive: bool) -> Iterator[None]:
     if not exclusive and not (reports / LOCK_FILE).exists():
         yield
         return
-    with (reports / LOCK_FILE).open("a") as lock:
+    try:
+        lock = open_no_follow(reports / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    except OSError:
+        if exclusive:
+            raise
+        # A reader never writes: a lock file that is a planted link only costs it the lock.
+        yield
+        return
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        yield
+    finally:
+        os.close(lock)  # releases the lock
 
 
 def _next_entry(
     reports: Path, run_id: str, notebook_name: str, result: Mapping[str, Any], manifest_hash: str
 ) -> dict[str, Any]:
-    previous = _read_index(reports)
-    last = previous[-1][1] if previous else None
+    last_seq, last_hash = chain_tail(reports / INDEX_FILE)
     body: dict[str, Any] = {
-        "seq": (int(last.get("seq", 0)) if last else 0) + 1,
+        "seq": last_seq + 1,
         "run_id": run_id,
         "notebook": notebook_name,
         "status": str(result.get("status", "")),
@@ -290,7 +307,7 @@ def _next_entry(
         "finished_at": str(result.get("finished_at", "")),
         "dir": run_id,
         "manifest_sha256": manifest_hash,
-        "prev_hash": str(last.get("entry_hash", GENESIS_HASH)) if last else GENESIS_HASH,
+        "prev_hash": last_hash,
     }
     body["entry_hash"] = entry_hash(body)
     return body
@@ -300,25 +317,27 @@ def _chain_entry(reports: Path, body: Mapping[str, Any], signature: HeadSignatur
     """Append the entry to the index and, when signed, replace ``HEAD.sig``; all or nothing."""
     line = json.dumps(body, separators=(",", ":"), ensure_ascii=False) + "\n"
     path = reports / INDEX_FILE
-    size = path.stat().st_size if path.exists() else 0
-    if size and not path.read_bytes().endswith(b"\n"):
-        line = "\n" + line
-    signature_staging = reports / f".{HEAD_SIGNATURE_FILE}.tmp"
-    try:
-        if signature is not None:
-            signature_staging.write_text(signature.to_json(), encoding="utf-8")
-        with path.open("a", encoding="utf-8") as index:
-            index.write(line)
+    # Never through a link: O_NOFOLLOW refuses one planted at the index's name.
+    fd = open_no_follow(path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
+    signature_staging = temporary_name(reports / HEAD_SIGNATURE_FILE)
+    with os.fdopen(fd, "r+b") as index:
+        size = os.fstat(fd).st_size
+        if size:
+            index.seek(size - 1)
+            if index.read(1) != b"\n":
+                line = "\n" + line
+        try:
+            if signature is not None:
+                write_new(signature_staging, signature.to_json().encode("utf-8"))
+            index.write(line.encode("utf-8"))
             index.flush()
-            os.fsync(index.fileno())
-        if signature is not None:
-            signature_staging.replace(reports / HEAD_SIGNATURE_FILE)
-    except BaseException:
-        if path.exists():
-            with path.open("r+b") as index:
-                index.truncate(size)
-        signature_staging.unlink(missing_ok=True)
-        raise
+            os.fsync(fd)
+            if signature is not None:
+                os.replace(signature_staging, reports / HEAD_SIGNATURE_FILE)
+        except BaseException:
+            index.truncate(size)
+            signature_staging.unlink(missing_ok=True)
+            raise
 
 
 def _refresh_index_html(reports: Path) -> None:
@@ -330,32 +349,20 @@ def _refresh_index_html(reports: Path) -> None:
 
 
 def _read_index(reports: Path) -> list[tuple[int, dict[str, Any]]]:
-    """Return (line number, entry) for every line of the index; unparsable lines as {}."""
-    path = reports / INDEX_FILE
-    if not path.exists():
-        return []
-    entries: list[tuple[int, dict[str, Any]]] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            loaded = json.loads(line)
-        except ValueError:
-            loaded = {}
-        entries.append((number, loaded if isinstance(loaded, dict) else {}))
-    return entries
+    """Return (line number, entry) for every line of the index; damaged lines as {}."""
+    return [(number, data or {}) for number, data in read_lines(reports / INDEX_FILE)]
 
 
 def _as_entry(data: Mapping[str, Any]) -> IndexEntry | None:
     names = [f.name for f in fields(IndexEntry)]
-    if set(data) != set(names) or not isinstance(data.get("seq"), int):
+    if set(data) != set(names) or not is_seq(data.get("seq")):
         return None
     if not all(isinstance(data[n], str) for n in names if n != "seq"):
         return None
     return IndexEntry(**{n: data[n] for n in names})
 
 
-def list_runs(reports_dir: str | os.PathLike[str] | None = None) -> list[IndexEntry]:
+def list_executions(reports_dir: str | os.PathLike[str] | None = None) -> list[IndexEntry]:
     """Return the runs of the index, oldest first; raise ReportError on a malformed line."""
     reports = default_reports_dir(reports_dir)
     with _index_lock(reports, exclusive=False):
@@ -411,9 +418,7 @@ def _write_index_html(reports: Path) -> None:
         + "\n".join(rows)
         + "\n</tbody></table></body></html>\n"
     )
-    staging = reports / f".{INDEX_HTML}.tmp"
-    staging.write_text(page, encoding="utf-8")
-    staging.replace(reports / INDEX_HTML)
+    replace_file(reports / INDEX_HTML, page.encode("utf-8"))
 
 
 def _verdict(result_path: Path) -> str:
@@ -457,13 +462,15 @@ def verify_reports(
             previous_hash = entry.entry_hash
             head = entry
             indexed.add(entry.dir)
-            problems.extend(_check_run(reports, entry))
+            problems.extend(_check_execution(reports, entry))
         for child in sorted(reports.iterdir()) if reports.exists() else []:
             if child.is_dir() and RUN_DIR_PATTERN.match(child.name) and child.name not in indexed:
                 problems.append(f"{child.name}: run folder is not in {INDEX_FILE} (entry removed?)")
         if public_key is not None:
             signature_path = reports / HEAD_SIGNATURE_FILE
-            text = signature_path.read_text(encoding="utf-8") if signature_path.is_file() else None
+            text = _signature_text(signature_path)
+            if signature_path.is_symlink():
+                problems.append(f"{HEAD_SIGNATURE_FILE}: is a link, not the file the archive wrote")
             problems.extend(
                 check_head_signature(
                     text, head.seq if head else None, head.entry_hash if head else None, public_key
@@ -472,7 +479,15 @@ def verify_reports(
     return VerifyReport(ok=not problems, checked=len(raw), problems=problems)
 
 
-def _check_run(reports: Path, entry: IndexEntry) -> list[str]:
+def _signature_text(path: Path) -> str | None:
+    """Return HEAD.sig's text (bytes that are not UTF-8 replaced, so it reads as malformed)."""
+    try:
+        return path.read_bytes().decode("utf-8", errors="replace") if path.is_file() else None
+    except OSError:
+        return ""
+
+
+def _check_execution(reports: Path, entry: IndexEntry) -> list[str]:
     run_dir = reports / entry.dir
     if Path(entry.dir).name != entry.dir or not run_dir.is_dir():
         return [f"{entry.dir}: run folder is missing"]

@@ -1,6 +1,6 @@
 """Running runbook notebooks headless: find them, check their parameters, execute, archive.
 
-``run_notebook`` is the one way the CLI and the tests run a notebook. Parameters are checked
+``execute_notebook`` is the one way the CLI and the tests run a notebook. Parameters are checked
 against the notebook's ``parameters`` cell before any kernel starts (see
 ``potato_ops.notebook_runs.parameters``); the kernel is pinned to this interpreter; every run
 that starts is archived (see ``potato_ops.notebook_runs.archive``), whatever its outcome, and
@@ -70,8 +70,8 @@ _PARAMETER_ERRORS = ("RunbookParameterError", "NotebookParameterError")
 
 
 @dataclass(frozen=True)
-class RunRecord:
-    """The outcome of one archived run: status, exit code and where the record lives."""
+class ExecutionRecord:
+    """The record of one notebook execution: status, exit code and where the record lives."""
 
     status: str
     exit_code: ExitCode
@@ -142,7 +142,7 @@ class _Outcome:
     record: dict[str, Any] = field(default_factory=dict)
 
 
-def run_notebook(
+def execute_notebook(
     notebook: str | os.PathLike[str],
     parameters: Mapping[str, object] | None = None,
     *,
@@ -151,23 +151,76 @@ def run_notebook(
     kernel_name: str = PINNED_KERNEL,
     log_output: bool = False,
     progress_bar: bool = False,
-) -> RunRecord:
-    """Return the archived record of running the notebook headless with these parameters.
+) -> ExecutionRecord:
+    """Return the archived record of executing the notebook headless with these parameters.
 
     Raises NotebookParameterError before anything runs (and archives nothing) when a
     parameter is refused, and ReportError when the reports folder cannot take the record
-    or the signing key cannot be read; every run that starts is archived, whatever its
+    or the signing key cannot be read; every execution that starts is archived, whatever its
     outcome, or its record kept in the database (RecordNotArchivedError says where).
     """
     path = resolve_notebook(notebook)
     checked = check_parameters(path, parameters or {})
-    name = path.stem
     reports = default_reports_dir(reports_dir)
-    # A run that commits a change and then cannot archive it loses its record: refuse first.
+    # An execution that commits a change and then cannot archive it loses its record: refuse first.
     check_reports_dir(reports)
     signing_key = configured_signing_key()
+    kernel = _KernelSettings(cell_timeout, kernel_name, log_output, progress_bar)
+    done = _execute_in_workspace(path, checked, kernel)
+    archived, not_in_database = records.archive_with_record(
+        run_id=done.run_id,
+        notebook_name=path.stem,
+        notebook=done.notebook,
+        result=_result(path, checked, done, kernel),
+        reports=reports,
+        database_url=records.database_url_of_execution(checked),
+        signing_key=signing_key,
+    )
+    status = done.outcome.status
+    logger.info(
+        "%s: %s (%s), archived in %s", path.stem, status, archived.result.get("verdict", ""), archived.run_dir
+    )
+    return ExecutionRecord(
+        status=status,
+        exit_code=EXIT_CODES[status],
+        run_dir=archived.run_dir,
+        notebook_path=archived.notebook_path,
+        html_path=archived.html_path,
+        result_path=archived.result_path,
+        result=archived.result,
+        summary_path=archived.summary_path,
+        manifest_sha256=archived.entry.manifest_sha256,
+        not_in_database=not_in_database,
+    )
+
+
+@dataclass(frozen=True)
+class _KernelSettings:
+    """How the kernel runs the cells (the caller's choices, kept in the result)."""
+
+    cell_timeout: float | None
+    kernel_name: str
+    log_output: bool
+    progress_bar: bool
+
+
+@dataclass(frozen=True)
+class _Done:
+    """One finished execution: its id, its outcome, the executed notebook and when it ran."""
+
+    run_id: str
+    outcome: _Outcome
+    notebook: Any
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    duration_s: float
+
+
+def _execute_in_workspace(path: Path, checked: dict[str, object], kernel: _KernelSettings) -> _Done:
+    """Return the execution of the notebook in a temporary folder, its cells marked for the archive."""
+    name = path.stem
     started_at = dt.datetime.now(dt.UTC)
-    run_id = archive.new_run_id(name, started_at)
+    run_id = archive.new_execution_id(name, started_at)
     logger.info("running %s as %s", name, run_id)
     clock = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="potato-ops-run-") as tmp:
@@ -180,10 +233,10 @@ def run_notebook(
                 checked,
                 work,
                 kernel_log,
-                cell_timeout=cell_timeout,
-                kernel_name=kernel_name,
-                log_output=log_output,
-                progress_bar=progress_bar,
+                cell_timeout=kernel.cell_timeout,
+                kernel_name=kernel.kernel_name,
+                log_output=kernel.log_output,
+                progress_bar=kernel.progress_bar,
             )
         duration = time.monotonic() - clock
         finished_at = dt.datetime.now(dt.UTC)
@@ -192,9 +245,15 @@ def run_notebook(
         _mark_timeout(executed, outcome.verdict)
     if outcome.status == "problem":
         _drop_error_markers(executed)
-    result = {
-        "run_id": run_id,
-        "notebook": name,
+    return _Done(run_id, outcome, executed, started_at, finished_at, duration)
+
+
+def _result(path: Path, checked: dict[str, object], done: _Done, kernel: _KernelSettings) -> dict[str, Any]:
+    """Return the execution's result as archived: what ran, how it ended, where and with what."""
+    outcome = done.outcome
+    return {
+        "run_id": done.run_id,
+        "notebook": path.stem,
         "source": str(path),
         "source_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "status": outcome.status,
@@ -205,45 +264,17 @@ def run_notebook(
         "operation_ids": outcome.record.get("operation_ids", []),
         "database": outcome.record.get("database", {}),
         "error": outcome.error,
-        "started_at": started_at.isoformat(),
-        "finished_at": finished_at.isoformat(),
-        "duration_s": round(duration, 3),
-        "kernel_start_s": _kernel_start_seconds(executed),
-        "cell_timeout_s": cell_timeout,
-        "kernel_name": kernel_name,
+        "started_at": done.started_at.isoformat(),
+        "finished_at": done.finished_at.isoformat(),
+        "duration_s": round(done.duration_s, 3),
+        "kernel_start_s": _kernel_start_seconds(done.notebook),
+        "cell_timeout_s": kernel.cell_timeout,
+        "kernel_name": kernel.kernel_name,
         "potato_ops_version": _package_version(),
         "python_version": platform.python_version(),
         "papermill_version": papermill.__version__,
         "hostname": socket.gethostname(),
     }
-    archived, not_in_database = records.archive_with_record(
-        run_id=run_id,
-        notebook_name=name,
-        notebook=executed,
-        result=result,
-        reports=reports,
-        database_url=records.database_url_of_run(checked),
-        signing_key=signing_key,
-    )
-    logger.info(
-        "%s: %s (%s), archived in %s",
-        name,
-        outcome.status,
-        archived.result.get("verdict", ""),
-        archived.run_dir,
-    )
-    return RunRecord(
-        status=outcome.status,
-        exit_code=EXIT_CODES[outcome.status],
-        run_dir=archived.run_dir,
-        notebook_path=archived.notebook_path,
-        html_path=archived.html_path,
-        result_path=archived.result_path,
-        result=archived.result,
-        summary_path=archived.summary_path,
-        manifest_sha256=archived.entry.manifest_sha256,
-        not_in_database=not_in_database,
-    )
 
 
 @contextmanager
@@ -326,7 +357,7 @@ def _execute(
 
 
 class _DropUnknownParameterWarning(logging.Filter):
-    """Papermill cannot read every annotation (``str | None``); the runner has checked them."""
+    """Papermill cannot read every annotation (``str | None``); execute_notebook has checked them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("Passed unknown parameter")

@@ -1,9 +1,9 @@
-"""The Jupyter libraries the runner uses, imported without jsonschema's optional IRI grammar.
+"""The Jupyter libraries execute_notebook uses, imported without jsonschema's optional IRI grammar.
 
 When the ``rfc3987_syntax`` package is installed (JupyterLab's event schemas ask for it),
 jsonschema imports it on its own import, and it compiles a lark grammar there: over a second
 of every ``potato-ops run`` and ``reports`` command, for IRI format checks that nbformat's
-notebook schema never makes. The runner imports nbformat, papermill, nbclient and nbconvert
+notebook schema never makes. execute_notebook imports nbformat, papermill, nbclient and nbconvert
 (and with them jsonschema) here, with that package hidden, so jsonschema leaves IRI formats
 unchecked in this process; where jsonschema was loaded before, nothing changes. The package
 itself stays importable afterwards.

@@ -20,24 +20,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from potato_ops.config import mask_secrets
-from potato_ops.errors import NotebookError, NotebookParameterError
+from potato_ops.config import database_url_in, mask_secrets
+from potato_ops.errors import ConfigError, NotebookError, NotebookParameterError
 from potato_ops.redact import url_passwords
 
 TRUE_WORDS = ("true", "yes", "on", "1")
 FALSE_WORDS = ("false", "no", "off", "0")
 NONE_WORDS = ("none", "null")
 _WHOLE_NUMBER = re.compile(r"\s*[+-]?\d+\s*")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 # Bounds of the numeric parameters, by name, wherever they appear: the same name means the same
 # thing in every notebook, and both the pre-run check and the notebook's own cell enforce these.
 LIMITS: dict[str, tuple[float | None, float | None]] = {
     "backup_id": (0, None),
     "batch_size": (1, None),
-    "calendar_days": (7, None),
+    "calendar_days": (7, 36600),  # up to a century of history in one chart
     "many_marks": (1, None),
+    "batch_seconds": (0.0, None),
+    "max_active_sessions": (0, None),
+    "max_batch_size": (0, None),
     "max_failure_rate": (0.0, 1.0),
     "max_workers": (1, None),
+    "min_batch_size": (1, None),
+    "nice_ratio": (0.0, 100.0),
     "recent_days": (1, None),
     "slow_threshold_ms": (0.0, None),
     "still_slow_ms": (0.0, None),
@@ -383,6 +389,12 @@ def check_parameters(path: Path, raw: Mapping[str, object]) -> dict[str, object]
         parsed = parse_value(name, value, declared[name].type_name)
         refuse_secrets(name, parsed)
         checked[name] = parsed
+    url_env = checked.get("database_url_env")
+    if isinstance(url_env, str) and _ENV_NAME.fullmatch(url_env):
+        try:
+            database_url_in(url_env)
+        except ConfigError as exc:
+            raise NotebookParameterError(f"parameter database_url_env: {exc}") from None
     return checked
 
 

@@ -26,14 +26,21 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.exc import SQLAlchemyError
 
-from potato_ops.config import DATABASE_URL_ENV, default_sqlite_path, mask_url, normalize_url
+from potato_ops.config import (
+    DATABASE_URL_ENV,
+    database_url_in,
+    default_sqlite_path,
+    mask_secrets,
+    mask_url,
+    normalize_url,
+)
 from potato_ops.db.engine import make_engine
-from potato_ops.db.run_records import RecordedRun, insert_run_record, recorded_runs
-from potato_ops.errors import RecordNotArchivedError, ReportError, SecretLeakError
+from potato_ops.db.run_records import StoredRecord, insert_stored_record, stored_records
+from potato_ops.errors import ConfigError, RecordNotArchivedError, ReportError, SecretLeakError
 from potato_ops.notebook_runs.archive import (
-    ArchivedRun,
+    ArchivedExecution,
     IndexEntry,
-    archive_run,
+    archive_execution,
     readable_entries,
     scrub_data,
 )
@@ -49,12 +56,16 @@ def archive_location(reports: Path) -> str:
     return f"{socket.gethostname()}:{reports.resolve()}"
 
 
-def database_url_of_run(parameters: Mapping[str, object]) -> str | None:
+def database_url_of_execution(parameters: Mapping[str, object]) -> str | None:
     """Return the URL of the database the notebook worked on, or None when there is none."""
     env_name = parameters.get("database_url_env")
-    url = os.environ.get(env_name if isinstance(env_name, str) and env_name else DATABASE_URL_ENV)
+    try:
+        url = database_url_in(env_name if isinstance(env_name, str) and env_name else DATABASE_URL_ENV)
+    except ConfigError as exc:
+        logger.warning("the run's record cannot be kept in its database: %s", exc)
+        return None
     if url:
-        return normalize_url(url.strip())
+        return url
     embedded = default_sqlite_path()
     return f"sqlite:///{embedded}" if embedded.is_file() else None
 
@@ -72,7 +83,7 @@ def record_row(
     *,
     archive: str,
     secrets: Sequence[str],
-    archived: ArchivedRun | None = None,
+    archived: ArchivedExecution | None = None,
     archive_error: str | None = None,
 ) -> dict[str, Any]:
     """Return the ``ops_run_records`` row of a run, scrubbed of secrets (SecretLeakError if one stays)."""
@@ -114,26 +125,35 @@ def _login_name() -> str:
 
 def keep_record(url: str, row: Mapping[str, Any]) -> str:
     """Return where the row was kept after inserting it; ReportError when the database refuses."""
-    engine = make_engine(url)
+    try:
+        engine = make_engine(url)
+    except (SQLAlchemyError, ValueError):
+        # Not a URL at all: its text may be any secret, so it is never shown.
+        raise ReportError(
+            f"cannot keep the run's record in {RECORDS_TABLE}: the database URL is not a URL (not shown)"
+        ) from None
     try:
         with engine.begin() as conn:
-            insert_run_record(conn, row)
+            insert_stored_record(conn, row)
     except SQLAlchemyError as exc:
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise ReportError(
-            f"cannot keep the run's record in {RECORDS_TABLE} of {mask_url(url)}: {detail}"
+            f"cannot keep the run's record in {RECORDS_TABLE} of {mask_url(url)}: {mask_secrets(detail)}"
         ) from None
     finally:
         engine.dispose()
     return f"{RECORDS_TABLE} (run_id {row['run_id']}) of {mask_url(url)}"
 
 
-def read_recorded_runs(url: str, reports: Path) -> list[RecordedRun]:
+def read_stored_records(url: str, reports: Path) -> list[StoredRecord]:
     """Return the runs the database recorded for the archive folder ``reports``."""
-    engine = make_engine(normalize_url(url))
+    try:
+        engine = make_engine(normalize_url(url))
+    except (SQLAlchemyError, ValueError):
+        raise ReportError(f"cannot read {RECORDS_TABLE}: the database URL is not a URL (not shown)") from None
     try:
         with engine.connect() as conn:
-            return recorded_runs(conn, archive_location(reports))
+            return stored_records(conn, archive_location(reports))
     except SQLAlchemyError as exc:
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise ReportError(f"cannot read {RECORDS_TABLE} of {mask_url(url)}: {detail}") from None
@@ -141,7 +161,7 @@ def read_recorded_runs(url: str, reports: Path) -> list[RecordedRun]:
         engine.dispose()
 
 
-def compare_with_database(entries: Iterable[IndexEntry], recorded: Iterable[RecordedRun]) -> list[str]:
+def compare_with_database(entries: Iterable[IndexEntry], recorded: Iterable[StoredRecord]) -> list[str]:
     """Return one line per difference between the folder's index and the database's copy:
     runs the database has that the folder lost, hashes that differ, runs it never recorded."""
     in_folder = {e.run_id: e for e in entries}
@@ -167,7 +187,7 @@ def compare_with_database(entries: Iterable[IndexEntry], recorded: Iterable[Reco
 
 def verify_against_database(url: str, reports: Path) -> list[str]:
     """Return the differences between the archive folder and the database's records of it."""
-    return compare_with_database(readable_entries(reports), read_recorded_runs(url, reports))
+    return compare_with_database(readable_entries(reports), read_stored_records(url, reports))
 
 
 def archive_with_record(
@@ -179,7 +199,7 @@ def archive_with_record(
     reports: Path,
     database_url: str | None,
     signing_key: Ed25519PrivateKey | None = None,
-) -> tuple[ArchivedRun, str | None]:
+) -> tuple[ArchivedExecution, str | None]:
     """Return the archived run and, when its record could not be kept in the database, why.
 
     When archiving fails, the record is kept in the database instead and RecordNotArchivedError
@@ -189,7 +209,7 @@ def archive_with_record(
     secrets = collect_secrets()
     location = archive_location(reports)
     try:
-        archived = archive_run(
+        archived = archive_execution(
             run_id=run_id,
             notebook_name=notebook_name,
             notebook=notebook,
@@ -198,8 +218,11 @@ def archive_with_record(
             secrets=secrets,
             signing_key=signing_key,
         )
-    except (OSError, ReportError) as exc:
+    except Exception as exc:  # whatever stopped the archive, the record is kept
+        # Damage of the archive's own files that the preflight could not see (it happened
+        # since), a full disk, a secret: the change may have committed, so keep the record.
         reason = str(exc) if isinstance(exc, ReportError) else f"{type(exc).__name__}: {exc}"
+        reason = mask_secrets(" ".join(reason.split()))[:500]
         kept = _keep_unarchived(database_url, result, location, secrets, reason)
         if isinstance(exc, SecretLeakError):
             raise SecretLeakError(f"{exc}; {kept}") from None

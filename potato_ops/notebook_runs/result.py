@@ -1,4 +1,4 @@
-"""The verdict a runbook notebook leaves behind for the runner: one machine-readable output.
+"""The verdict a runbook notebook leaves behind for whoever executed it: one machine-readable output.
 
 A notebook's last cell calls::
 
@@ -7,8 +7,8 @@ A notebook's last cell calls::
 
 which displays a single output carrying ``application/vnd.potato-ops.result+json`` (read by
 ``potato_ops.notebook_runs.execute``) and a one-line ``text/plain`` verdict for people. When the
-verdict is a problem it then raises ``ProblemFound``: every way of running the notebook (the
-runner, plain papermill, ``jupyter nbconvert --execute``, a person in JupyterLab) ends on that
+verdict is a problem it then raises ``ProblemFound``: every way of running the notebook
+(execute_notebook, plain papermill, ``jupyter nbconvert --execute``, a person in JupyterLab) ends on that
 one-line error, after every output, the record included, is written.
 """
 

@@ -135,7 +135,7 @@ def check_head_signature(
             int(data["seq"]), str(data["entry_hash"]), str(data["key_id"]), str(data["signature"])
         )
         raw = base64.b64decode(found.signature, validate=True)
-    except (ValueError, KeyError, TypeError, binascii.Error):
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError, binascii.Error):
         return [f"{HEAD_SIGNATURE_FILE}: malformed"]
     problems: list[str] = []
     if found.seq != head_seq:

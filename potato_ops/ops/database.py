@@ -8,16 +8,20 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, Engine, insert, inspect, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from potato_ops.config import mask_url, resolve_database_url
+from potato_ops.db.catalog import table_names
 from potato_ops.db.engine import make_engine, read_connection, server_version, write_transaction
-from potato_ops.db.reads import fetch_feature_flag
-from potato_ops.db.schema import RUNS_V2_FLAG, check_schema, create_schema, feature_flags, metadata
+from potato_ops.db.feature_flags import fetch_feature_flag, store_feature_flag
+from potato_ops.db.schema import RUNS_V2_FLAG, check_schema, create_schema, metadata
 from potato_ops.domain.dates import Clock, system_clock
 from potato_ops.errors import ConfigError, SchemaError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
 
 
 class Rollback(Exception):
@@ -86,7 +90,7 @@ class Database:
         if self._schema_ok:
             return
         # A database that can't be reached raises here as on any first query (not SchemaError).
-        present = set(inspect(self.engine).get_table_names())
+        present = table_names(self.engine)
         if any(t.name not in present for t in metadata.sorted_tables):
             self.check_schema()  # raises, naming every missing table and column
         self._schema_ok = True
@@ -115,8 +119,4 @@ class Database:
     def set_feature_flag(self, name: str, enabled: bool) -> None:
         """Turn a feature flag on or off (creating it)."""
         with self.write() as conn:
-            done = conn.execute(
-                update(feature_flags).where(feature_flags.c.name == name).values(enabled=enabled)
-            ).rowcount
-            if not done:
-                conn.execute(insert(feature_flags).values(name=name, enabled=enabled))
+            store_feature_flag(conn, name, enabled)

@@ -7,12 +7,10 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete
-
 from potato_ops.db import backups, history
 from potato_ops.db.engine import lock_users
 from potato_ops.db.reads import fetch_runs, fetch_user, fetch_users
-from potato_ops.db.schema import runs
+from potato_ops.db.run_writes import delete_runs_of
 from potato_ops.domain.dates import local_today
 from potato_ops.domain.models import Backup, Run
 from potato_ops.errors import BackupError
@@ -97,7 +95,7 @@ def remove_orphan_runs(db: Database, owner_ids: Sequence[str], *, dry_run: bool 
                 raise Rollback
             taken = {b.user_id: b for b in backups.save_backups(conn, made)}
             if orphans:
-                conn.execute(delete(runs).where(runs.c.user_id.in_(orphans)))
+                delete_runs_of(conn, orphans)
     except Rollback:
         pass
     return taken

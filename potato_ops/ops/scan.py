@@ -2,7 +2,7 @@
 the runbook's database-wide views need (timezones, run lengths, indexes).
 
 The scan is set-based in two steps. First a few statements find the suspect users: those whose
-stored runs differ from the gaps-and-islands grouping of their marks (one full outer join),
+stored runs differ from the gaps-and-islands grouping of their marks (``db.grouping``),
 those holding duplicated runs, those with runs of no existing user, and those whose active
 flag disagrees with the rule. Runs equal the grouping exactly when invariants 1-5 hold, so
 nobody else can be in violation. Then each suspect's runs and marks are classified by the same
@@ -12,17 +12,24 @@ pure checker that validates every rebuild, so a rebuild and a scan can never dis
 from __future__ import annotations
 
 import time
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from sqlalchemy import Connection, bindparam, func, inspect, select, text, update
-
-from potato_ops.db.engine import chunks, is_postgres, lock_users
-from potato_ops.db.reads import fetch_marked_dates, fetch_runs, fetch_users
-from potato_ops.db.schema import runs, users
+from potato_ops.db import catalog
+from potato_ops.db.active_flags import flag_candidates, set_active
+from potato_ops.db.engine import chunks, lock_users
+from potato_ops.db.grouping import differing_users
+from potato_ops.db.reads import (
+    count_users,
+    fetch_marked_dates,
+    fetch_runs,
+    fetch_users,
+    orphan_owner_ids,
+    user_timezones,
+)
+from potato_ops.db.reads import run_length_counts as run_length_counts_of
 from potato_ops.domain.dates import ONE_DAY, local_today
 from potato_ops.domain.invariants import check_invariants
 from potato_ops.domain.models import InvariantReport, Violation, ViolationKind
@@ -30,48 +37,10 @@ from potato_ops.domain.runs import earliest_active_end, should_be_active
 from potato_ops.ops import scan_record
 from potato_ops.ops.database import Database
 
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
 _CLASSIFY_CHUNK = 500
-
-
-def grouped_marks_sql(conn: Connection, user_filter: str = "") -> str:
-    """Return the gaps-and-islands SELECT of every user's marked days as runs.
-
-    Columns: user_id, start_date, end_date, day_count. ``user_filter`` is appended to the
-    WHERE clause of the marks (it may only reference bound parameters).
-    """
-    if is_postgres(conn):
-        key = "date - CAST(row_number() OVER (PARTITION BY user_id ORDER BY date) AS integer)"
-    else:
-        key = "julianday(date) - row_number() OVER (PARTITION BY user_id ORDER BY date)"
-    return (
-        f"SELECT user_id, min(date) AS start_date, max(date) AS end_date, count(*) AS day_count "
-        f"FROM (SELECT user_id, date, {key} AS grp FROM day_marks WHERE value {user_filter}) AS m "
-        f"GROUP BY user_id, grp"
-    )
-
-
-def _suspects_by_shape(conn: Connection, user_ids: Sequence[str] | None) -> set[str]:
-    parts: Iterable[Sequence[str] | None] = [None] if user_ids is None else chunks(list(user_ids))
-    found: set[str] = set()
-    for part in parts:
-        marks_filter = "" if part is None else "AND user_id IN :uids"
-        runs_filter = "" if part is None else "WHERE user_id IN :uids"
-        # Two EXCEPTs rather than a full outer join: both engines run them as sorts, where
-        # SQLite would run the join as a nested loop over an unindexed subquery.
-        cols = "user_id, start_date, end_date, day_count"
-        stmt = text(
-            f"WITH e AS MATERIALIZED ({grouped_marks_sql(conn, marks_filter)}), "
-            f"r AS MATERIALIZED (SELECT {cols} FROM runs {runs_filter}) "
-            f"SELECT user_id FROM (SELECT {cols} FROM e EXCEPT SELECT {cols} FROM r) AS missing "
-            f"UNION SELECT user_id FROM (SELECT {cols} FROM r EXCEPT SELECT {cols} FROM e) AS extra "
-            f"UNION SELECT user_id FROM r GROUP BY {cols} HAVING count(*) > 1"
-        )
-        if part is not None:
-            stmt = stmt.bindparams(bindparam("uids", expanding=True))
-            found.update(r[0] for r in conn.execute(stmt, {"uids": list(part)}))
-        else:
-            found.update(r[0] for r in conn.execute(stmt))
-    return found
 
 
 class FlagRow(NamedTuple):
@@ -93,27 +62,16 @@ def flag_rows(conn: Connection, user_ids: Sequence[str] | None, now: datetime) -
     """Return every run flagged active or recent enough to be active, judged by the rule at now."""
     # Local today is never earlier than UTC's date minus one day (zones reach UTC-12).
     earliest = earliest_active_end(now.date() - ONE_DAY)
-    query = (
-        select(
-            runs.c.id,
-            runs.c.user_id,
-            runs.c.start_date,
-            runs.c.end_date,
-            runs.c.active,
-            users.c.timezone,
-            users.c.id.is_not(None).label("exists"),
+    return [
+        FlagRow(
+            r.id,
+            r.user_id,
+            r.active,
+            should_be_active(r.start_date, r.end_date, local_today(r.timezone, now)),
+            r.user_exists,
         )
-        .select_from(runs.outerjoin(users, users.c.id == runs.c.user_id))
-        .where(runs.c.active.is_(True) | (runs.c.end_date >= earliest))
-    )
-    rows: list[FlagRow] = []
-    parts: Iterable[Sequence[str] | None] = [None] if user_ids is None else chunks(list(user_ids))
-    for part in parts:
-        q = query if part is None else query.where(runs.c.user_id.in_(part))
-        for r in conn.execute(q):
-            should = should_be_active(r.start_date, r.end_date, local_today(r.timezone, now))
-            rows.append(FlagRow(r.id, r.user_id, bool(r.active), should, bool(r.exists)))
-    return rows
+        for r in flag_candidates(conn, user_ids, earliest)
+    ]
 
 
 def count_wrong_flags(conn: Connection, now: datetime) -> int:
@@ -121,32 +79,18 @@ def count_wrong_flags(conn: Connection, now: datetime) -> int:
     return sum(1 for row in flag_rows(conn, None, now) if row.wrong)
 
 
-def _suspects_by_flags_and_owner(conn: Connection, user_ids: Sequence[str] | None, now: datetime) -> set[str]:
-    found: set[str] = set()
-    found.update(r.user_id for r in flag_rows(conn, user_ids, now) if r.wrong or not r.user_exists)
-    orphan_query = (
-        select(runs.c.user_id)
-        .distinct()
-        .select_from(runs.outerjoin(users, users.c.id == runs.c.user_id))
-        .where(users.c.id.is_(None))
-    )
-    parts: Iterable[Sequence[str] | None] = [None] if user_ids is None else chunks(list(user_ids))
-    for part in parts:
-        q = orphan_query if part is None else orphan_query.where(runs.c.user_id.in_(part))
-        found.update(r[0] for r in conn.execute(q))
-    return found
-
-
 def suspect_users(conn: Connection, now: datetime, user_ids: Sequence[str] | None = None) -> set[str]:
     """Return every user who may break an invariant (a superset of those who do)."""
-    return _suspects_by_shape(conn, user_ids) | _suspects_by_flags_and_owner(conn, user_ids, now)
+    found = differing_users(conn, user_ids)
+    found.update(r.user_id for r in flag_rows(conn, user_ids, now) if r.wrong or not r.user_exists)
+    return found | orphan_owner_ids(conn, user_ids)
 
 
 def classify_users(conn: Connection, user_ids: Sequence[str], now: datetime) -> list[Violation]:
     """Return the violations of the given users, checked one by one by the pure checker."""
     found: list[Violation] = []
     for part in chunks(sorted(user_ids), _CLASSIFY_CHUNK):
-        zones = dict(conn.execute(select(users.c.id, users.c.timezone).where(users.c.id.in_(part))).all())
+        zones = user_timezones(conn, part)
         stored = fetch_runs(conn, part)
         marks = fetch_marked_dates(conn, part)
         for uid in part:
@@ -163,11 +107,11 @@ def classify_users(conn: Connection, user_ids: Sequence[str], now: datetime) -> 
     return found
 
 
-def count_users(conn: Connection, user_ids: Sequence[str] | None) -> int:
+def count_scanned(conn: Connection, user_ids: Sequence[str] | None) -> int:
     """Return how many users a scan covers."""
     if user_ids is not None:
         return len(set(user_ids))
-    return int(conn.execute(select(func.count()).select_from(users)).scalar_one())
+    return count_users(conn)
 
 
 def invariant_report(
@@ -193,7 +137,7 @@ def invariant_report(
         malformed_runs=n(ViolationKind.MALFORMED),
         orphan_runs=n(ViolationKind.ORPHAN),
         violations=violations,
-        users_scanned=count_users(conn, user_ids),
+        users_scanned=count_scanned(conn, user_ids),
         users_with_violations=sorted({v.user_id for v in violations}),
     )
 
@@ -209,22 +153,15 @@ def refresh_active_flags(conn: Connection, now: datetime) -> int:
         return 0
     ordered = sorted(wrong)
     lock_users(conn, ordered)
-    off: list[tuple[int, str]] = []
-    on: list[tuple[int, str]] = []
+    off: list[tuple[str, int]] = []
+    on: list[tuple[str, int]] = []
     for r in flag_rows(conn, ordered, now):
         if r.active and not r.should_be_active:
-            off.append((r.id, r.user_id))
+            off.append((r.user_id, r.id))
         elif r.should_be_active and not r.active:
-            on.append((r.id, r.user_id))
-    changed = 0
-    for targets, value in ((off, False), (on, True)):  # off first: one active run per user
-        for part in chunks(targets):
-            changed += conn.execute(
-                update(runs)
-                .where(runs.c.user_id.in_({u for _, u in part}), runs.c.id.in_([i for i, _ in part]))
-                .values(active=value)
-            ).rowcount
-    return changed
+            on.append((r.user_id, r.id))
+    # off first: one active run per user
+    return set_active(conn, off, False) + set_active(conn, on, True)
 
 
 def validate_invariants(
@@ -265,17 +202,8 @@ def timezones_of(db: Database, user_ids: Sequence[str]) -> dict[str, str]:
 
 def run_length_counts(db: Database, user_ids: Sequence[str] | None = None) -> dict[int, int]:
     """Return how many stored runs have each day_count (every user's, or the given users')."""
-    query = select(runs.c.day_count, func.count()).group_by(runs.c.day_count)
-    counts: Counter[int] = Counter()
     with db.read() as conn:
-        if user_ids is None:
-            counts.update({int(n): int(c) for n, c in conn.execute(query)})
-        else:
-            for part in chunks(sorted(set(user_ids))):
-                counts.update(
-                    {int(n): int(c) for n, c in conn.execute(query.where(runs.c.user_id.in_(part)))}
-                )
-    return dict(counts)
+        return run_length_counts_of(conn, None if user_ids is None else sorted(set(user_ids)))
 
 
 @dataclass(frozen=True)
@@ -299,7 +227,4 @@ class IndexCheck:
 def index_check(db: Database) -> IndexCheck:
     """Return the database's keys on day_marks and runs, as its catalog describes them."""
     db.require_schema()
-    inspector = inspect(db.engine)
-    key = inspector.get_pk_constraint("day_marks").get("constrained_columns") or []
-    indexed = [[str(c) for c in ix["column_names"] if c is not None] for ix in inspector.get_indexes("runs")]
-    return IndexCheck([str(c) for c in key], indexed)
+    return IndexCheck(catalog.primary_key(db.engine, "day_marks"), catalog.indexes(db.engine, "runs"))

@@ -15,10 +15,10 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from potato_ops.config import DATABASE_URL_ENV, default_sqlite_path, mask_secrets
-from potato_ops.domain.dates import parse_date_range, system_clock, validate_timezone
-from potato_ops.errors import InvalidDateRangeError, InvalidTimezoneError, NotebookParameterError
-from potato_ops.monitoring.metrics import parse_since
+from potato_ops import BulkConfig
+from potato_ops.config import DATABASE_URL_ENV, database_url_in, default_sqlite_path, mask_secrets
+from potato_ops.domain.dates import parse_date_range, parse_since, system_clock, validate_timezone
+from potato_ops.errors import ConfigError, InvalidDateRangeError, InvalidTimezoneError, NotebookParameterError
 from potato_ops.notebook_runs.parameters import parse_value, refuse_secrets
 from potato_ops.runbook.display import Shown
 
@@ -125,6 +125,10 @@ def url_env_param(value: object) -> str:
             f"environment variable {name} (named by database_url_env) is not set: set it to the "
             f"database URL, or use the default {DATABASE_URL_ENV} (unset: the embedded database)"
         )
+    try:
+        database_url_in(name)
+    except ConfigError as exc:
+        raise RunbookParameterError(f"parameter database_url_env: {exc}") from None
     return name
 
 
@@ -176,8 +180,11 @@ class CheckedParams(Shown):
         if self.common.embedded:
             found.append(("warn", self.common.embedded_warning()))
         for item in fields(cast(Any, self)):
-            if item.name != "common":
-                found.append(("info", f"{item.name}: {_shown(getattr(self, item.name))}"))
+            value = getattr(self, item.name)
+            if isinstance(value, BulkConfig):  # shown setting by setting, as the ledger keeps it
+                found.extend(("info", f"{k}: {_shown(v)}") for k, v in value.to_json().items())
+            elif item.name != "common":
+                found.append(("info", f"{item.name}: {_shown(value)}"))
         found.append(("info", f"operator: {self.common.operator or '(not given)'}"))
         found.append(("info", f"ticket: {self.common.ticket or '(not given)'}"))
         found.append(("info", f"database_url_env: {self.common.database_url_env}"))
@@ -255,41 +262,90 @@ def check_single_user_recovery(
     operator: object,
     ticket: object,
     database_url_env: object,
-    from_date: object = "",
-    to_date: object = "",
 ) -> SingleUserParams:
-    """Return the checked parameters of 01 (and, with a range, 02)."""
-    lo, hi = date_range_param(from_date, to_date)
+    """Return the checked parameters of 01 (a full rebuild of one user)."""
+    return _single_user(
+        (None, None),
+        user_email,
+        user_id,
+        dry_run,
+        keep_backup,
+        calendar_days,
+        operator,
+        ticket,
+        database_url_env,
+    )
+
+
+def check_partial_rebuild(
+    *,
+    user_email: object,
+    user_id: object,
+    from_date: object,
+    to_date: object,
+    dry_run: object,
+    keep_backup: object,
+    calendar_days: object,
+    operator: object,
+    ticket: object,
+    database_url_env: object,
+) -> SingleUserParams:
+    """Return the checked parameters of 02 (01's, with the range to rebuild)."""
+    return _single_user(
+        date_range_param(from_date, to_date),
+        user_email,
+        user_id,
+        dry_run,
+        keep_backup,
+        calendar_days,
+        operator,
+        ticket,
+        database_url_env,
+    )
+
+
+def _single_user(
+    date_range: tuple[date | None, date | None],
+    user_email: object,
+    user_id: object,
+    dry_run: object,
+    keep_backup: object,
+    calendar_days: object,
+    operator: object,
+    ticket: object,
+    database_url_env: object,
+) -> SingleUserParams:
     checked = SingleUserParams(
         common_params(operator, ticket, database_url_env),
         user_param(user_email, user_id),
         flag_param("dry_run", dry_run),
         flag_param("keep_backup", keep_backup),
-        lo,
-        hi,
+        *date_range,
         int_param("calendar_days", calendar_days),
     )
     required_user(checked.user, "this single-user procedure")
     return checked
 
 
-check_partial_rebuild = check_single_user_recovery
-
-
 @dataclass(frozen=True, repr=False)
 class BulkParams(CheckedParams):
-    """03 bulk recovery."""
+    """03 bulk recovery: the users and the library's own ``BulkConfig`` (its defaults are 03's)."""
 
     common: Common
     user_ids: tuple[str, ...]  # empty: every user
-    batch_size: int
-    max_workers: int
-    dry_run: bool
-    from_date: date | None
-    to_date: date | None
-    skip_backup: bool
-    max_failure_rate: float
-    ignore_feature_flag: bool
+    config: BulkConfig
+    operation_id: str = ""  # an operation to pause or to continue instead of starting one
+    pause: bool = False
+
+    @property
+    def dry_run(self) -> bool:
+        """Return True when the rebuild only computes and shows its changes."""
+        return self.config.dry_run
+
+    @property
+    def skip_backup(self) -> bool:
+        """Return True when no backups are kept."""
+        return self.config.skip_backup
 
 
 def check_bulk_recovery(
@@ -303,24 +359,50 @@ def check_bulk_recovery(
     skip_backup: object,
     max_failure_rate: object,
     ignore_feature_flag: object,
+    max_replica_lag: object,
+    max_active_sessions: object,
+    nice_ratio: object,
+    batch_seconds: object,
+    min_batch_size: object,
+    max_batch_size: object,
+    window: object,
+    window_timezone: object,
+    operation_id: object,
+    pause: object,
     operator: object,
     ticket: object,
     database_url_env: object,
 ) -> BulkParams:
-    """Return the checked parameters of 03."""
+    """Return the checked parameters of 03 (an empty text or a 0 leaves a throttle setting unset)."""
     lo, hi = date_range_param(from_date, to_date)
-    return BulkParams(
-        common_params(operator, ticket, database_url_env),
-        ids_param("user_ids", user_ids),
-        int_param("batch_size", batch_size),
-        int_param("max_workers", max_workers),
-        flag_param("dry_run", dry_run),
-        lo,
-        hi,
-        flag_param("skip_backup", skip_backup),
-        float_param("max_failure_rate", max_failure_rate),
-        flag_param("ignore_feature_flag", ignore_feature_flag),
-    )
+    common = common_params(operator, ticket, database_url_env)
+    ids = ids_param("user_ids", user_ids)
+    try:
+        config = BulkConfig(
+            batch_size=int_param("batch_size", batch_size),
+            max_workers=int_param("max_workers", max_workers),
+            dry_run=flag_param("dry_run", dry_run),
+            from_date=lo,
+            to_date=hi,
+            skip_backup=flag_param("skip_backup", skip_backup),
+            max_failure_rate=float_param("max_failure_rate", max_failure_rate),
+            ignore_feature_flag=flag_param("ignore_feature_flag", ignore_feature_flag),
+            max_replica_lag=text_param("max_replica_lag", max_replica_lag) or None,
+            max_active_sessions=int_param("max_active_sessions", max_active_sessions) or None,
+            nice_ratio=float_param("nice_ratio", nice_ratio),
+            batch_seconds=float_param("batch_seconds", batch_seconds) or None,
+            min_batch_size=int_param("min_batch_size", min_batch_size),
+            max_batch_size=int_param("max_batch_size", max_batch_size) or None,
+            window=text_param("window", window) or None,
+            window_timezone=text_param("window_timezone", window_timezone) or "UTC",
+        )
+    except ConfigError as exc:
+        raise RunbookParameterError(f"{exc}") from None
+    operation = text_param("operation_id", operation_id)
+    pausing = flag_param("pause", pause)
+    if pausing and not operation:
+        raise RunbookParameterError("pause=True needs the operation to pause: give operation_id")
+    return BulkParams(common, ids, config, operation, pausing)
 
 
 @dataclass(frozen=True, repr=False)

@@ -12,7 +12,7 @@ from typing import Never
 
 from tqdm.auto import tqdm
 
-from potato_ops.ops.bulk.results import Progress
+from potato_ops import Progress
 
 
 class ProgressBar:
@@ -28,6 +28,7 @@ class ProgressBar:
         self.disable = disable
         self.desc = desc
         self._bar: tqdm[Never] | None = None
+        self._postfix = ""
 
     def __call__(self, progress: Progress) -> None:
         bar = self._bar
@@ -41,8 +42,12 @@ class ProgressBar:
                 file=sys.stderr,
             )
         bar.update(progress.processed_users - bar.n)
-        if progress.failed_users:
-            bar.set_postfix(failed=progress.failed_users, refresh=False)
+        postfix = f"failed={progress.failed_users}" if progress.failed_users else ""
+        if progress.waiting:  # throttled, outside its window, or paused: say why it does not move
+            postfix = f"{postfix}, {progress.waiting}" if postfix else progress.waiting
+        if postfix != self._postfix:
+            self._postfix = postfix
+            bar.set_postfix_str(postfix, refresh=True)
 
     def __enter__(self) -> ProgressBar:
         return self

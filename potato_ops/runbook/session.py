@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import polars as pl
 from sqlalchemy.exc import SQLAlchemyError
 
-from potato_ops.db.schema import RUNS_V2_FLAG
 from potato_ops.errors import ConfigError, SchemaError
 from potato_ops.monitoring.alerts import default_rules
 from potato_ops.runbook.display import Shown
@@ -53,7 +52,7 @@ class Session(Shown):
         found.append(
             (
                 "ok" if self.feature_flag else "warn",
-                f"feature flag {RUNS_V2_FLAG}: {'on' if self.feature_flag else 'off'}",
+                f"feature flag {Storage.RUNS_V2_FLAG}: {'on' if self.feature_flag else 'off'}",
             )
         )
         return found
@@ -85,7 +84,7 @@ def open_session(common: Common) -> Session:
         else:
             storage.check_schema()
         database = storage.describe()
-        flag = storage.get_feature_flag(RUNS_V2_FLAG)
+        flag = storage.get_feature_flag(Storage.RUNS_V2_FLAG)
     except SQLAlchemyError as exc:
         first = str(getattr(exc, "orig", exc) or exc).strip().splitlines()[0]
         raise ConfigError(f"cannot use the database {storage.url}: {first}") from None
@@ -190,7 +189,7 @@ def safety_checklist(
         flag_detail += ": a real bulk rebuild is refused unless ignore_feature_flag=True"
     elif not flag:
         flag_detail += ": the app does not serve runs from this table yet"
-    items.append(CheckItem(f"Feature flag {RUNS_V2_FLAG}", "ok" if flag else "warn", flag_detail))
+    items.append(CheckItem(f"Feature flag {Storage.RUNS_V2_FLAG}", "ok" if flag else "warn", flag_detail))
     items.append(
         CheckItem(
             "Monitoring alerts configured",

@@ -4,9 +4,10 @@ A run, step by step:
 
 1. The config is checked and, for a real run, the feature flag: bad input raises before
    anything is written.
-2. The operation and one item per user go into the ledger (``potato_ops.ops.bulk.ledger``), owned by
-   this process's runner (on PostgreSQL it also holds the operation's session lock).
-3. The pending items are cut into batches (``potato_ops.ops.bulk.claims``) and ``max_workers``
+2. The operation and one item per user go into the ledger (``potato_ops.db.ledger``), owned by
+   this process (its ``Owner``: host, pid, token; on PostgreSQL it also holds the operation's
+   session lock).
+3. The pending items are cut into batches (``potato_ops.db.claims``) and ``max_workers``
    threads claim them one at a time, each claim a lease; workers on other hosts may join the
    same operation (``join_bulk_operation``, ``potato-ops bulk-worker OPID``; PostgreSQL only)
    and claim from the same batches (``FOR UPDATE SKIP LOCKED``), so no user is rebuilt twice.
@@ -25,9 +26,9 @@ A run, step by step:
    worker's, from the ledger) to the optional callback; every claim reads a cancel request,
    so a cancel stops every worker of the operation at its next batch boundary.
 5. The operation ends completed, failed (failure rate exceeded or an unexpected error),
-   cancelled, or, when the process is killed, stays "running" with its runner gone, which
+   cancelled, or, when the process is killed, stays "running" with its owner gone, which
    ``get_rebuild_progress`` reports as interrupted and ``resume_bulk_rebuild`` takes over: it
-   bumps the epoch (fencing out every earlier runner and worker) and cuts the batches afresh.
+   bumps the epoch (fencing out every earlier owner and worker) and cuts the batches afresh.
 
 Rebuilding a user is idempotent (only wrong runs are replaced, and only changed users are
 backed up), so redoing a batch that never committed can neither duplicate runs nor backups.
@@ -44,12 +45,15 @@ import logging
 import uuid
 from collections.abc import Sequence
 
+from potato_ops.db import claims, ledger, throttling
 from potato_ops.db.engine import read_connection, write_transaction
+from potato_ops.db.locks import operation_lock
 from potato_ops.db.schema import RUNS_V2_FLAG
+from potato_ops.domain import operations
 from potato_ops.errors import ConfigError, FeatureFlagError, OperationRunningError
-from potato_ops.ops.bulk import claims, ledger, ownership, rows
+from potato_ops.ops.bulk import ownership
 from potato_ops.ops.bulk.config import BulkConfig
-from potato_ops.ops.bulk.executor import KIND, BulkRun
+from potato_ops.ops.bulk.executor import KIND, BulkExecutor
 from potato_ops.ops.bulk.results import (
     BulkResult,
     Progress,
@@ -86,10 +90,11 @@ def bulk_rebuild_users(
         if bad:
             raise ConfigError(f"user_ids must be non-empty strings; found {bad[0]!r}")
     _check_flag(db, config)
+    _throttle_refusal(db, config)
     operation_id = uuid.uuid4().hex
-    runner = ownership.new_runner()
+    owner = ownership.new_owner()
     try:
-        with ownership.operation_lock(db.engine, operation_id) as got:
+        with operation_lock(db.engine, operation_id) as got:
             if not got:  # a fresh random id: cannot happen unless the lock namespace collides
                 raise OperationRunningError(f"operation {operation_id} is locked by another session")
             now = db.now()
@@ -101,11 +106,11 @@ def bulk_rebuild_users(
                     dry_run=config.dry_run,
                     config=config.to_json(),
                     user_ids=user_ids,
-                    runner=runner,
+                    owner=owner,
                     now=now,
                 )
-                ledger.claim(conn, operation_id, runner, now, previous=runner.token)
-                claims.plan_batches(conn, operation_id, config.batch_size)
+                ledger.claim(conn, operation_id, owner, now, previous=owner.token)
+                claims.plan_batches(conn, operation_id, config.claim_size)
             log.info(
                 "bulk operation %s: %d users, %s, batch %d, workers %d",
                 operation_id,
@@ -114,13 +119,13 @@ def bulk_rebuild_users(
                 config.batch_size,
                 config.max_workers,
             )
-            return BulkRun(db, operation_id, config, runner, progress).execute(None)
+            return BulkExecutor(db, operation_id, config, owner, progress).execute(None)
     finally:
-        ownership.release_runner(runner)
+        ownership.release_owner(owner)
 
 
 def get_rebuild_progress(db: Database, operation_id: str) -> Progress:
-    """Return the operation's progress; a running one whose runner is gone is interrupted."""
+    """Return the operation's progress; a running one whose owner is gone is interrupted."""
     with read_connection(db.engine) as conn:
         op = ledger.fetch_operation(conn, operation_id)
     return progress_of(db, _settle(db, op))
@@ -128,17 +133,35 @@ def get_rebuild_progress(db: Database, operation_id: str) -> Progress:
 
 def list_operations(db: Database, status: str | None = None, limit: int = 20) -> list[Progress]:
     """Return recent operations, newest first, optionally only those with this status."""
-    if status is not None and status not in rows.STATUSES:
-        raise ConfigError(f"status must be one of {', '.join(rows.STATUSES)}, not {status!r}")
+    if status is not None and status not in operations.STATUSES:
+        raise ConfigError(f"status must be one of {', '.join(operations.STATUSES)}, not {status!r}")
     if limit < 1:
         raise ConfigError(f"limit must be at least 1, not {limit}")
     with read_connection(db.engine) as conn:
-        live = [op for s in rows.LIVE for op in ledger.recent_operations(conn, s, 1000)]
-    for op in live:  # mark the ones whose runner is gone, so the filter sees them as such
+        live = [op for s in operations.LIVE for op in ledger.recent_operations(conn, s, 1000)]
+    for op in live:  # mark the ones whose owner is gone, so the filter sees them as such
         _settle(db, op)
+    if status is None:
+        with read_connection(db.engine) as conn:
+            found = ledger.recent_operations(conn, None, limit)
+        return [progress_of(db, op) for op in found]
+    # "paused" is shown, not stored: it is a pending, running or interrupted one asked to pause.
+    stored = (
+        (operations.PENDING, operations.RUNNING, operations.INTERRUPTED)
+        if status == operations.PAUSED
+        else (status,)
+    )
     with read_connection(db.engine) as conn:
-        found = ledger.recent_operations(conn, status, limit)
-    return [progress_of(db, op) for op in found]
+        candidates = [op for s in stored for op in ledger.recent_operations(conn, s, limit + 1000)]
+    candidates.sort(key=lambda op: (op.created_at, op.id), reverse=True)
+    shown: list[Progress] = []
+    for op in candidates:
+        p = progress_of(db, op)
+        if p.status == status:
+            shown.append(p)
+            if len(shown) == limit:
+                break
+    return shown
 
 
 def resume_bulk_rebuild(
@@ -148,22 +171,30 @@ def resume_bulk_rebuild(
     failed_only: bool = False,
     progress: ProgressCallback | None = None,
 ) -> BulkResult:
-    """Finish an operation whose runner is gone: only its users not yet completed.
+    """Finish an operation whose owner is gone: only its users not yet completed.
 
     A completed operation is returned as it is (no-op), unless ``failed_only``: then only
     its failed users are tried again. Raises OperationRunningError while the operation's
-    runner is alive, OperationNotFoundError for an unknown id.
+    owner is alive, OperationNotFoundError for an unknown id.
     """
     with read_connection(db.engine) as conn:
         op = ledger.fetch_operation(conn, operation_id)
         counts = ledger.item_counts(conn, operation_id)
+        paused = throttling.pause_requested(conn, operation_id)
     config = BulkConfig.from_json(op.config)
+    if paused and op.status not in (operations.COMPLETED, operations.FAILED, operations.CANCELLED):
+        with write_transaction(db.engine) as conn:
+            throttling.set_pause(conn, operation_id, False)
+            alive = op.status in operations.LIVE and ownership.owner_alive(conn, op, db.now())
+        log.info("bulk operation %s: resumed from pause", operation_id)
+        if alive:  # its workers, waiting at their gates, go on by themselves
+            return stored_result(db, op)
     if _nothing_to_resume(op, counts, failed_only):
         return stored_result(db, op)
     _check_flag(db, config)
-    runner = ownership.new_runner()
+    owner = ownership.new_owner()
     try:
-        with ownership.operation_lock(db.engine, operation_id) as got:
+        with operation_lock(db.engine, operation_id) as got:
             if not got:
                 raise OperationRunningError(_running_message(op))
             now = db.now()
@@ -172,28 +203,29 @@ def resume_bulk_rebuild(
                 counts = ledger.item_counts(conn, operation_id)
                 if _nothing_to_resume(op, counts, failed_only):
                     return stored_result(db, op)
-                # On PostgreSQL the lock we hold proves the old runner gone.
+                # On PostgreSQL the lock we hold proves the old owner gone.
                 pg = db.dialect == "postgresql"
-                if not pg and op.status in rows.LIVE and ownership.runner_alive(conn, op, now):
+                if not pg and op.status in operations.LIVE and ownership.owner_alive(conn, op, now):
                     raise OperationRunningError(_running_message(op))
-                if not ledger.claim(conn, operation_id, runner, now, previous=op.runner_token):
+                if not ledger.claim(conn, operation_id, owner, now, previous=op.runner_token):
                     raise OperationRunningError(
                         f"operation {operation_id} was just taken over by another process"
                     )
-                # Every earlier runner and worker is fenced out from here: their batches
+                # Every earlier owner and worker is fenced out from here: their batches
                 # roll back at commit, and their claims are dropped with the old batches.
                 epoch = claims.take_over(conn, operation_id)
+                throttling.close_open_episodes(conn, operation_id)  # the earlier runners wait no more
                 only: list[str] | None = None
                 if failed_only:
                     only = [item.user_id for item in ledger.failed_items(conn, operation_id)]
                 ledger.reopen_failed(conn, operation_id)
-                claims.plan_batches(conn, operation_id, config.batch_size)
+                claims.plan_batches(conn, operation_id, config.claim_size)
             log.info("bulk operation %s resumed (was %s)", operation_id, op.status)
-            previous = op.status if op.status not in rows.LIVE else rows.INTERRUPTED
-            run = BulkRun(db, operation_id, config, runner, progress, epoch=epoch)
+            previous = op.status if op.status not in operations.LIVE else operations.INTERRUPTED
+            run = BulkExecutor(db, operation_id, config, owner, progress, epoch=epoch)
             return run.execute(only, status_if_left=previous)
     finally:
-        ownership.release_runner(runner)
+        ownership.release_owner(owner)
 
 
 def open_bulk_operation(
@@ -210,8 +242,8 @@ def open_bulk_operation(
         raise ConfigError("user_ids must be a list of ids, not one string")
     _check_flag(db, config)
     operation_id = uuid.uuid4().hex
-    runner = ownership.new_runner()
-    ownership.release_runner(runner)  # the operation is nobody's until a worker joins
+    owner = ownership.new_owner()
+    ownership.release_owner(owner)  # the operation is nobody's until a worker joins
     now = db.now()
     with write_transaction(db.engine) as conn:
         ledger.create_operation(
@@ -221,10 +253,10 @@ def open_bulk_operation(
             dry_run=config.dry_run,
             config=config.to_json(),
             user_ids=user_ids,
-            runner=runner,
+            owner=owner,
             now=now,
         )
-        claims.plan_batches(conn, operation_id, config.batch_size)
+        claims.plan_batches(conn, operation_id, config.claim_size)
     log.info("bulk operation %s opened for workers", operation_id)
     return operation_id
 
@@ -247,41 +279,64 @@ def join_bulk_operation(
         raise ConfigError(f"max_workers must be at least 1, not {max_workers!r}")
     with read_connection(db.engine) as conn:
         op = ledger.fetch_operation(conn, operation_id)
-    if op.status in (rows.COMPLETED, rows.FAILED, rows.CANCELLED):
+    if op.status in (operations.COMPLETED, operations.FAILED, operations.CANCELLED):
         return stored_result(db, op)
     config = BulkConfig.from_json(op.config)
     if max_workers is not None:
         config = dataclasses.replace(config, max_workers=max_workers)
     _check_flag(db, config)
-    runner = ownership.new_runner()
+    _throttle_refusal(db, config)
+    owner = ownership.new_owner()
     try:
-        with ownership.operation_lock(db.engine, operation_id, owner=False):
+        with operation_lock(db.engine, operation_id, owner=False):
             with write_transaction(db.engine) as conn:
                 epoch = ledger.join(conn, operation_id, db.now())
             if epoch is None:
                 with read_connection(db.engine) as conn:
                     return stored_result(db, ledger.fetch_operation(conn, operation_id))
-            log.info("bulk operation %s: worker %s joined", operation_id, runner.token)
-            run = BulkRun(db, operation_id, config, runner, progress, epoch=epoch, owner=False)
-            return run.execute(None, status_if_left=rows.RUNNING)
+            log.info("bulk operation %s: worker %s joined", operation_id, owner.token)
+            run = BulkExecutor(db, operation_id, config, owner, progress, epoch=epoch, owner=False)
+            return run.execute(None, status_if_left=operations.RUNNING)
     finally:
-        ownership.release_runner(runner)
+        ownership.release_owner(owner)
+
+
+def pause_bulk_rebuild(db: Database, operation_id: str) -> Progress:
+    """Pause an operation: every worker, on every host, stops at its next batch boundary.
+
+    The workers keep nothing claimed and wait (the status reads ``paused``) until
+    ``resume_bulk_rebuild``; the request is in the ledger, so it outlives any runner. An
+    operation that has ended is left as it is. Returns its progress.
+    """
+    with write_transaction(db.engine) as conn:
+        op = ledger.fetch_operation(conn, operation_id)
+        if op.status in (operations.PENDING, operations.RUNNING, operations.INTERRUPTED):
+            throttling.set_pause(conn, operation_id, True)
+            log.info("bulk operation %s: pause requested", operation_id)
+    return get_rebuild_progress(db, operation_id)
+
+
+def throttle_episodes(db: Database, operation_id: str) -> list[throttling.Episode]:
+    """Return the operation's waits (paused, window, replica lag, load), oldest first."""
+    with read_connection(db.engine) as conn:
+        ledger.fetch_operation(conn, operation_id)  # OperationNotFoundError for an unknown id
+        return throttling.episodes(conn, operation_id)
 
 
 def cancel_bulk_rebuild(db: Database, operation_id: str) -> Progress:
     """Stop an operation at its next batch boundary; return its progress.
 
-    A live runner is asked to stop (it reports cancelled when it does); an operation whose
-    runner is gone is marked cancelled at once; a finished one is left as it is.
+    A live owner is asked to stop (it reports cancelled when it does); an operation whose
+    owner is gone is marked cancelled at once; a finished one is left as it is.
     """
     with write_transaction(db.engine) as conn:
         op = ledger.fetch_operation(conn, operation_id)
         now = db.now()
-        if op.status in (rows.PENDING, rows.RUNNING) and ownership.runner_alive(conn, op, now):
+        if op.status in (operations.PENDING, operations.RUNNING) and ownership.owner_alive(conn, op, now):
             ledger.request_cancel(conn, operation_id)
-        elif op.status in (rows.PENDING, rows.RUNNING, rows.INTERRUPTED):
+        elif op.status in (operations.PENDING, operations.RUNNING, operations.INTERRUPTED):
             ledger.request_cancel(conn, operation_id)
-            ledger.set_status(conn, operation_id, rows.CANCELLED, now, expect_token=op.runner_token)
+            ledger.set_status(conn, operation_id, operations.CANCELLED, now, expect_token=op.runner_token)
     log.info("bulk operation %s: cancel requested", operation_id)
     return get_rebuild_progress(db, operation_id)
 
@@ -299,6 +354,15 @@ def _check_flag(db: Database, config: BulkConfig) -> None:
         )
 
 
+def _throttle_refusal(db: Database, config: BulkConfig) -> None:
+    option = config.postgres_only_option()
+    if option is not None and db.dialect != "postgresql":
+        raise ConfigError(
+            f"{option} needs PostgreSQL: SQLite has no standbys and no other sessions to watch "
+            "(leave it out; --window, --nice-ratio and --batch-seconds work on SQLite)"
+        )
+
+
 def _one_host_refusal(db: Database) -> None:
     if db.dialect != "postgresql":
         raise ConfigError(
@@ -307,25 +371,25 @@ def _one_host_refusal(db: Database) -> None:
         )
 
 
-def _nothing_to_resume(op: rows.OperationRow, counts: rows.ItemCounts, failed_only: bool) -> bool:
+def _nothing_to_resume(op: operations.OperationRow, counts: operations.ItemCounts, failed_only: bool) -> bool:
     if failed_only:
         return counts.failed == 0
-    return op.status == rows.COMPLETED
+    return op.status == operations.COMPLETED
 
 
-def _running_message(op: rows.OperationRow) -> str:
+def _running_message(op: operations.OperationRow) -> str:
     where = f" (pid {op.runner_pid} on {op.runner_host})" if op.runner_pid else ""
     return f"operation {op.id} is still being run by a live runner{where}: refusing to take it over"
 
 
-def _settle(db: Database, op: rows.OperationRow) -> rows.OperationRow:
-    """Return op; a live-status one whose runner is gone is marked interrupted in the ledger."""
-    if op.status not in rows.LIVE:
+def _settle(db: Database, op: operations.OperationRow) -> operations.OperationRow:
+    """Return op; a live-status one whose owner is gone is marked interrupted in the ledger."""
+    if op.status not in operations.LIVE:
         return op
     with read_connection(db.engine) as conn:
-        alive = ownership.runner_alive(conn, op, db.now())
+        alive = ownership.owner_alive(conn, op, db.now())
     if alive:
         return op
     with write_transaction(db.engine) as conn:
-        ledger.set_status(conn, op.id, rows.INTERRUPTED, db.now(), expect_token=op.runner_token)
+        ledger.set_status(conn, op.id, operations.INTERRUPTED, db.now(), expect_token=op.runner_token)
         return ledger.fetch_operation(conn, op.id)

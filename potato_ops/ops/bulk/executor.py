@@ -1,46 +1,47 @@
-"""The run of a bulk operation: worker threads claim batches from the ledger and run each.
+"""The bulk executor: worker threads claim batches from the ledger and run each.
 
-``BulkRun.execute`` starts ``max_workers`` threads; each claims the operation's next free
-batch (``claims``: a lease, shared with every other worker of the operation, on this host or
-another), rebuilds its pending users in ONE writing transaction (``fill.rebuild_bulk_batch``, then the
-history rows and the ledger items) and commits it only behind the fence (this worker still
-holds the operation's epoch and the batch's claim). A batch with any failing user is rolled
-back and each of its users is redone alone (up to two tries), so one bad user never fails its
-neighbours. Between batches the coordinator stamps the heartbeat, checks the failure rate and
-reports progress counted over every worker; a cancel request stops every worker at its next
-claim. The owner records the final status whatever happens; a runner fenced out by a takeover
-stops and writes nothing more.
+``BulkExecutor.execute`` starts ``max_workers`` threads; each claims the operation's next free
+batch (``db.claims``: a lease, shared with every other worker of the operation, on this host or
+another) and hands it to the ``batch.BatchWorker``, which rebuilds it in one transaction behind
+the fence (this worker still holds the operation's epoch and the batch's claim) and redoes
+each user alone when the batch fails. Between batches the coordinator stamps the heartbeat,
+checks the failure rate and reports progress counted over every worker; a cancel request
+stops every worker at its next claim. The owner records the final status whatever happens; a
+worker fenced out by a takeover stops and writes nothing more.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from potato_ops.config import mask_secrets
-from potato_ops.db import history
+from potato_ops.db import claims, ledger
 from potato_ops.db.engine import read_connection, write_transaction
-from potato_ops.db.reads import fetch_users
-from potato_ops.errors import UserNotFoundError
-from potato_ops.ops.bulk import claims, ledger, ownership, rows
-from potato_ops.ops.bulk.config import BulkConfig
-from potato_ops.ops.bulk.fill import rebuild_bulk_batch
-from potato_ops.ops.bulk.results import BulkResult, Progress, ProgressCallback, result_from_ledger
-from potato_ops.ops.database import Database, Rollback
-from potato_ops.ops.rebuild import (
+from potato_ops.domain import operations
+from potato_ops.domain.operations import Owner
+from potato_ops.ops.batch_rebuild import (
     BACKUP_CHANGED,
     BACKUP_NEVER,
     BatchOptions,
-    UserOutcome,
-    history_entry,
 )
+from potato_ops.ops.bulk import retry
+from potato_ops.ops.bulk.batch import BatchDone, BatchWorker
+from potato_ops.ops.bulk.config import BulkConfig
+from potato_ops.ops.bulk.results import (
+    BulkResult,
+    Progress,
+    ProgressCallback,
+    result_from_ledger,
+    waiting_fields,
+)
+from potato_ops.ops.bulk.throttle import Gate, RunnerId
+from potato_ops.ops.database import Database
 
 log = logging.getLogger("potato_ops")
 
@@ -49,20 +50,12 @@ FAILURE_RATE_MIN_USERS = 100  # the failure rate is judged once this many users 
 HEARTBEAT_EVERY_S = 1.0
 WAIT_FOR_OTHERS_S = 0.5  # how often a worker with nothing to claim looks again
 FENCED = "fenced"  # why a run stopped: it lost the operation (a takeover); it writes nothing more
-_MESSAGE_CHARS = 500
 
 
-@dataclass
-class _BatchDone:
-    results: list[rows.ItemResult]
-    timings: dict[str, float]
-    handled: threading.Event = field(default_factory=threading.Event)
-
-
-class BulkRun:
+class BulkExecutor:
     """One worker's pass over an operation: its threads claim batches until none is left.
 
-    The owner (the runner that started or resumed the operation) records the final status;
+    The owner (the process that started or resumed the operation) records the final status;
     a joined worker (``join``, on any host) only stops, unless it is the one that finds the
     operation finished.
     """
@@ -72,7 +65,7 @@ class BulkRun:
         db: Database,
         operation_id: str,
         config: BulkConfig,
-        runner: ownership.Runner,
+        worker: Owner,
         progress: ProgressCallback | None,
         *,
         epoch: int = 0,
@@ -82,7 +75,7 @@ class BulkRun:
         self.engine = db.engine
         self.operation_id = operation_id
         self.config = config
-        self.runner = runner
+        self.worker = worker
         self.callback = progress
         self.epoch = epoch
         self.owner = owner
@@ -95,28 +88,31 @@ class BulkRun:
             backup=BACKUP_NEVER if dry or config.skip_backup else BACKUP_CHANGED,
             backup_reason="bulk",
         )
-        self.history_kind = history.PARTIAL_REBUILD if self.options.partial else history.REBUILD
+        self.stop = threading.Event()
+        self.batches = BatchWorker(db, operation_id, config, worker, epoch, self.options, self.stop)
+        # Before each claim a worker passes the gate (pause, window, standby lag, load).
+        self.gate = Gate(db, operation_id, config, RunnerId(worker.token, worker.host, worker.pid), epoch)
         self.timings: dict[str, float] = {}
         self._timings_lock = threading.Lock()
-        self.stop = threading.Event()
-        self._done: queue.Queue[_BatchDone | None] = queue.Queue()
+        self._done: queue.Queue[BatchDone | None] = queue.Queue()
         self._stop_reason: str | None = None
         self._errors: list[BaseException] = []
-        self._only: set[str] | None = None
         self._counts_lock = threading.Lock()
         self._coordinator_gone = threading.Event()
-        self._base = rows.ItemCounts()
+        self._base = operations.ItemCounts()
         self._ok = self._failed = 0  # users this run processed since _base was read
         self._start_processed: int | None = None
+        self._processed_here = 0  # users this run processed (its own rate's base)
 
     # ------------------------------------------------------------ coordinator
 
-    def execute(self, only: list[str] | None, status_if_left: str = rows.CANCELLED) -> BulkResult:
+    def execute(self, only: list[str] | None, status_if_left: str = operations.CANCELLED) -> BulkResult:
         """Process the pending users (or only those given); record the final status."""
         t0 = time.perf_counter()
-        status: str = rows.FAILED
+        status: str = operations.FAILED
+        reason: str | None = None
         error: str | None = "the runner stopped unexpectedly"
-        self._only = None if only is None else set(only)
+        self.batches.only = None if only is None else set(only)
         try:
             with read_connection(self.engine) as conn:
                 base = ledger.item_counts(conn, self.operation_id)
@@ -126,37 +122,39 @@ class BulkRun:
             if reason == FENCED:
                 status, error = FENCED, None
             elif reason is not None and reason != "cancelled":
-                status, error = rows.FAILED, reason
+                status, error = operations.FAILED, reason
             elif left == 0:
-                status, error = rows.COMPLETED, None
+                status, error = operations.COMPLETED, None
             else:
-                status, error = (rows.CANCELLED if reason else status_if_left), None
+                status, error = (operations.CANCELLED if reason else status_if_left), None
         except Exception as exc:
-            error = f"{exc.__class__.__name__}: {mask_secrets(str(exc))}"[:_MESSAGE_CHARS]
+            error = retry.one_line(exc)  # one line: never the SQL or its parameters
             log.error("bulk operation %s failed: %s", self.operation_id, error)
             raise
         except BaseException:
-            status, error = rows.INTERRUPTED, "interrupted"
+            status, error = operations.INTERRUPTED, "interrupted"
             raise
         finally:
+            self.gate.close()
             self._record_end(status, error)
         elapsed = (time.perf_counter() - t0) * 1000
         with read_connection(self.engine) as conn:
             op = ledger.fetch_operation(conn, self.operation_id)
-            return result_from_ledger(conn, op, elapsed, dict(self.timings))
+            result = result_from_ledger(conn, op, elapsed, dict(self.timings))
+        return dataclasses.replace(result, processed_here=self._processed_here, taken_over=reason == FENCED)
 
     def _record_end(self, status: str, error: str | None) -> None:
         """Write the final status: the owner always, a joined worker only a completion or cancel."""
         if status == FENCED:
             log.warning("bulk operation %s: this runner lost the operation and stopped", self.operation_id)
             return
-        if not self.owner and status not in (rows.COMPLETED, rows.CANCELLED):
+        if not self.owner and status not in (operations.COMPLETED, operations.CANCELLED):
             return
         with write_transaction(self.engine) as conn:
             ledger.finish(
                 conn,
                 self.operation_id,
-                None if not self.owner else self.runner,
+                None if not self.owner else self.worker,
                 status,
                 self.db.now(),
                 error,
@@ -164,7 +162,7 @@ class BulkRun:
             )
         log.info("bulk operation %s ended %s", self.operation_id, status)
 
-    def _drive(self, base: rows.ItemCounts, t0: float) -> str | None:
+    def _drive(self, base: operations.ItemCounts, t0: float) -> str | None:
         """Run the worker threads; return why they stopped early (cancelled, fenced, a failure)."""
         self._base = base
         last_beat = time.perf_counter()
@@ -178,14 +176,20 @@ class BulkRun:
         running = len(threads)
         try:
             while running:
-                done = self._done.get()
+                try:
+                    done = self._done.get(timeout=HEARTBEAT_EVERY_S)
+                except queue.Empty:  # the workers wait at the gate (or run long batches)
+                    self._heartbeat()
+                    self._report(t0)
+                    last_beat = time.perf_counter()
+                    continue
                 if done is None:  # a thread ended
                     running -= 1
                     continue
                 self._add_timings(done.timings)
                 if time.perf_counter() - last_beat >= HEARTBEAT_EVERY_S:
                     self._heartbeat()
-                    self._refresh_base()
+                    retry.run_with_retry(self._refresh_base, "reading the counts", self.stop)
                     last_beat = time.perf_counter()
                 self._report(t0)
                 done.handled.set()
@@ -200,11 +204,12 @@ class BulkRun:
             raise self._errors[0]
         return self._stop_reason
 
-    def _account(self, done: _BatchDone) -> None:
+    def _account(self, done: BatchDone) -> None:
         """Count a batch's outcome; stop every thread once too many users failed."""
         with self._counts_lock:
-            self._ok += sum(r.status == rows.COMPLETED for r in done.results)
-            self._failed += sum(r.status == rows.FAILED for r in done.results)
+            self._processed_here += len(done.results)
+            self._ok += sum(r.status == operations.COMPLETED for r in done.results)
+            self._failed += sum(r.status == operations.FAILED for r in done.results)
             reason = self._failure_rate(self._base, self._ok, self._failed)
         if reason is not None:
             self._halt(reason)
@@ -226,20 +231,16 @@ class BulkRun:
         """Claim and run batches until none is left, the run stops, or an error."""
         try:
             while not self.stop.is_set():
-                with write_transaction(self.engine) as conn:
-                    claim = claims.claim_batch(
-                        conn,
-                        self.operation_id,
-                        self.config.batch_size,
-                        self.runner,
-                        self.epoch,
-                        self.db.now(),
-                    )
+                if not self.gate.wait_until_open(self.stop):
+                    return
+                claim = retry.run_with_retry(self._claim, "claiming a batch", self.stop)
                 if isinstance(claim, claims.NoClaim):
                     if claim.reason == claims.DONE:
                         return
                     if claim.reason == "busy":  # the rest is claimed by others: wait for them
                         self.stop.wait(WAIT_FOR_OTHERS_S)
+                        continue
+                    if claim.reason == claims.PAUSED:  # asked between the gate and the claim
                         continue
                     if claim.reason == "cancelled":
                         log.info(
@@ -248,7 +249,8 @@ class BulkRun:
                     self._halt(FENCED if claim.reason == "fenced" else claim.reason)
                     return
                 try:
-                    done = self._batch(claim)
+                    batch = functools.partial(self.batches.run, claim)
+                    done = retry.run_with_retry(batch, f"batch {claim.batch_no}", self.stop)
                     self._account(done)
                     self._done.put(done)
                     # The next claim waits until the coordinator reported this batch: a cancel
@@ -266,17 +268,23 @@ class BulkRun:
         finally:
             self._done.put(None)
 
+    def _claim(self) -> claims.Claim | claims.NoClaim:
+        with write_transaction(self.engine) as conn:
+            return claims.claim_batch(
+                conn, self.operation_id, self.config.claim_size, self.worker, self.epoch, self.db.now()
+            )
+
     def _heartbeat(self) -> None:
         """Stamp the heartbeat; a miss (SQLite busy behind the workers) only waits for the next."""
         if not self.owner:
             return
         try:
             with write_transaction(self.engine) as conn:
-                ledger.heartbeat(conn, self.operation_id, self.runner, self.db.now())
+                ledger.heartbeat(conn, self.operation_id, self.worker, self.db.now())
         except SQLAlchemyError as exc:
             log.warning("bulk operation %s: heartbeat skipped: %s", self.operation_id, exc)
 
-    def _failure_rate(self, base: rows.ItemCounts, ok: int, failed: int) -> str | None:
+    def _failure_rate(self, base: operations.ItemCounts, ok: int, failed: int) -> str | None:
         """Return a reason to stop when too many users failed (judged over the whole operation)."""
         failed += base.failed
         processed = ok + failed + base.completed
@@ -302,7 +310,7 @@ class BulkRun:
         self.callback(
             Progress(
                 operation_id=self.operation_id,
-                status=rows.RUNNING,
+                status=operations.RUNNING,
                 processed_users=processed,
                 total_users=base.total,
                 completed_users=base.completed + ok,
@@ -312,6 +320,7 @@ class BulkRun:
                 eta_seconds=eta,
                 kind=KIND,
                 dry_run=self.config.dry_run,
+                **waiting_fields(self.gate.current),
             )
         )
 
@@ -319,181 +328,3 @@ class BulkRun:
         with self._timings_lock:
             for phase, ms in timings.items():
                 self.timings[phase] = self.timings.get(phase, 0.0) + ms
-
-    # ------------------------------------------------------------ workers
-
-    def _batch(self, claim: claims.Claim) -> _BatchDone:
-        """Rebuild a claimed batch in one transaction; on any failure redo each user alone."""
-        timings: dict[str, float] = {}
-        with read_connection(self.engine) as conn:
-            user_ids = claims.batch_user_ids(conn, self.operation_id, claim)
-        if self._only is not None:
-            user_ids = [u for u in user_ids if u in self._only]
-        results: list[rows.ItemResult] | None = []
-        if user_ids:
-            results = self._attempt(user_ids, claim, tries=1, timings=timings)
-        if results is None:
-            results = []
-            for uid in user_ids:
-                alone = self._attempt([uid], claim, tries=2, timings=timings, alone=True)
-                assert alone is not None
-                results.extend(alone)
-        if not user_ids or not results or results[0].tries == 2 or self.config.dry_run:
-            with write_transaction(self.engine) as conn:  # the batch's own commit did not close it
-                claims.fence(conn, self.operation_id, claim, self.runner, self.epoch)
-                claims.close_batch(conn, self.operation_id, claim, self.db.now())
-        return _BatchDone(results, timings)
-
-    def _attempt(
-        self,
-        user_ids: list[str],
-        claim: claims.Claim,
-        *,
-        tries: int,
-        timings: dict[str, float],
-        alone: bool = False,
-    ) -> list[rows.ItemResult] | None:
-        """Try the users in one transaction; return their results, or None to retry each alone.
-
-        Alone, a failure is recorded (item failed, history row) instead of retried. A batch
-        commits only behind the fence (this worker still holds the operation and the claim).
-        """
-        started = self.db.now()
-        t0 = time.perf_counter()
-        outcomes: dict[str, UserOutcome] = {}
-        found: list[str] = []
-        try:
-            with write_transaction(self.engine) as conn:
-                users = fetch_users(conn, user_ids)
-                found = [u.id for u in users]
-                outcomes = rebuild_bulk_batch(conn, users, self.options, started, timings)
-                good = all(o.success for o in outcomes.values())
-                if self.config.dry_run or not good:
-                    raise Rollback
-                results = self._results(user_ids, found, outcomes, tries, t0)
-                t_rec = time.perf_counter()
-                now = self.db.now()
-                history.record_history(conn, self._history(results, outcomes, started, now))
-                ledger.record_items(conn, self.operation_id, results, now)
-                claims.fence(conn, self.operation_id, claim, self.runner, self.epoch)
-                if not alone:
-                    claims.close_batch(conn, self.operation_id, claim, now)
-                t_commit = time.perf_counter()
-                timings["ledger"] = timings.get("ledger", 0.0) + (t_commit - t_rec) * 1000
-            timings["commit"] = timings.get("commit", 0.0) + (time.perf_counter() - t_commit) * 1000
-            return results
-        except claims.Fenced:
-            raise
-        except Rollback:
-            if self.config.dry_run or alone:
-                results = self._results(user_ids, found, outcomes, tries, t0)
-                self._record_outside(results, outcomes, started, claim)
-                return results
-            return None
-        except Exception as exc:
-            if not alone:
-                log.info("batch of %d users rolled back (%s); redoing each alone", len(user_ids), exc)
-                return None
-            log.warning("user %s failed: %s: %s", user_ids[0], exc.__class__.__name__, exc)
-            message = mask_secrets(str(getattr(exc, "orig", None) or exc)).strip()
-            error = rows.ItemResult(
-                user_ids[0],
-                rows.FAILED,
-                tries,
-                duration_ms=(time.perf_counter() - t0) * 1000,
-                error_class=exc.__class__.__name__,
-                error_message=message.splitlines()[0][:_MESSAGE_CHARS] if message else "",
-            )
-            self._record_outside([error], {}, started, claim)
-            return [error]
-
-    def _results(
-        self,
-        user_ids: list[str],
-        found: list[str],
-        outcomes: dict[str, UserOutcome],
-        tries: int,
-        t0: float,
-    ) -> list[rows.ItemResult]:
-        # A user's duration is its own work (expected runs, diff, checks, timed one by one) plus
-        # an equal share of the batch's set-based statements, which serve every user at once.
-        present = set(found)
-        elapsed = (time.perf_counter() - t0) * 1000
-        own = {uid: outcomes[uid].own_ms for uid in user_ids if uid in present and uid in outcomes}
-        share = max(elapsed - sum(own.values()), 0.0) / max(len(user_ids), 1)
-        results: list[rows.ItemResult] = []
-        for uid in user_ids:
-            if uid not in present:
-                results.append(
-                    rows.ItemResult(
-                        uid,
-                        rows.FAILED,
-                        tries,
-                        duration_ms=share,
-                        error_class=UserNotFoundError.__name__,
-                        error_message="no user with this id",
-                    )
-                )
-                continue
-            o = outcomes[uid]
-            failure: dict[str, Any] = {}
-            if not o.success:
-                kinds = sorted({v.kind for v in o.violations})
-                failure = {
-                    "error_class": "InvariantViolation",
-                    "error_message": (
-                        f"{len(o.violations)} violations after rebuild ({', '.join(kinds)}): "
-                        + o.violations[0].detail
-                    )[:_MESSAGE_CHARS],
-                }
-            results.append(
-                rows.ItemResult(
-                    uid,
-                    rows.COMPLETED if o.success else rows.FAILED,
-                    tries,
-                    changed=o.changed,
-                    runs_deleted=o.runs_deleted,
-                    runs_created=o.runs_created,
-                    active_flags_changed=o.active_flags_changed,
-                    duration_ms=share + o.own_ms,
-                    **failure,
-                )
-            )
-        return results
-
-    def _history(
-        self,
-        results: list[rows.ItemResult],
-        outcomes: dict[str, UserOutcome],
-        started: datetime,
-        now: datetime,
-    ) -> list[history.HistoryEntry]:
-        return [
-            history_entry(
-                self.options,
-                outcomes.get(r.user_id),
-                user_id=r.user_id,
-                kind=self.history_kind,
-                started=started,
-                finished=now,
-                duration_ms=r.duration_ms,
-                error=None if r.status == rows.COMPLETED else f"{r.error_class}: {r.error_message}",
-            )
-            for r in results
-            if r.error_class != UserNotFoundError.__name__  # nobody to rebuild: the ledger says so
-        ]
-
-    def _record_outside(
-        self,
-        results: list[rows.ItemResult],
-        outcomes: dict[str, UserOutcome],
-        started: datetime,
-        claim: claims.Claim,
-    ) -> None:
-        """Record results whose rebuild was rolled back: a dry run's, or a failure's (fenced too)."""
-        now = self.db.now()
-        with write_transaction(self.engine) as conn:
-            claims.fence(conn, self.operation_id, claim, self.runner, self.epoch)
-            if not self.config.dry_run:
-                history.record_history(conn, self._history(results, outcomes, started, now))
-            ledger.record_items(conn, self.operation_id, results, now)

@@ -6,7 +6,7 @@ none (every run missing: the write-heavy case) need no diff, and a backup of eac
 of zero runs, so they are filled in a fixed number of statements per batch:
 
 * PostgreSQL: one INSERT ... SELECT groups their marked days into runs in the database (the
-  scan's gaps-and-islands query, the active flag from each user's local today); nothing comes
+  grouping of ``db.grouping``, the active flag by its SQL twin on each user's local today); nothing comes
   back to Python. It is validated as a bulk run validates a correct user: the batch
   comparison (stored runs against the grouping of the marks, both ways, and duplicates) must
   find no difference, and the runs whose flag may matter are checked against the rule.
@@ -24,21 +24,20 @@ users of the batch go through ``rebuild_batch`` as before.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from datetime import date, datetime
-
-from sqlalchemy import Connection, bindparam, text
+from typing import TYPE_CHECKING
 
 from potato_ops.db.backups import take_backups
-from potato_ops.db.engine import chunks, is_postgres, lock_users
-from potato_ops.db.reads import fetch_runs
+from potato_ops.db.engine import is_postgres, lock_users
+from potato_ops.db.grouping import compare_batch, fill_grouped_runs, joined_marked_dates
+from potato_ops.db.reads import fetch_runs, run_rows, users_holding_runs
+from potato_ops.db.run_writes import insert_run_rows
 from potato_ops.domain.dates import local_today
 from potato_ops.domain.invariants import check_active_flags
 from potato_ops.domain.models import Run, User
 from potato_ops.domain.runs import earliest_active_end, group_consecutive_dates, should_be_active
-from potato_ops.ops.compare import compare_batch
-from potato_ops.ops.rebuild import (
+from potato_ops.ops.batch_rebuild import (
     BACKUP_ALWAYS,
     BACKUP_NEVER,
     BatchOptions,
@@ -46,7 +45,9 @@ from potato_ops.ops.rebuild import (
     rebuild_batch,
     timed,
 )
-from potato_ops.ops.scan import grouped_marks_sql
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 
 class FillMismatch(Exception):
@@ -75,17 +76,6 @@ def rebuild_bulk_batch(
     outcomes = rebuild_batch(conn, rest, options, now, timings) if rest else {}
     outcomes.update(fill_users(conn, empty, options, now, timings))
     return {uid: outcomes[uid] for uid in ids}
-
-
-def users_holding_runs(conn: Connection, user_ids: Sequence[str]) -> set[str]:
-    """Return which of the users hold at least one run."""
-    stmt = text("SELECT DISTINCT user_id FROM runs WHERE user_id IN :uids").bindparams(
-        bindparam("uids", expanding=True)
-    )
-    found: set[str] = set()
-    for part in chunks(list(user_ids)):
-        found.update(uid for (uid,) in conn.execute(stmt, {"uids": list(part)}).all())
-    return found
 
 
 def fill_users(
@@ -126,17 +116,8 @@ def _fill_in_database(
     conn: Connection, todays: dict[str, date], timings: dict[str, float] | None
 ) -> dict[str, UserOutcome]:
     ids = list(todays)
-    insert = text(
-        "INSERT INTO runs (user_id, start_date, end_date, day_count, active) "
-        "SELECT g.user_id, g.start_date, g.end_date, g.day_count, "
-        "(g.start_date <= t.today AND g.end_date >= t.today - 1) "
-        f"FROM ({grouped_marks_sql(conn, 'AND user_id = ANY(:uids)')}) AS g "
-        "JOIN unnest(CAST(:uids AS text[]), CAST(:todays AS date[])) AS t (user_id, today) "
-        "ON t.user_id = g.user_id"
-    )
     with timed(timings, "write"):
-        for part in chunks(ids):
-            conn.execute(insert, {"uids": list(part), "todays": [todays[uid] for uid in part]})
+        fill_grouped_runs(conn, todays)
     with timed(timings, "validate"):
         found = compare_batch(conn, ids)
         if found.differ:
@@ -155,14 +136,8 @@ def _fill_here(
     conn: Connection, todays: dict[str, date], timings: dict[str, float] | None
 ) -> dict[str, UserOutcome]:
     ids = list(todays)
-    marks_stmt = text(
-        "SELECT user_id, group_concat(date) FROM day_marks WHERE value AND user_id IN :uids GROUP BY user_id"
-    ).bindparams(bindparam("uids", expanding=True))
-    marked: dict[str, str] = {}
     with timed(timings, "read"):
-        for part in chunks(ids):
-            found = conn.execute(marks_stmt, {"uids": list(part)}).all()
-            marked.update((uid, joined) for uid, joined in found)
+        marked = joined_marked_dates(conn, ids)
     outcomes: dict[str, UserOutcome] = {}
     expected: dict[str, list[tuple[str, str, int, int]]] = {}
     rows: list[tuple[str, str, str, int, int]] = []
@@ -185,20 +160,9 @@ def _fill_here(
                 own_ms=(time.perf_counter() - t_user) * 1000,
             )
     with timed(timings, "write"):
-        if rows:
-            conn.exec_driver_sql(
-                "INSERT INTO runs (user_id, start_date, end_date, day_count, active) VALUES (?, ?, ?, ?, ?)",
-                rows,
-            )
+        insert_run_rows(conn, rows)
     with timed(timings, "validate"):
-        read_back = text(
-            "SELECT user_id, start_date, end_date, day_count, active FROM runs WHERE user_id IN :uids "
-            "ORDER BY user_id, start_date, id"
-        ).bindparams(bindparam("uids", expanding=True))
-        stored: dict[str, list[tuple[str, str, int, int]]] = defaultdict(list)
-        for part in chunks(ids):
-            for uid, start, end, count, active in conn.execute(read_back, {"uids": list(part)}).all():
-                stored[uid].append((start, end, count, int(active)))
+        stored = run_rows(conn, ids)
         differ = [uid for uid in ids if stored.get(uid, []) != expected[uid]]
         if differ:
             raise FillMismatch(f"{len(differ)} users' filled runs differ from their marks")

@@ -11,8 +11,8 @@ from potato_ops.demo.synth import CORRUPTIONS_POSTGRES, CORRUPTIONS_SQLITE, inje
 from potato_ops.domain.models import ViolationKind
 from potato_ops.runbook.params import Common, UserRef, check_troubleshooting
 from potato_ops.runbook.session import Session
-from potato_ops.runbook.troubleshoot import check_invariant_causes, debug_rebuild, troubleshooting_verdict
-from potato_ops.runbook.user import identify_user
+from potato_ops.runbook.single_user_recovery import identify_user
+from potato_ops.runbook.troubleshooting import check_invariant_causes, debug_rebuild, troubleshooting_verdict
 from tests.conftest import NOW, add_runs, add_user
 
 # What the playbook's guide recommends for each kind the demo can inject (written out here,

@@ -28,9 +28,9 @@ from potato_ops.monitoring.metrics import (
     success_rate_frame,
     violations_by_kind,
 )
+from potato_ops.runbook.database_views import run_lengths_chart, timezones_chart
 from potato_ops.runbook.display import Chart, Shown, Verdict, user_emails, violations_frame
 from potato_ops.runbook.params import AuditParams
-from potato_ops.runbook.scan import run_lengths_chart, timezones_chart
 from potato_ops.runbook.session import Session
 
 SUCCESS_RATE_TARGET = 0.99

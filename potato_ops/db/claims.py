@@ -1,7 +1,7 @@
 """Batches that workers claim, with leases, and the fence every batch commits behind.
 
 An operation's pending items are cut into batches by position (batch n: positions
-``n*size+1 .. (n+1)*size``). Any worker of the operation (a thread of the runner that started
+``n*size+1 .. (n+1)*size``). Any worker of the operation (a thread of the owner that started
 it, or of ``potato-ops bulk-worker`` on another host) claims the next batch nobody holds: on
 PostgreSQL with ``FOR UPDATE SKIP LOCKED``, so two claimers never take the same batch, and on
 SQLite behind the database's single write lock. A claim is a lease: a worker that dies holding
@@ -10,7 +10,7 @@ one leaves it until ``expires_at``, then any worker takes it over.
 The fence: a batch's writes commit only if, inside that same transaction, the operation's
 epoch is still the one the worker joined under (a takeover by ``resume`` bumps it) and the
 batch's claim is still the worker's own (locked ``FOR UPDATE`` until commit, so it cannot be
-taken over between the check and the commit). A runner that lost the operation or the claim
+taken over between the check and the commit). A worker that lost the operation or the claim
 therefore rolls back instead of writing twice, and the ledger counts only what committed.
 """
 
@@ -22,11 +22,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, delete, func, select, text, update
 
 from potato_ops.db.schema import ops_operation_batches, ops_operation_items, ops_operations
-from potato_ops.ops.bulk.ownership import Runner
-from potato_ops.ops.bulk.rows import PENDING, RUNNING
+from potato_ops.domain.operations import PENDING, RUNNING, Owner
 
 LEASE = timedelta(minutes=5)  # a batch takes well under a second; a lapsed lease means a dead worker
 DONE = "done"
+PAUSED = "paused"  # `potato-ops pause`: claim nothing until resumed
 
 _b = ops_operation_batches
 _i = ops_operation_items
@@ -44,7 +44,7 @@ class Claim:
 
 @dataclass(frozen=True)
 class NoClaim:
-    """Why no batch was claimed: done (for this worker), busy (others hold some), cancelled, fenced."""
+    """Why no batch was claimed: done (here), busy (others hold some), cancelled, fenced, paused."""
 
     reason: str
 
@@ -80,9 +80,9 @@ def plan_batches(conn: Connection, operation_id: str, size: int) -> int:
 
 
 def _check_operation(conn: Connection, operation_id: str, epoch: int) -> str | None:
-    """Return why the worker may not go on (cancelled, fenced), locking the operation's row."""
+    """Return why the worker may not go on (cancelled, fenced, paused), locking the operation's row."""
     row = conn.execute(
-        select(_ops.c.epoch, _ops.c.status, _ops.c.cancel_requested)
+        select(_ops.c.epoch, _ops.c.status, _ops.c.cancel_requested, _ops.c.pause_requested)
         .where(_ops.c.id == operation_id)
         .with_for_update(read=True)
     ).first()
@@ -90,11 +90,13 @@ def _check_operation(conn: Connection, operation_id: str, epoch: int) -> str | N
         return "fenced"
     if row.cancel_requested:
         return "cancelled"
+    if row.pause_requested:
+        return PAUSED
     return None
 
 
 def claim_batch(
-    conn: Connection, operation_id: str, size: int, runner: Runner, epoch: int, now: datetime
+    conn: Connection, operation_id: str, size: int, worker: Owner, epoch: int, now: datetime
 ) -> Claim | NoClaim:
     """Claim the first batch nobody holds (or whose lease lapsed); else say why not."""
     stop = _check_operation(conn, operation_id, epoch)
@@ -115,7 +117,7 @@ def claim_batch(
             .where(
                 _b.c.operation_id == operation_id,
                 _b.c.status == PENDING,
-                _b.c.claim_token.is_distinct_from(runner.token),
+                _b.c.claim_token.is_distinct_from(worker.token),
             )
         ).scalar_one()
         # Only this worker's own threads hold what is left: they finish it, nothing to wait for.
@@ -124,9 +126,9 @@ def claim_batch(
         update(_b)
         .where(_b.c.operation_id == operation_id, _b.c.batch_no == batch_no)
         .values(
-            claim_token=runner.token,
-            claim_host=runner.host,
-            claim_pid=runner.pid,
+            claim_token=worker.token,
+            claim_host=worker.host,
+            claim_pid=worker.pid,
             claimed_at=now,
             expires_at=now + LEASE,
         )
@@ -134,7 +136,7 @@ def claim_batch(
     return Claim(int(batch_no), int(batch_no) * size + 1, (int(batch_no) + 1) * size)
 
 
-def fence(conn: Connection, operation_id: str, claim: Claim, runner: Runner, epoch: int) -> None:
+def fence(conn: Connection, operation_id: str, claim: Claim, worker: Owner, epoch: int) -> None:
     """Raise Fenced unless this worker still holds the operation (epoch) and the batch's claim.
 
     Both rows stay locked until the caller's transaction ends: a takeover waits for this
@@ -142,7 +144,7 @@ def fence(conn: Connection, operation_id: str, claim: Claim, runner: Runner, epo
     """
     if _check_operation(conn, operation_id, epoch) == "fenced":
         raise Fenced(
-            f"operation {operation_id} was taken over (or ended): this runner stops", operation_lost=True
+            f"operation {operation_id} was taken over (or ended): this worker stops", operation_lost=True
         )
     held = conn.execute(
         select(_b.c.batch_no)
@@ -150,7 +152,7 @@ def fence(conn: Connection, operation_id: str, claim: Claim, runner: Runner, epo
             _b.c.operation_id == operation_id,
             _b.c.batch_no == claim.batch_no,
             _b.c.status == PENDING,
-            _b.c.claim_token == runner.token,
+            _b.c.claim_token == worker.token,
         )
         .with_for_update()
     ).first()

@@ -7,13 +7,12 @@ from typing import Any
 
 import polars as pl
 
-from potato_ops.db.backups import verify_backup
 from potato_ops.domain.models import Backup, Run, Violation
 from potato_ops.errors import BackupError
 from potato_ops.runbook.display import Chart, Shown, Status, Verdict
 from potato_ops.runbook.params import RestoreParams
 from potato_ops.runbook.session import Session
-from potato_ops.runbook.user import UserSnapshot, user_calendar
+from potato_ops.runbook.single_user_recovery import UserSnapshot, user_calendar
 
 BACKUP_SCHEMA: dict[str, Any] = {
     "backup_id": pl.Int64,
@@ -86,7 +85,7 @@ def choose_backup(session: Session, snapshot: UserSnapshot, backup_id: int | Non
         except BackupError as exc:
             return BackupChoice(found, problem=str(exc))
     try:
-        verify_backup(snapshot.user.id, chosen)
+        storage.verify_backup(snapshot.user.id, chosen)
     except BackupError as exc:
         return BackupChoice(found, chosen, str(exc), intact=False)
     return BackupChoice(found, chosen, intact=True)

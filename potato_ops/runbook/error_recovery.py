@@ -6,7 +6,7 @@
    validated, and restored from the backup when that fails. Runs of users that do not exist
    (orphans) cannot be rebuilt: they are backed up and removed.
 
-Every repair goes through the engine (``potato_ops.ops.repair``): a user's backup, rebuild,
+Every repair goes through ``Storage.repair_users``: a user's backup, rebuild,
 validation and, on failure, restore are one transaction that commits or rolls back whole.
 
 Detection is one whole-database scan: the per-kind user lists (``get_users_with_overlapping_runs``
@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from potato_ops import RepairStatus, UserRepair
 from potato_ops.charts.monitoring import slowest_users_chart
 from potato_ops.charts.runs import violations_before_after
 from potato_ops.domain.models import ViolationKind
 from potato_ops.monitoring.metrics import history_frame, slowest_users_frame
-from potato_ops.ops.repair import RepairStatus, UserRepair, repair_users
+from potato_ops.runbook.database_views import InvariantCheck, scan_invariants, timezones_chart
 from potato_ops.runbook.display import Chart, Shown, Verdict, user_emails
 from potato_ops.runbook.params import RecoveryParams
-from potato_ops.runbook.scan import InvariantCheck, scan_invariants, timezones_chart
 from potato_ops.runbook.session import Session
 
 INVARIANTS, PERFORMANCE, CORRUPTION = "invariant_violations", "performance_degradation", "data_corruption"
@@ -215,7 +215,7 @@ def _repair_rows(
     recent = params.recent_days if scenario == PERFORMANCE else None
     action = _ACTIONS.get(scenario, f"partial rebuild of the last {params.recent_days} days")
     rows: list[RepairRow] = []
-    for done in repair_users(session.storage.database, uids, dry_run=dry_run, recent_days=recent):
+    for done in session.storage.repair_users(uids, dry_run=dry_run, recent_days=recent):
         r = done.result
         kept = r.backup.id if r is not None and r.backup is not None else None
         rows.append(

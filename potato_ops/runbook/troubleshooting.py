@@ -11,16 +11,14 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from potato_ops.db.backups import verify_backup
 from potato_ops.domain.dates import local_today
 from potato_ops.domain.models import InvariantReport, Violation, ViolationKind
 from potato_ops.domain.runs import group_consecutive_dates
 from potato_ops.errors import BackupError, SchemaError
-from potato_ops.ops.scan import index_check
 from potato_ops.runbook.display import Chart, Shown, Verdict
 from potato_ops.runbook.params import TroubleshootParams
 from potato_ops.runbook.session import Session
-from potato_ops.runbook.user import RebuildStep, UserSnapshot, execute_rebuild, user_calendar
+from potato_ops.runbook.single_user_recovery import RebuildStep, UserSnapshot, execute_rebuild, user_calendar
 
 
 @dataclass(frozen=True, repr=False)
@@ -60,7 +58,7 @@ def check_day_marks(snapshot: UserSnapshot) -> Findings:
 
 
 def _index_items(session: Session) -> list[tuple[str, str]]:
-    found = index_check(session.storage.database)
+    found = session.storage.check_indexes()
     return [
         ("ok", "day_marks is keyed by (user_id, date)")
         if found.day_marks_keyed_by_user
@@ -267,7 +265,7 @@ def check_backups(session: Session, snapshot: UserSnapshot) -> Findings:
     bad: list[str] = []
     for b in found:
         try:
-            verify_backup(snapshot.user.id, b)
+            session.storage.verify_backup(snapshot.user.id, b)
         except BackupError as exc:
             bad.append(str(exc))
     items.append(("info" if found else "warn", f"{len(found)} backups of this user"))

@@ -1,8 +1,8 @@
-"""Single-user steps shared by 01 (recovery), 02 (partial rebuild) and 08 (troubleshooting).
+"""01 single-user recovery, whose steps 02 (partial rebuild) and 08 (troubleshooting) share.
 
 Identify the user and read their state, rebuild (for real or as a dry run), validate the
-result, roll back when validation fails, check that a partial rebuild left the runs outside
-its range alone, and draw the calendar. A step whose user could not be found is skipped and
+result, roll back when validation fails, and draw the calendar (02's range check is in
+``runbook.partial_rebuild``). A step whose user could not be found is skipped and
 says why, so a notebook runs to its verdict on any database, even an empty one.
 """
 
@@ -10,16 +10,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from potato_ops.charts.calendar import run_calendar
-from potato_ops.domain.dates import ONE_DAY, parse_date_range
+from potato_ops.domain.dates import parse_date_range
 from potato_ops.domain.models import DayMark, RebuildResult, Run, User, Violation
 from potato_ops.errors import BackupError, UserNotFoundError
 from potato_ops.runbook.display import Chart, Shown, Verdict, runs_frame, violations_frame
 from potato_ops.runbook.params import SingleUserParams, UserRef
 from potato_ops.runbook.session import Session
+
+if TYPE_CHECKING:
+    from potato_ops.runbook.partial_rebuild import RangeIsolation
 
 FULL_REBUILD_TARGET_MS = 1000.0  # playbook: <1 s for a typical user (365 days)
 
@@ -290,55 +294,6 @@ def rollback_if_needed(
     )
 
 
-@dataclass(frozen=True, repr=False)
-class RangeIsolation(Shown):
-    """Whether a partial rebuild left every run entirely outside its range unchanged."""
-
-    window: tuple[date | None, date | None]
-    outside: int = 0
-    changed: list[Run] = field(default_factory=list)
-    skipped: str = ""
-
-    @property
-    def ok(self) -> bool:
-        """Return True when no run outside the range changed."""
-        return not self.skipped and not self.changed
-
-    def title(self) -> str:
-        return "Verify range isolation"
-
-    def lines(self) -> list[tuple[str, str]]:
-        if self.skipped:
-            return [("skip", f"skipped: {self.skipped}")]
-        found = [
-            (
-                "ok" if not self.changed else "problem",
-                f"preserved {self.outside - len(self.changed)} of {self.outside} runs outside the range",
-            )
-        ]
-        found.extend(
-            ("problem", f"changed outside the range: run #{r.id} [{r.start_date}..{r.end_date}]")
-            for r in self.changed
-        )
-        return found
-
-
-def verify_range_isolation(snapshot: UserSnapshot, step: RebuildStep) -> RangeIsolation:
-    """Return which runs entirely outside ``[from - 1, to + 1]`` the rebuild changed (none, if right)."""
-    r = step.result
-    if snapshot.user is None or r is None:
-        return RangeIsolation((None, None), skipped=snapshot.problem or step.skipped)
-    window = (r.from_date, r.to_date)
-    if r.from_date is None and r.to_date is None:
-        return RangeIsolation(window, skipped="no range given: this was a full rebuild")
-    lo = r.from_date - ONE_DAY if r.from_date else date.min
-    hi = r.to_date + ONE_DAY if r.to_date else date.max
-    outside = [x for x in step.before if x.end_date < lo or x.start_date > hi]
-    after = {(x.id, x.start_date, x.end_date, x.day_count) for x in step.after}
-    changed = [x for x in outside if (x.id, x.start_date, x.end_date, x.day_count) not in after]
-    return RangeIsolation(window, len(outside), changed)
-
-
 def user_calendar(
     snapshot: UserSnapshot,
     after: list[Run] | None,
@@ -382,7 +337,7 @@ def recovery_calendar(
     return user_calendar(snapshot, rebuild.after, days=days, after_label=label, window=window)
 
 
-def recovery_verdict(
+def rebuild_verdict(
     params: SingleUserParams,
     snapshot: UserSnapshot,
     step: RebuildStep,

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from typing import Any
-
-from sqlalchemy import Connection
+from typing import TYPE_CHECKING, Any
 
 from potato_ops.db.engine import is_postgres
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 # An orphan run: a missing user's three days ending 38 days before the seed's last day.
 ORPHAN_START_DAYS_BACK = 40

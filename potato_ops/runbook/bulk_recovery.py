@@ -6,15 +6,14 @@ from dataclasses import dataclass, replace
 
 import polars as pl
 
+from potato_ops import BulkConfig, BulkResult, Progress
 from potato_ops.charts.monitoring import duration_histogram, slowest_users_chart
-from potato_ops.errors import FeatureFlagError
+from potato_ops.errors import FeatureFlagError, PotatoOpsError
 from potato_ops.monitoring.metrics import HISTORY_SCHEMA, history_frame, slowest_users_frame
-from potato_ops.ops.bulk.config import BulkConfig
-from potato_ops.ops.bulk.results import BulkResult, Progress
+from potato_ops.runbook.database_views import InvariantCheck, scan_invariants
 from potato_ops.runbook.display import Chart, Shown, Verdict, user_emails
 from potato_ops.runbook.params import BulkParams
 from potato_ops.runbook.progress import ProgressBar
-from potato_ops.runbook.scan import InvariantCheck, scan_invariants
 from potato_ops.runbook.session import Session
 
 USERS_PER_HOUR_TARGET = 1000  # playbook: full rebuild
@@ -30,6 +29,8 @@ class BulkPlan(Shown):
     missing: list[str]
     config: BulkConfig
     everyone: bool
+    operation_id: str = ""  # pause this operation, or continue it instead of starting one
+    pause: bool = False
 
     def title(self) -> str:
         return "Preparation: the users and the configuration"
@@ -47,6 +48,9 @@ class BulkPlan(Shown):
             )
         if not self.user_ids:
             found.append(("warn", "no users to rebuild"))
+        if self.operation_id:
+            act = "pause" if self.pause else "continue (a paused or interrupted operation)"
+            found.append(("info", f"this run will {act} operation {self.operation_id}, not start one"))
         c = self.config
         found.append(
             (
@@ -60,17 +64,7 @@ class BulkPlan(Shown):
 
     def config_frame(self) -> pl.DataFrame:
         """Return the configuration as setting / value rows."""
-        c = self.config
-        settings = {
-            "batch_size": c.batch_size,
-            "max_workers": c.max_workers,
-            "dry_run": c.dry_run,
-            "from_date": c.from_date,
-            "to_date": c.to_date,
-            "skip_backup": c.skip_backup,
-            "max_failure_rate": c.max_failure_rate,
-            "ignore_feature_flag": c.ignore_feature_flag,
-        }
+        settings = self.config.to_json()
         return pl.DataFrame({"setting": list(settings), "value": [str(v) for v in settings.values()]})
 
 
@@ -83,17 +77,7 @@ def plan_bulk(session: Session, params: BulkParams) -> BulkPlan:
         missing = [u for u in params.user_ids if u not in present]
     else:
         chosen, missing = known, []
-    config = BulkConfig(
-        batch_size=params.batch_size,
-        max_workers=params.max_workers,
-        dry_run=params.dry_run,
-        from_date=params.from_date,
-        to_date=params.to_date,
-        skip_backup=params.skip_backup,
-        max_failure_rate=params.max_failure_rate,
-        ignore_feature_flag=params.ignore_feature_flag,
-    )
-    return BulkPlan(chosen, missing, config, not params.user_ids)
+    return BulkPlan(chosen, missing, params.config, not params.user_ids, params.operation_id, params.pause)
 
 
 @dataclass(frozen=True, repr=False)
@@ -105,6 +89,7 @@ class BulkStep(Shown):
     skipped: str = ""
     refused: str = ""
     partial: bool = False
+    paused: Progress | None = None  # the operation this run paused
 
     @property
     def failure_rate(self) -> float:
@@ -119,6 +104,19 @@ class BulkStep(Shown):
     def lines(self) -> list[tuple[str, str]]:
         if self.refused:
             return [("problem", f"refused: {self.refused}")]
+        if self.paused is not None:
+            p = self.paused
+            return [
+                ("warn" if p.status == "paused" else "info", f"operation {p.operation_id}: {p.status}"),
+                (
+                    "info",
+                    f"progress: {p.processed_users}/{p.total_users}; its workers stop at their next batch",
+                ),
+                (
+                    "info",
+                    f"continue it with operation_id={p.operation_id} (or potato-ops resume {p.operation_id})",
+                ),
+            ]
         r = self.result
         if r is None:
             return [("skip", f"skipped: {self.skipped}")]
@@ -184,6 +182,8 @@ class BulkStep(Shown):
 def bulk_dry_run(session: Session, plan: BulkPlan) -> BulkStep:
     """Return the dry run over the plan's users (always done first; nothing is written)."""
     label = "Execute the dry run"
+    if plan.operation_id:
+        return BulkStep(label, skipped=f"this run pauses or continues operation {plan.operation_id}")
     if not plan.user_ids:
         return BulkStep(label, skipped="no users to rebuild")
     with ProgressBar(desc="dry run") as bar:
@@ -196,6 +196,8 @@ def bulk_dry_run(session: Session, plan: BulkPlan) -> BulkStep:
 def bulk_execute(session: Session, plan: BulkPlan) -> BulkStep:
     """Return the real rebuild, unless the plan is a dry run or the feature flag refuses it."""
     label = "Execute the actual rebuild"
+    if plan.operation_id:
+        return _pause_or_resume(session, plan)
     if plan.config.dry_run:
         return BulkStep(label, skipped="dry_run=True: the dry run above is all this run does")
     if not plan.user_ids:
@@ -207,6 +209,20 @@ def bulk_execute(session: Session, plan: BulkPlan) -> BulkStep:
     except FeatureFlagError as exc:
         return BulkStep(label, refused=str(exc), partial=partial)
     return BulkStep(label, result, partial=partial)
+
+
+def _pause_or_resume(session: Session, plan: BulkPlan) -> BulkStep:
+    """Pause the plan's operation, or continue it with the settings its ledger holds."""
+    try:
+        if plan.pause:
+            return BulkStep(
+                "Pause the operation", paused=session.storage.pause_bulk_rebuild(plan.operation_id)
+            )
+        with ProgressBar(desc="resuming") as bar:
+            result = session.storage.resume_bulk_rebuild(plan.operation_id, progress=bar)
+    except PotatoOpsError as exc:  # unknown operation, a live runner, the flag turned off
+        return BulkStep("Continue the operation", refused=str(exc))
+    return BulkStep("Continue the operation", result)
 
 
 @dataclass(frozen=True, repr=False)
@@ -224,21 +240,25 @@ class ProgressView(Shown):
         if p is None:
             return [("skip", f"skipped: {self.skipped}")]
         eta = f", eta {p.eta_seconds:.0f} s" if p.eta_seconds else ""
-        return [
+        shown = [
             ("ok" if p.status == "completed" else "warn", f"status: {p.status} (operation {p.operation_id})"),
             ("info", f"progress: {p.processed_users}/{p.total_users}{eta}"),
             ("info", f"completed {p.completed_users}, failed {p.failed_users}"),
         ]
+        if p.waiting:  # throttled, outside its window, or paused: why it does not move
+            shown.append(("warn", p.waiting))
+        if p.throttled_seconds:
+            shown.append(("info", f"waited {p.throttled_seconds:.0f} s in all (throttle, window, pause)"))
+        return shown
 
 
 def bulk_progress(session: Session, *steps: BulkStep) -> ProgressView:
-    """Return the ledger's progress of the last of the steps that ran."""
-    ran = [s for s in steps if s.result is not None]
+    """Return the ledger's progress of the last of the steps that ran (or paused an operation)."""
+    ran = [s.result.operation_id for s in steps if s.result is not None]
+    ran += [s.paused.operation_id for s in steps if s.paused is not None]
     if not ran:
         return ProgressView(None, "no operation ran")
-    result = ran[-1].result
-    assert result is not None
-    return ProgressView(session.storage.get_rebuild_progress(result.operation_id))
+    return ProgressView(session.storage.get_rebuild_progress(ran[-1]))
 
 
 def validate_bulk(session: Session, plan: BulkPlan) -> InvariantCheck:
@@ -285,6 +305,16 @@ def bulk_verdict(
         return Verdict("nothing to do: no users to rebuild", "ok" if report.ok else "problem", figures, ops)
     if real.refused:
         return Verdict(f"bulk rebuild refused: {real.refused}", "problem", figures, ops)
+    if real.paused is not None:
+        p = real.paused
+        figures.update(status=p.status, processed_users=p.processed_users, total_users=p.total_users)
+        return Verdict(
+            f"operation {p.operation_id} {p.status} at {p.processed_users}/{p.total_users} users; "
+            f"continue it with operation_id={p.operation_id}",
+            "ok" if p.status in ("paused", "completed") else "problem",
+            figures,
+            (p.operation_id,),
+        )
     r = real.result
     if r is None:
         changed = dry.result.users_changed if dry.result else 0
@@ -302,6 +332,13 @@ def bulk_verdict(
         average_duration_ms=round(r.average_duration_ms, 3),
         status=r.status,
     )
+    if r.status == "running":  # a paused operation whose workers were waiting: they go on
+        return Verdict(
+            f"operation {r.operation_id} resumed: its workers go on ({r.completed_users} completed so far)",
+            "ok",
+            figures,
+            ops,
+        )
     good = r.status == "completed" and r.failed_users == 0 and report.ok
     return Verdict(
         f"bulk rebuild {r.status}: {r.completed_users} completed, {r.failed_users} failed in "

@@ -15,7 +15,6 @@ from potato_ops.charts.runs import timezone_chart
 from potato_ops.domain.dates import local_today
 from potato_ops.domain.models import RebuildResult, Run, User
 from potato_ops.errors import UserNotFoundError
-from potato_ops.ops import rebuild
 from potato_ops.runbook.display import Chart, Shown, Verdict
 from potato_ops.runbook.params import TimezoneParams
 from potato_ops.runbook.session import Session
@@ -213,9 +212,7 @@ def rebuild_affected(session: Session, affected: AffectedUsers, *, dry_run: bool
         before = next((r for r in storage.get_user_runs(a.user.id) if r.active), None)
         # The engine moves the zone and rebuilds in one transaction (a dry run rolls both back),
         # so the active run it reports is the one the target zone gives.
-        result = rebuild.rebuild_user_runs(
-            storage.database, a.user.id, dry_run=dry_run, timezone=a.target_timezone
-        )
+        result = storage.rebuild_user_runs(a.user.id, dry_run=dry_run, timezone=a.target_timezone)
         today = local_today(a.target_timezone, now)
         after = next((r for r in result.runs_after if r.active), None)
         done.append(UserMigration(a.user.id, a.target_timezone, today, before, after, result))

@@ -1,4 +1,4 @@
-"""The notebook runner: lookup, parameter checks, statuses, exit codes, and what gets archived."""
+"""execute_notebook: lookup, parameter checks, statuses, exit codes, and what gets archived."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from potato_ops.errors import NotebookError, NotebookParameterError, SecretLeakError
 from potato_ops.exitcodes import ExitCode
-from potato_ops.notebook_runs.archive import list_runs, verify_reports
+from potato_ops.notebook_runs.archive import list_executions, verify_reports
 from potato_ops.notebook_runs.catalog import list_notebooks, resolve_notebook
-from potato_ops.notebook_runs.execute import run_notebook
+from potato_ops.notebook_runs.execute import execute_notebook
 from potato_ops.notebook_runs.parameters import ParameterInfo, check_parameters
 from potato_ops.notebook_runs.result import ProblemFound, record_result, result_payload, verdict_line
 
@@ -284,7 +284,7 @@ def test_refused_parameters_start_no_kernel_and_archive_nothing(
     monkeypatch.setattr("papermill.execute_notebook", never)
     for bad in ({"nope": "1"}, {"threshold": "three"}, {"database_url_env": URL}):
         with pytest.raises(NotebookParameterError):
-            run_notebook("01", bad, reports_dir=reports)
+            execute_notebook("01", bad, reports_dir=reports)
     assert not reports.exists()
 
 
@@ -292,7 +292,7 @@ def test_refused_parameters_start_no_kernel_and_archive_nothing(
 
 
 def test_hostile_kernelspec_is_what_jupyter_would_pick(hostile_kernelspec: Path) -> None:
-    # Without the runner's pin, "python3" would start another interpreter.
+    # Without execute_notebook's pin, "python3" would start another interpreter.
     assert KernelSpecManager().get_kernel_spec("python3").argv[0] == str(hostile_kernelspec)
 
 
@@ -302,7 +302,9 @@ def test_hostile_kernelspec_is_what_jupyter_would_pick(hostile_kernelspec: Path)
 @pytest.mark.notebook
 @pytest.mark.usefixtures("hostile_kernelspec")
 def test_ok_run_is_archived_with_its_result(reports: Path) -> None:
-    record = run_notebook("01", {"threshold": "5", "user_ids": "a,b", "label": "none"}, reports_dir=reports)
+    record = execute_notebook(
+        "01", {"threshold": "5", "user_ids": "a,b", "label": "none"}, reports_dir=reports
+    )
 
     assert (record.status, record.exit_code) == ("ok", ExitCode.OK)
     result = json.loads(record.result_path.read_text())
@@ -333,14 +335,14 @@ def test_ok_run_is_archived_with_its_result(reports: Path) -> None:
     assert result["potato_ops_version"] != "unknown"
     assert record.notebook_path.exists() and record.html_path.exists()
     assert "ok: 2 users" in record.html_path.read_text()
-    assert [e.run_id for e in list_runs(reports)] == [record.run_dir.name]
+    assert [e.run_id for e in list_executions(reports)] == [record.run_dir.name]
     assert verify_reports(reports).ok
 
 
 @pytest.mark.notebook
 @pytest.mark.usefixtures("hostile_kernelspec")
 def test_a_raising_cell_is_an_archived_error(reports: Path) -> None:
-    record = run_notebook("01_outcomes", {"outcome": "raise"}, reports_dir=reports)
+    record = execute_notebook("01_outcomes", {"outcome": "raise"}, reports_dir=reports)
 
     assert (record.status, record.exit_code) == ("error", ExitCode.EXECUTION_FAILED)
     assert record.result["error"] == {
@@ -359,7 +361,7 @@ def test_a_raising_cell_is_an_archived_error(reports: Path) -> None:
 def test_a_blocked_cell_times_out_and_is_archived(reports: Path) -> None:
     # The cell waits on an event nothing sets, right after the parameters: whatever the machine's
     # load, it is that cell, and only it, that reaches the timeout.
-    record = run_notebook("01", {"outcome": "block"}, reports_dir=reports, cell_timeout=6)
+    record = execute_notebook("01", {"outcome": "block"}, reports_dir=reports, cell_timeout=6)
 
     assert (record.status, record.exit_code) == ("timeout", ExitCode.EXECUTION_FAILED)
     assert record.result["error"] == {
@@ -375,7 +377,7 @@ def test_a_blocked_cell_times_out_and_is_archived(reports: Path) -> None:
 @pytest.mark.notebook
 @pytest.mark.usefixtures("hostile_kernelspec")
 def test_a_notebook_without_a_result_record_is_an_error(reports: Path) -> None:
-    record = run_notebook("01", {"outcome": "silent"}, reports_dir=reports)
+    record = execute_notebook("01", {"outcome": "silent"}, reports_dir=reports)
 
     assert (record.status, record.exit_code) == ("error", ExitCode.EXECUTION_FAILED)
     assert record.result["error"]["ename"] == "ResultMissing"
@@ -401,7 +403,7 @@ def test_cli_run_reports_a_problem_with_exit_3(reports: Path) -> None:
     )
 
     assert result.exit_code == ExitCode.PROBLEM_FOUND, result.output
-    run_dir = list_runs(reports)[0].dir
+    run_dir = list_executions(reports)[0].dir
     assert result.stdout.splitlines() == [
         "❌ problem: 2 users, label None",
         f"status: problem; archived in {reports / run_dir}",
@@ -432,7 +434,7 @@ def test_no_archived_file_or_log_line_holds_the_database_password(
     assert len(files) == 8  # five files of the run, index.jsonl, index.html, the lock file
     for name, data in files.items():
         assert SECRET.encode() not in data, name
-    run = list_runs(reports)[0]
+    run = list_executions(reports)[0]
     archived = json.loads((reports / run.dir / "02_leaky.result.json").read_text())
     assert archived["status"] == "error"
     assert archived["error"]["evalue"] == (
@@ -450,7 +452,7 @@ def test_a_secret_that_cannot_be_scrubbed_fails_the_run_closed(
     monkeypatch.setenv("POTATO_DATABASE_URL", URL)
 
     with pytest.raises(SecretLeakError, match=r"02_leaky\.ipynb would hold a secret") as caught:
-        run_notebook("02_leaky", {"encode": "yes"}, reports_dir=reports)
+        execute_notebook("02_leaky", {"encode": "yes"}, reports_dir=reports)
 
     assert SECRET not in str(caught.value)
     assert _files_under(reports) == {}
@@ -520,6 +522,6 @@ def test_a_run_with_defaults_that_need_a_user_is_refused_naming_the_parameter(
     assert result.exit_code == ExitCode.INVALID_PARAMETERS, result.output
     first = result.stdout.splitlines()[0]
     assert first.startswith("❌ parameters refused: no user chosen") and "set user_email or user_id" in first
-    run_dir = list_runs(reports)[0].dir
+    run_dir = list_executions(reports)[0].dir
     archived = json.loads((reports / run_dir / "01_single_user_recovery.result.json").read_text())
     assert (archived["status"], archived["exit_code"]) == ("refused", ExitCode.INVALID_PARAMETERS)

@@ -12,7 +12,6 @@ from potato_ops.charts.monitoring import violations_by_kind_chart
 from potato_ops.charts.runs import run_length_chart, timezone_chart
 from potato_ops.domain.models import InvariantReport
 from potato_ops.monitoring.metrics import violations_by_kind
-from potato_ops.ops.scan import run_length_counts, timezones_of
 from potato_ops.runbook.display import Chart, Shown, count_lines, violations_frame
 from potato_ops.runbook.session import Session
 
@@ -62,7 +61,7 @@ def scan_invariants(
 def zones_of(session: Session, user_ids: Sequence[str]) -> dict[str, int]:
     """Return how many of the users live in each timezone (missing users counted apart)."""
     wanted = set(user_ids)
-    found = timezones_of(session.storage.database, sorted(wanted))
+    found = session.storage.get_timezones(sorted(wanted))
     zones = Counter(found.values())
     missing = len(wanted) - len(found)
     if missing:
@@ -79,7 +78,7 @@ def timezones_chart(
 
 def run_lengths(session: Session, user_ids: Sequence[str] | None = None) -> dict[int, int]:
     """Return how many stored runs have each day_count (every user, or the given ones)."""
-    return run_length_counts(session.storage.database, user_ids)
+    return session.storage.get_run_length_counts(user_ids)
 
 
 def run_lengths_chart(

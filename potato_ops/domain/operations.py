@@ -1,6 +1,7 @@
-"""The ledger's statuses and records: an operation's row, its items, their counts.
+"""Bulk operations' statuses and records: an operation's row and owner, its items, their counts.
 
-Pure: no database import. ``ledger`` writes and reads them; ``ownership`` takes them.
+Pure: no database import. ``db.ledger`` writes and reads them; ``ops.bulk.ownership`` decides
+whether an operation's owner is alive.
 """
 
 from __future__ import annotations
@@ -15,8 +16,22 @@ COMPLETED = "completed"
 FAILED = "failed"
 CANCELLED = "cancelled"
 INTERRUPTED = "interrupted"
-STATUSES = (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, INTERRUPTED)
-LIVE = (PENDING, RUNNING)  # statuses that claim a runner is at work
+# Shown, never stored: an operation asked to pause (``pause_requested``) that has not ended.
+PAUSED = "paused"
+STATUSES = (PENDING, RUNNING, PAUSED, COMPLETED, FAILED, CANCELLED, INTERRUPTED)
+LIVE = (PENDING, RUNNING)  # statuses that claim an owner is at work
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who owns (runs) an operation: host, process id, and a token unique to this run.
+
+    The ledger's ``runner_*`` columns hold it.
+    """
+
+    host: str
+    pid: int
+    token: str  # "<process start time>/<random>"
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,13 @@ from typer.testing import CliRunner
 
 from potato_ops import Storage
 from potato_ops.cli import app
-from potato_ops.db.run_records import RecordedRun
+from potato_ops.db.run_records import StoredRecord
 from potato_ops.db.schema import ops_rebuild_history, ops_run_records
 from potato_ops.errors import ReportError, SecretLeakError
 from potato_ops.exitcodes import ExitCode
 from potato_ops.notebook_runs import archive
-from potato_ops.notebook_runs.archive import INDEX_FILE, IndexEntry, list_runs, new_run_id
+from potato_ops.notebook_runs.archive import IndexEntry, list_executions, new_execution_id
+from potato_ops.notebook_runs.index_lines import INDEX_FILE
 from potato_ops.notebook_runs.preflight import check_reports_dir
 from potato_ops.notebook_runs.records import (
     archive_location,
@@ -142,7 +143,7 @@ def test_a_committed_run_whose_archive_fails_keeps_its_record_in_the_database(
     reports = tmp_path / "reports"
     monkeypatch.setenv("POTATO_DATABASE_URL", db_url)
     # The disk fills up after the rebuild committed, while the record is being written.
-    monkeypatch.setattr(archive, "write_run_files", _no_space_left)
+    monkeypatch.setattr(archive, "write_execution_files", _no_space_left)
 
     result = CliRunner().invoke(
         app,
@@ -195,7 +196,7 @@ def _notebook() -> dict[str, Any]:
 def archive_one(reports: Path, db_url: str, name: str, *, signed: bool = False) -> str:
     """Archive a small run the way the runner does; return its run id."""
     started = dt.datetime.now(dt.UTC)
-    run_id = new_run_id(name, started)
+    run_id = new_execution_id(name, started)
     result = {
         "run_id": run_id,
         "notebook": name,
@@ -232,7 +233,7 @@ def test_each_archived_run_is_anchored_in_the_database(db_url: str, tmp_path: Pa
     run_ids = [archive_one(reports, db_url, f"0{i}_demo") for i in (1, 2)]
 
     rows = sorted(record_rows(db_url), key=lambda r: r["seq"])
-    entries = list_runs(reports)
+    entries = list_executions(reports)
     assert [(r["run_id"], r["seq"], r["manifest_sha256"], r["entry_hash"]) for r in rows] == [
         (e.run_id, e.seq, e.manifest_sha256, e.entry_hash) for e in entries
     ]
@@ -336,10 +337,10 @@ def test_compare_with_database_reports_missing_changed_and_extra_runs() -> None:
     def entry(run_id: str, seq: int, manifest: str) -> IndexEntry:
         return IndexEntry(seq, run_id, "n", "ok", "", "", run_id, manifest, "p", f"e{seq}")
 
-    def row(run_id: str, seq: int | None, manifest: str | None) -> RecordedRun:
+    def row(run_id: str, seq: int | None, manifest: str | None) -> StoredRecord:
         entry_hash = f"e{seq}" if seq is not None else None
         now = dt.datetime.now(dt.UTC)
-        return RecordedRun(run_id, "n", "ok", "here", seq, manifest, entry_hash, None, None, now)
+        return StoredRecord(run_id, "n", "ok", "here", seq, manifest, entry_hash, None, None, now)
 
     folder = [entry("a", 1, "m1"), entry("b", 2, "CHANGED"), entry("x", 3, "m3")]
     database = [row("a", 1, "m1"), row("b", 2, "m2"), row("c", 4, "m4"), row("never", None, None)]
@@ -359,7 +360,7 @@ def test_the_audit_prints_the_hash_the_database_keeps(db_url: str, tmp_path: Pat
     result = CliRunner().invoke(app, ["audit", "--reports-dir", str(reports), "--database-url", db_url])
 
     assert result.exit_code == ExitCode.OK, result.output
-    [entry] = list_runs(reports)
+    [entry] = list_executions(reports)
     [row] = record_rows(db_url)
     assert f"manifest sha256: {entry.manifest_sha256}\n" in result.stdout
     assert (row["run_id"], row["manifest_sha256"], row["seq"]) == (entry.run_id, entry.manifest_sha256, 1)
@@ -377,7 +378,7 @@ def test_a_record_refused_for_a_secret_is_still_kept_in_the_database(
     encoded = base64.b64encode(f"password={secret}".encode()).decode()
     leaky["cells"][0]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": encoded}]
     started = dt.datetime.now(dt.UTC)
-    run_id = new_run_id("02_leaky", started)
+    run_id = new_execution_id("02_leaky", started)
     result = {"run_id": run_id, "notebook": "02_leaky", "status": "ok", "verdict": f"pw {secret}"}
 
     with pytest.raises(SecretLeakError) as caught:

@@ -3,8 +3,8 @@
 This module reads and writes the operation rows (``ops_operations``) and the items, one per
 user (``ops_operation_items``). Counts are never kept on the operation row: they are read from
 the items (``GROUP BY status``), so workers never contend on one row and counts cannot drift
-from the items. The statuses and plain rows are in ``rows``; who owns an operation, and whether
-that owner is alive, is ``ownership``.
+from the items. The statuses and plain rows are in ``domain.operations``; who owns an operation, and whether
+that owner is alive, is ``ops.bulk.ownership``.
 """
 
 from __future__ import annotations
@@ -17,11 +17,9 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, case, exists, func, insert, literal, select, update
 
 from potato_ops.db.distributed import is_distributed
-from potato_ops.db.reads import as_utc
 from potato_ops.db.schema import ops_operation_items, ops_operations, users
-from potato_ops.errors import OperationNotFoundError
-from potato_ops.ops.bulk.ownership import Runner
-from potato_ops.ops.bulk.rows import (
+from potato_ops.domain.dates import as_utc
+from potato_ops.domain.operations import (
     CANCELLED,
     COMPLETED,
     FAILED,
@@ -33,7 +31,9 @@ from potato_ops.ops.bulk.rows import (
     ItemResult,
     ItemRow,
     OperationRow,
+    Owner,
 )
+from potato_ops.errors import OperationNotFoundError
 
 _items = ops_operation_items
 _ops = ops_operations
@@ -72,10 +72,10 @@ def create_operation(
     dry_run: bool,
     config: dict[str, Any],
     user_ids: Sequence[str] | None,
-    runner: Runner,
+    owner: Owner,
     now: datetime,
 ) -> int:
-    """Write the operation (pending, owned by runner) and one pending item per user.
+    """Write the operation (pending, owned by owner) and one pending item per user.
 
     ``user_ids`` None means every user, listed set-based. Duplicates are dropped, first one
     kept. Ids of no existing user get a failed item (UserNotFoundError) at once. Returns the
@@ -91,9 +91,9 @@ def create_operation(
             total_users=0,
             created_at=now,
             heartbeat_at=now,
-            runner_host=runner.host,
-            runner_pid=runner.pid,
-            runner_token=runner.token,
+            runner_host=owner.host,
+            runner_pid=owner.pid,
+            runner_token=owner.token,
             cancel_requested=False,
         )
     )
@@ -164,12 +164,10 @@ def recent_operations(conn: Connection, status: str | None, limit: int) -> list[
     return [_operation(r) for r in conn.execute(query)]
 
 
-def claim(
-    conn: Connection, operation_id: str, runner: Runner, now: datetime, *, previous: str | None
-) -> bool:
-    """Make runner the operation's runner, status running; False if someone claimed it first.
+def claim(conn: Connection, operation_id: str, owner: Owner, now: datetime, *, previous: str | None) -> bool:
+    """Make owner the operation's owner, status running; False if someone claimed it first.
 
-    ``previous`` is the runner token the caller saw: the claim succeeds only if it is still
+    ``previous`` is the owner token the caller saw: the claim succeeds only if it is still
     the one recorded, so two processes resuming at once cannot both win.
     """
     cond = _ops.c.runner_token.is_(None) if previous is None else _ops.c.runner_token == previous
@@ -181,9 +179,9 @@ def claim(
             started_at=func.coalesce(_ops.c.started_at, now),
             heartbeat_at=now,
             finished_at=None,
-            runner_host=runner.host,
-            runner_pid=runner.pid,
-            runner_token=runner.token,
+            runner_host=owner.host,
+            runner_pid=owner.pid,
+            runner_token=owner.token,
             cancel_requested=False,
             error=None,
         )
@@ -191,11 +189,11 @@ def claim(
     return bool(done)
 
 
-def heartbeat(conn: Connection, operation_id: str, runner: Runner, now: datetime) -> None:
-    """Stamp the runner's heartbeat (what tells another host's runner is still at work)."""
+def heartbeat(conn: Connection, operation_id: str, owner: Owner, now: datetime) -> None:
+    """Stamp the owner's heartbeat (what tells another host's owner is still at work)."""
     conn.execute(
         update(_ops)
-        .where(_ops.c.id == operation_id, _ops.c.runner_token == runner.token)
+        .where(_ops.c.id == operation_id, _ops.c.runner_token == owner.token)
         .values(heartbeat_at=now)
     )
 
@@ -209,7 +207,7 @@ def cancel_requested(conn: Connection, operation_id: str) -> bool:
 def finish(
     conn: Connection,
     operation_id: str,
-    runner: Runner | None,
+    owner: Owner | None,
     status: str,
     now: datetime,
     error: str | None = None,
@@ -218,13 +216,13 @@ def finish(
 ) -> None:
     """Record the operation's final status.
 
-    Only the runner that owns it may (``runner``), or, with ``runner`` None, any worker of the
-    operation's current ``epoch`` while it is still live; a runner fenced out by a takeover
+    Only the operation's owner may (``owner``), or, with ``owner`` None, any worker of the
+    operation's current ``epoch`` while it is still live; an owner fenced out by a takeover
     writes nothing.
     """
     conds = [_ops.c.id == operation_id]
-    if runner is not None:
-        conds.append(_ops.c.runner_token == runner.token)
+    if owner is not None:
+        conds.append(_ops.c.runner_token == owner.token)
     else:
         conds.append(_ops.c.status.in_(LIVE))
     if epoch is not None:
@@ -243,7 +241,7 @@ def set_status(
     expect_token: str | None,
     error: str | None = None,
 ) -> bool:
-    """Set the status of an operation whose runner is gone (as the ledger last saw it)."""
+    """Set the status of an operation whose owner is gone (as the ledger last saw it)."""
     cond = _ops.c.runner_token.is_(None) if expect_token is None else _ops.c.runner_token == expect_token
     values: dict[str, Any] = {"status": status}
     if status in (CANCELLED, COMPLETED, FAILED):
@@ -277,7 +275,7 @@ def join(conn: Connection, operation_id: str, now: datetime) -> int | None:
 
 
 def request_cancel(conn: Connection, operation_id: str) -> None:
-    """Ask the operation's runner to stop at its next batch boundary."""
+    """Ask the operation's owner to stop at its next batch boundary."""
     conn.execute(update(_ops).where(_ops.c.id == operation_id).values(cancel_requested=True))
 
 
@@ -334,17 +332,6 @@ def reopen_failed(conn: Connection, operation_id: str) -> int:
             .where(_items.c.operation_id == operation_id, _items.c.status == FAILED)
             .values(status=PENDING)
         ).rowcount
-    )
-
-
-def pending_user_ids(conn: Connection, operation_id: str) -> list[str]:
-    """Return the ids of the operation's pending users, in their stable order."""
-    return list(
-        conn.execute(
-            select(_items.c.user_id)
-            .where(_items.c.operation_id == operation_id, _items.c.status == PENDING)
-            .order_by(_items.c.position)
-        ).scalars()
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -212,3 +213,42 @@ def test_p0_reaches_alertmanager_survives_a_quick_run_and_resolves_after_the_rep
         servers,
     )
     assert [r["name"] for r in freed["receivers"]] == [P1_RECEIVER]
+
+
+def test_the_readme_textfile_recipe_gives_no_duplicate_series(
+    storage: Storage, db_url: str, tmp_path: Path
+) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    folder = "/var/lib/node_exporter/textfile_collector"
+    lines = [line for line in readme.splitlines() if "--textfile " + folder in line]
+    assert len(lines) == 2, lines  # the metrics job and the audit
+    collector = tmp_path / "textfile_collector"
+    collector.mkdir()
+    for line in lines:
+        command = line.split("potato-ops ", 1)[1].replace(folder, str(collector)).split()
+        command = [arg for arg in command if not arg.startswith("/var/lib/potato-ops")]
+        if command[0] == "audit":
+            command = [arg for arg in command if arg != "--reports-dir"] + ["--no-notebook"]
+        code, out, err = cli(db_url, *command)
+        assert (code, err) == (0, ""), out
+
+    port = free_port()
+    with running(
+        "node_exporter",
+        [
+            binary("prometheus-node-exporter"),
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--collector.disable-defaults",
+            "--collector.textfile",
+            f"--collector.textfile.directory={collector}",
+        ],
+        port,
+        tmp_path,
+    ) as node:
+        with urllib.request.urlopen(node.url + "/metrics", timeout=10) as response:
+            scraped = response.read().decode()
+        log = node.log_tail()
+
+    assert "node_textfile_scrape_error 0" in scraped
+    assert "collected before" not in log
+    assert "potato_ops_last_audit_success_timestamp_seconds" in scraped

@@ -35,6 +35,7 @@ from potato_ops.domain.invariants import check_invariants
 from potato_ops.domain.models import RebuildResult, Run, User, ValidationResult
 from potato_ops.ops.batch_rebuild import (
     BACKUP_ALWAYS,
+    BACKUP_CHANGED,
     BACKUP_NEVER,
     FIRST_DAY,
     LAST_DAY,
@@ -130,7 +131,9 @@ def rebuild_user_runs(
         uuid.uuid4().hex,
         lo,
         hi,
-        backup=BACKUP_ALWAYS if backup else BACKUP_NEVER,
+        # A rebuild that changes nothing keeps no backup: the backups of a user then tell what
+        # there was before each change, not how often a cell was run.
+        backup=BACKUP_CHANGED if backup else BACKUP_NEVER,
         backup_reason="dry_run" if dry_run else "rebuild",
         keep_runs_after=True,
     )

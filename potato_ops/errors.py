@@ -13,6 +13,7 @@
     ├── OperationNotFoundError      no bulk operation with that id
     ├── OperationRunningError       resume of an operation whose runner is still alive
     ├── RuleError                   malformed alert rules file (carries the line number)
+    ├── PushError                   a Pushgateway refused, could not be reached, or its URL is bad
     ├── NotebookError               runbook notebook problems
     │   └── NotebookParameterError  unknown parameter name or wrong type
     └── ReportError                 archive problems (malformed run id or index line)
@@ -75,6 +76,10 @@ class RuleError(PotatoOpsError):
     def __init__(self, message: str, line: int | None = None) -> None:
         super().__init__(f"line {line}: {message}" if line is not None else message)
         self.line = line
+
+
+class PushError(PotatoOpsError):
+    """The figures could not be pushed to (or deleted from) a Pushgateway; the URL shown is masked."""
 
 
 class NotebookError(PotatoOpsError):

@@ -37,6 +37,7 @@
 user_email: str = ""  # the user's email (give this or user_id)
 user_id: str = ""  # the user's id (give this or user_email)
 dry_run: bool = True  # True: compute and show every change, then roll back; False: commit
+confirm: str = ""  # a live run needs the name of the database here (the check cell shows it)
 keep_backup: bool = True  # keep a backup of the runs replaced (needed to roll back)
 calendar_days: int = 120  # days of history drawn in the calendar chart
 operator: str = ""  # who runs this procedure (kept in the archived record)
@@ -53,6 +54,7 @@ params = check_single_user_recovery(
     user_email=user_email,
     user_id=user_id,
     dry_run=dry_run,
+    confirm=confirm,
     keep_backup=keep_backup,
     calendar_days=calendar_days,
     operator=operator,

@@ -37,6 +37,7 @@
 # %% tags=["parameters"]
 scenario: str = "all"  # invariant_violations, performance_degradation, data_corruption or all
 dry_run: bool = True  # True: compute and show every change, then roll back; False: commit
+confirm: str = ""  # a live run needs the name of the database here (the check cell shows it)
 slow_threshold_ms: float = 1000.0  # performance: a rebuild slower than this makes a user slow
 recent_days: int = 90  # performance: the partial rebuild covers this many recent days
 still_slow_ms: float = 5000.0  # performance: flag users still slower than this afterwards
@@ -53,6 +54,7 @@ from potato_ops.runbook.params import check_error_recovery
 params = check_error_recovery(
     scenario=scenario,
     dry_run=dry_run,
+    confirm=confirm,
     slow_threshold_ms=slow_threshold_ms,
     recent_days=recent_days,
     still_slow_ms=still_slow_ms,

@@ -35,8 +35,10 @@
 # %% tags=["parameters"]
 user_email: str = ""  # the user's email (give this or user_id)
 user_id: str = ""  # the user's id (give this or user_email)
-backup_id: int = 0  # the backup to restore; 0: the user's newest backup
+backup_id: int = 0  # the backup to restore; 0: the one taken before the incident's first change
+since: str = ""  # incident start (ISO datetime, or 24h, 7d ago) when no ticket links its changes
 dry_run: bool = True  # True: compute and show every change, then roll back; False: commit
+confirm: str = ""  # a live run needs the name of the database here (the check cell shows it)
 calendar_days: int = 120  # days of history drawn in the calendar chart
 operator: str = ""  # who runs this procedure (kept in the archived record)
 ticket: str = ""  # the incident or change ticket this run belongs to
@@ -52,7 +54,9 @@ params = check_restore_from_backup(
     user_email=user_email,
     user_id=user_id,
     backup_id=backup_id,
+    since=since,
     dry_run=dry_run,
+    confirm=confirm,
     calendar_days=calendar_days,
     operator=operator,
     ticket=ticket,
@@ -89,7 +93,7 @@ snapshot = identify_user(session, params.user)
 snapshot
 
 # %%
-choice = choose_backup(session, snapshot, params.backup_id)
+choice = choose_backup(session, snapshot, params.backup_id, since=params.since)
 choice
 
 # %%

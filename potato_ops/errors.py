@@ -14,6 +14,7 @@
     ├── OperationRunningError       resume of an operation whose runner is still alive
     ├── MarksChangedError           a user's marks kept changing under every try of a rebuild
     ├── RuleError                   malformed alert rules file (carries the line number)
+    ├── PushError                   a Pushgateway refused, could not be reached, or its URL is bad
     ├── NotebookError               runbook notebook problems
     │   └── NotebookParameterError  unknown parameter name or wrong type
     └── ReportError                 archive problems (malformed run id or index line)
@@ -83,6 +84,10 @@ class RuleError(PotatoOpsError):
     def __init__(self, message: str, line: int | None = None) -> None:
         super().__init__(f"line {line}: {message}" if line is not None else message)
         self.line = line
+
+
+class PushError(PotatoOpsError):
+    """The figures could not be pushed to (or deleted from) a Pushgateway; the URL shown is masked."""
 
 
 class NotebookError(PotatoOpsError):

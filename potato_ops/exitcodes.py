@@ -17,3 +17,4 @@ class ExitCode(IntEnum):
     ALERT_P2 = 10
     ALERT_P1 = 11
     ALERT_P0 = 12
+    PUSH_FAILED = 13  # the figures could not be pushed (when no alert sets a higher code)

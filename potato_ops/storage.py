@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from potato_ops.db import backups, history, reads, timezone_log
+from potato_ops.db import backups, history, reads, run_records, timezone_log
 from potato_ops.db.distributed import lay_out
 from potato_ops.db.schema import RUNS_V2_FLAG
 from potato_ops.db.throttling import Episode
@@ -191,6 +191,11 @@ class Storage:
         """Return the user's persisted backups, newest first."""
         with self.database.read() as conn:
             return backups.fetch_backups(conn, user_id)
+
+    def get_ticket_operation_ids(self, ticket: str) -> set[str]:
+        """Return the ids of the operations recorded runbook runs made for this ticket."""
+        with self.database.read() as conn:
+            return run_records.operation_ids_for_ticket(conn, ticket)
 
     def get_backup(self, backup_id: int) -> Backup:
         """Return one persisted backup, or raise BackupError."""

@@ -19,7 +19,7 @@ from potato_ops.monitoring.alerts import (
     parse_condition,
     parse_rules,
 )
-from potato_ops.monitoring.conditions import And, Comparison, Condition, Or, condition_metrics
+from potato_ops.monitoring.conditions import Absent, And, Comparison, Condition, Or, condition_metrics
 from potato_ops.monitoring.names import METRIC_HELP, METRIC_NAMES
 
 HEALTHY: dict[str, float | int | None] = {name: 0 for name in METRIC_NAMES} | {
@@ -33,6 +33,9 @@ SLOW = "Rebuild Performance Slow"
 SCAN = "Invariant Violations Found By Scan"
 STALE = "Stale Active Flags"
 VIOLATIONS = "Invariant Violations"
+SCAN_STALE = "Invariant Scan Stale"
+AUDIT_STALE = "Audit Stale"
+ABSENT = "Scan Figures Absent"
 
 
 def rule(condition: str, name: str = "r", severity: str = "P1") -> AlertRule:
@@ -67,6 +70,8 @@ def test_metric_names_are_the_documented_ones() -> None:
         "backup_newest_age_hours",
         "operations_failed",
         "operations_interrupted",
+        "last_scan_age_seconds",
+        "last_audit_age_seconds",
     )
     assert set(METRIC_HELP) == set(METRIC_NAMES)
     assert all(text.strip() and "\n" not in text for text in METRIC_HELP.values())
@@ -78,11 +83,14 @@ def test_metric_names_are_the_documented_ones() -> None:
 def test_default_file_holds_the_playbooks_three_rules_then_the_scan_rules() -> None:
     rules = default_rules()
     assert [(r.name, r.condition_text, r.severity, r.line) for r in rules] == [
-        (FAILURE_RATE, "rebuild_success_rate < 0.99", "P1", 6),
-        (SLOW, "rebuild_avg_duration_ms > 1000", "P2", 14),
-        (VIOLATIONS, "rebuild_invariant_violations > 0", "P0", 22),
-        (SCAN, "invariant_violations > 0", "P0", 29),
-        (STALE, "stale_active_flags > 0", "P0", 36),
+        (FAILURE_RATE, "rebuild_success_rate < 0.99", "P1", 8),
+        (SLOW, "rebuild_avg_duration_ms > 1000", "P2", 16),
+        (VIOLATIONS, "rebuild_invariant_violations > 0", "P0", 24),
+        (SCAN, "invariant_violations > 0", "P0", 31),
+        (STALE, "stale_active_flags > 0", "P0", 38),
+        (SCAN_STALE, "last_scan_age_seconds > 7200", "P1", 45),
+        (AUDIT_STALE, "last_audit_age_seconds > 7200", "P1", 52),
+        (ABSENT, "absent(invariant_violations) or absent(last_scan_age_seconds)", "P1", 59),
     ]
     assert [r.condition for r in rules] == [
         cmp("rebuild_success_rate", "<", 0.99),
@@ -90,6 +98,9 @@ def test_default_file_holds_the_playbooks_three_rules_then_the_scan_rules() -> N
         cmp("rebuild_invariant_violations", ">", 0),
         cmp("invariant_violations", ">", 0),
         cmp("stale_active_flags", ">", 0),
+        cmp("last_scan_age_seconds", ">", 7200),
+        cmp("last_audit_age_seconds", ">", 7200),
+        Or((Absent("invariant_violations"), Absent("last_scan_age_seconds"))),
     ]
     assert [(r.for_duration, r.annotations["runbook_url"]) for r in rules] == [
         ("15m", "notebooks/05_error_recovery.ipynb"),
@@ -97,6 +108,9 @@ def test_default_file_holds_the_playbooks_three_rules_then_the_scan_rules() -> N
         ("0s", "notebooks/05_error_recovery.ipynb"),
         ("0s", "notebooks/05_error_recovery.ipynb"),
         ("0s", "notebooks/08_troubleshooting.ipynb"),
+        ("0s", "notebooks/07_monitoring_audit.ipynb"),
+        ("0s", "notebooks/07_monitoring_audit.ipynb"),
+        ("10m", "notebooks/07_monitoring_audit.ipynb"),
     ]
 
 
@@ -118,7 +132,13 @@ def test_default_file_on_disk_matches_the_packaged_one() -> None:
         pytest.param({"rebuild_invariant_violations": 0}, [], id="no-violations"),
         pytest.param({"rebuild_invariant_violations": 1}, [VIOLATIONS], id="one-violation"),
         pytest.param({"invariant_violations": 1}, [SCAN], id="scan-finds-one"),
-        pytest.param({"invariant_violations": None}, [], id="scan-skipped"),
+        # A scan never recorded: nothing to compare, but the absence itself is an alert.
+        pytest.param({"invariant_violations": None}, [ABSENT], id="scan-never-recorded"),
+        pytest.param({"last_scan_age_seconds": 7200}, [], id="scan-age-at-threshold"),
+        pytest.param({"last_scan_age_seconds": 7201}, [SCAN_STALE], id="scan-too-old"),
+        pytest.param({"last_scan_age_seconds": None}, [ABSENT], id="scan-time-unknown"),
+        pytest.param({"last_audit_age_seconds": 7201}, [AUDIT_STALE], id="audit-too-old"),
+        pytest.param({"last_audit_age_seconds": None}, [], id="audit-never-recorded"),
         pytest.param({"stale_active_flags": 1}, [STALE], id="one-stale-flag"),
         pytest.param(
             {"rebuild_success_rate": 0.5, "rebuild_avg_duration_ms": 5000},
@@ -186,6 +206,10 @@ C = cmp("backups_count", "<", 3)
             And((A, Or((B, C)))),
             id="parens-right",
         ),
+        pytest.param("absent(slow_users)", Absent("slow_users"), id="absent"),
+        pytest.param(
+            "absent ( slow_users ) or rebuild_count > 1", Or((Absent("slow_users"), A)), id="absent-or"
+        ),
     ],
 )
 def test_parse_condition_builds_the_tree(text: str, tree: Condition) -> None:
@@ -245,6 +269,11 @@ def test_parse_condition_reads_numbers(number: str, value: float) -> None:
         pytest.param("not rebuild_count > 1", "unknown metric 'not'", id="not"),
         pytest.param("__import__('os').system('true') > 1", "unexpected character", id="code"),
         pytest.param("(" * 100 + "rebuild_count > 1" + ")" * 100, "nested deeper", id="deep"),
+        pytest.param("absent slow_users", "expected '(' after 'absent'", id="absent-without-parens"),
+        pytest.param("absent(bogus)", "unknown metric 'bogus'", id="absent-unknown-metric"),
+        pytest.param("absent(slow_users", "expected ')'", id="absent-unclosed"),
+        pytest.param("absent(slow_users) > 1", "expected 'and', 'or'", id="absent-compared"),
+        pytest.param("absent > 1", "expected '(' after 'absent'", id="absent-as-a-metric"),
     ],
 )
 def test_parse_condition_refuses_malformed_text(text: str, message: str) -> None:
@@ -278,6 +307,9 @@ def test_parse_condition_refuses_malformed_text(text: str, message: str) -> None
         pytest.param("slow_users == 10", None, False, id="eq-no-data"),
         pytest.param("slow_users != 10", None, False, id="ne-no-data"),
         pytest.param("slow_users != 10", float("nan"), False, id="ne-nan-is-no-data"),
+        pytest.param("absent(slow_users)", None, True, id="absent-no-data"),
+        pytest.param("absent(slow_users)", float("nan"), True, id="absent-nan"),
+        pytest.param("absent(slow_users)", 0, False, id="absent-zero-is-a-value"),
     ],
 )
 def test_comparisons(condition: str, value: float | int | None, fires: bool) -> None:

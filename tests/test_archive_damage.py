@@ -51,10 +51,16 @@ DAMAGED_INDEX: dict[str, bytes] = {
 }
 
 
+def _database_name(db_url: str) -> str:
+    """Return the name a live run is confirmed with: the SQLite file's or the PostgreSQL database's."""
+    return db_url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+
+
 def _run_01(db_url: str, reports: Path, *extra: str) -> Any:
+    live = ["-p", "dry_run", "false", "-p", "confirm", _database_name(db_url)]
     return CliRunner().invoke(
         app,
-        ["run", "01_single_user_recovery", "-p", "user_id", "U", "-p", "dry_run", "false", *extra],
+        ["run", "01_single_user_recovery", "-p", "user_id", "U", *live, *extra],
         env={"POTATO_DATABASE_URL": db_url, "POTATO_OPS_REPORTS_DIR": str(reports)},
     )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import matplotlib.dates as mdates
 import numpy as np
@@ -19,6 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from potato_ops.charts.calendar import run_calendar
 from potato_ops.charts.canvas import NoData
 from potato_ops.charts.monitoring import (
     duration_histogram,
@@ -28,6 +29,7 @@ from potato_ops.charts.monitoring import (
 )
 from potato_ops.charts.runs import run_length_chart, timezone_chart, violations_before_after
 from potato_ops.charts.words import counted, plural, user_label
+from potato_ops.domain.models import Run
 from potato_ops.monitoring.metrics import HISTORY_SCHEMA
 from potato_ops.runbook.display import Chart
 
@@ -274,3 +276,32 @@ def test_equal_bars_say_they_are_shares_of_one_batch() -> None:
     distinct = shares.with_columns(pl.Series("max_duration_ms", [9.0, 4.0, 1.0]))
     assert "a share of its batch's statements" in figure_of(slowest_users_chart(shares)).get_xlabel()
     assert figure_of(slowest_users_chart(distinct)).get_xlabel() == "slowest rebuild (ms)"
+
+
+def _run(start: str, end: str, *, active: bool = False) -> Run:
+    lo, hi = date.fromisoformat(start), date.fromisoformat(end)
+    return Run(None, "u1", lo, hi, (hi - lo).days + 1, active)
+
+
+def test_the_calendar_widens_to_a_change_long_before_its_window_and_names_only_what_it_draws() -> None:
+    may = [date(2025, 5, 1) + timedelta(days=i) for i in range(6)]
+    before = [_run("2025-05-01", "2025-05-03"), _run("2025-05-04", "2025-05-06")]  # adjacent: one run
+    after = [_run("2025-05-01", "2025-05-06")]
+    figure = run_calendar(may, before, after, end=date(2025, 12, 1), days=120)
+    axes = figure.axes[0]
+    left, right = (mdates.num2date(x).date() for x in axes.get_xlim())  # type: ignore[no-untyped-call]
+    assert left <= date(2025, 5, 1) and right >= date(2025, 12, 1)
+    legend = axes.get_legend()
+    assert legend is not None
+    assert [t.get_text() for t in legend.get_texts()] == ["marked", "run removed", "run new"]
+
+
+def test_the_calendar_of_an_unchanged_user_keeps_its_window_and_legend_of_what_is_drawn() -> None:
+    days = [date(2025, 11, 20) + timedelta(days=i) for i in range(3)]
+    runs = [_run("2025-11-20", "2025-11-22")]
+    figure = run_calendar(days, runs, runs, end=date(2025, 12, 1), days=30)
+    left, _ = (mdates.num2date(x).date() for x in figure.axes[0].get_xlim())  # type: ignore[no-untyped-call]
+    assert left == date(2025, 11, 2)
+    legend = figure.axes[0].get_legend()
+    assert legend is not None
+    assert [t.get_text() for t in legend.get_texts()] == ["marked", "run unchanged"]

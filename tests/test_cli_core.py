@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from typer.testing import CliRunner
 
 from potato_ops import Storage
 from potato_ops.cli import app
-from tests.conftest import add_user
+from tests.conftest import add_runs, add_user
 
 runner = CliRunner()
 
@@ -39,7 +40,7 @@ def test_seed_validate_rebuild_restore_round_trip(db_url: str) -> None:
 
     code, out, _ = invoke(db_url, "rebuild", "--email", str(user.email), "--dry-run")
     assert code == 0
-    assert out.startswith("DRY RUN: ✅")
+    assert out.startswith("DRY RUN: ✔")
     assert user.id in storage.validate_invariants().users_with_violations
 
     code, out, _ = invoke(db_url, "rebuild", "--user-id", user.id)
@@ -110,3 +111,17 @@ def test_every_command_is_documented_in_help_and_readme() -> None:
         name for name, _ in _commands(app) if name not in documented and name.split()[0] not in documented
     ]
     assert undocumented == []
+
+
+def test_validate_names_each_user_by_email_too(db_url: str, storage: Storage) -> None:
+    add_user(storage, "u1", ["2024-01-01", "2024-01-02"], email="ana@example.com")
+    add_runs(storage, "u1", [("2024-01-01", "2024-01-01")])  # the second day is not in a run
+    add_runs(storage, "ghost", [("2024-01-05", "2024-01-05")])  # an orphan: its user is gone
+    code, out, _ = invoke(db_url, "validate")
+    assert code == 3
+    lines = [line for line in out.splitlines() if " u1 " in line or " ghost " in line]
+    assert lines and all("u1 <ana@example.com>" in line for line in lines if " u1 " in line)
+    assert any("ghost <no such user>" in line for line in lines)
+    code, out, _ = invoke(db_url, "validate", "--json")
+    emails = {v["user_id"]: v["email"] for v in json.loads(out)["violations"]}
+    assert emails == {"u1": "ana@example.com", "ghost": None}

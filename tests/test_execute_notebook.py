@@ -142,15 +142,15 @@ def test_a_problem_record_raises_a_one_line_error_after_it_is_displayed(
     with pytest.raises(ProblemFound) as caught:
         record_result("3 overlaps", status="problem")
 
-    assert [d["text/plain"] for d in shown] == ["✅ 2 overlaps", "❌ 3 overlaps"]  # displayed first
+    assert [d["text/plain"] for d in shown] == ["✔ 2 overlaps", "✘ 3 overlaps"]  # displayed first
     assert str(caught.value) == "3 overlaps"
     assert caught.value._render_traceback_() == ["ProblemFound: 3 overlaps"]  # JupyterLab's whole error
 
 
 def test_verdict_line() -> None:
-    assert verdict_line("ok", "all good") == "✅ all good"
-    assert verdict_line("problem", "2 overlaps") == "❌ 2 overlaps"
-    assert verdict_line("timeout", "cell 3 did not finish") == "❌ cell 3 did not finish"
+    assert verdict_line("ok", "all good") == "✔ all good"
+    assert verdict_line("problem", "2 overlaps") == "✘ 2 overlaps"
+    assert verdict_line("timeout", "cell 3 did not finish") == "✘ cell 3 did not finish"
 
 
 # -- lookup --------------------------------------------------------------------------------------
@@ -405,7 +405,7 @@ def test_cli_run_reports_a_problem_with_exit_3(reports: Path) -> None:
     assert result.exit_code == ExitCode.PROBLEM_FOUND, result.output
     run_dir = list_executions(reports)[0].dir
     assert result.stdout.splitlines() == [
-        "❌ problem: 2 users, label None",
+        "✘ problem: 2 users, label None",
         f"status: problem; archived in {reports / run_dir}",
     ]
     assert "Executing notebook with kernel: python3" in result.stderr
@@ -521,7 +521,7 @@ def test_a_run_with_defaults_that_need_a_user_is_refused_naming_the_parameter(
 
     assert result.exit_code == ExitCode.INVALID_PARAMETERS, result.output
     first = result.stdout.splitlines()[0]
-    assert first.startswith("❌ parameters refused: no user chosen") and "set user_email or user_id" in first
+    assert first.startswith("✘ parameters refused: no user chosen") and "set user_email or user_id" in first
     run_dir = list_executions(reports)[0].dir
     archived = json.loads((reports / run_dir / "01_single_user_recovery.result.json").read_text())
     assert (archived["status"], archived["exit_code"]) == ("refused", ExitCode.INVALID_PARAMETERS)

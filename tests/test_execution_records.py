@@ -98,7 +98,10 @@ def test_run_refuses_a_reports_folder_that_cannot_take_the_record(
 
     result = CliRunner().invoke(
         app,
-        ["run", "01_single_user_recovery", "-p", "user_id", "U", "-p", "dry_run", "false"],
+        [
+            *("run", "01_single_user_recovery", "-p", "user_id", "U", "-p", "dry_run", "false"),
+            *("-p", "confirm", db_url.split("?", 1)[0].rsplit("/", 1)[1]),
+        ],
         env={"POTATO_DATABASE_URL": db_url, "POTATO_OPS_REPORTS_DIR": str(reports)},
     )
 
@@ -159,6 +162,7 @@ def test_a_committed_run_whose_archive_fails_keeps_its_record_in_the_database(
             "-p",
             "operator",
             "ana",
+            *("-p", "confirm", db_url.split("?", 1)[0].rsplit("/", 1)[1]),
         ],
         env={"POTATO_OPS_REPORTS_DIR": str(reports)},
     )

@@ -157,6 +157,8 @@ EXPECTED_DEFAULT_WINDOW: dict[str, float | int | None] = {
     "backup_newest_age_hours": 6.0,
     "operations_failed": 1,  # op-failed; yesterday's failure is outside the window
     "operations_interrupted": 1,
+    "last_scan_age_seconds": 0.0,  # this very scan, at the frozen clock's now
+    "last_audit_age_seconds": None,  # no audit ever recorded
 }
 
 
@@ -201,6 +203,7 @@ def test_metrics_of_one_operation(seeded: Storage) -> None:
             "slow_users": 0,
             "operations_failed": 0,  # bulk-1 is not in the ledger
             "operations_interrupted": 0,
+            "last_scan_age_seconds": None,  # no scan ever recorded
         }
     )
     assert metrics.window_text() == "operation bulk-1"
@@ -249,6 +252,7 @@ def test_an_empty_window_has_no_data_and_no_division_by_zero(seeded: Storage) ->
             "users_with_violations": None,
             "slow_users": 0,
             "operations_failed": 0,
+            "last_scan_age_seconds": None,
         }
     )
     assert metrics.summary().startswith(
@@ -280,6 +284,8 @@ def test_an_empty_database_has_no_data(storage: Storage) -> None:
         "backup_newest_age_hours": None,
         "operations_failed": 0,
         "operations_interrupted": 0,
+        "last_scan_age_seconds": 0.0,
+        "last_audit_age_seconds": None,
     }
 
 

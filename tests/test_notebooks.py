@@ -84,10 +84,22 @@ def seed_database(url: str, *, users: int = 24, days: int = 120, corrupt: float 
     return SeededDatabase(url, storage, seeded)
 
 
+def confirmation(parameters: Mapping[str, object]) -> dict[str, object]:
+    """Return the parameters with a live run confirmed by the database's name, as an operator types it."""
+    if parameters.get("dry_run") is not False or "confirm" in parameters:
+        return dict(parameters)
+    url = os.environ[str(parameters.get("database_url_env", "POTATO_DATABASE_URL"))]
+    path = url.split("?", 1)[0].rsplit("/", 1)[1]
+    return {**parameters, "confirm": path}
+
+
 def run(name: str, parameters: Mapping[str, object], reports: Path) -> tuple[ExecutionRecord, dict[str, Any]]:
-    """Run a notebook through execute_notebook; return its record and the archived result JSON."""
+    """Run a notebook through execute_notebook (a live run confirmed); return its record and result JSON."""
     record = execute_notebook(
-        NOTEBOOKS / f"{name}.ipynb", parameters, reports_dir=reports, cell_timeout=CELL_TIMEOUT_S
+        NOTEBOOKS / f"{name}.ipynb",
+        confirmation(parameters),
+        reports_dir=reports,
+        cell_timeout=CELL_TIMEOUT_S,
     )
     archived: dict[str, Any] = json.loads(record.result_path.read_text(encoding="utf-8"))
     assert archived["status"] == record.status
@@ -201,7 +213,7 @@ def test_single_user_dry_run_shows_the_repair_and_writes_nothing(db: SeededDatab
     assert figures["violations_after"] == 0
     assert figures["runs_deleted"] + figures["runs_created"] + figures["active_flags_changed"] > 0
     assert (figures["operator"], figures["ticket"]) == ("ana", "INC-1")
-    assert result["verdict"].startswith("dry run: rebuilding")
+    assert result["verdict"].startswith(f"dry run: would change 1 user ({user.email}: delete")
     assert db.storage.get_user_runs(user.id) == before
 
 
@@ -501,3 +513,42 @@ def test_a_red_verdict_fails_plain_papermill_and_nbconvert(
     assert "ProblemFound" in done.stderr + done.stdout
     if out.exists():  # papermill keeps the executed notebook: the record is in it
         assert RESULT_MIMETYPE in out.read_text()
+
+
+# -- one dry-run verdict across the writing notebooks: words, colour, exit code --------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "given"),
+    [
+        ("01_single_user_recovery", "damaged user"),
+        ("03_bulk_recovery", ""),
+        ("05_error_recovery", ""),
+        ("06_restore_from_backup", "damaged user"),
+    ],
+)
+def test_a_dry_run_that_would_change_users_ends_red_with_exit_3(
+    db: SeededDatabase, reports: Path, name: str, given: str
+) -> None:
+    user = db.corrupted_user()
+    parameters: dict[str, object] = {"user_id": user.id} if given else {}
+    if name == "06_restore_from_backup":
+        db.storage.backup_user_runs(user.id)
+        with db.storage.engine.begin() as conn:  # the runs the backup holds are lost since
+            conn.execute(delete(runs).where(runs.c.user_id == user.id))
+    record, result = run(name, parameters, reports)
+    assert (record.status, record.exit_code) == ("problem", ExitCode.PROBLEM_FOUND), result["verdict"]
+    expected = result["figures"]["dry_run_would_change_users"]
+    if given or name == "03_bulk_recovery":  # 05 also counts slow users and orphan owners
+        assert expected == (1 if given else len(broken_users(db.storage.engine)))
+    plural = "" if expected == 1 else "s"
+    assert expected > 0
+    assert result["verdict"].startswith(f"dry run: would change {expected} user{plural} (")
+    assert result["verdict"].endswith(f"to apply: dry_run=False, confirm={Path(db.url).name!r}")
+
+
+def test_a_dry_run_that_would_change_nothing_is_green_with_exit_0(db: SeededDatabase, reports: Path) -> None:
+    user = db.clean_user()
+    record, result = run("01_single_user_recovery", {"user_id": user.id}, reports)
+    assert (record.status, record.exit_code) == ("ok", ExitCode.OK)
+    assert result["verdict"].startswith("dry run: would change 0 users (")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import threading
@@ -14,13 +15,16 @@ from typing import Any, ClassVar
 import pytest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from potato_ops import Storage
 from potato_ops.cli import app
+from potato_ops.exitcodes import ExitCode
 from potato_ops.monitoring.metrics import Metrics
 from potato_ops.monitoring.names import EXPOSED, METRIC_NAMES
 from potato_ops.monitoring.prometheus import MetricsCollector, render_prometheus, write_textfile
+from tests.conftest import add_user
 from tests.test_metrics import add_history
 
 WINDOW_END = datetime(2024, 3, 10, 15, 0, tzinfo=UTC)
@@ -45,11 +49,17 @@ FIGURES: dict[str, float | int | None] = {
     "backup_newest_age_hours": 0.25,
     "operations_failed": 0,
     "operations_interrupted": 1,
+    "last_scan_age_seconds": 600.0,
+    "last_audit_age_seconds": 1200.0,
 }
 
 
 def metrics_of(figures: dict[str, float | int | None], **extra: Any) -> Metrics:
-    """A Metrics of the last 24 hours holding these figures."""
+    """A Metrics of the last 24 hours holding these figures (ages counted back from its end)."""
+
+    def back(age: float | int | None) -> datetime | None:
+        return None if age is None else WINDOW_END - timedelta(seconds=age)
+
     fields: dict[str, Any] = dict(figures) | {
         "window_start": WINDOW_END - timedelta(hours=24),
         "window_end": WINDOW_END,
@@ -57,6 +67,8 @@ def metrics_of(figures: dict[str, float | int | None], **extra: Any) -> Metrics:
         "computed_at": WINDOW_END,
         "slow_threshold_ms": 1000.0,
         "scanned": figures["invariant_violations"] is not None,
+        "last_scan_at": back(figures.get("last_scan_age_seconds")),
+        "last_audit_at": back(figures.get("last_audit_age_seconds")),
     }
     return Metrics(**(fields | extra))
 
@@ -105,7 +117,9 @@ def test_every_figure_is_a_gauge_in_base_units() -> None:
         "potato_ops_window_seconds": 86400.0,
         "potato_ops_slow_threshold_seconds": 1.0,
         "potato_ops_last_bulk_operation_completed_timestamp_seconds": 1710079200.0,
+        # The newer of the audit time given and the one recorded in the database (1200 s back).
         "potato_ops_last_audit_success_timestamp_seconds": 1710082800.0,
+        "potato_ops_last_scan_timestamp_seconds": 1710082800.0 - 600,
     }
 
 
@@ -127,10 +141,12 @@ def test_figures_without_data_are_absent_not_zero() -> None:
         "rebuild_p50_duration_ms": None,
         "rebuild_p95_duration_ms": None,
         "rebuild_max_duration_ms": None,
-        "invariant_violations": None,  # scan skipped
+        "invariant_violations": None,  # no scan ever recorded
         "users_with_violations": None,
         "backup_oldest_age_hours": None,
         "backup_newest_age_hours": None,
+        "last_scan_age_seconds": None,
+        "last_audit_age_seconds": None,
     }
 
     found = samples(render_prometheus(metrics_of(empty)))
@@ -147,6 +163,8 @@ def test_figures_without_data_are_absent_not_zero() -> None:
             "users_with_violations",
             "backup_oldest_age_hours",
             "backup_newest_age_hours",
+            "last_scan_age_seconds",
+            "last_audit_age_seconds",
         ]
     )
     assert (found["potato_ops_window_rebuilds"], found["potato_ops_window_no_data"]) == (0.0, 1.0)
@@ -221,6 +239,8 @@ def test_metrics_command_as_json_for_one_operation(storage: Storage, db_url: str
         "backup_newest_age_hours": None,
         "operations_failed": 0,
         "operations_interrupted": 0,
+        "last_scan_age_seconds": None,
+        "last_audit_age_seconds": None,
     }
     assert (data["operation_id"], data["no_data"], data["scanned"]) == ("op-1", False, False)
 
@@ -313,7 +333,14 @@ def test_audit_pushes_and_writes_the_figures_with_its_success_time(
 
     assert (result.exit_code, result.stderr) == (0, ""), result.stdout
     [(method, path, body)] = received
-    assert (method, path) == ("PUT", "/metrics/job/potato_ops_audit")
+    # One group per database: the job, then the database's host:port/name (or SQLite file).
+    url_of_db = make_url(db_url)
+    if url_of_db.get_backend_name() == "sqlite":
+        database = str(url_of_db.database)
+    else:
+        database = f"{url_of_db.host}:{url_of_db.port}/{url_of_db.database}"
+    encoded = base64.urlsafe_b64encode(database.encode()).decode()
+    assert (method, path) == ("PUT", f"/metrics/job/potato_ops_audit/database@base64/{encoded}")
     pushed = samples(body.decode())
     written = samples(textfile.read_text())
     assert pushed == written
@@ -323,7 +350,7 @@ def test_audit_pushes_and_writes_the_figures_with_its_success_time(
     assert (pushed["potato_ops_window_rebuilds"], pushed["potato_ops_invariant_violations"]) == (1.0, 0.0)
 
 
-def test_an_unreachable_gateway_is_one_line_exit_1(storage: Storage, db_url: str) -> None:
+def test_an_unreachable_gateway_is_one_line_exit_13(storage: Storage, db_url: str) -> None:
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -334,8 +361,8 @@ def test_an_unreachable_gateway_is_one_line_exit_1(storage: Storage, db_url: str
         env={"POTATO_DATABASE_URL": db_url},
     )
 
-    assert result.exit_code == 1
-    assert result.stderr.startswith(f"error: --pushgateway http://127.0.0.1:{port}: push failed: ")
+    assert result.exit_code == ExitCode.PUSH_FAILED
+    assert result.stderr.startswith(f"error: --pushgateway http://127.0.0.1:{port} (push failed): ")
     assert result.stderr.count("\n") == 1
 
 
@@ -344,7 +371,7 @@ def test_metrics_textfile_holds_what_metrics_prints(storage: Storage, db_url: st
     textfile = tmp_path / "potato_ops.prom"
 
     code, out, err = invoke(db_url, "--textfile", str(textfile))
-    _, printed, _ = invoke(db_url)
+    _, printed, _ = invoke(db_url, "--no-scan")  # the same figures: the same last scan, its time too
 
     assert (code, out, err) == (0, f"wrote {textfile}\n", "")
     assert samples(textfile.read_text()) == samples(printed)
@@ -367,6 +394,42 @@ def test_metrics_reads_the_last_successful_audit_from_the_archive(
     assert (code, err) == (0, "")
     stamp = samples(out)["potato_ops_last_audit_success_timestamp_seconds"]
     assert before <= stamp <= datetime.now(UTC).timestamp()
+
+
+def test_an_audit_without_its_notebook_is_seen_by_metrics(
+    storage: Storage, db_url: str, tmp_path: Path
+) -> None:
+    before = datetime.now(UTC).timestamp()
+    audited = CliRunner().invoke(app, ["audit", "--no-notebook"], env={"POTATO_DATABASE_URL": db_url})
+
+    code, out, err = invoke(db_url, "--no-scan", "--reports-dir", str(tmp_path / "empty"))
+
+    assert audited.exit_code == 0, audited.stdout + audited.stderr
+    assert (code, err) == (0, "")
+    stamp = samples(out)["potato_ops_last_audit_success_timestamp_seconds"]
+    assert before <= stamp <= datetime.now(UTC).timestamp()
+    assert stamp == samples(out)["potato_ops_last_scan_timestamp_seconds"]  # the audit's own scan
+
+
+def test_a_quick_run_keeps_the_last_scans_violations_in_the_textfile(
+    storage: Storage, db_url: str, tmp_path: Path
+) -> None:
+    # Two users whose runs are missing: two uncovered-day violations, counted here by hand.
+    add_user(storage, "u1", ["2024-03-01", "2024-03-02"])
+    add_user(storage, "u2", ["2024-03-05"])
+    textfile = tmp_path / "potato_ops.prom"
+
+    assert invoke(db_url, "--textfile", str(textfile))[0] == 0
+    scanned = samples(textfile.read_text())
+    assert invoke(db_url, "--no-scan", "--textfile", str(textfile))[0] == 0
+    quick = samples(textfile.read_text())
+
+    assert quick["potato_ops_invariant_violations"] == scanned["potato_ops_invariant_violations"] == 2.0
+    assert quick["potato_ops_users_with_violations"] == 2.0
+    assert quick['potato_ops_invariant_violations_by_kind{kind="uncovered_day"}'] == 2.0
+    assert (
+        quick["potato_ops_last_scan_timestamp_seconds"] == scanned["potato_ops_last_scan_timestamp_seconds"]
+    )
 
 
 def test_no_archived_audit_means_no_audit_timestamp(storage: Storage, db_url: str, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from potato_ops.cli import app
 from potato_ops.exitcodes import ExitCode
 from potato_ops.monitoring.alerts import default_rules, evaluate
-from potato_ops.monitoring.names import METRIC_NAMES
+from potato_ops.monitoring.names import EXPOSED, METRIC_NAMES
 from potato_ops.monitoring.prometheus import render_prometheus
 from potato_ops.monitoring.rules_export import alert_name, prometheus_rule, render_prometheus_rules
 from tests.test_prometheus import FIGURES, metrics_of
@@ -68,7 +68,7 @@ def test_shipped_prometheus_rules_are_the_export_of_the_shipped_alerts() -> None
 def test_shipped_rules_pass_check_rules_and_their_unit_tests(promtool: str) -> None:
     checked = run_promtool(promtool, "check", "rules", str(PACKAGE / "prometheus_alerts.yaml"))
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 5 rules found" in checked.stdout
+    assert "SUCCESS: 8 rules found" in checked.stdout
 
     tested = run_promtool(promtool, "test", "rules", str(PACKAGE / "alerts_test.yaml"))
     assert tested.returncode == 0, tested.stdout + tested.stderr
@@ -88,6 +88,23 @@ def test_the_unit_tests_catch_a_moved_threshold(promtool: str, tmp_path: Path) -
 
     assert tested.returncode == 1
     assert "PotatoOpsRebuildFailureRateHigh" in tested.stdout + tested.stderr
+
+
+def test_the_unit_tests_catch_an_absence_rule_that_never_fires(promtool: str, tmp_path: Path) -> None:
+    rules = (PACKAGE / "prometheus_alerts.yaml").read_text()
+    # Only the timestamp's absence checked: a textfile without the scan's figure would go unseen.
+    broken = rules.replace(
+        "absent(potato_ops_invariant_violations) or absent(potato_ops_last_scan_timestamp_seconds)",
+        "absent(potato_ops_last_scan_timestamp_seconds)",
+    )
+    assert broken != rules
+    (tmp_path / "prometheus_alerts.yaml").write_text(broken)
+    shutil.copy(PACKAGE / "alerts_test.yaml", tmp_path / "alerts_test.yaml")
+
+    tested = run_promtool(promtool, "test", "rules", str(tmp_path / "alerts_test.yaml"))
+
+    assert tested.returncode == 1
+    assert "PotatoOpsScanFiguresAbsent" in tested.stdout + tested.stderr
 
 
 def test_export_carries_for_labels_annotations_and_a_runbook_base(promtool: str, tmp_path: Path) -> None:
@@ -115,6 +132,12 @@ def test_export_carries_for_labels_annotations_and_a_runbook_base(promtool: str,
         str(out_file),
         "--runbook-base-url",
         "https://git.example.com/potato-ops/blob/main/",
+        "--job",
+        "potato-ops",
+        "--label",
+        "env=prod",
+        "--label",
+        "team=ops",
     )
 
     assert (code, err) == (0, "")
@@ -125,17 +148,19 @@ def test_export_carries_for_labels_annotations_and_a_runbook_base(promtool: str,
                 "rules": [
                     {
                         "alert": "PotatoOpsSlowOrFailing",
-                        "expr": "(potato_ops_rebuild_duration_mean_seconds > 0.25 or "
-                        "potato_ops_rebuild_failure_ratio > 0.1) and potato_ops_window_rebuilds >= 10",
+                        "expr": '(potato_ops_rebuild_duration_mean_seconds{job="potato-ops"} > 0.25 or '
+                        'potato_ops_rebuild_failure_ratio{job="potato-ops"} > 0.1) and '
+                        'potato_ops_window_rebuilds{job="potato-ops"} >= 10',
                         "for": "1h30m",
-                        "labels": {"severity": "P2", "team": "potato"},
+                        # The rule's own labels win over --label.
+                        "labels": {"severity": "P2", "env": "prod", "team": "potato"},
                         "annotations": {
                             "summary": "Slow or failing",
                             "runbook_url": "https://git.example.com/potato-ops/blob/main/"
                             "notebooks/08_troubleshooting.ipynb",
-                            "description": "Slow or failing (P2) fires when "
-                            "(rebuild_avg_duration_ms > 250 or rebuild_failure_rate > 0.1) "
-                            "and rebuild_count >= 10",
+                            "description": "P2 when (mean duration of a rebuild in the window is above "
+                            "250ms or share of the rebuilds in the window that failed is above 10%) and "
+                            "rebuilds recorded in the window is at or above 10 (value {{ $value }}).",
                         },
                     }
                 ],
@@ -149,15 +174,31 @@ def test_export_carries_for_labels_annotations_and_a_runbook_base(promtool: str,
 # --- the audit and Prometheus agree ----------------------------------------------------------------
 
 
-def series_of(exposition: str) -> list[dict[str, str]]:
-    """Return promtool input series, constant for an hour, from a text exposition."""
+EVAL_SECONDS = 45 * 60  # when the agreement tests evaluate: past every default rule's for:
+
+
+def series_of(exposition: str, ages: dict[str, float] | None = None) -> list[dict[str, str]]:
+    """Return promtool input series, constant for an hour, from a text exposition.
+
+    promtool's clock starts at 0: a timestamp gauge named in ``ages`` is set so that it is that
+    many seconds old at ``EVAL_SECONDS``, as it was when the figures were computed.
+    """
     found = []
     for family in text_string_to_metric_families(exposition):
         for sample in family.samples:
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
             name = sample.name + (f"{{{labels}}}" if labels else "")
-            found.append({"series": name, "values": f"{sample.value!r}x60"})
+            value = EVAL_SECONDS - ages[sample.name] if ages and sample.name in ages else sample.value
+            found.append({"series": name, "values": f"{value!r}x60"})
     return found
+
+
+def without_descriptions(rules_text: str) -> str:
+    """Return an exported rules file without descriptions (they hold the value, checked elsewhere)."""
+    data = yaml.safe_load(rules_text)
+    for rule in data["groups"][0]["rules"]:
+        rule["annotations"].pop("description", None)
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def agreement_test(
@@ -171,20 +212,28 @@ def agreement_test(
     firing = {alert.name for alert in evaluate(rules, figures)}
     if exposition is None:
         exposition = render_prometheus(metrics_of(figures))
+    ages = {
+        EXPOSED[name].name: float(value)
+        for name, value in figures.items()
+        if EXPOSED[name].age and value is not None
+    }
     checks = []
     for rule in rules:
         exported = prometheus_rule(rule)
+        annotations = {k: v for k, v in exported["annotations"].items() if k != "description"}
         expected = (
-            [{"exp_labels": exported["labels"], "exp_annotations": exported["annotations"]}]
+            [{"exp_labels": exported["labels"], "exp_annotations": annotations}]
             if rule.name in firing
             else []
         )
-        # 45 minutes: past every default rule's for:, so Prometheus fires what holds.
-        checks.append({"eval_time": "45m", "alertname": alert_name(rule.name), "exp_alerts": expected})
+        checks.append(
+            {"eval_time": f"{EVAL_SECONDS}s", "alertname": alert_name(rule.name), "exp_alerts": expected}
+        )
+    series = series_of(exposition, ages)
     test = {
         "rule_files": ["prometheus_alerts.yaml"],
         "evaluation_interval": "1m",
-        "tests": [{"interval": "1m", "input_series": series_of(exposition), "alert_rule_test": checks}],
+        "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": checks}],
     }
     return test, sorted(firing)
 
@@ -212,11 +261,21 @@ HEALTHY = dict(FIGURES) | {
             {"invariant_violations": 23}, ["Invariant Violations Found By Scan"], id="scan-violations"
         ),
         pytest.param({"stale_active_flags": 1}, ["Stale Active Flags"], id="stale-flag"),
+        pytest.param({"last_scan_age_seconds": 7200.0}, [], id="scan-age-at-threshold"),
+        pytest.param({"last_scan_age_seconds": 9000.0}, ["Invariant Scan Stale"], id="scan-too-old"),
+        pytest.param({"last_audit_age_seconds": 86400.0}, ["Audit Stale"], id="audit-too-old"),
+        pytest.param({"last_audit_age_seconds": None}, [], id="audit-never-recorded"),
         pytest.param(
-            {"rebuild_success_rate": None, "rebuild_avg_duration_ms": None, "invariant_violations": None},
+            {"rebuild_success_rate": None, "rebuild_avg_duration_ms": None},
             [],
-            id="no-data",
+            id="no-rebuild-data",
         ),
+        pytest.param(
+            {"invariant_violations": None, "users_with_violations": None},
+            ["Scan Figures Absent"],
+            id="scan-never-recorded",
+        ),
+        pytest.param({"last_scan_age_seconds": None}, ["Scan Figures Absent"], id="scan-time-unknown"),
     ],
 )
 def test_audit_and_promtool_give_the_same_answer(
@@ -224,7 +283,9 @@ def test_audit_and_promtool_give_the_same_answer(
 ) -> None:
     figures = HEALTHY | overrides
     test, audit_fires = agreement_test(figures)
-    (tmp_path / "prometheus_alerts.yaml").write_text(render_prometheus_rules(default_rules()))
+    (tmp_path / "prometheus_alerts.yaml").write_text(
+        without_descriptions(render_prometheus_rules(default_rules()))
+    )
     (tmp_path / "agree.yaml").write_text(yaml.safe_dump(test, sort_keys=False))
 
     tested = run_promtool(promtool, "test", "rules", str(tmp_path / "agree.yaml"))
@@ -257,7 +318,7 @@ def test_a_seeded_database_passes_promtool_and_alerts_p0_in_both(
     figures = {name: json.loads(as_json)[name] for name in METRIC_NAMES}
     test, audit_fires = agreement_test(figures, exposition)
     assert "Invariant Violations Found By Scan" in audit_fires
-    (tmp_path / "prometheus_alerts.yaml").write_text(cli(db_url, "alerts", "export")[1])
+    (tmp_path / "prometheus_alerts.yaml").write_text(without_descriptions(cli(db_url, "alerts", "export")[1]))
     (tmp_path / "agree.yaml").write_text(yaml.safe_dump(test, sort_keys=False))
     tested = run_promtool(promtool, "test", "rules", str(tmp_path / "agree.yaml"))
     assert tested.returncode == 0, tested.stdout + tested.stderr

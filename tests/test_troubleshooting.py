@@ -12,7 +12,12 @@ from potato_ops.domain.models import ViolationKind
 from potato_ops.runbook.params import Common, UserRef, check_troubleshooting
 from potato_ops.runbook.session import Session
 from potato_ops.runbook.single_user_recovery import identify_user
-from potato_ops.runbook.troubleshooting import check_invariant_causes, debug_rebuild, troubleshooting_verdict
+from potato_ops.runbook.troubleshooting import (
+    check_invariant_causes,
+    check_rebuild_speed,
+    debug_rebuild,
+    troubleshooting_verdict,
+)
 from tests.conftest import NOW, add_runs, add_user
 
 # What the playbook's guide recommends for each kind the demo can inject (written out here,
@@ -88,3 +93,29 @@ def test_with_a_user_the_dry_run_says_whether_the_stored_runs_are_what_the_marks
     fine = identify_user(session, UserRef("", "u2"))
     found = check_invariant_causes(session, fine, debug_rebuild(session, fine))
     assert any("stored runs equal the 1 runs the marks give" in t for _, t in found.items)
+
+
+def test_for_one_user_the_verdict_leads_with_that_users_own_findings(storage: Storage) -> None:
+    add_user(storage, "u1", ["2024-03-01", "2024-03-02"], email="u1@example.com")
+    add_runs(storage, "u1", [("2024-03-01", "2024-03-01"), ("2024-03-02", "2024-03-02")])  # adjacent
+    add_user(storage, "u2", ["2024-03-01"], email="u2@example.com")
+    add_runs(storage, "u2", [("2024-03-01", "2024-03-01")])
+    session = _session(storage)
+
+    def verdict_for(user_id: str) -> str:
+        snapshot = identify_user(session, UserRef("", user_id))
+        debug = debug_rebuild(session, snapshot)
+        found = [
+            check_rebuild_speed(session, snapshot, PARAMS),
+            check_invariant_causes(session, snapshot, debug),
+        ]
+        return troubleshooting_verdict(PARAMS, snapshot, *found).text
+
+    damaged, wide = verdict_for("u1").split("; whole database: ")
+    assert damaged.startswith("troubleshooting user u1@example.com: ")
+    assert damaged.endswith("findings for this user, first: violations in this user's stored runs now: 1")
+    clean = verdict_for("u2")
+    assert (
+        clean
+        == f"troubleshooting user u2@example.com: nothing wrong found for this user; whole database: {wide}"
+    )

@@ -2,7 +2,8 @@
 
 One row of day squares for the marks, one row of bars for the runs stored before and one for
 the runs after (a rebuild, a restore, a projection). Runs only in "before" are drawn red
-(removed), runs only in "after" green (new), runs in both grey; the active run is hatched.
+(removed), runs only in "after" blue (new), runs in both grey; the active run is hatched. The
+days shown always include every changed run, and the legend names only what is drawn.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ REMOVED_COLOUR = "#e03131"
 NEW_COLOUR = "#1971c2"
 RANGE_COLOUR = "#fff3bf"
 
+CONTEXT = timedelta(days=7)  # days drawn either side of the earliest and latest changed run
 _ROW_MARKS, _ROW_BEFORE, _ROW_AFTER = 2.0, 1.0, 0.0
 
 
@@ -40,10 +42,13 @@ def _num(day: date) -> float:
 
 def _bars(
     axes: Axes, runs: Sequence[Run], row: float, other: set[tuple[date, date, int]], changed: str
-) -> None:
+) -> set[str]:
+    """Draw the runs; return the colours used (for a legend of only what is drawn)."""
+    used: set[str] = set()
     for run in runs:
         start, end = sorted((run.start_date, run.end_date))
         colour = SAME_COLOUR if _key(run) in other else changed
+        used.add(colour)
         axes.broken_barh(
             [(_num(start), (end - start).days + 1)],
             (row - 0.32, 0.64),
@@ -52,6 +57,22 @@ def _bars(
             linewidth=1.5 if run.active else 1.0,
             hatch="///" if run.active else None,
         )
+    return used
+
+
+def changed_span(before: Sequence[Run], after: Sequence[Run] | None) -> tuple[date, date] | None:
+    """Return the first and last day of the runs a change removes or adds, or None."""
+    if after is None:
+        return None
+    before_keys, after_keys = {_key(r) for r in before}, {_key(r) for r in after}
+    changed = [r for r in before if _key(r) not in after_keys] + [
+        r for r in after if _key(r) not in before_keys
+    ]
+    if not changed:
+        return None
+    return min(min(r.start_date, r.end_date) for r in changed), max(
+        max(r.start_date, r.end_date) for r in changed
+    )
 
 
 def run_calendar(
@@ -67,11 +88,17 @@ def run_calendar(
     window: tuple[date | None, date | None] | None = None,
     today: date | None = None,
 ) -> Figure:
-    """Return the calendar of the ``days`` days ending at ``end``."""
+    """Return the calendar of the ``days`` days ending at ``end``, widened to every changed run."""
     figure = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     start = end - timedelta(days=days - 1)
+    span = changed_span(before, after)
+    if span is not None:  # a change long ago is drawn, not left off the left edge
+        if span[0] < start:
+            start = span[0] - CONTEXT
+        if span[1] > end:
+            end = span[1] + CONTEXT
     lo, hi = _num(start), _num(end) + 1
     if window is not None and (window[0] or window[1]):
         w_lo = max(_num(window[0]), lo) if window[0] else lo
@@ -89,11 +116,11 @@ def run_calendar(
     )
     before_keys = {_key(r) for r in before}
     after_keys = {_key(r) for r in after or []}
-    _bars(axes, before, _ROW_BEFORE, after_keys if after is not None else before_keys, REMOVED_COLOUR)
+    drawn = _bars(axes, before, _ROW_BEFORE, after_keys if after is not None else before_keys, REMOVED_COLOUR)
     rows = [_ROW_MARKS, _ROW_BEFORE]
     labels = [f"marked days ({len(shown_marks)})", "runs before"]
     if after is not None:
-        _bars(axes, after, _ROW_AFTER, before_keys, NEW_COLOUR)
+        drawn |= _bars(axes, after, _ROW_AFTER, before_keys, NEW_COLOUR)
         rows.append(_ROW_AFTER)
         labels.append(after_label)
     if today is not None and start <= today <= end:
@@ -106,17 +133,24 @@ def run_calendar(
     axes.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
     axes.grid(True, axis="x", alpha=0.3)
     axes.set_title(f"{title} ({start} .. {end})")
+    shown_unmarked = any(start <= d <= end for d in unmarked)
+    active = any(r.active for r in [*before, *(after or [])])
     legend = [
-        Patch(color=MARK_COLOUR, label="marked"),
-        Patch(color=UNMARKED_COLOUR, label="un-marked"),
-        Patch(color=SAME_COLOUR, label="run unchanged"),
-        Patch(color=REMOVED_COLOUR, label="run removed"),
-        Patch(color=NEW_COLOUR, label="run new"),
-        Patch(facecolor="white", edgecolor="#495057", hatch="///", label="active"),
+        patch
+        for patch, drawn_here in (
+            (Patch(color=MARK_COLOUR, label="marked"), bool(shown_marks)),
+            (Patch(color=UNMARKED_COLOUR, label="un-marked"), shown_unmarked),
+            (Patch(color=SAME_COLOUR, label="run unchanged"), SAME_COLOUR in drawn),
+            (Patch(color=REMOVED_COLOUR, label="run removed"), REMOVED_COLOUR in drawn),
+            (Patch(color=NEW_COLOUR, label="run new"), NEW_COLOUR in drawn),
+            (Patch(facecolor="white", edgecolor="#495057", hatch="///", label="active"), active),
+        )
+        if drawn_here
     ]
     if window is not None and (window[0] or window[1]):
         legend.append(Patch(color=RANGE_COLOUR, label="rebuild range"))
-    axes.legend(
-        handles=legend, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(legend), frameon=False
-    )
+    if legend:
+        axes.legend(
+            handles=legend, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(legend), frameon=False
+        )
     return figure

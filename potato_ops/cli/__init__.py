@@ -17,6 +17,7 @@ import typer
 from potato_ops.cli import bulk as bulk
 from potato_ops.cli import core as core
 from potato_ops.cli import demo as demo
+from potato_ops.cli import lab as lab
 from potato_ops.cli import monitoring as monitoring
 from potato_ops.cli import notebooks as notebooks
 
@@ -49,7 +50,7 @@ def _options(
     """Rebuild, back up, restore and validate Project Potato's runs table."""
 
 
-for _module in (core, bulk, notebooks, monitoring, demo):
+for _module in (core, bulk, notebooks, lab, monitoring, demo):
     _module.register(app)
 
 

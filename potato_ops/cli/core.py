@@ -24,6 +24,7 @@ from potato_ops.cli.common import (
 from potato_ops.exitcodes import ExitCode
 
 if TYPE_CHECKING:
+    from potato_ops import Storage
     from potato_ops.domain.models import RebuildResult, Run
 
 
@@ -41,7 +42,7 @@ def _runs_table(runs: list[Run]) -> str:
 
 def _print_rebuild(result: RebuildResult) -> None:
     mode = "DRY RUN: " if result.dry_run else ""
-    verdict = "✅ rebuild successful" if result.success else "❌ rebuild failed, rolled back"
+    verdict = "✔ rebuild successful" if result.success else "✘ rebuild failed, rolled back"
     typer.echo(f"{mode}{verdict} (operation {result.operation_id})")
     window = ""
     if result.from_date or result.to_date:
@@ -162,6 +163,8 @@ def validate(
     for uid in user_id or []:
         storage.get_user(uid)
     report = storage.validate_invariants(user_id or None)
+    listed = report.violations[:limit]
+    emails = _emails(storage, [v.user_id for v in listed])
     if as_json:
         typer.echo(
             json.dumps(
@@ -169,7 +172,7 @@ def validate(
                     "counts": report.counts(),
                     "users_scanned": report.users_scanned,
                     "users_with_violations": report.users_with_violations,
-                    "violations": [jsonable(v.__dict__) for v in report.violations[:limit]],
+                    "violations": [{**jsonable(v.__dict__), "email": emails.get(v.user_id)} for v in listed],
                 },
                 indent=2,
             )
@@ -178,17 +181,33 @@ def validate(
         typer.echo(f"scanned {report.users_scanned} users on {storage.url}")
         for name, count in report.counts().items():
             typer.echo(f"  {name:22} {count}")
-        for v in report.violations[:limit]:
-            typer.echo(f"  {v.kind:15} {v.user_id}  {v.detail}")
+        for v in listed:
+            who = emails.get(v.user_id) or "no such user"
+            typer.echo(f"  {v.kind:15} {v.user_id} <{who}>  {v.detail}")
         if len(report.violations) > limit:
             typer.echo(f"  … and {len(report.violations) - limit} more")
         typer.echo(
-            "✅ all invariants hold"
+            "✔ all invariants hold"
             if report.ok
-            else f"❌ {len(report.users_with_violations)} users with violations"
+            else f"✘ {len(report.users_with_violations)} users with violations"
         )
     if not report.ok:
         raise typer.Exit(int(ExitCode.PROBLEM_FOUND))
+
+
+def _emails(storage: Storage, user_ids: list[str]) -> dict[str, str]:
+    """Return the email of each listed user that exists and has one (the listed few only)."""
+    from potato_ops.errors import UserNotFoundError
+
+    found: dict[str, str] = {}
+    for uid in dict.fromkeys(user_ids):
+        try:
+            email = storage.get_user(uid).email
+        except UserNotFoundError:  # an orphan run's user is gone
+            continue
+        if email:
+            found[uid] = email
+    return found
 
 
 def backup(

@@ -61,11 +61,11 @@ def demo(
     typer.echo(f"violations: {result.violations_before} before, {result.violations_after} after")
     if result.ok:
         typer.echo(
-            "✅ demo completed as designed. Open the reports above; "
+            "✔ demo completed as designed. Open the reports above; "
             "`potato-ops reports verify` checks the archive."
         )
         return
-    typer.echo("❌ the demo did not go as designed: see the records above", err=True)
+    typer.echo("✘ the demo did not go as designed: see the records above", err=True)
     raise typer.Exit(int(result.exit_code))
 
 

@@ -1,5 +1,8 @@
 """``potato-ops audit`` (the scheduled audit), ``metrics`` (the figures) and ``alerts export``.
 
+The Prometheus-side commands (``exporter``, ``pushgateway``, ``alerts alertmanager|dashboard``)
+are in ``cli.prometheus``.
+
 One function per command, registered by ``register``; each imports what it needs when it runs.
 """
 
@@ -12,13 +15,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from potato_ops.cli import prometheus
 from potato_ops.cli.common import DatabaseOption, ReportsDirOption, expected_failures, fail, open_storage
+from potato_ops.cli.prometheus import LabelOption, PushgatewayAuthOption, PushgatewayOption, parse_labels
 from potato_ops.exitcodes import ExitCode
 
 if TYPE_CHECKING:
     from datetime import datetime
 
     from potato_ops.monitoring.metrics import Metrics
+    from potato_ops.monitoring.pushgateway import Gateway
 
 # The default of --slow-threshold-ms; monitoring.metrics.DEFAULT_SLOW_THRESHOLD_MS is the
 # same number, checked by a test (importing it here would load polars for --help).
@@ -75,19 +81,26 @@ def _check_rules_file(path: Path | None) -> None:
 
 
 def _hand_over(
-    figures: Metrics, textfile: Path | None, pushgateway: str | None, audited_at: datetime | None
-) -> str | None:
-    """Write the textfile and push to the gateway; return why that failed, or None."""
-    from potato_ops.errors import PotatoOpsError
-    from potato_ops.monitoring.prometheus import push_metrics, write_textfile
+    figures: Metrics,
+    textfile: Path | None,
+    gateway: Gateway | None,
+    grouping: dict[str, str],
+    audited_at: datetime | None,
+) -> tuple[str, ExitCode] | None:
+    """Write the textfile and push to the gateway; return why that failed and its code, or None."""
+    from potato_ops.errors import PotatoOpsError, PushError
+    from potato_ops.monitoring.prometheus import metrics_registry, write_textfile
+    from potato_ops.monitoring.pushgateway import push_registry
 
     try:
         if textfile is not None:
             write_textfile(textfile, figures, audited_at)
-        if pushgateway is not None:
-            push_metrics(pushgateway, figures, audited_at)
+        if gateway is not None:
+            push_registry(gateway, metrics_registry(figures, audited_at), grouping)
+    except PushError as exc:
+        return str(exc), ExitCode.PUSH_FAILED
     except PotatoOpsError as exc:
-        return str(exc)
+        return str(exc), ExitCode.ERROR
     return None
 
 
@@ -105,28 +118,26 @@ def audit(
         typer.Option("--timeout", metavar="SECONDS", min=1, help="Longest a notebook cell may run."),
     ] = 600,
     textfile: TextfileOption = None,
-    pushgateway: Annotated[
-        str | None,
-        typer.Option(
-            "--pushgateway",
-            metavar="URL",
-            show_default=False,
-            help="Also push the figures and the audit's success time to this Pushgateway "
-            "(job potato_ops_audit).",
-        ),
-    ] = None,
+    pushgateway: PushgatewayOption = None,
+    pushgateway_auth_file: PushgatewayAuthOption = None,
+    label: LabelOption = None,
     database_url: DatabaseOption = None,
 ) -> None:
     """Compute the metrics, evaluate the alert rules, run and archive the audit notebook.
 
     Made for cron or a systemd timer. Prints the figures and every firing alert; the exit
     status is the most severe alert that fired: 0 none, 10 P2, 11 P1, 12 P0. Exit 1 when the
-    metrics cannot be computed (bad rules file, database unreachable, schema missing) or, with
-    no alert firing, when the figures could not be written or pushed. A notebook that fails is
-    reported on stderr; the exit status still follows the alerts.
+    metrics cannot be computed (bad rules file, database unreachable, schema missing). With no
+    alert firing, exit 13 when the push to the Pushgateway failed and 1 when the textfile
+    could not be written; with an alert firing, its code stays and the failure is one line on
+    stderr. --pushgateway pushes the group job=potato_ops_audit, database=<this database> and
+    each --label. A notebook that fails is reported on stderr; the exit status follows the alerts.
     """
     _check_textfile(textfile)
     _check_rules_file(rules)
+    grouping_labels = parse_labels(label)
+    if pushgateway_auth_file is not None and pushgateway is None:
+        raise fail("--pushgateway-auth-file needs --pushgateway", ExitCode.USAGE)
     from potato_ops.domain.dates import parse_since
     from potato_ops.monitoring.scheduled_audit import describe_alert, load_rules, run_audit
 
@@ -160,12 +171,40 @@ def audit(
             )
     if outcome.notebook_error is not None:
         typer.echo(f"warning: {outcome.notebook_error}", err=True)
-    problem = _hand_over(outcome.metrics, textfile, pushgateway, outcome.metrics.computed_at)
+    problem = _hand_over_checked(
+        outcome.metrics, textfile, pushgateway, pushgateway_auth_file, grouping_labels, storage.url
+    )
     if problem is not None:
+        message, code = problem
         if outcome.exit_code == ExitCode.OK:
-            raise fail(problem)
-        typer.echo(f"error: {problem}", err=True)
+            raise fail(message, code)
+        fail(message)  # one masked line; the alert's exit code stays
     raise typer.Exit(int(outcome.exit_code))
+
+
+def _hand_over_checked(
+    figures: Metrics,
+    textfile: Path | None,
+    pushgateway: str | None,
+    auth_file: Path | None,
+    labels: dict[str, str],
+    database: str,
+) -> tuple[str, ExitCode] | None:
+    """Return why the figures could not be handed over, and the exit code it deserves, or None."""
+    from potato_ops.errors import PotatoOpsError, PushError
+    from potato_ops.monitoring.pushgateway import database_label, grouping_key, parse_gateway
+
+    gateway = None
+    grouping: dict[str, str] = {}
+    if pushgateway is not None:
+        try:
+            gateway = parse_gateway(pushgateway, auth_file)
+            grouping = grouping_key(database_label(database), labels)
+        except PushError as exc:
+            return str(exc), ExitCode.PUSH_FAILED
+        except PotatoOpsError as exc:
+            return str(exc), ExitCode.ERROR
+    return _hand_over(figures, textfile, gateway, grouping, figures.computed_at)
 
 
 def metrics(
@@ -234,18 +273,37 @@ def alerts_export(
         typer.Option(
             "--runbook-base-url",
             metavar="URL",
-            help="Prefix for relative runbook links (e.g. your repository's URL).",
+            envvar="POTATO_OPS_RUNBOOK_BASE_URL",
+            show_envvar=True,
+            help="Prefix for relative runbook links (e.g. your repository's URL), making them full URLs.",
         ),
     ] = "",
+    job: Annotated[
+        str | None,
+        typer.Option(
+            "--job",
+            metavar="NAME",
+            show_default=False,
+            help="Match only this scrape job in every expression (two jobs reading the same figures "
+            "would double every alert).",
+        ),
+    ] = None,
+    label: LabelOption = None,
 ) -> None:
-    """Compile the alert rules into a Prometheus rules file (one group; check it with promtool)."""
+    """Compile the alert rules into a Prometheus rules file (one group; check it with promtool).
+
+    --label NAME=VALUE adds a label to every alert (env=prod, team=potato).
+    """
     _check_rules_file(rules)
+    labels = parse_labels(label)
     if output is not None and not output.parent.is_dir():
         raise fail(f"--output {output}: folder {output.parent} does not exist")
     from potato_ops.monitoring.alerts import default_rules, load_rules
     from potato_ops.monitoring.rules_export import render_prometheus_rules
 
-    text = render_prometheus_rules(default_rules() if rules is None else load_rules(rules), runbook_base_url)
+    text = render_prometheus_rules(
+        default_rules() if rules is None else load_rules(rules), runbook_base_url, job=job, labels=labels
+    )
     if output is None:
         sys.stdout.write(text)
         return
@@ -264,4 +322,5 @@ def register(app: typer.Typer) -> None:
         help="The alert rules, for Prometheus.", no_args_is_help=True, rich_markup_mode=None
     )
     alerts_app.command("export")(expected_failures(alerts_export))
+    prometheus.register(app, alerts_app)
     app.add_typer(alerts_app, name="alerts")

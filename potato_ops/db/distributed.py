@@ -13,6 +13,8 @@ database full of data) into the distributed layout, in place and idempotently:
 * ``ops_operations`` and ``ops_operation_batches`` stay plain tables on the coordinator:
   one row per operation and per batch, written by claims and fences, cheapest where no
   distributed transaction is needed for them.
+* Tables with no ``user_id`` (``ops_run_records``, ``ops_scan_results``: one row per notebook
+  run, per whole-database scan) are left as they are: plain tables on the coordinator.
 
 Existing rows are moved into the shards by Citus, then the coordinator's local copies are
 truncated.

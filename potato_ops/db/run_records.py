@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, delete, insert, select
 
 from potato_ops.db.schema import ops_run_records
 
@@ -31,6 +32,34 @@ class StoredRecord:
 def insert_stored_record(conn: Connection, row: Mapping[str, Any]) -> None:
     """Insert one run's record; the caller commits."""
     conn.execute(insert(ops_run_records).values(**row))
+
+
+def replace_run_record(conn: Connection, row: Mapping[str, Any]) -> None:
+    """Insert one run's record in place of any row with its run_id; the caller commits."""
+    delete_run_record(conn, str(row["run_id"]))
+    insert_stored_record(conn, row)
+
+
+def delete_run_record(conn: Connection, run_id: str) -> None:
+    """Delete the record with this run_id, if any; the caller commits."""
+    conn.execute(delete(ops_run_records).where(ops_run_records.c.run_id == run_id))
+
+
+def operation_ids_for_ticket(conn: Connection, ticket: str) -> set[str]:
+    """Return the operation ids of every recorded notebook run made for this ticket."""
+    rows = conn.execute(
+        select(ops_run_records.c.parameters, ops_run_records.c.operation_ids).where(
+            ops_run_records.c.parameters.contains(json.dumps(ticket))
+        )
+    ).all()
+    found: set[str] = set()
+    for parameters, operation_ids in rows:
+        try:
+            if json.loads(parameters).get("ticket") == ticket:
+                found.update(str(op) for op in json.loads(operation_ids))
+        except (ValueError, AttributeError):  # a damaged row names no ticket
+            continue
+    return found
 
 
 def stored_records(conn: Connection, archive: str) -> list[StoredRecord]:

@@ -340,6 +340,24 @@ ops_capture_seen = Table(
     PrimaryKeyConstraint("operation_id", "user_id", name="ops_capture_seen_pkey"),
 )
 
+# One row per whole-database invariant scan: what it found and when, so every metrics output
+# (a quick run without a scan, the exporter) can show the last scan's figures and their age.
+# ``source`` says who scanned ('scan', 'metrics', 'audit'): the audit's rows are its success
+# times. Not per user: on Citus it stays a plain table on the coordinator.
+ops_scan_results = Table(
+    "ops_scan_results",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True),
+    Column("source", Text, nullable=False),
+    Column("scanned_at", DateTime(timezone=True), nullable=False),
+    Column("duration_ms", Float, nullable=False),
+    Column("users_scanned", Integer, nullable=False),
+    Column("violations", Integer, nullable=False),
+    Column("users_with_violations", Integer, nullable=False),
+    Column("by_kind", Text, nullable=False),  # JSON object: kind -> violation records
+    Index("ix_ops_scan_results_source", "source", "scanned_at"),
+)
+
 OPS_TABLES = (
     ops_backups,
     ops_rebuild_history,
@@ -351,6 +369,7 @@ OPS_TABLES = (
     ops_run_records,
     ops_mark_changes,
     ops_capture_seen,
+    ops_scan_results,
 )
 
 

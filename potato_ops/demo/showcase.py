@@ -25,6 +25,7 @@ from potato_ops.db.schema import RUNS_V2_FLAG
 from potato_ops.demo.synth import seed
 from potato_ops.errors import ConfigError
 from potato_ops.exitcodes import ExitCode
+from potato_ops.notebook_runs.confirm import database_name
 from potato_ops.notebook_runs.execute import ExecutionRecord, execute_notebook
 from potato_ops.ops.database import Database
 from potato_ops.ops.scan import validate_invariants
@@ -156,7 +157,7 @@ def run_demo(
             say(f"running {RECOVERY_NOTEBOOK}: detect, dry run, repair, verify")
             recovery = execute_notebook(
                 RECOVERY_NOTEBOOK,
-                {**common, "scenario": "all", "dry_run": False},
+                {**common, "scenario": "all", "dry_run": False, "confirm": database_name(DEMO_URL_ENV)},
                 reports_dir=reports_dir,
                 cell_timeout=cell_timeout,
             )

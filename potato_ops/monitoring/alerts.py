@@ -12,11 +12,12 @@ A rules file is a mapping with one key, ``alerts``, holding a list of entries::
           runbook_url: "notebooks/05_error_recovery.ipynb"
 
 A condition compares a known metric (one of ``METRIC_NAMES``) with a number (``METRIC OP
-NUMBER`` with OP one of ``< <= > >= == !=``); comparisons combine with ``and`` / ``or`` (``and``
-binds tighter) and parentheses. Conditions are parsed by ``potato_ops.monitoring.conditions``, whose
-public names are re-exported here; nothing in a rules file is ever executed, and YAML tags
-never construct objects. ``for``, ``labels`` and ``annotations`` matter only to the Prometheus
-rules that ``potato_ops.monitoring.rules_export`` compiles; the audit evaluates the condition now.
+NUMBER`` with OP one of ``< <= > >= == !=``) or asks that it have no value
+(``absent(METRIC)``); these combine with ``and`` / ``or`` (``and`` binds tighter) and
+parentheses. Conditions are parsed by ``potato_ops.monitoring.conditions``, whose public names
+are re-exported here; nothing in a rules file is ever executed, and YAML tags never construct
+objects. ``for``, ``labels`` and ``annotations`` matter only to the Prometheus rules that
+``potato_ops.monitoring.rules_export`` compiles; the audit evaluates the condition now.
 
 A rules file is bounded (``MAX_RULES_BYTES``, ``MAX_RULES``): a rules file is a page of
 configuration, and an unbounded one would tie up the audit for minutes.
@@ -37,6 +38,7 @@ from yaml.reader import ReaderError
 from potato_ops.errors import RuleError
 from potato_ops.monitoring import conditions
 from potato_ops.monitoring.conditions import (
+    Absent,
     And,
     Condition,
     Or,
@@ -335,6 +337,8 @@ def _holds(condition: Condition, values: Mapping[str, float | None]) -> bool:
         return all(_holds(operand, values) for operand in condition.operands)
     if isinstance(condition, Or):
         return any(_holds(operand, values) for operand in condition.operands)
+    if isinstance(condition, Absent):
+        return values[condition.metric] is None
     value = values[condition.metric]
     if value is None:
         return False

@@ -1,7 +1,8 @@
 """Alert conditions: tokenize and parse a condition into a small syntax tree.
 
 A condition compares a metric with a number (``METRIC OP NUMBER`` with OP one of
-``< <= > >= == !=``); comparisons combine with ``and`` / ``or`` (``and`` binds tighter) and
+``< <= > >= == !=``) or asks whether it has no value at all (``absent(METRIC)``: never
+computed, never scraped); these combine with ``and`` / ``or`` (``and`` binds tighter) and
 parentheses. Conditions are parsed by a small recursive-descent parser into frozen dataclasses;
 nothing in a condition is ever executed. Which metric names exist is the caller's to say
 (``potato_ops.monitoring.alerts`` passes its ``METRIC_NAMES``).
@@ -34,6 +35,13 @@ class Comparison:
 
 
 @dataclass(frozen=True)
+class Absent:
+    """``absent(metric)``: true exactly when the metric has no value."""
+
+    metric: str
+
+
+@dataclass(frozen=True)
 class And:
     """True when every operand is true."""
 
@@ -47,14 +55,14 @@ class Or:
     operands: tuple[Condition, ...]
 
 
-Condition = Comparison | And | Or
+Condition = Comparison | Absent | And | Or
 
 
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _OPERATOR = re.compile(r"<=|>=|==|!=|<|>")
 _NUMBER_TAIL = re.compile(r"[A-Za-z0-9_.]")
-_KEYWORDS = frozenset({"and", "or"})
+_KEYWORDS = frozenset({"and", "or", "absent"})
 
 
 @dataclass(frozen=True)
@@ -120,7 +128,7 @@ class _Parser:
 
         or_expr    := and_expr ("or" and_expr)*
         and_expr   := primary ("and" primary)*
-        primary    := "(" or_expr ")" | comparison
+        primary    := "(" or_expr ")" | "absent" "(" METRIC ")" | comparison
         comparison := METRIC ("<" | "<=" | ">" | ">=" | "==" | "!=") NUMBER
     """
 
@@ -180,9 +188,11 @@ class _Parser:
             self._advance()
             self._depth -= 1
             return inner
+        if token.kind == "keyword" and token.text == "absent":
+            return self._absent()
         return self._comparison()
 
-    def _comparison(self) -> Comparison:
+    def _metric(self) -> _Token:
         metric = self._advance()
         if metric.kind != "name":
             self._fail("a metric name or '('", metric)
@@ -191,6 +201,21 @@ class _Parser:
                 f"unknown metric {metric.text!r} at column {metric.column}"
                 + (suggestion(metric.text, self._metrics) or f"; known: {', '.join(self._metrics)}")
             )
+        return metric
+
+    def _absent(self) -> Absent:
+        self._advance()  # absent
+        opening = self._advance()
+        if opening.kind != "(":
+            self._fail("'(' after 'absent'", opening)
+        metric = self._metric()
+        closing = self._advance()
+        if closing.kind != ")":
+            self._fail(f"')' (closing the '(' at column {opening.column})", closing)
+        return Absent(metric.text)
+
+    def _comparison(self) -> Comparison:
+        metric = self._metric()
         operator = self._advance()
         if operator.kind != "op":
             self._fail(
@@ -216,7 +241,7 @@ def parse_condition(text: str, metrics: Sequence[str]) -> Condition:
 
 def condition_metrics(condition: Condition) -> tuple[str, ...]:
     """Return the metric names a condition reads, each once, in order of appearance."""
-    if isinstance(condition, Comparison):
+    if isinstance(condition, Comparison | Absent):
         return (condition.metric,)
     seen: dict[str, None] = {}
     for operand in condition.operands:

@@ -12,7 +12,9 @@ window does not hold (a rate or a duration with no rebuilds) is None, never a di
 recorded in the same table but are not rebuilds and count nowhere here.
 
 State figures (the scan, stale active flags, pending timezone changes, backups, interrupted
-operations) describe the database now, whatever the window.
+operations) describe the database now, whatever the window. The scan's figures are those of
+the last recorded whole-database scan (``ops.scan_record``): this run's when it scanned, else
+the newest one kept, with its age; None only when no scan was ever recorded.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from potato_ops.domain.dates import as_utc, parse_since
 from potato_ops.domain.models import InvariantReport, ViolationKind, jsonable
 from potato_ops.errors import InvalidDateRangeError
 from potato_ops.monitoring.names import METRIC_HELP, METRIC_NAMES
+from potato_ops.ops import scan_record
 from potato_ops.ops.database import Database
 from potato_ops.ops.scan import count_wrong_flags, validate_invariants
 
@@ -77,7 +80,7 @@ class Metrics:
     rebuild_max_duration_ms: float | None
     users_processed: int  # distinct users with a rebuild attempt in the window, failed or not
     rebuild_invariant_violations: int
-    invariant_violations: int | None  # None when the scan was skipped
+    invariant_violations: int | None  # the last recorded scan's; None when none ever ran
     users_with_violations: int | None
     stale_active_flags: int
     timezone_changes_pending: int  # users whose latest change has not been rebuilt since
@@ -96,6 +99,12 @@ class Metrics:
     violations_by_kind: dict[str, int] = field(default_factory=dict)
     # When the newest bulk operation that completed finished; None when none ever did.
     last_bulk_completed_at: datetime | None = None
+    # When the scan behind the scan figures ran, and when the scheduled audit last succeeded
+    # (recorded in the database); their ages at computed_at. None when never.
+    last_scan_at: datetime | None = None
+    last_audit_at: datetime | None = None
+    last_scan_age_seconds: float | None = None
+    last_audit_age_seconds: float | None = None
 
     @property
     def no_data(self) -> bool:
@@ -136,6 +145,11 @@ class Metrics:
             )
         if self.scanned:
             head += f"; scan: {self.invariant_violations} violations in {self.users_with_violations} users"
+        elif self.last_scan_at is not None:
+            head += (
+                f"; last scan ({self.last_scan_at.isoformat(timespec='seconds')}): "
+                f"{self.invariant_violations} violations in {self.users_with_violations} users"
+            )
         return head
 
 
@@ -167,6 +181,10 @@ def stale_active_flags(conn: Connection, now: datetime) -> int:
     return count_wrong_flags(conn, now)
 
 
+def _age(now: datetime, then: datetime) -> float:
+    return max(0.0, (as_utc(now) - as_utc(then)).total_seconds())
+
+
 def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
@@ -188,11 +206,13 @@ def compute_metrics(
     operation_id: str | None = None,
     scan: bool = True,
     slow_threshold_ms: float = DEFAULT_SLOW_THRESHOLD_MS,
+    scan_source: str = scan_record.METRICS,
 ) -> Metrics:
     """Return the monitoring figures of a window (last 24 h by default) or of one operation.
 
     ``since`` is a duration back from the storage clock's now (``24h``), an ISO datetime or a
-    datetime; ``scan`` runs ``validate_invariants()`` over the whole database (the costly part).
+    datetime; ``scan`` runs ``validate_invariants()`` over the whole database (the costly part)
+    and records it under ``scan_source``; without it, the last recorded scan's figures are used.
     """
     now = as_utc(db.now())
     start, end = _resolve_window(now, since, until, operation_id)
@@ -203,8 +223,20 @@ def compute_metrics(
         backups, oldest, newest = backup_figures(conn, now)
         failed, interrupted = operation_figures(conn, start, end, operation_id)
         last_bulk = last_completed_operation(conn)
-    report = validate_invariants(db) if scan else None
+    report = validate_invariants(db, source=scan_source) if scan else None
+    last = scan_record.last_scan(db)
+    last_audit = scan_record.last_scan(db, scan_record.AUDIT)
     count = rebuilds.count
+    if report is not None:
+        found: tuple[int | None, int | None, dict[str, int]] = (
+            report.total,
+            len(report.users_with_violations),
+            violations_by_kind(report),
+        )
+    elif last is not None:
+        found = (last.violations, last.users_with_violations, dict(last.by_kind))
+    else:
+        found = (None, None, {})
     metrics = Metrics(
         rebuild_success_rate=rebuilds.successes / count if count else None,
         rebuild_failure_rate=(count - rebuilds.successes) / count if count else None,
@@ -215,8 +247,8 @@ def compute_metrics(
         rebuild_max_duration_ms=rebuilds.max_ms,
         users_processed=rebuilds.users,
         rebuild_invariant_violations=rebuilds.violations,
-        invariant_violations=report.total if report is not None else None,
-        users_with_violations=len(report.users_with_violations) if report is not None else None,
+        invariant_violations=found[0],
+        users_with_violations=found[1],
         stale_active_flags=stale,
         timezone_changes_pending=pending,
         slow_users=rebuilds.slow_users,
@@ -231,8 +263,12 @@ def compute_metrics(
         computed_at=now,
         slow_threshold_ms=float(slow_threshold_ms),
         scanned=report is not None,
-        violations_by_kind=violations_by_kind(report) if report is not None else {},
+        violations_by_kind=found[2],
         last_bulk_completed_at=last_bulk,
+        last_scan_at=last.scanned_at if last is not None else None,
+        last_audit_at=last_audit.scanned_at if last_audit is not None else None,
+        last_scan_age_seconds=_age(now, last.scanned_at) if last is not None else None,
+        last_audit_age_seconds=_age(now, last_audit.scanned_at) if last_audit is not None else None,
     )
     log.info("metrics: %s", metrics.summary())
     return metrics

@@ -21,8 +21,8 @@ METRIC_HELP: dict[str, str] = {
     "rebuild_max_duration_ms": "longest rebuild in the window, in milliseconds",
     "users_processed": "number of users whose runs were rebuilt in the window",
     "rebuild_invariant_violations": "invariant violations found by rebuilds in the window",
-    "invariant_violations": "invariant violations found by a fresh whole-database scan",
-    "users_with_violations": "number of users with at least one invariant violation",
+    "invariant_violations": "invariant violations found by the last whole-database scan",
+    "users_with_violations": "number of users with at least one invariant violation (last scan)",
     "stale_active_flags": "runs still flagged active although they have ended",
     "timezone_changes_pending": "timezone changes whose runs have not been rebuilt yet",
     "slow_users": "users whose rebuild took longer than the slow-user threshold",
@@ -31,6 +31,8 @@ METRIC_HELP: dict[str, str] = {
     "backup_newest_age_hours": "age of the newest backup, in hours",
     "operations_failed": "bulk operations that ended in failure",
     "operations_interrupted": "bulk operations that stopped before finishing",
+    "last_scan_age_seconds": "seconds since the last whole-database invariant scan",
+    "last_audit_age_seconds": "seconds since the scheduled audit last succeeded",
 }
 
 METRIC_NAMES: tuple[str, ...] = tuple(METRIC_HELP)
@@ -45,6 +47,14 @@ class ExposedName:
     name: str
     help: str
     scale: float = 1.0  # exposed value = rule value * scale (ms -> s is 0.001)
+    # An age is exposed as the Unix time it counts from (a gauge that does not need its writer
+    # to keep running to grow old); PromQL reads it back as ``time() - name``.
+    age: bool = False
+
+    def promql(self, matchers: str = "") -> str:
+        """Return the PromQL reading this figure in the exposed unit (``matchers``: ``{job="x"}``)."""
+        selector = self.name + matchers
+        return f"(time() - {selector})" if self.age else selector
 
 
 _MS = 0.001
@@ -78,10 +88,10 @@ EXPOSED: dict[str, ExposedName] = {
         "Invariant violations found by rebuilds in the window.",
     ),
     "invariant_violations": ExposedName(
-        PREFIX + "invariant_violations", "Invariant violations found by a fresh whole-database scan."
+        PREFIX + "invariant_violations", "Invariant violations found by the last whole-database scan."
     ),
     "users_with_violations": ExposedName(
-        PREFIX + "users_with_violations", "Users with at least one invariant violation (fresh scan)."
+        PREFIX + "users_with_violations", "Users with at least one invariant violation (last scan)."
     ),
     "stale_active_flags": ExposedName(
         PREFIX + "stale_active_flags", "Runs whose active flag disagrees with the user's local today."
@@ -105,5 +115,15 @@ EXPOSED: dict[str, ExposedName] = {
     ),
     "operations_interrupted": ExposedName(
         PREFIX + "operations_interrupted", "Bulk operations stopped before finishing, now."
+    ),
+    "last_scan_age_seconds": ExposedName(
+        PREFIX + "last_scan_timestamp_seconds",
+        "When the last whole-database invariant scan ran (Unix time).",
+        age=True,
+    ),
+    "last_audit_age_seconds": ExposedName(
+        PREFIX + "last_audit_success_timestamp_seconds",
+        "When the scheduled audit last finished its figures and rules without failing (Unix time).",
+        age=True,
     ),
 }

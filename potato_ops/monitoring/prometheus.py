@@ -2,12 +2,14 @@
 
 Every rule metric becomes a gauge under its Prometheus name (``names.EXPOSED``: a
 ``potato_ops_`` prefix, seconds and ratios, help on every family). A figure without data (a
-success rate with no rebuilds, the scan when skipped) is left out rather than exposed as 0 or
-NaN, so Prometheus sees "absent" where the audit's rules see None, and both stay quiet.
+success rate with no rebuilds, a scan never recorded) is left out rather than exposed as 0 or
+NaN, so Prometheus sees "absent" where the audit's rules see None. The ages the rules read
+(``last_scan_age_seconds``, ``last_audit_age_seconds``) are exposed as the Unix time they count
+from (``potato_ops_last_scan_timestamp_seconds``, ...), which grows old by itself in
+Prometheus when nothing writes it any more.
 
 Besides the rule metrics: the scan's violations by kind, whether the window held data, its
-length, the slow threshold, when the newest bulk operation completed and (when the caller knows
-it) when an audit last succeeded, the last two as ``_timestamp_seconds`` gauges.
+length, the slow threshold and when the newest bulk operation completed.
 """
 
 from __future__ import annotations
@@ -17,17 +19,17 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, generate_latest, push_to_gateway, write_to_textfile
+from prometheus_client import CollectorRegistry, generate_latest, write_to_textfile
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from potato_ops.errors import ConfigError
 from potato_ops.monitoring.metrics import Metrics
 from potato_ops.monitoring.names import EXPOSED, PREFIX
 
-PUSHGATEWAY_JOB = "potato_ops_audit"
 TEXTFILE_SUFFIX = ".prom"
 
-LAST_AUDIT_SUCCESS = PREFIX + "last_audit_success_timestamp_seconds"
+LAST_AUDIT_SUCCESS = EXPOSED["last_audit_age_seconds"].name
+LAST_SCAN = EXPOSED["last_scan_age_seconds"].name
 LAST_BULK_COMPLETED = PREFIX + "last_bulk_operation_completed_timestamp_seconds"
 
 
@@ -42,13 +44,20 @@ class MetricsCollector:
         """Yield one gauge family per rule metric with a value, then the window's own gauges."""
         metrics = self._metrics
         for name, value in metrics.as_dict().items():
-            if value is not None:
-                exposed = EXPOSED[name]
+            exposed = EXPOSED[name]
+            if value is not None and not exposed.age:
                 yield GaugeMetricFamily(exposed.name, exposed.help, value=float(value) * exposed.scale)
+        audited = [t for t in (self._audit_succeeded_at, metrics.last_audit_at) if t is not None]
+        for exposed, instant in (
+            (EXPOSED["last_scan_age_seconds"], metrics.last_scan_at),
+            (EXPOSED["last_audit_age_seconds"], max(audited) if audited else None),
+        ):
+            if instant is not None:
+                yield GaugeMetricFamily(exposed.name, exposed.help, value=instant.timestamp())
         if metrics.violations_by_kind:
             by_kind = GaugeMetricFamily(
                 PREFIX + "invariant_violations_by_kind",
-                "Invariant violations found by the fresh scan, by kind.",
+                "Invariant violations found by the last whole-database scan, by kind.",
                 labels=["kind"],
             )
             for kind, count in metrics.violations_by_kind.items():
@@ -75,12 +84,6 @@ class MetricsCollector:
                 LAST_BULK_COMPLETED,
                 "When the newest completed bulk operation finished (Unix time).",
                 value=metrics.last_bulk_completed_at.timestamp(),
-            )
-        if self._audit_succeeded_at is not None:
-            yield GaugeMetricFamily(
-                LAST_AUDIT_SUCCESS,
-                "When the last audit finished its figures and rules without failing (Unix time).",
-                value=self._audit_succeeded_at.timestamp(),
             )
 
 
@@ -116,17 +119,3 @@ def write_textfile(
     except OSError as exc:
         raise ConfigError(f"--textfile {target}: cannot write: {exc.strerror or exc}") from None
     return target
-
-
-def push_metrics(
-    gateway: str, metrics: Metrics, audit_succeeded_at: datetime | None, job: str = PUSHGATEWAY_JOB
-) -> None:
-    """Push the exposition to a Pushgateway under ``job``, replacing that job's previous push.
-
-    ConfigError (naming the gateway) when it cannot be reached or refuses the push.
-    """
-    registry = metrics_registry(metrics, audit_succeeded_at)
-    try:
-        push_to_gateway(gateway, job=job, registry=registry, timeout=10)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"--pushgateway {gateway}: push failed: {exc}") from None

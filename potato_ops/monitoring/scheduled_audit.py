@@ -30,6 +30,7 @@ from potato_ops.monitoring.metrics import DEFAULT_SLOW_THRESHOLD_MS, Metrics, co
 from potato_ops.notebook_runs.archive import list_executions
 from potato_ops.notebook_runs.execute import ExecutionRecord, execute_notebook
 from potato_ops.notebook_runs.preflight import check_reports_dir
+from potato_ops.ops import scan_record
 from potato_ops.ops.database import Database
 
 log = logging.getLogger("potato_ops")
@@ -115,7 +116,9 @@ def run_audit(
         check_reports_dir(default_reports_dir(reports_dir))
     db.check_schema()
     try:
-        metrics = compute_metrics(db, since=since, slow_threshold_ms=slow_threshold_ms)
+        metrics = compute_metrics(
+            db, since=since, slow_threshold_ms=slow_threshold_ms, scan_source=scan_record.AUDIT
+        )
     except SQLAlchemyError as exc:
         detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         raise PotatoOpsError(

@@ -38,6 +38,7 @@ from potato_ops.errors import NotebookError
 from potato_ops.exitcodes import ExitCode
 from potato_ops.notebook_runs import archive, records
 from potato_ops.notebook_runs.catalog import resolve_notebook
+from potato_ops.notebook_runs.interactive import EXECUTION_ENV, HEADLESS
 from potato_ops.notebook_runs.jupyter import (
     ERROR_MARKER_TAG,
     CellTimeoutError,
@@ -106,7 +107,8 @@ def _write_pinned_kernelspec(kernels_dir: Path) -> None:
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": f"Python {platform.python_version()} (potato-ops)",
         "language": "python",
-        "env": {"PYTHONPATH": python_path},
+        # The kernel knows it is headless: the runner archives it (see notebook_runs.interactive).
+        "env": {"PYTHONPATH": python_path, EXECUTION_ENV: HEADLESS},
         "metadata": {"debugger": False},
     }
     (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1), encoding="utf-8")

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from potato_ops.config import database_url_in, mask_secrets
+from potato_ops.config import DATABASE_URL_ENV, database_url_in, mask_secrets
 from potato_ops.errors import ConfigError, NotebookError, NotebookParameterError
+from potato_ops.notebook_runs.confirm import CONFIRM, unconfirmed_live_run
 from potato_ops.redact import url_passwords
 
 TRUE_WORDS = ("true", "yes", "on", "1")
@@ -395,7 +396,28 @@ def check_parameters(path: Path, raw: Mapping[str, object]) -> dict[str, object]
             database_url_in(url_env)
         except ConfigError as exc:
             raise NotebookParameterError(f"parameter database_url_env: {exc}") from None
+    if CONFIRM in declared:
+        _refuse_unconfirmed(declared, checked)
     return checked
+
+
+def _refuse_unconfirmed(declared: Mapping[str, ParameterInfo], checked: Mapping[str, object]) -> None:
+    """Raise NotebookParameterError for a live run whose ``confirm`` does not name the database."""
+
+    def value(name: str) -> object:
+        if name in checked:
+            return checked[name]
+        info = declared.get(name)
+        return parse_value(name, ast.literal_eval(info.default), info.type_name) if info else None
+
+    env_var = value("database_url_env")
+    why = unconfirmed_live_run(
+        bool(value("dry_run")),
+        value(CONFIRM),
+        env_var if isinstance(env_var, str) and env_var else DATABASE_URL_ENV,
+    )
+    if why:
+        raise NotebookParameterError(why)
 
 
 def refuse_secrets(name: str, value: object) -> None:

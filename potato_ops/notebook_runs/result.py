@@ -14,7 +14,7 @@ one-line error, after every output, the record included, is written.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from potato_ops.config import mask_secrets
@@ -23,7 +23,18 @@ from potato_ops.domain.models import jsonable
 RESULT_MIMETYPE = "application/vnd.potato-ops.result+json"
 RESULT_STATUSES = ("ok", "problem")
 
-_STATUS_MARK = {"ok": "✅", "problem": "❌"}
+# Marks every common font has (emoji are empty boxes in many browsers and terminals).
+_STATUS_MARK = {"ok": "✔", "problem": "✘"}
+
+
+# What archives a result shown in a kernel a person drives (set by notebook_runs.interactive).
+_archiver: Callable[[Mapping[str, Any]], str | None] | None = None
+
+
+def archive_results_with(archiver: Callable[[Mapping[str, Any]], str | None] | None) -> None:
+    """Make record_result hand its payload to archiver (None: to nothing) and show where it went."""
+    global _archiver
+    _archiver = archiver
 
 
 class ProblemFound(Exception):  # named for the exit code it becomes, PROBLEM_FOUND
@@ -62,6 +73,10 @@ def record_result(
         {RESULT_MIMETYPE: payload, "text/plain": verdict_line(status, payload["verdict"])},
         raw=True,
     )
+    if _archiver is not None:  # a person's run: archived now, like a headless one
+        where = _archiver(payload)
+        if where:
+            display({"text/plain": where}, raw=True)  # type: ignore[no-untyped-call]
     if status == "problem":
         raise ProblemFound(payload["verdict"])
 
@@ -89,5 +104,5 @@ def result_payload(
 
 
 def verdict_line(status: str, verdict: str) -> str:
-    """Return the one-line verdict shown to people: ``✅ ...`` or ``❌ ...``."""
-    return f"{_STATUS_MARK.get(status, '❌')} {verdict}"
+    """Return the one-line verdict shown to people: ``✔ ...`` or ``✘ ...``."""
+    return f"{_STATUS_MARK.get(status, '✘')} {verdict}"

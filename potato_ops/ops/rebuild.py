@@ -37,6 +37,7 @@ from potato_ops.errors import MarksChangedError
 from potato_ops.ops import freshness
 from potato_ops.ops.batch_rebuild import (
     BACKUP_ALWAYS,
+    BACKUP_CHANGED,
     BACKUP_NEVER,
     FIRST_DAY,
     LAST_DAY,
@@ -165,7 +166,9 @@ def _rebuild_user_runs_once(
         uuid.uuid4().hex,
         lo,
         hi,
-        backup=BACKUP_ALWAYS if backup else BACKUP_NEVER,
+        # A rebuild that changes nothing keeps no backup: the backups of a user then tell what
+        # there was before each change, not how often a cell was run.
+        backup=BACKUP_CHANGED if backup else BACKUP_NEVER,
         backup_reason="dry_run" if dry_run else "rebuild",
         keep_runs_after=True,
     )

@@ -11,6 +11,7 @@ pure checker that validates every rebuild, so a rebuild and a scan can never dis
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +34,7 @@ from potato_ops.domain.dates import ONE_DAY, local_today
 from potato_ops.domain.invariants import check_invariants
 from potato_ops.domain.models import InvariantReport, Violation, ViolationKind
 from potato_ops.domain.runs import earliest_active_end, should_be_active
+from potato_ops.ops import scan_record
 from potato_ops.ops.database import Database
 
 if TYPE_CHECKING:
@@ -162,10 +164,20 @@ def refresh_active_flags(conn: Connection, now: datetime) -> int:
     return set_active(conn, off, False) + set_active(conn, on, True)
 
 
-def validate_invariants(db: Database, user_ids: Sequence[str] | None = None) -> InvariantReport:
-    """Scan the database (or the given users) for every kind of invariant violation."""
+def validate_invariants(
+    db: Database, user_ids: Sequence[str] | None = None, *, source: str = scan_record.SCAN
+) -> InvariantReport:
+    """Scan the database (or the given users) for every kind of invariant violation.
+
+    A whole-database scan records its findings (``scan_record``) under ``source``.
+    """
+    started, clock = db.now(), time.perf_counter()
     with db.read() as conn:
-        return invariant_report(conn, db.now(), user_ids)
+        report = invariant_report(conn, started, user_ids)
+    if user_ids is None:
+        duration_ms = (time.perf_counter() - clock) * 1000
+        scan_record.record_scan(db, scan_record.scan_result_of(report, source, started, duration_ms))
+    return report
 
 
 def users_with(db: Database, kind: ViolationKind) -> list[str]:

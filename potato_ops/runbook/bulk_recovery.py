@@ -10,8 +10,10 @@ from potato_ops import BulkConfig, BulkResult, Progress
 from potato_ops.charts.monitoring import duration_histogram, slowest_users_chart
 from potato_ops.errors import FeatureFlagError, PotatoOpsError
 from potato_ops.monitoring.metrics import HISTORY_SCHEMA, history_frame, slowest_users_frame
+from potato_ops.runbook.check_token import runbook_step
 from potato_ops.runbook.database_views import InvariantCheck, scan_invariants
 from potato_ops.runbook.display import Chart, Shown, Verdict, user_emails
+from potato_ops.runbook.dry_run_verdict import dry_run_verdict
 from potato_ops.runbook.params import BulkParams
 from potato_ops.runbook.progress import ProgressBar
 from potato_ops.runbook.session import Session
@@ -198,6 +200,7 @@ def bulk_dry_run(session: Session, plan: BulkPlan) -> BulkStep:
     return BulkStep(label, result)
 
 
+@runbook_step(writes=True)
 def bulk_execute(session: Session, plan: BulkPlan) -> BulkStep:
     """Return the real rebuild, unless the plan is a dry run or the feature flag refuses it."""
     label = "Execute the actual rebuild"
@@ -323,13 +326,8 @@ def bulk_verdict(
     r = real.result
     if r is None:
         changed = dry.result.users_changed if dry.result else 0
-        return Verdict(
-            f"dry run: {changed} of {len(plan.user_ids)} users would change; "
-            f"{report.total} violations now; run with dry_run=False to rebuild",
-            "ok" if report.ok else "problem",
-            figures,
-            ops,
-        )
+        detail = f"of {len(plan.user_ids)} users planned; {report.total} violations now"
+        return dry_run_verdict(params.common, changed, detail, figures, ops, trouble=not report.ok)
     figures.update(
         completed_users=r.completed_users,
         failed_users=r.failed_users,
@@ -347,10 +345,15 @@ def bulk_verdict(
             ops,
         )
     good = r.status == "completed" and r.failed_users == 0 and report.ok
+    following = ""
+    if not report.ok:
+        following = "; next: run 05_error_recovery (it repairs what a rebuild cannot, such as orphan runs)"
+    elif r.failed_users:
+        following = "; next: run 08_troubleshooting for the failed users"
     return Verdict(
         f"bulk rebuild {r.status}: {r.completed_users} completed, {r.failed_users} failed, "
         f"{r.caught_up_users} caught up in {r.total_duration_ms / 1000:.1f} s; "
-        f"{report.total} violations remain",
+        f"{report.total} violations remain{following}",
         "ok" if good else "problem",
         figures,
         ops,

@@ -25,8 +25,10 @@ from potato_ops.charts.monitoring import slowest_users_chart
 from potato_ops.charts.runs import violations_before_after
 from potato_ops.domain.models import ViolationKind
 from potato_ops.monitoring.metrics import history_frame, slowest_users_frame
+from potato_ops.runbook.check_token import runbook_step
 from potato_ops.runbook.database_views import InvariantCheck, scan_invariants, timezones_chart
 from potato_ops.runbook.display import Chart, Shown, Verdict, user_emails
+from potato_ops.runbook.dry_run_verdict import dry_run_verdict
 from potato_ops.runbook.params import RecoveryParams
 from potato_ops.runbook.session import Session
 
@@ -259,6 +261,7 @@ def dry_run_repairs(session: Session, detection: Detection, params: RecoveryPara
     return Repairs("Dry run of the repair", _repairs(session, detection, params, dry_run=True))
 
 
+@runbook_step(writes=True)
 def repair(session: Session, detection: Detection, params: RecoveryParams) -> Repairs:
     """Return the real repair, scenario by scenario; skipped when dry_run is True."""
     label = "Repair"
@@ -315,13 +318,11 @@ def recovery_verdict(
         return Verdict("no violations and no slow users found: nothing to repair", "ok", figures)
     users = len({r.user_id for r in dry.rows})
     if params.dry_run:
-        return Verdict(
-            f"dry run: {before.total} violations in {len(before.users_with_violations)} users, "
-            f"{len(detection.slow)} slow users; the repair would touch {users} users; "
-            "run with dry_run=False to repair",
-            "problem",
-            figures,
+        detail = (
+            f"{before.total} violations in {len(before.users_with_violations)} users, "
+            f"{len(detection.slow)} slow users"
         )
+        return dry_run_verdict(params.common, users, detail, figures, trouble=not before.ok)
     bad = [r for r in done.rows if r.outcome.startswith(("failed", "could not", "still slow"))]
     repaired = sum(1 for r in done.rows if r.outcome in ("repaired", "removed"))
     text = f"repaired {repaired} users; {after.report.total} violations remain" + (

@@ -6,8 +6,9 @@ so it runs once: its report feeds the metrics' scan figures and the charts alike
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import polars as pl
 
@@ -18,7 +19,14 @@ from potato_ops.charts.monitoring import (
     violations_by_kind_chart,
 )
 from potato_ops.domain.models import InvariantReport
-from potato_ops.monitoring.alerts import FiringAlert, default_rules, evaluate, highest_severity, load_rules
+from potato_ops.monitoring.alerts import (
+    AlertRule,
+    FiringAlert,
+    default_rules,
+    evaluate,
+    highest_severity,
+    load_rules,
+)
 from potato_ops.monitoring.metrics import (
     Metrics,
     compute_metrics,
@@ -135,6 +143,12 @@ class AlertsView(Shown):
     source: str
     rules: int
     firing: list[FiringAlert] = field(default_factory=list)
+    runbooks: dict[str, str] = field(default_factory=dict)  # alert name -> the notebook to run next
+
+    def next_notebooks(self) -> list[str]:
+        """Return the notebooks the firing alerts point at, most severe first, once each."""
+        ordered = sorted(self.firing, key=lambda a: a.severity)
+        return list(dict.fromkeys(self.runbooks[a.name] for a in ordered if a.name in self.runbooks))
 
     @property
     def highest(self) -> str | None:
@@ -147,7 +161,14 @@ class AlertsView(Shown):
     def lines(self) -> list[tuple[str, str]]:
         if not self.firing:
             return [("ok", "no alert fires")]
-        return [("problem", f"{a.severity} {a.name}: {a.condition} ({a.values_text()})") for a in self.firing]
+        return [
+            (
+                "problem",
+                f"{a.severity} {a.name}: {a.condition} ({a.values_text()})"
+                + (f"; next: run {self.runbooks[a.name]}" if a.name in self.runbooks else ""),
+            )
+            for a in self.firing
+        ]
 
     def frame(self) -> pl.DataFrame:
         """Return the firing alerts: severity, name, condition, values."""
@@ -166,7 +187,13 @@ def evaluate_alerts(params: AuditParams, figures: AuditFigures) -> AlertsView:
     """Return the rules (the shipped defaults unless ``alert_rules``) that fire on the metrics."""
     rules = load_rules(params.alert_rules) if params.alert_rules else default_rules()
     source = str(params.alert_rules) if params.alert_rules else "the shipped defaults"
-    return AlertsView(source, len(rules), evaluate(rules, figures.metrics.as_dict()))
+    return AlertsView(source, len(rules), evaluate(rules, figures.metrics.as_dict()), runbooks_of(rules))
+
+
+def runbooks_of(rules: Sequence[AlertRule]) -> dict[str, str]:
+    """Return the notebook each rule's ``runbook_url`` names (``05_error_recovery``), by rule name."""
+    urls = {r.name: r.annotations.get("runbook_url") for r in rules}
+    return {name: Path(str(url)).stem for name, url in urls.items() if url}
 
 
 def duration_chart(figures: AuditFigures) -> Chart:
@@ -229,6 +256,8 @@ def audit_verdict(params: AuditParams, figures: AuditFigures, alerts: AlertsView
         )
     if alerts.firing:
         parts.append(f"{len(alerts.firing)} alerts firing (highest {alerts.highest})")
+        if alerts.next_notebooks():
+            parts.append("next: run " + " then ".join(alerts.next_notebooks()))
     else:
         parts.append("no alert fires")
     problem = bool(alerts.firing) or (figures.report is not None and not figures.report.ok)

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
 from potato_ops import BulkConfig
 from potato_ops.config import DATABASE_URL_ENV, database_url_in, default_sqlite_path, mask_secrets
 from potato_ops.domain.dates import parse_date_range, parse_since, system_clock, validate_timezone
 from potato_ops.errors import ConfigError, InvalidDateRangeError, InvalidTimezoneError, NotebookParameterError
+from potato_ops.notebook_runs.confirm import confirm_hint, database_name, unconfirmed_live_run
 from potato_ops.notebook_runs.parameters import parse_value, refuse_secrets
+from potato_ops.runbook import check_token
 from potato_ops.runbook.display import Shown
 
 SCENARIOS: tuple[str, ...] = (
@@ -28,6 +31,8 @@ SCENARIOS: tuple[str, ...] = (
     "data_corruption",
 )
 ALL_SCENARIOS = "all"
+P = ParamSpec("P")
+R = TypeVar("R")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -40,6 +45,20 @@ class RunbookParameterError(NotebookParameterError):
             f"{type(self).__name__}: {self}",
             "Nothing was read or written. Fix the parameter and run the notebook again.",
         ]
+
+
+def checks_parameters(check: Callable[P, R]) -> Callable[P, R]:
+    """Decorate a notebook's check: earlier results go stale, a live run must be confirmed
+    (``confirm`` = the database's name), and a token is minted for what follows."""
+    return check_token.checks_parameters(check, _refuse_unconfirmed)
+
+
+def _refuse_unconfirmed(checked: object, confirm: object) -> None:
+    common = getattr(checked, "common", None)
+    env_var = getattr(common, "database_url_env", "") or DATABASE_URL_ENV
+    why = unconfirmed_live_run(getattr(checked, "dry_run", True) is not False, confirm, env_var)
+    if why:
+        raise RunbookParameterError(why)
 
 
 def _refuse(name: str, value: object, expected: str) -> RunbookParameterError:
@@ -188,6 +207,12 @@ class CheckedParams(Shown):
         found.append(("info", f"operator: {self.common.operator or '(not given)'}"))
         found.append(("info", f"ticket: {self.common.ticket or '(not given)'}"))
         found.append(("info", f"database_url_env: {self.common.database_url_env}"))
+        dry_run = getattr(self, "dry_run", None)
+        if dry_run is True:
+            found.append(("info", confirm_hint(self.common.database_url_env)))
+        elif dry_run is False:
+            name = database_name(self.common.database_url_env)
+            found.append(("warn", f"LIVE run on the database {name!r} (confirmed)"))
         return found
 
 
@@ -252,6 +277,7 @@ class SingleUserParams(CheckedParams):
     calendar_days: int
 
 
+@checks_parameters
 def check_single_user_recovery(
     *,
     user_email: object,
@@ -262,6 +288,7 @@ def check_single_user_recovery(
     operator: object,
     ticket: object,
     database_url_env: object,
+    confirm: object = "",  # a live run's confirmation, checked by @checks_parameters
 ) -> SingleUserParams:
     """Return the checked parameters of 01 (a full rebuild of one user)."""
     return _single_user(
@@ -277,6 +304,7 @@ def check_single_user_recovery(
     )
 
 
+@checks_parameters
 def check_partial_rebuild(
     *,
     user_email: object,
@@ -289,6 +317,7 @@ def check_partial_rebuild(
     operator: object,
     ticket: object,
     database_url_env: object,
+    confirm: object = "",  # a live run's confirmation, checked by @checks_parameters
 ) -> SingleUserParams:
     """Return the checked parameters of 02 (01's, with the range to rebuild)."""
     return _single_user(
@@ -348,6 +377,7 @@ class BulkParams(CheckedParams):
         return self.config.skip_backup
 
 
+@checks_parameters
 def check_bulk_recovery(
     *,
     user_ids: object,
@@ -372,6 +402,7 @@ def check_bulk_recovery(
     operator: object,
     ticket: object,
     database_url_env: object,
+    confirm: object = "",  # a live run's confirmation, checked by @checks_parameters
 ) -> BulkParams:
     """Return the checked parameters of 03 (an empty text or a 0 leaves a throttle setting unset)."""
     lo, hi = date_range_param(from_date, to_date)
@@ -416,6 +447,7 @@ class TimezoneParams(CheckedParams):
     dry_run: bool
 
 
+@checks_parameters
 def check_timezone_migration(
     *,
     user_email: object,
@@ -426,6 +458,7 @@ def check_timezone_migration(
     operator: object,
     ticket: object,
     database_url_env: object,
+    confirm: object = "",  # a live run's confirmation, checked by @checks_parameters
 ) -> TimezoneParams:
     """Return the checked parameters of 04; a new timezone needs a user."""
     user = user_param(user_email, user_id)
@@ -466,6 +499,7 @@ class RecoveryParams(CheckedParams):
     still_slow_ms: float
 
 
+@checks_parameters
 def check_error_recovery(
     *,
     scenario: object,
@@ -476,6 +510,7 @@ def check_error_recovery(
     operator: object,
     ticket: object,
     database_url_env: object,
+    confirm: object = "",  # a live run's confirmation, checked by @checks_parameters
 ) -> RecoveryParams:
     """Return the checked parameters of 05; scenario is one of SCENARIOS or ``all``."""
     chosen = text_param("scenario", scenario).lower()
@@ -501,11 +536,13 @@ class RestoreParams(CheckedParams):
 
     common: Common
     user: UserRef
-    backup_id: int | None  # None: the user's newest backup
+    backup_id: int | None  # None: the backup taken before the incident's first change
     dry_run: bool
     calendar_days: int
+    since: datetime | None = None  # the incident's start, when no ticket links its changes
 
 
+@checks_parameters
 def check_restore_from_backup(
     *,
     user_email: object,
@@ -516,8 +553,11 @@ def check_restore_from_backup(
     operator: object,
     ticket: object,
     database_url_env: object,
+    since: object = "",
+    confirm: object = "",  # a live run's confirmation, checked by @checks_parameters
 ) -> RestoreParams:
-    """Return the checked parameters of 06; backup_id 0 means the newest backup."""
+    """Return the checked parameters of 06; backup_id 0 means the backup taken before the
+    incident's first change (the ticket's, else the oldest since ``since``, else the newest)."""
     chosen = int_param("backup_id", backup_id)
     checked = RestoreParams(
         common_params(operator, ticket, database_url_env),
@@ -525,6 +565,7 @@ def check_restore_from_backup(
         chosen or None,
         flag_param("dry_run", dry_run),
         int_param("calendar_days", calendar_days),
+        since_param(since, allow_empty=True),
     )
     required_user(checked.user, "restore from backup")
     return checked
@@ -542,6 +583,7 @@ class AuditParams(CheckedParams):
     alert_rules: Path | None
 
 
+@checks_parameters
 def check_monitoring_audit(
     *,
     since: object,
@@ -581,6 +623,7 @@ class TroubleshootParams(CheckedParams):
     calendar_days: int
 
 
+@checks_parameters
 def check_troubleshooting(
     *,
     user_email: object,

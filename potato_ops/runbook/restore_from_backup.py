@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import polars as pl
 
 from potato_ops.domain.models import Backup, Run, Violation
 from potato_ops.errors import BackupError
+from potato_ops.runbook.check_token import runbook_step
 from potato_ops.runbook.display import Chart, Shown, Status, Verdict
+from potato_ops.runbook.dry_run_verdict import dry_run_verdict
+from potato_ops.runbook.incident import incident_backup
 from potato_ops.runbook.params import RestoreParams
 from potato_ops.runbook.session import Session
 from potato_ops.runbook.single_user_recovery import UserSnapshot, user_calendar
@@ -32,6 +36,7 @@ class BackupChoice(Shown):
     chosen: Backup | None = None
     problem: str = ""
     intact: bool = False
+    why: str = ""  # which rule chose it
 
     def title(self) -> str:
         return "Retrieve the backup"
@@ -46,6 +51,7 @@ class BackupChoice(Shown):
                 f"{len(self.backups)} backups of this user; "
                 f"chosen: backup {b.id} of {b.timestamp.isoformat()}",
             ),
+            *([("info", f"why: {self.why}")] if self.why else []),
             ("info", f"{b.metadata.total_runs} runs, reason {b.metadata.reason}"),
             (
                 "ok" if self.intact else "problem",
@@ -69,16 +75,21 @@ class BackupChoice(Shown):
         return pl.DataFrame(rows, schema=BACKUP_SCHEMA, orient="row")
 
 
-def choose_backup(session: Session, snapshot: UserSnapshot, backup_id: int | None) -> BackupChoice:
-    """Return the chosen backup (the newest when ``backup_id`` is None), its owner and checksum checked."""
+def choose_backup(
+    session: Session, snapshot: UserSnapshot, backup_id: int | None, *, since: datetime | None = None
+) -> BackupChoice:
+    """Return the chosen backup, its owner and checksum checked; without ``backup_id``, the one
+    taken before the incident's first change (by the session's ticket, else ``since``)."""
     if snapshot.user is None:
         return BackupChoice(problem=snapshot.problem)
     storage = session.storage
     found = storage.get_backups(snapshot.user.id)
+    why = f"backup {backup_id} was asked for"
     if backup_id is None:
-        if not found:
-            return BackupChoice(found, problem=f"user {snapshot.user.id} has no backups")
-        chosen = found[0]
+        picked = incident_backup(storage, snapshot.user.id, ticket=session.common.ticket, since=since)
+        if picked.backup is None:
+            return BackupChoice(found, problem=picked.why)
+        chosen, why = picked.backup, picked.why
     else:
         try:
             chosen = storage.get_backup(backup_id)
@@ -87,8 +98,8 @@ def choose_backup(session: Session, snapshot: UserSnapshot, backup_id: int | Non
     try:
         storage.verify_backup(snapshot.user.id, chosen)
     except BackupError as exc:
-        return BackupChoice(found, chosen, str(exc), intact=False)
-    return BackupChoice(found, chosen, intact=True)
+        return BackupChoice(found, chosen, str(exc), intact=False, why=why)
+    return BackupChoice(found, chosen, intact=True, why=why)
 
 
 @dataclass(frozen=True, repr=False)
@@ -120,6 +131,7 @@ class RestoreStep(Shown):
         return found
 
 
+@runbook_step(writes=True)
 def restore_backup(
     session: Session, snapshot: UserSnapshot, choice: BackupChoice, *, dry_run: bool
 ) -> RestoreStep:
@@ -233,12 +245,14 @@ def restore_verdict(
         safety_backup_id=step.safety_backup.id if step.safety_backup else None,
     )
     if step.dry_run:
-        return Verdict(
-            f"dry run: backup {choice.chosen.id} of {who} is intact and would restore {check.found} runs "
-            f"({len(check.violations)} violations); run with dry_run=False to restore",
-            "ok" if not check.violations else "problem",
-            figures,
+        spans = [(r.start_date, r.end_date, r.day_count, r.active) for r in snapshot.runs]
+        restored = [(r.start_date, r.end_date, r.day_count, r.active) for r in step.restored]
+        detail = (
+            f"{who}: backup {choice.chosen.id} is intact and would restore {check.found} runs, "
+            f"{len(check.violations)} violations after"
         )
+        changes = int(spans != restored)
+        return dry_run_verdict(params.common, changes, detail, figures, trouble=bool(check.violations))
     if not check.complete:
         return Verdict(
             f"backup restoration incomplete for {who}: {check.found} of {check.expected} runs",

@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from potato_ops.errors import ConfigError, SchemaError
 from potato_ops.monitoring.alerts import default_rules
+from potato_ops.runbook.check_token import runbook_step
 from potato_ops.runbook.display import Shown
 from potato_ops.runbook.params import Common
 from potato_ops.storage import Storage
@@ -62,6 +63,7 @@ class Session(Shown):
         return dict(self.database)
 
 
+@runbook_step()
 def open_session(common: Common) -> Session:
     """Return an open session on the database named by ``common.database_url_env``.
 

@@ -18,7 +18,10 @@ from potato_ops.charts.calendar import run_calendar
 from potato_ops.domain.dates import parse_date_range
 from potato_ops.domain.models import DayMark, RebuildResult, Run, User, Violation
 from potato_ops.errors import BackupError, UserNotFoundError
+from potato_ops.runbook.check_token import runbook_step
 from potato_ops.runbook.display import Chart, Shown, Verdict, runs_frame, violations_frame
+from potato_ops.runbook.dry_run_verdict import dry_run_verdict
+from potato_ops.runbook.incident import incident_backup
 from potato_ops.runbook.params import SingleUserParams, UserRef
 from potato_ops.runbook.session import Session
 
@@ -184,6 +187,7 @@ class RebuildStep(Shown):
         return pl.concat([deleted, created]).select("change", pl.all().exclude("change"))
 
 
+@runbook_step(writes=True)
 def execute_rebuild(
     session: Session,
     snapshot: UserSnapshot,
@@ -257,6 +261,7 @@ class RollbackStep(Shown):
         return [("ok" if self.done else "problem", self.detail)]
 
 
+@runbook_step(writes=True)
 def rollback_if_needed(
     session: Session, snapshot: UserSnapshot, step: RebuildStep, validation: ValidationStep
 ) -> RollbackStep:
@@ -279,18 +284,24 @@ def rollback_if_needed(
             else "the failed rebuild was rolled back, but the runs differ from before: check who else writes",
             current,
         )
+    own = [r.backup] if r.backup is not None and r.backup.id is not None else []
+    picked = incident_backup(session.storage, snapshot.user.id, ticket=session.common.ticket, also=own)
     if validation.valid:
-        return RollbackStep(False, False, "not needed: the rebuild is valid")
-    if r.backup is None or r.backup.id is None:
+        if picked.backup is None:
+            return RollbackStep(False, False, "not needed: the rebuild is valid")
+        return RollbackStep(
+            False, False, f"not needed: the rebuild is valid (a rollback would restore {picked.why})"
+        )
+    if picked.backup is None:
         return RollbackStep(
             True, False, "validation failed and no backup was kept: rebuild again or restore by hand"
         )
     try:
-        restored = session.storage.restore_user_runs(snapshot.user.id, r.backup)
+        restored = session.storage.restore_user_runs(snapshot.user.id, picked.backup)
     except BackupError as exc:
         return RollbackStep(True, False, f"rollback refused: {exc}")
     return RollbackStep(
-        True, True, f"rollback completed: {len(restored)} runs restored from backup {r.backup.id}", restored
+        True, True, f"rollback completed: {len(restored)} runs restored from {picked.why}", restored
     )
 
 
@@ -373,20 +384,18 @@ def rebuild_verdict(
     isolated = isolation is None or isolation.skipped or isolation.ok
     if r.dry_run:
         if not step.changed and not snapshot.violations:
-            return Verdict(
-                f"dry run: runs of {who} are already correct, nothing to change", "ok", figures, ops
-            )
+            return dry_run_verdict(params.common, 0, f"the runs of {who} are already correct", figures, ops)
         good = r.success and bool(validation.valid) and isolated
-        text = (
-            f"dry run: rebuilding {who} would delete {r.runs_deleted} and create {r.runs_created} runs "
-            f"({len(snapshot.violations)} violations now"
-            + (", 0 after)" if good else f", {len(validation.violations)} after: investigate)")
-            + "; run with dry_run=False to apply"
+        detail = (
+            f"{who}: delete {r.runs_deleted} and create {r.runs_created} runs, "
+            f"{len(snapshot.violations)} violations now"
+            + (", 0 after" if good else f", {len(validation.violations)} after: investigate")
         )
-        return Verdict(text, "problem", figures, ops)
+        return dry_run_verdict(params.common, 1, detail, figures, ops, trouble=not good)
     if not r.success:
         return Verdict(
-            f"rebuild of {who} failed and was rolled back: {len(r.invariant_violations)} violations",
+            f"rebuild of {who} failed and was rolled back: {len(r.invariant_violations)} violations; "
+            "next: run 08_troubleshooting for this user",
             "problem",
             figures,
             ops,
@@ -394,7 +403,8 @@ def rebuild_verdict(
     if not validation.valid:
         done = "rolled back to the backup" if rollback.done else "NOT rolled back"
         return Verdict(
-            f"rebuild of {who} failed validation ({len(validation.violations)} violations), {done}",
+            f"rebuild of {who} failed validation ({len(validation.violations)} violations), {done}; "
+            "next: run 08_troubleshooting for this user",
             "problem",
             figures,
             ops,

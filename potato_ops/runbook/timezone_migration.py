@@ -15,7 +15,9 @@ from potato_ops.charts.runs import timezone_chart
 from potato_ops.domain.dates import local_today
 from potato_ops.domain.models import RebuildResult, Run, User
 from potato_ops.errors import UserNotFoundError
+from potato_ops.runbook.check_token import runbook_step
 from potato_ops.runbook.display import Chart, Shown, Verdict
+from potato_ops.runbook.dry_run_verdict import dry_run_verdict
 from potato_ops.runbook.params import TimezoneParams
 from potato_ops.runbook.session import Session
 
@@ -114,6 +116,7 @@ class TimezoneUpdate(Shown):
         return [("info", f"{prefix}{verb} user {uid}: {old} -> {new}") for uid, old, new in self.changes]
 
 
+@runbook_step(writes=True)
 def update_timezones(session: Session, affected: AffectedUsers, *, dry_run: bool) -> TimezoneUpdate:
     """Return the zone changes; writes them (logged, day marks untouched) unless dry_run."""
     changes = [
@@ -203,6 +206,7 @@ def _text(run: Run | None) -> str:
     return "none" if run is None else f"{run.start_date} .. {run.end_date} ({run.day_count} days)"
 
 
+@runbook_step(writes=True)
 def rebuild_affected(session: Session, affected: AffectedUsers, *, dry_run: bool) -> TimezoneRebuilds:
     """Return each user's rebuild (dry or real) with the active run by the rule in the target zone."""
     storage = session.storage
@@ -298,13 +302,11 @@ def timezone_verdict(
         return Verdict("no users with pending timezone changes: nothing to do", "ok", figures)
     n = len(affected.users)
     if params.dry_run:
-        return Verdict(
-            f"dry run: {n} users to migrate, {len(update.changes)} timezone changes, "
-            f"active run would change for {len(rebuilds.active_changed)}; run with dry_run=False to apply",
-            "ok" if not rebuilds.failed else "problem",
-            figures,
-            ops,
+        detail = (
+            f"{len(update.changes)} timezone changes, active run changed for "
+            f"{len(rebuilds.active_changed)}, {len(rebuilds.failed)} rebuilds failing"
         )
+        return dry_run_verdict(params.common, n, detail, figures, ops, trouble=bool(rebuilds.failed))
     figures.update(flags_disagreeing=len(check.disagreeing), still_pending=len(check.still_pending))
     if rebuilds.failed or not check.ok:
         return Verdict(

@@ -27,17 +27,26 @@ class Findings(Shown):
 
     issue: str
     items: list[tuple[str, str]] = field(default_factory=list)
+    database_wide: int = 0  # the first items are about the whole database, the rest about the user
 
     @property
     def problems(self) -> int:
         """Return how many items need attention."""
         return sum(1 for state, _ in self.items if state in ("problem", "warn"))
 
+    def attention(self, *, database_wide: bool) -> list[str]:
+        """Return the texts needing attention, of the whole database's items or of the user's."""
+        chosen = self.items[: self.database_wide] if database_wide else self.items[self.database_wide :]
+        return [text for state, text in chosen if state in ("problem", "warn")]
+
     def title(self) -> str:
         return self.issue
 
     def lines(self) -> list[tuple[str, str]]:
-        return self.items
+        return [
+            (state, f"{text} (whole database)" if i < self.database_wide else text)
+            for i, (state, text) in enumerate(self.items)
+        ]
 
 
 def check_day_marks(snapshot: UserSnapshot) -> Findings:
@@ -83,6 +92,7 @@ def check_rebuild_speed(session: Session, snapshot: UserSnapshot, params: Troubl
             f"users with a recorded rebuild slower than {params.slow_threshold_ms:.0f} ms: {len(slow)}",
         )
     )
+    wide = len(items)
     if snapshot.user is not None:
         n = len(snapshot.marks)
         items.append(
@@ -96,7 +106,7 @@ def check_rebuild_speed(session: Session, snapshot: UserSnapshot, params: Troubl
         )
         if snapshot.user.id in slow:
             items.append(("warn", "this user's rebuilds were slow: use a partial rebuild of recent days"))
-    return Findings(issue, items)
+    return Findings(issue, items, wide)
 
 
 def debug_rebuild(session: Session, snapshot: UserSnapshot) -> RebuildStep:
@@ -200,9 +210,10 @@ def check_invariant_causes(session: Session, snapshot: UserSnapshot, step: Rebui
     """
     issue = 'Issue 3: "Invariant violations after rebuild"'
     items = _scan_items(session.storage.validate_invariants())
+    wide = len(items)
     if snapshot.user is None or step.result is None:
         items.append(("skip", f"user checks skipped: {snapshot.problem}"))
-        return Findings(issue, items)
+        return Findings(issue, items, wide)
     r = step.result
     items.append(
         (
@@ -246,7 +257,7 @@ def check_invariant_causes(session: Session, snapshot: UserSnapshot, step: Rebui
                 "rebuild (01_single_user_recovery)",
             )
         )
-    return Findings(issue, items)
+    return Findings(issue, items, wide)
 
 
 def check_backups(session: Session, snapshot: UserSnapshot) -> Findings:
@@ -260,7 +271,7 @@ def check_backups(session: Session, snapshot: UserSnapshot) -> Findings:
         items.append(("problem", str(exc)))
     if snapshot.user is None:
         items.append(("skip", f"user checks skipped: {snapshot.problem}"))
-        return Findings(issue, items)
+        return Findings(issue, items, 1)
     found = session.storage.get_backups(snapshot.user.id)
     bad: list[str] = []
     for b in found:
@@ -274,7 +285,7 @@ def check_backups(session: Session, snapshot: UserSnapshot) -> Findings:
         if not bad
         else ("problem", "; ".join(bad))
     )
-    return Findings(issue, items)
+    return Findings(issue, items, 1)
 
 
 def consecutive_groups(snapshot: UserSnapshot) -> pl.DataFrame:
@@ -306,22 +317,37 @@ def debug_calendar(snapshot: UserSnapshot, step: RebuildStep, *, days: int) -> C
 def troubleshooting_verdict(
     params: TroubleshootParams, snapshot: UserSnapshot, *findings: Findings
 ) -> Verdict:
-    """Return the one-line outcome: how many checks need attention."""
-    attention = [(f.issue, text) for f in findings for state, text in f.items if state in ("problem", "warn")]
+    """Return the one-line outcome, the chosen user's own findings first."""
+    mine = [text for f in findings for text in f.attention(database_wide=False)]
+    wide = [text for f in findings for text in f.attention(database_wide=True)]
     figures: dict[str, object] = {
         **params.common.record(),
         "user_id": snapshot.user.id if snapshot.user else None,
         "checks": sum(len(f.items) for f in findings),
-        "needing_attention": len(attention),
+        "needing_attention": len(mine) + len(wide),
+        "user_findings": len(mine),
+        "database_findings": len(wide),
         "violations_now": len(snapshot.violations),
     }
-    scope = (
-        f"user {snapshot.user.email or snapshot.user.id}" if snapshot.user else "database-wide checks only"
-    )
-    if not attention:
-        return Verdict(f"troubleshooting ({scope}): every check passed", "ok", figures)
-    return Verdict(
-        f"troubleshooting ({scope}): {len(attention)} findings need attention, first: {attention[0][1]}",
-        "problem",
-        figures,
-    )
+    if snapshot.user is None:
+        if not wide:
+            return Verdict("troubleshooting (database-wide checks only): every check passed", "ok", figures)
+        return Verdict(
+            f"troubleshooting (database-wide checks only): {len(wide)} findings need attention, "
+            f"first: {wide[0]}",
+            "problem",
+            figures,
+        )
+    who = snapshot.user.email or snapshot.user.id
+    rest = f"; whole database: {len(wide)} findings need attention" if wide else ""
+    if mine:
+        return Verdict(
+            f"troubleshooting user {who}: {len(mine)} findings for this user, first: {mine[0]}{rest}",
+            "problem",
+            figures,
+        )
+    if wide:
+        return Verdict(
+            f"troubleshooting user {who}: nothing wrong found for this user{rest}", "problem", figures
+        )
+    return Verdict(f"troubleshooting user {who}: every check passed", "ok", figures)

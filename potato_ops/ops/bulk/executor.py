@@ -40,6 +40,7 @@ from potato_ops.ops.bulk.results import (
     result_from_ledger,
     waiting_fields,
 )
+from potato_ops.ops.bulk.statistics import StatisticsWatch
 from potato_ops.ops.bulk.throttle import Gate, RunnerId
 from potato_ops.ops.database import Database
 
@@ -48,6 +49,7 @@ log = logging.getLogger("potato_ops")
 KIND = "bulk_rebuild"
 FAILURE_RATE_MIN_USERS = 100  # the failure rate is judged once this many users were processed
 HEARTBEAT_EVERY_S = 1.0
+COUNT_EVERY = 20  # the ledger's counts are refreshed at most once per 20 times their own cost
 WAIT_FOR_OTHERS_S = 0.5  # how often a worker with nothing to claim looks again
 FENCED = "fenced"  # why a run stopped: it lost the operation (a takeover); it writes nothing more
 
@@ -187,7 +189,9 @@ class BulkExecutor:
     def _drive(self, base: operations.ItemCounts, t0: float) -> str | None:
         """Run the worker threads; return why they stopped early (cancelled, fenced, a failure)."""
         self._base = base
-        last_beat = time.perf_counter()
+        last_beat = last_count = time.perf_counter()
+        count_s = 0.0
+        stats = StatisticsWatch(self.engine)
         self._report(t0)
         threads = [
             threading.Thread(target=self._work, name=f"potato-bulk-{i}", daemon=True)
@@ -211,10 +215,17 @@ class BulkExecutor:
                 self._add_timings(done.timings)
                 if time.perf_counter() - last_beat >= HEARTBEAT_EVERY_S:
                     self._heartbeat()
-                    retry.run_with_retry(self._refresh_base, "reading the counts", self.stop)
                     last_beat = time.perf_counter()
+                # Counting every worker's items reads the operation's whole ledger: spaced so
+                # that counting takes at most 1/COUNT_EVERY of the run, whatever its size.
+                if time.perf_counter() - last_count >= max(HEARTBEAT_EVERY_S, count_s * COUNT_EVERY):
+                    t_count = time.perf_counter()
+                    retry.run_with_retry(self._refresh_base, "reading the counts", self.stop)
+                    last_count = time.perf_counter()
+                    count_s = last_count - t_count
                 self._report(t0)
                 done.handled.set()
+                stats.due()  # after the batch is handed back: the workers go on meanwhile
         except BaseException:
             self.stop.set()  # threads finish the batch they are in, then end
             self._coordinator_gone.set()

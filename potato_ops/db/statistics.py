@@ -1,0 +1,91 @@
+"""Planner statistics: which tables a mass change left stale, and ANALYZE for them.
+
+A bulk rebuild is what an operator runs right after an incident, and an incident is often a
+mass rewrite (every run deleted and inserted again, a restore, a bad migration). The planner's
+statistics then describe a table that no longer exists: never analyzed, it guesses that a
+batch's ``user_id IN (...)`` matches most of the table, and every per-batch statement becomes
+a sequential scan of ``runs`` or ``day_marks`` (the cost of one batch grows with the whole
+database, the cost of the operation with its square). autovacuum would catch up eventually,
+or never where it is off; the bulk cannot wait for it.
+
+A table is stale when it was never analyzed (``reltuples`` is -1) or when more rows changed
+since its last ANALYZE than autovacuum's own trigger allows (50 rows plus 10% of the rows the
+statistics know of). ANALYZE samples a fixed number of rows whatever the table's size, so it
+costs seconds even at a billion rows. PostgreSQL only: SQLite's planner uses its indexes for a
+batch's keyed lookups with or without ``sqlite_stat1``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from sqlalchemy import Connection, text
+
+from potato_ops.db.engine import is_postgres
+
+log = logging.getLogger("potato_ops")
+
+# autovacuum's defaults (autovacuum_analyze_threshold, autovacuum_analyze_scale_factor).
+STALE_ROWS = 50
+STALE_SHARE = 0.1
+
+# The tables whose rows a bulk batch looks up by user, and the ledger it claims from.
+BULK_TABLES = (
+    "users",
+    "day_marks",
+    "runs",
+    "ops_operation_items",
+    "ops_operation_batches",
+    "ops_backups",
+    "ops_rebuild_history",
+)
+
+_STALE = text(
+    "SELECT c.relname FROM pg_class AS c "
+    "JOIN pg_stat_user_tables AS s ON s.relid = c.oid "
+    "WHERE c.relname = ANY(CAST(:names AS text[])) "
+    "AND c.relnamespace = CAST(current_schema() AS regnamespace) "
+    "AND c.relkind IN ('r', 'p') "
+    "AND (s.n_mod_since_analyze > :rows + :share * greatest(c.reltuples, 0) "
+    "     OR (c.reltuples < 0 AND s.n_mod_since_analyze > 0)) "
+    "ORDER BY c.relname"
+)
+_OWNED = text(
+    "SELECT c.relname FROM pg_class AS c "
+    "WHERE c.relname = ANY(CAST(:names AS text[])) "
+    "AND c.relnamespace = CAST(current_schema() AS regnamespace) "
+    "AND pg_has_role(c.relowner, 'USAGE')"
+)
+
+
+def stale_tables(conn: Connection, names: Sequence[str] = BULK_TABLES) -> list[str]:
+    """Return the tables among ``names`` whose planner statistics a mass change left stale."""
+    if not is_postgres(conn):
+        return []
+    params = {"names": list(names), "rows": STALE_ROWS, "share": STALE_SHARE}
+    return [name for (name,) in conn.execute(_STALE, params).all()]
+
+
+def analyze_tables(conn: Connection, names: Sequence[str]) -> list[str]:
+    """ANALYZE the tables this role may analyze (their owner's); return those analyzed.
+
+    The others are named in a warning: their plans stay as poor as their statistics.
+    """
+    if not names or not is_postgres(conn):
+        return []
+    owned = {name for (name,) in conn.execute(_OWNED, {"names": list(names)}).all()}
+    skipped = [name for name in names if name not in owned]
+    if skipped:
+        log.warning(
+            "planner statistics of %s are stale and this role cannot ANALYZE them (ask their owner "
+            "to): a bulk rebuild's lookups may scan whole tables until they are analyzed",
+            ", ".join(skipped),
+        )
+    done: list[str] = []
+    for name in names:
+        if name in owned:
+            # A name from pg_class matching our own list, quoted: never user input.
+            conn.execute(text(f'ANALYZE "{name}"'))
+            done.append(name)
+    return done

@@ -12,6 +12,7 @@
     ├── FeatureFlagError            a real bulk rebuild while ff.potato.runs_v2 is off
     ├── OperationNotFoundError      no bulk operation with that id
     ├── OperationRunningError       resume of an operation whose runner is still alive
+    ├── MarksChangedError           a user's marks kept changing under every try of a rebuild
     ├── RuleError                   malformed alert rules file (carries the line number)
     ├── PushError                   a Pushgateway refused, could not be reached, or its URL is bad
     ├── NotebookError               runbook notebook problems
@@ -68,6 +69,13 @@ class OperationNotFoundError(PotatoOpsError):
 
 class OperationRunningError(PotatoOpsError):
     """The operation's runner is still alive, so it cannot be taken over."""
+
+
+class MarksChangedError(PotatoOpsError):
+    """The app changed the user's marks between the rebuild's read and its commit, every try.
+
+    Nothing was committed; running the rebuild again (when the app is quieter) is safe.
+    """
 
 
 class RuleError(PotatoOpsError):

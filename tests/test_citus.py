@@ -36,6 +36,8 @@ PER_USER = (
     "ops_rebuild_history",
     "ops_timezone_changes",
     "ops_operation_items",
+    "ops_mark_changes",
+    "ops_capture_seen",
 )
 
 

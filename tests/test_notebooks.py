@@ -358,6 +358,9 @@ def test_bulk_recovery_repairs_the_users_asked_and_nothing_else(db: SeededDataba
     assert broken_users(engine) == set(broken) - asked
     figures = result["figures"]
     assert (figures["users_planned"], figures["completed_users"], figures["failed_users"]) == (3, 3, 0)
+    # Nobody wrote marks meanwhile: the record says so (catch-up rebuilt nobody again).
+    assert (figures["caught_up_users"], figures["changed_after_final_pass"]) == (0, 0)
+    assert "0 caught up" in result["verdict"]
     assert len(result["operation_ids"]) == 2  # the dry run, then the real one
     notebook = record.notebook_path.read_text()
     assert "IProgress not found" not in notebook  # ipywidgets comes with the notebooks extra

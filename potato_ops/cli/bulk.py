@@ -98,6 +98,11 @@ def _print_result(result: BulkResult, *, worker: bool = False) -> None:
         f"failed {result.failed_users}, pending {result.pending_users} of {result.total_users}"
         + (" (all hosts)" if worker else "")
     )
+    if not result.dry_run:
+        typer.echo(
+            f"caught up {result.caught_up_users} users whose marks the app changed after their batch; "
+            f"{result.late_users} changed after the final pass (recorded in the ledger, the app's own)"
+        )
     here = "" if result.processed_here is None else f"{result.processed_here} users processed here in "
     typer.echo(
         f"{here or 'duration '}{result.total_duration_ms / 1000:.1f} s ({per_hour:,.0f} users/hour), "
@@ -129,8 +134,8 @@ def _progress_line(p: Progress) -> str:
     waited = f", waited {p.throttled_seconds:.0f} s" if p.throttled_seconds and not waiting else ""
     return (
         f"{p.operation_id}  {p.status:<11} {mode:<8}  {p.processed_users}/{p.total_users} processed, "
-        f"{p.completed_users} completed, {p.failed_users} failed, {p.users_changed} changed{eta}"
-        f"{cancel}{waiting}{waited}  created {created}"
+        f"{p.completed_users} completed, {p.failed_users} failed, {p.users_changed} changed, "
+        f"{p.caught_up_users} caught up{eta}{cancel}{waiting}{waited}  created {created}"
     )
 
 

@@ -163,6 +163,18 @@ def fence(conn: Connection, operation_id: str, claim: Claim, worker: Owner, epoc
         )
 
 
+def fence_operation(conn: Connection, operation_id: str, epoch: int) -> None:
+    """Raise Fenced unless this worker still holds the operation (its epoch, still running).
+
+    The fence of work that belongs to no batch (catch-up); the operation's row stays locked
+    until the caller's transaction ends, as ``fence`` keeps it.
+    """
+    if _check_operation(conn, operation_id, epoch) == "fenced":
+        raise Fenced(
+            f"operation {operation_id} was taken over (or ended): this runner stops", operation_lost=True
+        )
+
+
 def close_batch(conn: Connection, operation_id: str, claim: Claim, now: datetime) -> None:
     """Mark a claimed batch done (call after ``fence`` in the same transaction)."""
     conn.execute(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, Engine, inspect, text
 
+from potato_ops.db.capture import drop_capture, install_capture
 from potato_ops.db.schema import metadata
 from potato_ops.errors import SchemaError
 
@@ -106,6 +107,7 @@ def distribute_schema(engine: Engine) -> list[str]:
             )
         placed = placement(conn)
     done: list[str] = []
+    recapture = False
     plan: list[tuple[str, str, str | None]] = [(ANCHOR, "distributed", "id")]
     plan += [(name, "distributed", "user_id") for name in _per_user_tables()]
     plan += [(name, "reference", None) for name in REFERENCE]
@@ -116,6 +118,10 @@ def distribute_schema(engine: Engine) -> list[str]:
             if column is not None:
                 done += _widen_keys(conn, table, column)
         with engine.begin() as conn:
+            # The change-capture trigger (``capture``) would fire for every row Citus moves
+            # into the shards, before its table is distributed: it is put back afterwards.
+            if table == "day_marks":
+                recapture = drop_capture(conn)
             if kind == "reference":
                 conn.execute(text("SELECT create_reference_table(:t)"), {"t": table})
             elif table == ANCHOR:
@@ -129,6 +135,8 @@ def distribute_schema(engine: Engine) -> list[str]:
             # Citus copied the rows into the shards; the coordinator's own copy is now dead weight.
             conn.execute(text("SELECT truncate_local_data_after_distributing_table(:t)"), {"t": table})
         done.append(f"{table}: {kind}" + (f" by {column}" if column else ""))
+    if recapture:
+        install_capture(engine)
     return done
 
 

@@ -311,6 +311,35 @@ ops_run_records = Table(
     Index("ix_ops_run_records_archive", "archive", "seq"),
 )
 
+# Change capture (``potato_ops.db.capture``): the triggers on ``day_marks`` keep, per user, the
+# position of the last committed change (one row per user who ever changed, so it never grows
+# past the users). A rebuild notes the position it read under; a different position later
+# means the marks changed after that read.
+ops_mark_changes = Table(
+    "ops_mark_changes",
+    metadata,
+    Column("user_id", Text, nullable=False),
+    # PostgreSQL draws it from the column's identity (on Citus, each node its own range);
+    # SQLite's trigger takes the next integer (its writers are serialized).
+    Column("position", BigInteger, Identity(), nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("user_id", name="ops_mark_changes_pkey"),
+)
+
+# Per operation and user: the capture position the user's last rebuild in the operation read
+# under, how many times catch-up rebuilt it, and a change that came after the final pass.
+ops_capture_seen = Table(
+    "ops_capture_seen",
+    metadata,
+    Column("operation_id", Text, nullable=False),
+    Column("user_id", Text, nullable=False),
+    Column("position", BigInteger),
+    Column("caught_up", Integer, nullable=False, server_default="0"),
+    Column("late_position", BigInteger),
+    Column("late_changed_at", DateTime(timezone=True)),
+    PrimaryKeyConstraint("operation_id", "user_id", name="ops_capture_seen_pkey"),
+)
+
 # One row per whole-database invariant scan: what it found and when, so every metrics output
 # (a quick run without a scan, the exporter) can show the last scan's figures and their age.
 # ``source`` says who scanned ('scan', 'metrics', 'audit'): the audit's rows are its success
@@ -338,6 +367,8 @@ OPS_TABLES = (
     ops_throttle_episodes,
     ops_timezone_changes,
     ops_run_records,
+    ops_mark_changes,
+    ops_capture_seen,
     ops_scan_results,
 )
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
+from potato_ops.db.capture import capture_paused
 from potato_ops.db.engine import is_postgres
 
 if TYPE_CHECKING:
@@ -70,6 +71,11 @@ class SeedChunk:
 
 def write_chunk(conn: Connection, chunk: SeedChunk) -> tuple[int, int]:
     """Return (marks, runs) written: the chunk's users, marks and runs, in that order."""
+    with capture_paused(conn):  # new users, written with their right runs: nothing to catch up
+        return _write(conn, chunk)
+
+
+def _write(conn: Connection, chunk: SeedChunk) -> tuple[int, int]:
     raw = conn.connection.driver_connection
     assert raw is not None
     if is_postgres(conn):

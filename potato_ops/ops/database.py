@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import SQLAlchemyError
 
 from potato_ops.config import mask_url, resolve_database_url
+from potato_ops.db.capture import install_capture
 from potato_ops.db.catalog import table_names
 from potato_ops.db.engine import make_engine, read_connection, server_version, write_transaction
 from potato_ops.db.feature_flags import fetch_feature_flag, store_feature_flag
@@ -73,6 +74,7 @@ class Database:
         """Create missing tables (idempotent); app tables with data are left untouched."""
         try:
             create_schema(self.engine)
+            install_capture(self.engine)
             self._schema_ok = True
         except SQLAlchemyError as exc:
             raise SchemaError(f"cannot create the schema on {self.url}: {getattr(exc, 'orig', exc)}") from exc

@@ -33,6 +33,8 @@ from potato_ops.db.timezone_log import change_timezone
 from potato_ops.domain.dates import local_today, parse_date_range, validate_timezone
 from potato_ops.domain.invariants import check_invariants
 from potato_ops.domain.models import RebuildResult, Run, User, ValidationResult
+from potato_ops.errors import MarksChangedError
+from potato_ops.ops import freshness
 from potato_ops.ops.batch_rebuild import (
     BACKUP_ALWAYS,
     BACKUP_CHANGED,
@@ -122,8 +124,41 @@ def rebuild_user_runs(
     Backup, rebuild and validation commit together; on any violation nothing is
     committed and ``success`` is False. A dry run computes the same and rolls back.
     With ``timezone``, the user's zone changes (logged) in the same transaction first, so a
-    dry run shows the active flags the move would give and rolls both back.
+    dry run shows the active flags the move would give and rolls both back. A rebuild whose
+    user's marks changed between its read and its commit redoes itself (``freshness``);
+    MarksChangedError when they changed under every try.
     """
+    for attempt in range(freshness.MAX_TRIES):
+        try:
+            return _rebuild_user_runs_once(
+                db,
+                user_id,
+                from_date,
+                to_date,
+                backup=backup,
+                dry_run=dry_run,
+                timezone=timezone,
+                hold_first=attempt == freshness.MAX_TRIES - 1,
+            )
+        except freshness.MarksChanged:
+            log.info("rebuild of %s: the app changed its marks meanwhile; redoing it", user_id)
+    raise MarksChangedError(
+        f"the marks of user {user_id} changed during each of {freshness.MAX_TRIES} tries of its "
+        "rebuild; nothing was committed (try again)"
+    )
+
+
+def _rebuild_user_runs_once(
+    db: Database,
+    user_id: str,
+    from_date: date | str | None,
+    to_date: date | str | None,
+    *,
+    backup: bool,
+    dry_run: bool,
+    timezone: str | None,
+    hold_first: bool,
+) -> RebuildResult:
     if timezone is not None:
         validate_timezone(timezone)
     lo, hi = parse_date_range(from_date, to_date)
@@ -140,7 +175,9 @@ def rebuild_user_runs(
     attempt = _Attempt(options, db.now(), time.perf_counter())
     try:
         with db.write() as conn:
-            _rebuild_in_transaction(db, conn, attempt, user_id, timezone, dry_run=dry_run)
+            _rebuild_in_transaction(
+                db, conn, attempt, user_id, timezone, dry_run=dry_run, hold_first=hold_first
+            )
     except Rollback:
         pass
     except SQLAlchemyError as exc:
@@ -152,7 +189,14 @@ def rebuild_user_runs(
 
 
 def _rebuild_in_transaction(
-    db: Database, conn: Connection, attempt: _Attempt, user_id: str, timezone: str | None, *, dry_run: bool
+    db: Database,
+    conn: Connection,
+    attempt: _Attempt,
+    user_id: str,
+    timezone: str | None,
+    *,
+    dry_run: bool,
+    hold_first: bool = False,
 ) -> None:
     """Read, rebuild, validate and record the user in the caller's transaction; Rollback unless kept.
 
@@ -164,12 +208,15 @@ def _rebuild_in_transaction(
         # The lock first, in a statement of its own, so that the one read after it (the user,
         # the flag, the runs and the marks) sees every earlier commit.
         lock_users(conn, [user_id])
+        seen = freshness.read_position(conn, user_id, hold=hold_first)
         if timezone is not None:
             change_timezone(conn, user_id, timezone, attempt.started)
         read = read_user(conn, user_id, RUNS_V2_FLAG, _marks_window(options))
         attempt.user, attempt.flag = read.user, read.flag
         attempt.outcome = outcome = _rebuild_read_user(conn, read, options, attempt.started)
     else:  # a window without a backup: only the runs near it are read
+        lock_users(conn, [user_id])
+        seen = freshness.read_position(conn, user_id, hold=hold_first)
         if timezone is not None:
             change_timezone(conn, user_id, timezone, attempt.started)
         attempt.user, attempt.flag = fetch_user_and_flag(conn, user_id, RUNS_V2_FLAG)
@@ -182,6 +229,7 @@ def _rebuild_in_transaction(
             attempt.runs_after = outcome.runs_after
         else:  # a window-only read of an unchanged user
             attempt.runs_after = fetch_runs(conn, [user.id]).get(user.id, [])
+    freshness.ensure_unchanged(conn, user.id, seen, hold=not dry_run)
     if dry_run or not outcome.success:
         raise Rollback
     entry = history_entry(

@@ -138,6 +138,11 @@ class BulkStep(Shown):
             ("ok" if not r.failed_users else "problem", f"failed: {r.failed_users}"),
             (
                 "info",
+                f"caught up: {r.caught_up_users} users rebuilt again (the app changed their marks "
+                f"after their batch); {r.late_users} changed after the final pass (the app's own)",
+            ),
+            (
+                "info",
                 f"duration: {r.total_duration_ms:.0f} ms; average {r.average_duration_ms:.1f} ms per user",
             ),
             (
@@ -329,6 +334,8 @@ def bulk_verdict(
         total_duration_ms=round(r.total_duration_ms, 1),
         average_duration_ms=round(r.average_duration_ms, 3),
         status=r.status,
+        caught_up_users=r.caught_up_users,
+        changed_after_final_pass=r.late_users,
     )
     if r.status == "running":  # a paused operation whose workers were waiting: they go on
         return Verdict(
@@ -344,8 +351,9 @@ def bulk_verdict(
     elif r.failed_users:
         following = "; next: run 08_troubleshooting for the failed users"
     return Verdict(
-        f"bulk rebuild {r.status}: {r.completed_users} completed, {r.failed_users} failed in "
-        f"{r.total_duration_ms / 1000:.1f} s; {report.total} violations remain{following}",
+        f"bulk rebuild {r.status}: {r.completed_users} completed, {r.failed_users} failed, "
+        f"{r.caught_up_users} caught up in {r.total_duration_ms / 1000:.1f} s; "
+        f"{report.total} violations remain{following}",
         "ok" if good else "problem",
         figures,
         ops,

@@ -46,11 +46,12 @@ import uuid
 from collections.abc import Sequence
 
 from potato_ops.db import claims, ledger, throttling
+from potato_ops.db.capture import capture_installed
 from potato_ops.db.engine import read_connection, write_transaction
 from potato_ops.db.locks import operation_lock
 from potato_ops.db.schema import RUNS_V2_FLAG
 from potato_ops.domain import operations
-from potato_ops.errors import ConfigError, FeatureFlagError, OperationRunningError
+from potato_ops.errors import ConfigError, FeatureFlagError, OperationRunningError, SchemaError
 from potato_ops.ops.bulk import ownership
 from potato_ops.ops.bulk.config import BulkConfig
 from potato_ops.ops.bulk.executor import KIND, BulkExecutor
@@ -345,12 +346,26 @@ def cancel_bulk_rebuild(db: Database, operation_id: str) -> Progress:
 
 
 def _check_flag(db: Database, config: BulkConfig) -> None:
+    _check_capture(db, config)
     if config.dry_run or config.ignore_feature_flag:
         return
     if not db.get_feature_flag(RUNS_V2_FLAG):
         raise FeatureFlagError(
             f"feature flag {RUNS_V2_FLAG} is off: a real bulk rebuild is refused "
             "(turn the flag on, or set ignore_feature_flag)"
+        )
+
+
+def _check_capture(db: Database, config: BulkConfig) -> None:
+    """Refuse a real run on a database without the change-capture triggers (``init-db`` adds them)."""
+    if config.dry_run:
+        return
+    with read_connection(db.engine) as conn:
+        installed = capture_installed(conn)
+    if not installed:
+        raise SchemaError(
+            "day_marks has no change-capture trigger, so the app's writes during the rebuild "
+            "could be lost: run `potato-ops init-db` first"
         )
 
 

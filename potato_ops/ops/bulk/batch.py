@@ -24,7 +24,7 @@ from potato_ops.domain import operations
 from potato_ops.domain.operations import Owner
 from potato_ops.errors import UserNotFoundError
 from potato_ops.ops.batch_rebuild import BatchOptions, UserOutcome, history_entry
-from potato_ops.ops.bulk import retry
+from potato_ops.ops.bulk import catchup, retry
 from potato_ops.ops.bulk.config import BulkConfig
 from potato_ops.ops.bulk.fill import rebuild_bulk_batch
 from potato_ops.ops.bulk.sizing import BatchSizer
@@ -136,6 +136,7 @@ class BatchWorker:
             with write_transaction(self.engine) as conn:
                 users = fetch_users(conn, user_ids)
                 found = [u.id for u in users]
+                seen = catchup.note_positions(conn, found, dry_run=self.config.dry_run)
                 outcomes = rebuild_bulk_batch(conn, users, self.options, started, timings)
                 good = all(o.success for o in outcomes.values())
                 if self.config.dry_run or not good:
@@ -145,6 +146,7 @@ class BatchWorker:
                 now = self.db.now()
                 history.record_history(conn, self._history(results, outcomes, started, now))
                 ledger.record_items(conn, self.operation_id, results, now)
+                catchup.record_positions(conn, self.operation_id, seen, dry_run=self.config.dry_run)
                 claims.fence(conn, self.operation_id, claim, self.worker, self.epoch)
                 if close and not alone:
                     claims.close_batch(conn, self.operation_id, claim, now)

@@ -30,7 +30,7 @@ from potato_ops.ops.batch_rebuild import (
     BACKUP_NEVER,
     BatchOptions,
 )
-from potato_ops.ops.bulk import retry
+from potato_ops.ops.bulk import catchup, retry
 from potato_ops.ops.bulk.batch import BatchDone, BatchWorker
 from potato_ops.ops.bulk.config import BulkConfig
 from potato_ops.ops.bulk.results import (
@@ -105,6 +105,7 @@ class BulkExecutor:
         self._ok = self._failed = 0  # users this run processed since _base was read
         self._start_processed: int | None = None
         self._processed_here = 0  # users this run processed (its own rate's base)
+        self.caught_up = 0  # users this run's catch-up rebuilt again
 
     # ------------------------------------------------------------ coordinator
 
@@ -121,6 +122,8 @@ class BulkExecutor:
             reason = self._drive(base, t0)
             with read_connection(self.engine) as conn:
                 left = ledger.item_counts(conn, self.operation_id).pending
+            if reason is None and left == 0 and not self.config.dry_run:
+                reason = self._catch_up(t0)
             if reason == FENCED:
                 status, error = FENCED, None
             elif reason is not None and reason != "cancelled":
@@ -144,6 +147,25 @@ class BulkExecutor:
             op = ledger.fetch_operation(conn, self.operation_id)
             result = result_from_ledger(conn, op, elapsed, dict(self.timings))
         return dataclasses.replace(result, processed_here=self._processed_here, taken_over=reason == FENCED)
+
+    def _catch_up(self, t0: float) -> str | None:
+        """Rebuild again the users whose marks changed after their batch (``catchup``)."""
+        target = catchup.Target(
+            self.db,
+            self.operation_id,
+            self.options,
+            self.batches.history_kind,
+            self.config.batch_size,
+            self.epoch,
+        )
+
+        def on_batch(caught_up: int) -> None:
+            self.caught_up = caught_up
+            self._report(t0)
+
+        report = catchup.catch_up(target, on_batch, lambda: self.gate.wait_until_open(self.stop))
+        self._add_timings({"catchup": report.ms})
+        return FENCED if report.fenced else None
 
     def _record_end(self, status: str, error: str | None) -> None:
         """Write the final status: the owner always, a joined worker only a completion or cancel."""
@@ -331,6 +353,7 @@ class BulkExecutor:
                 eta_seconds=eta,
                 kind=KIND,
                 dry_run=self.config.dry_run,
+                caught_up_users=self.caught_up,
                 **waiting_fields(self.gate.current),
             )
         )

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from potato_ops.db import ledger, throttling
+from potato_ops.db import capture, ledger, throttling
 from potato_ops.db.engine import read_connection
 from potato_ops.domain import operations
 from potato_ops.errors import PotatoOpsError
@@ -79,6 +79,10 @@ class BulkResult:
     throttled_seconds: dict[str, float] = field(default_factory=dict)  # waited, by kind, every runner
     processed_here: int | None = None
     taken_over: bool = False
+    # Users rebuilt again because their marks changed after their batch (catch-up), and
+    # users whose change came after the final catch-up pass (the ledger lists them).
+    caught_up_users: int = 0
+    late_users: int = 0
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,7 @@ class Progress:
     error: str | None = None
     users_changed: int = 0
     cancel_requested: bool = False
+    caught_up_users: int = 0  # rebuilt again: their marks changed after their batch
     # Why a running operation does not move now: one line (``throttled: replica lag 6.1 MB >
     # 1 MB``, ``waiting for window 01:00-05:00 UTC (opens in 3 h 12 min)``, ``paused: ...``),
     # and its kind (paused, window, replica_lag, load) for a metric's label; None: it moves.
@@ -167,6 +172,7 @@ def _eta(
 def progress_of(db: Database, op: operations.OperationRow) -> Progress:
     with read_connection(db.engine) as conn:
         counts = ledger.item_counts(conn, op.id)
+        catch = capture.catch_up_counts(conn, op.id)
         eta = None
         if op.status == operations.RUNNING:
             eta = _eta(counts, ledger.recent_finishes(conn, op.id), op.started_at)
@@ -193,6 +199,7 @@ def progress_of(db: Database, op: operations.OperationRow) -> Progress:
         error=op.error,
         users_changed=counts.changed,
         cancel_requested=op.cancel_requested,
+        caught_up_users=catch.caught_up_users,
         throttled_seconds=sum(waited.values()),
         throttle=_throttle_of(op),
         **waiting,
@@ -212,6 +219,7 @@ def result_from_ledger(
     conn: Connection, op: operations.OperationRow, duration_ms: float, timings: dict[str, float]
 ) -> BulkResult:
     counts = ledger.item_counts(conn, op.id)
+    catch = capture.catch_up_counts(conn, op.id)
     waiting, waited = _waits(conn, op)
     errors = [
         UserError(i.user_id, i.error_class or "Error", i.error_message or "")
@@ -240,4 +248,6 @@ def result_from_ledger(
         status=shown_status(op, throttling.pause_requested(conn, op.id)),
         waiting=waiting["waiting"],
         throttled_seconds=waited,
+        caught_up_users=catch.caught_up_users,
+        late_users=catch.late_users,
     )

@@ -436,21 +436,28 @@ def test_a_paused_operation_processes_nothing_until_resumed(
 
 
 def test_pause_outlives_its_runner_and_resume_takes_over(
-    damaged: tuple[Storage, list[str]], db_url: str
+    damaged: tuple[Storage, list[str]], db_url: str, tmp_path: Path
 ) -> None:
     storage, ids = damaged
+    go_on = tmp_path / "go-on"  # the child holds before its second batch until this exists
     child = subprocess.Popen(
         [sys.executable, str(CHILD), db_url, NOW.isoformat(), "5", "1"],
         stdout=subprocess.PIPE,
         text=True,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "POTATO_TEST_HOLD_AT_GATE": "2",
+            "POTATO_TEST_HOLD_UNTIL": str(go_on),
+        },
     )
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
         until(lambda: bool(storage.list_operations(limit=1)), "the child's operation")
         operation_id = storage.list_operations(limit=1)[0].operation_id
         assert storage.pause_bulk_rebuild(operation_id).status == "paused"
+        go_on.touch()
         waited_while_closed(storage, operation_id, runners=1, looks=1)
         processed = storage.get_rebuild_progress(operation_id).processed_users
     finally:

@@ -11,6 +11,7 @@ def test_each_firing_alert_and_the_audit_name_the_notebook_to_run_next() -> None
     rules = default_rules()
     metrics: dict[str, float | int | None] = dict.fromkeys(METRIC_NAMES)
     metrics.update(invariant_violations=8, stale_active_flags=2, rebuild_avg_duration_ms=50.0)
+    metrics.update(last_scan_age_seconds=60, last_audit_age_seconds=60)  # scanned a minute ago
     fired = evaluate(rules, metrics)
     runbooks = runbooks_of(rules)
     view = AlertsView("the shipped defaults", len(rules), fired, runbooks)

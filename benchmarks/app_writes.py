@@ -34,12 +34,8 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -52,30 +48,11 @@ from potato_ops.db.schema import RUNS_V2_FLAG
 from potato_ops.demo.synth import seed
 from potato_ops.ops.bulk.results import Progress
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: find the sibling
+from benchmarks.bulk import database
+
 PG_ADMIN_URL = os.environ.get("POTATO_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 ROUNDS = 10
-
-
-@contextmanager
-def database(backend: str) -> Iterator[str]:
-    """Yield the URL of a fresh, empty database on the backend; drop it afterwards."""
-    if backend == "sqlite":
-        with tempfile.TemporaryDirectory() as folder:
-            yield f"sqlite:///{Path(folder) / 'bench.sqlite3'}"
-        return
-    name = f"potato_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with admin.connect() as conn:
-            conn.execute(
-                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": name}
-            )
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
 
 
 def set_capture(engine: Engine, on: bool) -> None:
@@ -204,7 +181,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def run(backend: str, users_count: int, days: int, writes: int) -> None:
-    with database(backend) as url:
+    with database(backend, PG_ADMIN_URL) as url:
         storage = Storage.connect(url)
         storage.create_schema()
         storage.set_feature_flag(RUNS_V2_FLAG, True)
@@ -308,7 +285,7 @@ def scenario(backend: str, users_count: int, days: int) -> None:
     import subprocess
 
     command = str(Path(sys.executable).parent / "potato-ops")
-    with database(backend) as url:
+    with database(backend, PG_ADMIN_URL) as url:
         env = {**os.environ, "POTATO_DATABASE_URL": url}
 
         def sh(*args: str) -> subprocess.CompletedProcess[str]:

@@ -21,7 +21,13 @@ from potato_ops.errors import OperationRunningError
 from potato_ops.ops.bulk import api, fill, ownership
 from potato_ops.ops.bulk.results import BulkResult
 from tests.conftest import NOW, POSTGRES_AND_CITUS, add_user, spans
-from tests.test_bulk_shared import bulk_cli, check_processed_once, corrupted, wrong_users
+from tests.test_bulk_shared import (
+    bulk_cli,
+    check_processed_once,
+    corrupted,
+    terminate_owner_lock,
+    wrong_users,
+)
 
 __all__ = ["corrupted"]  # the fixture, shared with the multi-host tests
 
@@ -265,8 +271,6 @@ def test_resume_and_a_taken_over_runner_report_their_own_share(
 
     def take_over_after_two_batches(p: Any) -> None:
         if p.processed_users == 10 and not resumed:
-            from tests.test_bulk_shared import terminate_owner_lock
-
             terminate_owner_lock(storage, p.operation_id)
             resumed.append(storage.resume_bulk_rebuild(p.operation_id))
 

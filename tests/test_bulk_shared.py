@@ -48,8 +48,8 @@ ROOT = Path(__file__).parents[1]
 Row = tuple[date, date, int, bool]
 
 
-def expected_runs(storage: Storage) -> dict[str, set[Row]]:
-    """Return each user's runs as the marks and the active rule give them (computed here)."""
+def expected_runs(storage: Storage, now: datetime = NOW) -> dict[str, set[Row]]:
+    """Return each user's runs as the marks and the active rule at ``now`` give them (computed here)."""
     with storage.engine.connect() as conn:
         zones = dict(conn.execute(select(users.c.id, users.c.timezone)).all())
         marks: dict[str, list[date]] = defaultdict(list)
@@ -57,7 +57,7 @@ def expected_runs(storage: Storage) -> dict[str, set[Row]]:
             marks[uid].append(d)
     out: dict[str, set[Row]] = {}
     for uid, tz in zones.items():
-        today = NOW.astimezone(ZoneInfo(tz)).date()
+        today = now.astimezone(ZoneInfo(tz)).date()
         out[uid] = {
             (s, e, (e - s).days + 1, s <= today and e >= today - timedelta(days=1))
             for s, e in group_consecutive_dates(marks[uid])
@@ -76,10 +76,17 @@ def stored_runs(storage: Storage) -> dict[str, set[Row]]:
     return out
 
 
-def wrong_users(storage: Storage) -> set[str]:
-    """Return the users whose stored runs differ from what their marks give."""
-    want, have = expected_runs(storage), stored_runs(storage)
-    return {uid for uid in want if want[uid] != have.get(uid, set())}
+def wrong_users(storage: Storage, now: datetime = NOW, *, dates_only: bool = False) -> set[str]:
+    """Return the users whose stored runs differ from what their marks give at ``now``.
+
+    ``dates_only``: compare the runs' dates and lengths, not their active flags.
+    """
+    want, have = expected_runs(storage, now), stored_runs(storage)
+
+    def shape(rows: set[Row]) -> set[Any]:
+        return {r[:3] for r in rows} if dates_only else rows
+
+    return {uid for uid in want if shape(want[uid]) != shape(have.get(uid, set()))}
 
 
 def check_processed_once(storage: Storage, operation_id: str, user_ids: list[str], changed: set[str]) -> None:

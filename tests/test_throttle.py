@@ -14,27 +14,23 @@ import signal
 import subprocess
 import sys
 import threading
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pytest
 import typer
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from potato_ops import BulkConfig, ConfigError, Storage, group_consecutive_dates
+from potato_ops import BulkConfig, ConfigError, Storage
 from potato_ops.cli.bulk import register
 from potato_ops.db.schema import (
-    day_marks,
     ops_operation_batches,
     ops_operation_items,
     ops_throttle_episodes,
-    runs,
-    users,
 )
 from potato_ops.demo.synth import seed
 from potato_ops.domain.sizes import format_size, parse_size
@@ -43,10 +39,10 @@ from potato_ops.ops.bulk import api, throttle
 from potato_ops.ops.bulk.results import BulkResult, Progress
 from potato_ops.ops.bulk.sizing import BatchSizer
 from tests.conftest import NOW, MutableClock
+from tests.test_bulk_shared import wrong_users
 
 ROOT = Path(__file__).parents[1]
 CHILD = Path(__file__).with_name("bulk_child.py")
-Row = tuple[date, date, int, bool]
 pg_only = pytest.mark.parametrize("backend", [pytest.param("postgres", marks=pytest.mark.postgres)])
 
 
@@ -181,39 +177,6 @@ def test_sizes_grow_by_half_at_most_and_stop_at_the_ceiling() -> None:
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def expected_runs(storage: Storage, now: datetime) -> dict[str, set[Row]]:
-    """Return each user's runs as the marks and the active rule at ``now`` give them."""
-    with storage.engine.connect() as conn:
-        zones = dict(conn.execute(select(users.c.id, users.c.timezone)).all())
-        marks: dict[str, list[date]] = defaultdict(list)
-        for uid, d in conn.execute(select(day_marks.c.user_id, day_marks.c.date).where(day_marks.c.value)):
-            marks[uid].append(d)
-    out: dict[str, set[Row]] = {}
-    for uid, tz in zones.items():
-        today = now.astimezone(ZoneInfo(tz)).date()
-        out[uid] = {
-            (s, e, (e - s).days + 1, s <= today and e >= today - timedelta(days=1))
-            for s, e in group_consecutive_dates(marks[uid])
-        }
-    return out
-
-
-def wrong_users(storage: Storage, now: datetime, *, dates_only: bool = False) -> set[str]:
-    """Return the users whose stored runs differ from what their marks give at ``now``."""
-    have: dict[str, set[Row]] = defaultdict(set)
-    with storage.engine.connect() as conn:
-        for uid, s, e, n, a in conn.execute(
-            select(runs.c.user_id, runs.c.start_date, runs.c.end_date, runs.c.day_count, runs.c.active)
-        ):
-            have[uid].add((s, e, n, bool(a)))
-    want = expected_runs(storage, now)
-
-    def shape(rows: set[Row]) -> set[Any]:
-        return {r[:3] for r in rows} if dates_only else rows
-
-    return {uid for uid in want if shape(want[uid]) != shape(have.get(uid, set()))}
 
 
 def item_statuses(storage: Storage, operation_id: str) -> Counter[str]:

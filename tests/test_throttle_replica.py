@@ -25,13 +25,13 @@ from potato_ops import BulkConfig, Storage
 from potato_ops.demo.synth import seed
 from potato_ops.domain.dates import fixed_clock
 from tests.conftest import NOW, _pg_unavailable, drop_pg_database, fresh_pg_database
+from tests.test_bulk_shared import wrong_users
 from tests.test_throttle import (
     Background,
     held_batches,
     item_statuses,
     until,
     waited_while_closed,
-    wrong_users,
 )
 
 ROOT = Path(__file__).parents[1]

@@ -21,13 +21,14 @@ table and scans it; the bulk must notice and ANALYZE before its first batch.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import event, insert, text
+from sqlalchemy import create_engine, event, insert, text
 
 from potato_ops import BulkConfig, Storage, fixed_clock
 from potato_ops.db.schema import RUNS_V2_FLAG, ops_operation_batches, ops_operation_items
@@ -208,6 +209,42 @@ def test_sqlite_batches_look_up_by_user(tmp_path: Any, state: str) -> None:
     try:
         _run_and_check(storage)
     finally:
+        storage.close()
+
+
+@pytest.mark.postgres
+def test_postgres_batches_compile_nothing(pg_fresh_url: str) -> None:
+    """No batch statement is JIT-compiled, even where PostgreSQL would compile every statement.
+
+    With ``jit_above_cost`` at 0 the server compiles any statement JIT may compile; stale
+    statistics make a batch's estimates that large in service. A batch's statements each touch
+    its users alone, so compiling one costs more than running it: the bulk turns JIT off in its
+    batches' transactions, and no plan it runs says ``JIT:``.
+    """
+    storage = _prepare(pg_fresh_url, "never analyzed")
+    database = storage.engine.url.database
+    admin = create_engine(storage.engine.url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{database}" SET jit_above_cost = 0'))
+        storage.engine.dispose()  # new connections take the setting
+        with storage.engine.connect() as conn:  # the control: JIT is there, and would be used
+            plan = conn.execute(text("EXPLAIN SELECT count(*) FROM runs WHERE user_id = 'x'")).all()
+            if not any(row[0].startswith("JIT:") for row in plan):
+                why = "this PostgreSQL server has no JIT (its LLVM module is not installed)"
+                pytest.fail(why) if os.environ.get("CI") == "true" else pytest.skip(why)
+        plans = capture_plans(storage)
+        result = bulk_rebuild_users(storage.database, None, BulkConfig(batch_size=BATCH, max_workers=2))
+        assert result.status == "completed"
+        assert len(plans.plans) > USERS // BATCH
+        # The batches' reads and writes of the app's tables; the claims and gate checks around
+        # them (a row by key, estimated at next to nothing) are compiled only at a cost of 0.
+        data = [(s, p) for s, p in plans.plans if re.search(r"\b(day_marks|runs)\b", s)]
+        assert len(data) > USERS // BATCH
+        compiled = [s[:200] for s, p in data if "JIT:" in p]
+        assert not compiled, f"{len(compiled)} batch statements JIT-compiled, e.g. {compiled[0]}"
+    finally:
+        admin.dispose()
         storage.close()
 
 

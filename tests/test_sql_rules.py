@@ -1,6 +1,7 @@
 """The rules that SQL restates agree with their Python twins, on generated data, on both backends.
 
-``db.grouping.grouped_marks_sql`` is the SQL of ``domain.runs.group_consecutive_dates`` and
+``db.grouping.grouped_marks_sql`` (and its user-by-user form for PostgreSQL's batches,
+``users_grouping_sql``) is the SQL of ``domain.runs.group_consecutive_dates`` and
 ``db.grouping.active_flag_sql`` the SQL of ``domain.runs.should_be_active``; the expected
 results here come from the Python twins, the actual ones from the database.
 """
@@ -14,7 +15,13 @@ from hypothesis import strategies as st
 from sqlalchemy import Date, bindparam, delete, insert, text
 
 from potato_ops import Storage
-from potato_ops.db.grouping import active_flag_sql, compare_batch, differing_users, grouped_marks_sql
+from potato_ops.db.grouping import (
+    active_flag_sql,
+    compare_batch,
+    differing_users,
+    grouped_marks_sql,
+    users_grouping_sql,
+)
 from potato_ops.db.schema import day_marks, runs, users
 from potato_ops.domain.runs import group_consecutive_dates, should_be_active
 from tests.conftest import NOW
@@ -78,6 +85,22 @@ def test_the_sql_grouping_is_the_python_grouping(
         found = conn.execute(
             text(f"SELECT user_id, start_date, end_date, day_count FROM ({grouped_marks_sql(conn)}) AS g")
         ).all()
+    assert sorted((uid, _as_date(s), _as_date(e), int(n)) for uid, s, e, n in found) == expected
+
+
+@RULE_SETTINGS
+@given(marks=marks_of_users, asked=st.sets(st.sampled_from([*USERS, "nobody"])))
+def test_the_user_by_user_sql_grouping_is_the_python_grouping(
+    storage: Storage, marks: dict[str, tuple[set[int], set[int]]], asked: set[str]
+) -> None:
+    """PostgreSQL's batches group each asked user's marks on its own: the same runs, only theirs."""
+    if storage.dialect != "postgresql":
+        return  # SQLite's batches group in Python (the twin itself)
+    _reset(storage, marks)
+    expected = [row for row in _python_grouping(marks) if row[0] in asked]
+    with storage.engine.connect() as conn:
+        grouped = users_grouping_sql("CAST(:uids AS text[])")
+        found = conn.execute(text(f"SELECT * FROM ({grouped}) AS g"), {"uids": sorted(asked)}).all()
     assert sorted((uid, _as_date(s), _as_date(e), int(n)) for uid, s, e, n in found) == expected
 
 

@@ -97,6 +97,19 @@ def read_connection(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
+def batch_statements(conn: Connection) -> None:
+    """Say that this transaction's statements each touch one batch's users: no JIT (PostgreSQL).
+
+    PostgreSQL compiles a statement whose estimated cost passes ``jit_above_cost``, and on the
+    statistics a mass load or rewrite leaves, a batch's statement is estimated at the table's
+    size: each then spends tens of milliseconds compiling code for a few thousand rows, more than
+    running it. A bulk batch's statements are bounded by its users, so JIT never pays there; the
+    whole-table scans (validate, audit) keep it.
+    """
+    if is_postgres(conn):
+        conn.execute(text("SET LOCAL jit = off"))
+
+
 def lock_users(conn: Connection, user_ids: Sequence[str]) -> None:
     """Take the per-user write locks for this transaction (PostgreSQL; SQLite holds the db lock).
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from potato_ops.config import mask_secrets
 from potato_ops.db import claims, history, ledger
-from potato_ops.db.engine import read_connection, write_transaction
+from potato_ops.db.engine import batch_statements, read_connection, write_transaction
 from potato_ops.db.reads import fetch_users
 from potato_ops.domain import operations
 from potato_ops.domain.operations import Owner
@@ -134,6 +134,7 @@ class BatchWorker:
         found: list[str] = []
         try:
             with write_transaction(self.engine) as conn:
+                batch_statements(conn)
                 users = fetch_users(conn, user_ids)
                 found = [u.id for u in users]
                 seen = catchup.note_positions(conn, found, dry_run=self.config.dry_run)

@@ -24,7 +24,7 @@ from sqlalchemy import Connection
 from potato_ops.config import mask_secrets
 from potato_ops.db import capture, claims, history, ledger
 from potato_ops.db.capture import MarkChange
-from potato_ops.db.engine import chunks, lock_users, read_connection, write_transaction
+from potato_ops.db.engine import batch_statements, chunks, lock_users, read_connection, write_transaction
 from potato_ops.db.reads import fetch_users
 from potato_ops.domain import operations
 from potato_ops.ops.batch_rebuild import BatchOptions, UserOutcome, history_entry
@@ -160,6 +160,7 @@ def _attempt(target: Target, user_ids: list[str]) -> int:
     started = db.now()
     t0 = time.perf_counter()
     with write_transaction(db.engine) as conn:
+        batch_statements(conn)
         users = fetch_users(conn, user_ids)
         ids = [u.id for u in users]  # a user deleted meanwhile has nothing left to rebuild
         seen = note_positions(conn, ids, dry_run=False)

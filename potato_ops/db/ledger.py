@@ -55,6 +55,9 @@ _items = ops_operation_items
 _ops = ops_operations
 _tallies = ops_operation_tallies
 RATE_WINDOW_BATCHES = 50  # the ETA's rate is taken over this many most recent batches
+# ... found among this many most recent finished items (50 batches of 500 users): the ETA
+# reads at most these, whatever the operation's size.
+RATE_WINDOW_ITEMS = 25_000
 OPERATION_SLOT = -1  # tallies written outside any batch; its pending row marks a tallied operation
 
 
@@ -631,15 +634,36 @@ def item_counts(conn: Connection, operation_id: str) -> ItemCounts:
 
 
 def recent_finishes(conn: Connection, operation_id: str) -> list[tuple[datetime, int]]:
-    """Return (finished_at, users) of the most recent batches, oldest first, for the ETA."""
-    rows = conn.execute(
-        select(_items.c.finished_at, func.count())
+    """Return (finished_at, users) of the most recent batches, oldest first, for the ETA.
+
+    Reads at most RATE_WINDOW_ITEMS items, newest first along ``ix_ops_items_finished``; the
+    oldest batch among them, which the window may cut, is counted again on its own.
+    """
+    latest = (
+        select(_items.c.finished_at)
         .where(_items.c.operation_id == operation_id, _items.c.finished_at.is_not(None))
-        .group_by(_items.c.finished_at)
         .order_by(_items.c.finished_at.desc())
-        .limit(RATE_WINDOW_BATCHES)
-    ).all()
-    return [(as_utc(at), int(n)) for at, n in reversed(rows)]
+        .limit(RATE_WINDOW_ITEMS)
+        .subquery()
+    )
+    rows = [
+        (at, int(n))
+        for at, n in conn.execute(
+            select(latest.c.finished_at, func.count())
+            .group_by(latest.c.finished_at)
+            .order_by(latest.c.finished_at.desc())
+            .limit(RATE_WINDOW_BATCHES)
+        ).all()
+    ]
+    if rows and sum(n for _, n in rows) >= RATE_WINDOW_ITEMS:  # the window ended inside the oldest
+        oldest = rows[-1][0]
+        whole = conn.execute(
+            select(func.count())
+            .select_from(_items)
+            .where(_items.c.operation_id == operation_id, _items.c.finished_at == oldest)
+        ).scalar_one()
+        rows[-1] = (oldest, int(whole))
+    return [(as_utc(at), n) for at, n in reversed(rows)]
 
 
 def _item_rows(conn: Connection, operation_id: str, *conditions: Any) -> list[ItemRow]:

@@ -14,7 +14,8 @@ database full of data) into the distributed layout, in place and idempotently:
   one row per operation and per batch, written by claims and fences, cheapest where no
   distributed transaction is needed for them.
 * Tables with no ``user_id`` (``ops_run_records``, ``ops_scan_results``: one row per notebook
-  run, per whole-database scan) are left as they are: plain tables on the coordinator.
+  run, per whole-database scan; ``ops_operation_tallies``: an operation's counts, written
+  beside its batch rows) are left as they are: plain tables on the coordinator.
 
 Existing rows are moved into the shards by Citus, then the coordinator's local copies are
 truncated.

@@ -232,6 +232,28 @@ ops_operation_items = Table(
     Column("finished_at", DateTime(timezone=True)),
     PrimaryKeyConstraint("operation_id", "user_id", name="ops_operation_items_pkey"),
     Index("ix_ops_items_status", "operation_id", "status", "position"),
+    # The ETA reads the most recent finishes in this order, never the whole operation.
+    Index("ix_ops_items_finished", "operation_id", "finished_at"),
+)
+
+# The operation's items counted by status, kept exact by every writer of the items in the
+# same transaction (``ledger``), so counting an operation never reads its items. ``slot`` is
+# the batch that wrote a difference (-1: the operation as a whole: create, reopen, catch-up),
+# so concurrent batches never update the same row; a count sums the slots of one status.
+# The row (slot -1, pending) is written with the operation: it marks a tallied operation.
+# Not per user: on Citus it stays a plain table on the coordinator.
+ops_operation_tallies = Table(
+    "ops_operation_tallies",
+    metadata,
+    Column("operation_id", Text, nullable=False),
+    Column("slot", Integer, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("users", BigInteger, nullable=False, server_default="0"),
+    Column("changed", BigInteger, nullable=False, server_default="0"),
+    Column("runs_deleted", BigInteger, nullable=False, server_default="0"),
+    Column("runs_created", BigInteger, nullable=False, server_default="0"),
+    Column("duration_ms", Float, nullable=False, server_default="0"),
+    PrimaryKeyConstraint("operation_id", "slot", "status", name="ops_operation_tallies_pkey"),
 )
 
 # The operation's batches: what workers (threads, processes, hosts) claim. Batch n holds the
@@ -363,6 +385,7 @@ OPS_TABLES = (
     ops_rebuild_history,
     ops_operations,
     ops_operation_items,
+    ops_operation_tallies,
     ops_operation_batches,
     ops_throttle_episodes,
     ops_timezone_changes,
@@ -381,6 +404,7 @@ def create_schema(engine: Engine) -> None:
             conn.execute(text("SELECT pg_advisory_xact_lock(1347376129, 0)"))
         metadata.create_all(conn, checkfirst=True)
         _add_missing_ops_columns(conn)
+        _add_missing_ops_indexes(conn)
     check_schema(engine)
 
 
@@ -397,6 +421,16 @@ def _add_missing_ops_columns(conn: Connection) -> None:
             if column.server_default is not None:
                 default = f" NOT NULL DEFAULT {column.server_default.arg}"  # type: ignore[attr-defined]
             conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}{default}"))
+
+
+def _add_missing_ops_indexes(conn: Connection) -> None:
+    """Create ops indexes a database made by an older release lacks (create_all skips them)."""
+    inspector = inspect(conn)
+    for table in OPS_TABLES:
+        have = {i["name"] for i in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in have:
+                index.create(conn)
 
 
 def check_schema(engine: Engine) -> None:

@@ -215,6 +215,9 @@ def resume_bulk_rebuild(
                 # Every earlier owner and worker is fenced out from here: their batches
                 # roll back at commit, and their claims are dropped with the old batches.
                 epoch = claims.take_over(conn, operation_id)
+                # An operation older than the tallies is tallied here, once, with every
+                # earlier worker fenced out.
+                ledger.backfill_tallies(conn, operation_id)
                 throttling.close_open_episodes(conn, operation_id)  # the earlier runners wait no more
                 only: list[str] | None = None
                 if failed_only:

@@ -146,11 +146,13 @@ class BatchWorker:
                 t_rec = time.perf_counter()
                 now = self.db.now()
                 history.record_history(conn, self._history(results, outcomes, started, now))
-                ledger.record_items(conn, self.operation_id, results, now)
+                counted = ledger.record_items(conn, self.operation_id, results, now)
                 catchup.record_positions(conn, self.operation_id, seen, dry_run=self.config.dry_run)
                 claims.fence(conn, self.operation_id, claim, self.worker, self.epoch)
                 if close and not alone:
                     claims.close_batch(conn, self.operation_id, claim, now)
+                # Last, after the fence: the batch's tally rows are locked only for the commit.
+                ledger.add_tally_change(conn, self.operation_id, counted, slot=claim.batch_no)
                 t_commit = time.perf_counter()
                 timings["ledger"] = timings.get("ledger", 0.0) + (t_commit - t_rec) * 1000
             timings["commit"] = timings.get("commit", 0.0) + (time.perf_counter() - t_commit) * 1000
@@ -270,4 +272,5 @@ class BatchWorker:
             claims.fence(conn, self.operation_id, claim, self.worker, self.epoch)
             if not self.config.dry_run:
                 history.record_history(conn, self._history(results, outcomes, started, now))
-            ledger.record_items(conn, self.operation_id, results, now)
+            counted = ledger.record_items(conn, self.operation_id, results, now)
+            ledger.add_tally_change(conn, self.operation_id, counted, slot=claim.batch_no)

@@ -220,5 +220,6 @@ def _record_failure(target: Target, user_id: str, exc: BaseException) -> None:
                 )
             ],
         )
-        ledger.record_items(conn, target.operation_id, [item], now)
+        counted = ledger.record_items(conn, target.operation_id, [item], now)
         claims.fence_operation(conn, target.operation_id, target.epoch)
+        ledger.add_tally_change(conn, target.operation_id, counted)

@@ -216,8 +216,8 @@ class BulkExecutor:
                 if time.perf_counter() - last_beat >= HEARTBEAT_EVERY_S:
                     self._heartbeat()
                     last_beat = time.perf_counter()
-                # Counting every worker's items reads the operation's whole ledger: spaced so
-                # that counting takes at most 1/COUNT_EVERY of the run, whatever its size.
+                # Counting every worker's items (the ledger's tallies, a few rows per batch):
+                # spaced so that counting takes at most 1/COUNT_EVERY of the run.
                 if time.perf_counter() - last_count >= max(HEARTBEAT_EVERY_S, count_s * COUNT_EVERY):
                     t_count = time.perf_counter()
                     retry.run_with_retry(self._refresh_base, "reading the counts", self.stop)

@@ -1,6 +1,7 @@
 """What the ledger says about a bulk operation: its progress, ETA and result.
 
-Counts come from the ledger's items, so they cover every run of a resumed operation.
+Counts come from the ledger (its tallies of the items), so they cover every run of a resumed
+operation.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Boolean, Integer, Text, bindparam, text
 
 from potato_ops.db.date_texts import as_date, iso_ordinals
+from potato_ops.db.distributed import is_distributed
 from potato_ops.db.engine import chunks, is_postgres
 from potato_ops.domain.models import Run
 from potato_ops.domain.runs import group_consecutive_ordinals
@@ -83,6 +84,18 @@ def users_grouping_sql(uids: str) -> str:
         "SELECT date, date - CAST(row_number() OVER (ORDER BY date) AS integer) AS grp "
         "FROM day_marks WHERE user_id = u.user_id AND value) AS m GROUP BY grp) AS g"
     )
+
+
+def batch_grouping_sql(conn: Connection, uids: str) -> str:
+    """Return the grouping of the marked days of the users of a text array, for a batch (PostgreSQL).
+
+    ``users_grouping_sql`` on one server; on Citus, which cannot join a function's rows
+    laterally to a distributed table, ``grouped_marks_sql`` filtered to the users, which each
+    worker runs on its own shards.
+    """
+    if is_distributed(conn):
+        return grouped_marks_sql(conn, f"AND user_id = ANY({uids})")
+    return users_grouping_sql(uids)
 
 
 def active_flag_sql(conn: Connection, start: str, end: str, today: str) -> str:
@@ -188,9 +201,9 @@ def _compare_here(conn: Connection, user_ids: Sequence[str]) -> BatchComparison:
     return found
 
 
-def _compare_statement() -> str:
-    """The batch comparison's statement (PostgreSQL): the grouping user by user, then ``bad``."""
-    grouped = users_grouping_sql("CAST(:uids AS text[])")
+def _compare_statement(conn: Connection) -> str:
+    """The batch comparison's statement (PostgreSQL): the batch's grouping, then ``bad``."""
+    grouped = batch_grouping_sql(conn, "CAST(:uids AS text[])")
     return (
         _differs_sql(grouped, "WHERE user_id = ANY(CAST(:uids AS text[]))")
         + f"SELECT {_COLS}, 0 AS total FROM e WHERE user_id IN (SELECT user_id FROM bad) "
@@ -204,7 +217,7 @@ def _compare_in_database(conn: Connection, user_ids: Sequence[str]) -> BatchComp
     found = BatchComparison()
     grouping: dict[str, list[Span]] = defaultdict(list)
     bad: set[str] = set()
-    stmt = text(_compare_statement()).columns(user_id=Text, day_count=Integer, total=Integer)
+    stmt = text(_compare_statement(conn)).columns(user_id=Text, day_count=Integer, total=Integer)
     for part in chunks(sorted(set(user_ids))):
         for uid, start, end, count, total in conn.execute(stmt, {"uids": list(part)}).all():
             if start is not None:
@@ -247,7 +260,7 @@ def fill_grouped_runs(conn: Connection, todays: dict[str, date]) -> None:
         "INSERT INTO runs (user_id, start_date, end_date, day_count, active) "
         "SELECT g.user_id, g.start_date, g.end_date, g.day_count, "
         f"{active_flag_sql(conn, 'g.start_date', 'g.end_date', 't.today')} "
-        f"FROM ({users_grouping_sql('CAST(:uids AS text[])')}) AS g "
+        f"FROM ({batch_grouping_sql(conn, 'CAST(:uids AS text[])')}) AS g "
         "JOIN unnest(CAST(:uids AS text[]), CAST(:todays AS date[])) AS t (user_id, today) "
         "ON t.user_id = g.user_id"
     )

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import Connection, event, inspect, text
 
 from potato_ops import BulkConfig, SchemaError, Storage
-from potato_ops.db import ledger
+from potato_ops.db import capture, ledger
 from potato_ops.db.engine import write_transaction
 from potato_ops.db.schema import RUNS_V2_FLAG
 from potato_ops.demo.synth import seed
@@ -402,3 +402,54 @@ def test_counting_and_the_eta_do_not_scan_the_items(
             assert not any(n["Node Type"] == "Seq Scan" for n in on_items), statement
             # At most the window and one batch: never the operation's 4000 items.
             assert sum(n["Actual Rows"] * n.get("Actual Loops", 1) for n in on_items) <= 5 * batch, statement
+
+
+@pytest.mark.parametrize("backend", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_the_catch_up_counts_read_only_the_users_they_count(flag_on: Storage) -> None:
+    """Every progress read counts the caught-up and late users: not the row per rebuilt user."""
+    rebuilt, caught, late = 4000, 7, 3
+    with flag_on.engine.begin() as conn:
+        for op in ("op-a", "op-b"):  # two operations: one's rows are half the table
+            conn.execute(
+                text(
+                    "INSERT INTO ops_capture_seen (operation_id, user_id, position, caught_up) "
+                    "SELECT :op, 'u' || g, g, CASE WHEN g <= :caught THEN 1 ELSE 0 END "
+                    "FROM generate_series(1, :n) g"
+                ),
+                {"op": op, "n": rebuilt, "caught": caught},
+            )
+        conn.execute(
+            text(
+                "UPDATE ops_capture_seen SET late_position = position + 1, late_changed_at = :now "
+                "WHERE operation_id = 'op-a' AND user_id IN ('u100', 'u200', 'u300')"
+            ),
+            {"now": NOW},
+        )
+    with flag_on.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE ops_capture_seen"))
+        expected = conn.execute(
+            text(
+                "SELECT count(*) FILTER (WHERE caught_up > 0), "
+                "count(*) FILTER (WHERE late_position IS NOT NULL) "
+                "FROM ops_capture_seen WHERE operation_id = 'op-a'"
+            )
+        ).one()
+        assert tuple(expected) == (caught, late)
+
+    statements: list[tuple[str, Any]] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
+        statements.append((statement, parameters))
+
+    with flag_on.engine.connect() as conn:
+        event.listen(conn, "before_cursor_execute", note)
+        counts = capture.catch_up_counts(conn, "op-a")
+        event.remove(conn, "before_cursor_execute", note)
+        assert (counts.caught_up_users, counts.late_users) == (caught, late)
+        [(statement, parameters)] = statements
+        (plan,) = conn.exec_driver_sql("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, parameters).one()
+        nodes = list(_walk((json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]))
+        on_seen = [n for n in nodes if n.get("Relation Name") == "ops_capture_seen"]
+        assert on_seen and not any(n["Node Type"] == "Seq Scan" for n in on_seen)
+        read = sum(n["Actual Rows"] * n.get("Actual Loops", 1) for n in on_seen)
+        assert read <= caught + late  # the users counted, never the 4000 rebuilt

@@ -293,10 +293,11 @@ class CatchUpCounts:
     late_users: int = 0
 
 
+# Each count reads its partial index (``ix_ops_capture_seen_caught_up`` / ``_late``): the users
+# it counts, not the operation's row per rebuilt user.
 _COUNTS = text(
-    "SELECT coalesce(sum(CASE WHEN caught_up > 0 THEN 1 ELSE 0 END), 0), "
-    "coalesce(sum(CASE WHEN late_position IS NOT NULL THEN 1 ELSE 0 END), 0) "
-    "FROM ops_capture_seen WHERE operation_id = :op"
+    "SELECT (SELECT count(*) FROM ops_capture_seen WHERE operation_id = :op AND caught_up > 0), "
+    "(SELECT count(*) FROM ops_capture_seen WHERE operation_id = :op AND late_position IS NOT NULL)"
 )
 
 

@@ -360,6 +360,20 @@ ops_capture_seen = Table(
     Column("late_position", BigInteger),
     Column("late_changed_at", DateTime(timezone=True)),
     PrimaryKeyConstraint("operation_id", "user_id", name="ops_capture_seen_pkey"),
+    # The few users catch-up rebuilt, and those changed after the final pass, counted on every
+    # progress read without reading the operation's row per user.
+    Index(
+        "ix_ops_capture_seen_caught_up",
+        "operation_id",
+        postgresql_where=text("caught_up > 0"),
+        sqlite_where=text("caught_up > 0"),
+    ),
+    Index(
+        "ix_ops_capture_seen_late",
+        "operation_id",
+        postgresql_where=text("late_position IS NOT NULL"),
+        sqlite_where=text("late_position IS NOT NULL"),
+    ),
 )
 
 # One row per whole-database invariant scan: what it found and when, so every metrics output

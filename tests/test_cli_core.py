@@ -125,3 +125,25 @@ def test_validate_names_each_user_by_email_too(db_url: str, storage: Storage) ->
     code, out, _ = invoke(db_url, "validate", "--json")
     emails = {v["user_id"]: v["email"] for v in json.loads(out)["violations"]}
     assert emails == {"u1": "ana@example.com", "ghost": None}
+
+
+def test_a_driver_error_raised_outside_sqlalchemy_is_one_line(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seed writes through the driver itself (COPY): a full disk there is one line, exit 1."""
+    import sqlite3
+
+    import psycopg
+
+    from potato_ops.db import seed_sink
+
+    kind = psycopg.errors.DiskFull if db_url.startswith("postgresql") else sqlite3.OperationalError
+
+    def full(*_args: object) -> tuple[int, int]:
+        raise kind("could not extend file: No space left on device")
+
+    monkeypatch.setattr(seed_sink, "_write", full)
+    code, out, err = invoke(db_url, "seed", "--users", "3", "--days", "5")
+    assert code == 1
+    assert err.strip() == "error: database error: could not extend file: No space left on device"
+    assert "Traceback" not in out + err

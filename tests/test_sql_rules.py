@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Date, bindparam, delete, insert, text
 
 from potato_ops import Storage
+from potato_ops.db import grouping
 from potato_ops.db.grouping import (
     active_flag_sql,
     compare_batch,
@@ -154,3 +156,29 @@ def test_the_sql_active_flag_is_should_be_active(storage: Storage, cases: list[t
         for s, e, t in cases:
             got = conn.execute(stmt, {"s": day(s), "e": day(e), "t": day(t)}).scalar_one()
             assert bool(got) is should_be_active(day(s), day(e), day(t)), (s, e, t)
+
+
+@pytest.mark.parametrize("range_users", [1, 2, 1000])
+def test_the_whole_database_compare_in_key_ranges_finds_the_same_users(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch, range_users: int
+) -> None:
+    """SQLite compares the whole database a key range at a time: no user or orphan run is missed."""
+    monkeypatch.setattr(grouping, "RANGE_USERS", range_users)
+    marks = {"a": ({0, 1, 2, 5}, set()), "b": ({3}, {4}), "c": ({-3, -2}, set())}
+    _reset(storage, marks)
+    grouping_rows = _python_grouping(marks)
+    with storage.engine.begin() as conn:
+        for uid, s, e, n in grouping_rows:
+            if uid != "b":  # b holds no runs: it differs
+                conn.execute(
+                    insert(runs).values(user_id=uid, start_date=s, end_date=e, day_count=n, active=False)
+                )
+        # Runs of ids no user has, sorting before, between and after every user's id.
+        for ghost in ("0-ghost", "b-ghost", "zz-ghost"):
+            conn.execute(
+                insert(runs).values(
+                    user_id=ghost, start_date=day(0), end_date=day(0), day_count=1, active=False
+                )
+            )
+    with storage.engine.connect() as conn:
+        assert differing_users(conn, None) == {"b", "0-ghost", "b-ghost", "zz-ghost"}

@@ -120,8 +120,8 @@ def expected_failures(func: Callable[P, R]) -> Callable[P, R]:
                 first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
                 raise fail(f"database error: {first}") from None
             if _driver_error(exc):  # raised through the driver itself (the seed's COPY)
-                first = str(exc).strip().splitlines()
-                raise fail(f"database error: {first[0] if first else type(exc).__name__}") from None
+                lines = str(exc).strip().splitlines()
+                raise fail(f"database error: {lines[0] if lines else type(exc).__name__}") from None
             raise
 
     return wrapper

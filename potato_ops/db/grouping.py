@@ -23,7 +23,7 @@ by the twin itself. Either way only the users whose runs differ get their groupi
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING
@@ -127,13 +127,50 @@ def _differs_sql(grouped: str, runs_filter: str) -> str:
     )
 
 
+RANGE_USERS = 20_000  # SQLite compares the whole database this many users (by key) at a time
+
+
+def user_ranges(conn: Connection, size: int) -> Iterator[tuple[str | None, str | None]]:
+    """Yield half-open key ranges (lo, hi] of about ``size`` users each, covering every key.
+
+    The first starts below every key (lo None) and the last runs past every key (hi None), so
+    a row of a user id not in ``users`` (an orphan run) still falls in exactly one range.
+    """
+    lo: str | None = None
+    while True:
+        after = "" if lo is None else "WHERE id > :lo "
+        hi = conn.execute(
+            text(f"SELECT id FROM users {after}ORDER BY id LIMIT 1 OFFSET :k"), {"lo": lo, "k": size - 1}
+        ).scalar()
+        yield lo, hi
+        if hi is None:
+            return
+        lo = hi
+
+
+def _range_filter(lo: str | None, hi: str | None) -> str:
+    return ("" if lo is None else " AND user_id > :lo") + ("" if hi is None else " AND user_id <= :hi")
+
+
 def differing_users(conn: Connection, user_ids: Sequence[str] | None) -> set[str]:
     """Return the users (of those given, or all) whose stored runs differ from their marks' grouping.
 
     Dates and day_count are compared both ways, and duplicated runs count as a difference.
+    All users: one parallel statement on PostgreSQL; on SQLite, which materializes both sides
+    and their differences in temporary storage, a statement per key range of ``RANGE_USERS``
+    users, so that storage stays the size of a range (the whole database at once needs about a
+    third of its own size free on disk).
     """
-    parts: Iterable[Sequence[str] | None] = [None] if user_ids is None else chunks(list(user_ids))
     found: set[str] = set()
+    if user_ids is None and not is_postgres(conn):
+        for lo, hi in user_ranges(conn, RANGE_USERS):
+            where = _range_filter(lo, hi)
+            body = _differs_sql(grouped_marks_sql(conn, where), "WHERE true" + where)
+            found.update(
+                r[0] for r in conn.execute(text(body + "SELECT user_id FROM bad"), {"lo": lo, "hi": hi})
+            )
+        return found
+    parts: Iterable[Sequence[str] | None] = [None] if user_ids is None else chunks(list(user_ids))
     for part in parts:
         if part is None:
             stmt = text(_differs_sql(grouped_marks_sql(conn), "") + "SELECT user_id FROM bad")

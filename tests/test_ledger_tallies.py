@@ -453,3 +453,37 @@ def test_the_catch_up_counts_read_only_the_users_they_count(flag_on: Storage) ->
         assert on_seen and not any(n["Node Type"] == "Seq Scan" for n in on_seen)
         read = sum(n["Actual Rows"] * n.get("Actual Loops", 1) for n in on_seen)
         assert read <= caught + late  # the users counted, never the 4000 rebuilt
+
+
+def test_the_result_lists_read_at_most_their_cap(flag_on: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bulk that changes every user lists the first MAX_LISTED changes, read no further."""
+    from potato_ops.ops.bulk import results
+
+    seeded = seed(flag_on.engine, users_count=12, days=20, now=NOW)
+    with flag_on.engine.begin() as conn:
+        conn.execute(text("DELETE FROM runs"))  # every user's runs missing: all 12 change
+    monkeypatch.setattr(results, "MAX_LISTED", 5)
+    fetched: list[int] = []
+    real = ledger._item_rows
+
+    def counted(*args: Any, **kwargs: Any) -> list[Any]:
+        rows = real(*args, **kwargs)
+        fetched.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(ledger, "_item_rows", counted)
+    result = flag_on.bulk_rebuild_users(seeded.user_ids, REAL)
+    assert (result.status, result.users_changed) == ("completed", 12)
+    with flag_on.engine.connect() as conn:
+        first = [
+            uid
+            for (uid,) in conn.execute(
+                text(
+                    "SELECT user_id FROM ops_operation_items WHERE operation_id = :op AND changed "
+                    "ORDER BY position LIMIT 5"
+                ),
+                {"op": result.operation_id},
+            )
+        ]
+    assert [c.user_id for c in result.changes] == first
+    assert fetched and max(fetched) <= 5  # the rows read, not only the rows kept

@@ -666,7 +666,9 @@ def recent_finishes(conn: Connection, operation_id: str) -> list[tuple[datetime,
     return [(as_utc(at), n) for at, n in reversed(rows)]
 
 
-def _item_rows(conn: Connection, operation_id: str, *conditions: Any) -> list[ItemRow]:
+def _item_rows(
+    conn: Connection, operation_id: str, *conditions: Any, limit: int | None = None
+) -> list[ItemRow]:
     query = (
         select(
             _items.c.user_id,
@@ -681,6 +683,7 @@ def _item_rows(conn: Connection, operation_id: str, *conditions: Any) -> list[It
         )
         .where(_items.c.operation_id == operation_id, *conditions)
         .order_by(_items.c.position)
+        .limit(limit)
     )
     return [
         ItemRow(
@@ -698,11 +701,12 @@ def _item_rows(conn: Connection, operation_id: str, *conditions: Any) -> list[It
     ]
 
 
-def failed_items(conn: Connection, operation_id: str) -> list[ItemRow]:
-    """Return the operation's failed users with their errors, in order."""
-    return _item_rows(conn, operation_id, _items.c.status == FAILED)
+def failed_items(conn: Connection, operation_id: str, limit: int | None = None) -> list[ItemRow]:
+    """Return the operation's failed users with their errors, in order (the first ``limit``)."""
+    return _item_rows(conn, operation_id, _items.c.status == FAILED, limit=limit)
 
 
-def changed_items(conn: Connection, operation_id: str) -> list[ItemRow]:
-    """Return the users the operation changed (or, dry, would change), in order."""
-    return _item_rows(conn, operation_id, and_(_items.c.status == COMPLETED, _items.c.changed.is_(True)))
+def changed_items(conn: Connection, operation_id: str, limit: int | None = None) -> list[ItemRow]:
+    """Return the users the operation changed (or, dry, would change), in order (the first ``limit``)."""
+    changed = and_(_items.c.status == COMPLETED, _items.c.changed.is_(True))
+    return _item_rows(conn, operation_id, changed, limit=limit)

@@ -224,11 +224,11 @@ def result_from_ledger(
     waiting, waited = _waits(conn, op)
     errors = [
         UserError(i.user_id, i.error_class or "Error", i.error_message or "")
-        for i in ledger.failed_items(conn, op.id)[:MAX_LISTED]
+        for i in ledger.failed_items(conn, op.id, MAX_LISTED)
     ]
     changes = [
         UserChange(i.user_id, i.runs_deleted, i.runs_created, i.active_flags_changed)
-        for i in ledger.changed_items(conn, op.id)[:MAX_LISTED]
+        for i in ledger.changed_items(conn, op.id, MAX_LISTED)
     ]
     return BulkResult(
         operation_id=op.id,

@@ -6,7 +6,7 @@ The rule itself is ``domain.runs.should_be_active`` (judged in Python on what th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import date
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -31,10 +31,18 @@ class FlagCandidate(NamedTuple):
     user_exists: bool
 
 
+# Rows fetched at a time: a whole-database read holds a candidate per user (about a run each),
+# so it streams them (a server-side cursor on PostgreSQL) instead of holding them all.
+STREAM_ROWS = 10_000
+
+
 def flag_candidates(
     conn: Connection, user_ids: Sequence[str] | None, earliest_end: date
-) -> list[FlagCandidate]:
-    """Return every run flagged active or ending on or after ``earliest_end`` (of the users, or all)."""
+) -> Iterator[FlagCandidate]:
+    """Yield every run flagged active or ending on or after ``earliest_end`` (of the users, or all).
+
+    Consume the candidates before the next statement on ``conn``: they are read as they go.
+    """
     query = (
         select(
             runs.c.id,
@@ -48,17 +56,13 @@ def flag_candidates(
         .select_from(runs.outerjoin(users, users.c.id == runs.c.user_id))
         .where(runs.c.active.is_(True) | (runs.c.end_date >= earliest_end))
     )
-    found: list[FlagCandidate] = []
     parts: Iterable[Sequence[str] | None] = [None] if user_ids is None else chunks(list(user_ids))
     for part in parts:
         q = query if part is None else query.where(runs.c.user_id.in_(part))
-        found.extend(
-            FlagCandidate(
+        for r in conn.execute(q.execution_options(yield_per=STREAM_ROWS)):
+            yield FlagCandidate(
                 r.id, r.user_id, r.start_date, r.end_date, bool(r.active), r.timezone, bool(r.exists)
             )
-            for r in conn.execute(q)
-        )
-    return found
 
 
 # A few rows (a single-user rebuild's usual writes) go by this statement, built once, one

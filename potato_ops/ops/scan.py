@@ -12,7 +12,7 @@ pure checker that validates every rebuild, so a rebuild and a scan can never dis
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple
@@ -58,20 +58,22 @@ class FlagRow(NamedTuple):
         return self.active != self.should_be_active
 
 
-def flag_rows(conn: Connection, user_ids: Sequence[str] | None, now: datetime) -> list[FlagRow]:
-    """Return every run flagged active or recent enough to be active, judged by the rule at now."""
+def flag_rows(conn: Connection, user_ids: Sequence[str] | None, now: datetime) -> Iterator[FlagRow]:
+    """Yield every run flagged active or recent enough to be active, judged by the rule at now.
+
+    The rows stream (about one per user over a whole database): consume them before the next
+    statement on ``conn``.
+    """
     # Local today is never earlier than UTC's date minus one day (zones reach UTC-12).
     earliest = earliest_active_end(now.date() - ONE_DAY)
-    return [
-        FlagRow(
+    for r in flag_candidates(conn, user_ids, earliest):
+        yield FlagRow(
             r.id,
             r.user_id,
             r.active,
             should_be_active(r.start_date, r.end_date, local_today(r.timezone, now)),
             r.user_exists,
         )
-        for r in flag_candidates(conn, user_ids, earliest)
-    ]
 
 
 def count_wrong_flags(conn: Connection, now: datetime) -> int:

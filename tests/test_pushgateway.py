@@ -21,7 +21,9 @@ from typer.testing import CliRunner
 
 from potato_ops import Storage
 from potato_ops.cli import app
+from potato_ops.errors import PushError
 from potato_ops.exitcodes import ExitCode
+from potato_ops.monitoring import pushgateway as gateway_api
 from tests.conftest import add_user
 from tests.prom_servers import Server, binary, free_port, get_json, running
 
@@ -42,6 +44,8 @@ class StandIn:
     url: str
     received: list[Received] = field(default_factory=list)
     status: int = 200
+    groups: list[dict[str, str]] = field(default_factory=list)  # what GET /api/v1/metrics lists
+    linger: int = 0  # listings that still show the groups after a DELETE (-1: forever)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -55,6 +59,20 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     do_PUT = do_POST = do_DELETE = _answer
+
+    def do_GET(self) -> None:
+        gateway = self.gateway
+        gateway.received.append(Received(self.command, self.path, dict(self.headers.items())))
+        if any(r.method == "DELETE" for r in gateway.received) and gateway.linger == 0:
+            gateway.groups = []
+        elif gateway.linger > 0 and any(r.method == "DELETE" for r in gateway.received):
+            gateway.linger -= 1
+        body = json.dumps({"status": "success", "data": [{"labels": g} for g in gateway.groups]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -184,7 +202,13 @@ def pushgateway(tmp_path: Path) -> Iterator[Server]:
     port = free_port()
     with running(
         "pushgateway",
-        [binary("prometheus-pushgateway"), f"--web.listen-address=127.0.0.1:{port}"],
+        # Debian's build persists to one file under /var/lib by default: each test's gateway
+        # starts empty with a file of its own.
+        [
+            binary("prometheus-pushgateway"),
+            f"--web.listen-address=127.0.0.1:{port}",
+            f"--persistence.file={tmp_path / 'pushgateway.data'}",
+        ],
         port,
         tmp_path,
     ) as server:
@@ -236,3 +260,27 @@ def test_two_databases_keep_two_groups_and_stale_ones_go_when_asked(
     assert pruned.exit_code == 0, pruned.stdout + pruned.stderr
     assert pruned.stdout.splitlines()[0].startswith("deleted job=potato_ops_audit, database=")
     assert groups(pushgateway) == []
+
+
+# --- a delete is accepted, then applied -----------------------------------------------------------
+
+
+def test_a_delete_returns_once_the_gateway_no_longer_lists_the_group(stand_in: StandIn) -> None:
+    """A Pushgateway answers DELETE with 202 and applies it later: the tool waits to see it gone."""
+    stand_in.status, stand_in.linger = 202, 3
+    stand_in.groups = [{"job": gateway_api.PUSHGATEWAY_JOB, "database": "db1"}]
+
+    gateway_api.delete_group(gateway_api.parse_gateway(f"http://{stand_in.url}"), {"database": "db1"})
+
+    methods = [r.method for r in stand_in.received]
+    assert methods[0] == "DELETE"
+    assert methods[1:] == ["GET"] * 4  # three listings still showing it, then one without
+
+
+def test_a_delete_never_applied_is_an_error(stand_in: StandIn, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gateway_api, "TIMEOUT_SECONDS", 0.3)
+    stand_in.status, stand_in.linger = 202, -1
+    stand_in.groups = [{"job": gateway_api.PUSHGATEWAY_JOB, "database": "db1"}]
+
+    with pytest.raises(PushError, match="still listed"):
+        gateway_api.delete_group(gateway_api.parse_gateway(f"http://{stand_in.url}"), {"database": "db1"})

@@ -192,13 +192,27 @@ def push_registry(
 
 
 def delete_group(gateway: Gateway, key: Mapping[str, str], job: str = PUSHGATEWAY_JOB) -> None:
-    """Delete the group ``job`` + ``key`` from the gateway; PushError when refused."""
+    """Delete the group ``job`` + ``key`` from the gateway and see it gone; PushError otherwise.
+
+    A Pushgateway answers a delete with 202 Accepted and applies it later, so the group is
+    listed until it no longer is (up to ``TIMEOUT_SECONDS``): a listing right after this
+    returns never shows it.
+    """
     try:
         delete_from_gateway(
             gateway.base, job=job, grouping_key=dict(key), timeout=TIMEOUT_SECONDS, handler=gateway.handler()
         )
     except Exception as exc:
         raise _failure(gateway, "delete", exc) from None
+    wanted = {"job": job, **key}
+    deadline = time.monotonic() + TIMEOUT_SECONDS
+    while any(g.labels == wanted for g in list_groups(gateway, job)):
+        if time.monotonic() > deadline:
+            raise PushError(
+                f"--pushgateway {gateway.shown} (delete failed): accepted, but the group is "
+                f"still listed after {TIMEOUT_SECONDS:.0f} s"
+            )
+        time.sleep(0.05)
 
 
 @dataclass(frozen=True)

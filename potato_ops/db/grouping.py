@@ -23,7 +23,7 @@ by the twin itself. Either way only the users whose runs differ get their groupi
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING
@@ -127,57 +127,79 @@ def _differs_sql(grouped: str, runs_filter: str) -> str:
     )
 
 
-RANGE_USERS = 20_000  # SQLite compares the whole database this many users (by key) at a time
+# A whole-database comparison reads this many users (by key) per statement: its temporary
+# storage (the sorts and both sides of the differences) stays the size of a range, about
+# 700 MB at 365 days a user, where the whole database at once needs a third of its own size.
+RANGE_USERS = 20_000
 
 
-def user_ranges(conn: Connection, size: int) -> Iterator[tuple[str | None, str | None]]:
-    """Yield half-open key ranges (lo, hi] of about ``size`` users each, covering every key.
+_KEY_BOUNDS = text(
+    "SELECT min(k), max(k) FROM ("
+    "SELECT min(id) AS k FROM users UNION ALL SELECT max(id) FROM users "
+    "UNION ALL SELECT min(user_id) FROM runs UNION ALL SELECT max(user_id) FROM runs "
+    "UNION ALL SELECT min(user_id) FROM day_marks UNION ALL SELECT max(user_id) FROM day_marks) AS b"
+)
 
-    The first starts below every key (lo None) and the last runs past every key (hi None), so
-    a row of a user id not in ``users`` (an orphan run) still falls in exactly one range.
+
+@dataclass(frozen=True)
+class KeyRange:
+    """Users whose key is from ``lo`` (included for the first range only) to ``hi`` (included)."""
+
+    lo: str
+    hi: str
+    first: bool
+
+    @property
+    def where(self) -> str:
+        """Return the range as ``AND`` conditions on ``user_id``, with parameters :lo and :hi."""
+        return f" AND user_id {'>=' if self.first else '>'} :lo AND user_id <= :hi"
+
+    @property
+    def params(self) -> dict[str, str]:
+        """Return the values of :lo and :hi."""
+        return {"lo": self.lo, "hi": self.hi}
+
+
+def user_ranges(conn: Connection, size: int) -> Iterator[KeyRange]:
+    """Yield key ranges of about ``size`` users each, in order, covering every key in the tables.
+
+    The ranges run from the lowest user id in ``users``, ``runs`` or ``day_marks`` to the
+    highest, so a row of an id no user has (an orphan run) still falls in exactly one. Each is
+    bounded on both sides: with no statistics, a planner takes a one-sided condition for a third
+    of the table and scans it whole.
     """
-    lo: str | None = None
+    floor, ceiling = conn.execute(_KEY_BOUNDS).one()
+    if floor is None:
+        return
+    lo, first = str(floor), True
     while True:
-        after = "" if lo is None else "WHERE id > :lo "
         hi = conn.execute(
-            text(f"SELECT id FROM users {after}ORDER BY id LIMIT 1 OFFSET :k"), {"lo": lo, "k": size - 1}
+            text(f"SELECT id FROM users WHERE id {'>=' if first else '>'} :lo ORDER BY id LIMIT 1 OFFSET :k"),
+            {"lo": lo, "k": size - 1},
         ).scalar()
-        yield lo, hi
         if hi is None:
+            yield KeyRange(lo, str(ceiling), first)
             return
-        lo = hi
-
-
-def _range_filter(lo: str | None, hi: str | None) -> str:
-    return ("" if lo is None else " AND user_id > :lo") + ("" if hi is None else " AND user_id <= :hi")
+        yield KeyRange(lo, str(hi), first)
+        lo, first = str(hi), False
 
 
 def differing_users(conn: Connection, user_ids: Sequence[str] | None) -> set[str]:
     """Return the users (of those given, or all) whose stored runs differ from their marks' grouping.
 
     Dates and day_count are compared both ways, and duplicated runs count as a difference.
-    All users: one parallel statement on PostgreSQL; on SQLite, which materializes both sides
-    and their differences in temporary storage, a statement per key range of ``RANGE_USERS``
-    users, so that storage stays the size of a range (the whole database at once needs about a
-    third of its own size free on disk).
+    All users: a statement per key range of ``RANGE_USERS`` users (each read by index), so
+    the temporary storage the comparison needs is the size of a range, not of the database.
     """
     found: set[str] = set()
-    if user_ids is None and not is_postgres(conn):
-        for lo, hi in user_ranges(conn, RANGE_USERS):
-            where = _range_filter(lo, hi)
-            body = _differs_sql(grouped_marks_sql(conn, where), "WHERE true" + where)
-            found.update(
-                r[0] for r in conn.execute(text(body + "SELECT user_id FROM bad"), {"lo": lo, "hi": hi})
-            )
+    if user_ids is None:
+        for keys in user_ranges(conn, RANGE_USERS):
+            body = _differs_sql(grouped_marks_sql(conn, keys.where), "WHERE true" + keys.where)
+            found.update(r[0] for r in conn.execute(text(body + "SELECT user_id FROM bad"), keys.params))
         return found
-    parts: Iterable[Sequence[str] | None] = [None] if user_ids is None else chunks(list(user_ids))
-    for part in parts:
-        if part is None:
-            stmt = text(_differs_sql(grouped_marks_sql(conn), "") + "SELECT user_id FROM bad")
-            found.update(r[0] for r in conn.execute(stmt))
-            continue
-        body = _differs_sql(grouped_marks_sql(conn, "AND user_id IN :uids"), "WHERE user_id IN :uids")
-        stmt = text(body + "SELECT user_id FROM bad").bindparams(bindparam("uids", expanding=True))
+    body = _differs_sql(grouped_marks_sql(conn, "AND user_id IN :uids"), "WHERE user_id IN :uids")
+    stmt = text(body + "SELECT user_id FROM bad").bindparams(bindparam("uids", expanding=True))
+    for part in chunks(list(user_ids)):
         found.update(r[0] for r in conn.execute(stmt, {"uids": list(part)}))
     return found
 

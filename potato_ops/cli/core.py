@@ -89,6 +89,12 @@ def seed(
     ] = 0.0,
     seed_value: Annotated[int, typer.Option("--seed", help="Random seed.")] = 42,
     flag_on: Annotated[bool, typer.Option("--flag-on/--flag-off", help="State of ff.potato.runs_v2.")] = True,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers", min=1, help="Chunks written at once, each on its own connection (PostgreSQL)."
+        ),
+    ] = 1,
     database_url: DatabaseOption = None,
 ) -> None:
     """Fill the database with synthetic users, marks and runs, corrupting a share of them."""
@@ -97,6 +103,11 @@ def seed(
     from potato_ops.demo.synth import seed as seed_users
 
     storage = open_storage(database_url)
+    if workers > 1 and storage.dialect != "postgresql":
+        raise fail(
+            f"--workers {workers} needs PostgreSQL; {storage.dialect} takes one writer at a time",
+            ExitCode.USAGE,
+        )
     storage.create_schema()
     with tqdm(total=users, desc="seeding users", unit="user", disable=users < 1000) as bar:
         result = seed_users(
@@ -107,6 +118,7 @@ def seed(
             seed_value=seed_value,
             now=storage.now(),
             progress=bar.update,
+            workers=workers,
         )
     storage.set_feature_flag("ff.potato.runs_v2", flag_on)
     typer.echo(

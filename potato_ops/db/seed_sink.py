@@ -61,13 +61,6 @@ class SeedChunk:
         stop = start + timedelta(days=ORPHAN_DAYS - 1)
         self.runs.append((ghost, start.isoformat(), stop.isoformat(), ORPHAN_DAYS, 0))
 
-    def clear(self) -> None:
-        """Forget the rows held (after they were written)."""
-        self.users.clear()
-        self.marks.clear()
-        self.runs.clear()
-        self.rows = 0
-
 
 def write_chunk(conn: Connection, chunk: SeedChunk) -> tuple[int, int]:
     """Return (marks, runs) written: the chunk's users, marks and runs, in that order."""

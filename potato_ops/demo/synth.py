@@ -6,8 +6,9 @@ zero misses and zero false alarms. Kinds the database's constraints refuse (over
 second active run on PostgreSQL, a second active run on SQLite) are skipped on that database.
 
 It streams: users are generated, corrupted and written a chunk at a time, so memory does not
-grow with the user count. Everything is drawn in user order from generators seeded by
-``seed_value`` alone, so the chunk size never changes the data.
+grow with the user count; on PostgreSQL several workers can write chunks at once. Everything
+is drawn in user order from generators seeded by ``seed_value`` alone, so neither the chunk
+size nor the workers change the data.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import random
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from itertools import pairwise
@@ -273,7 +275,7 @@ class SeedPlan:
 
 
 def generate(plan: SeedPlan, corrupted: dict[str, str]) -> Iterator[SeedChunk]:
-    """Yield chunks of whole users in order, each valid until the next is asked for.
+    """Yield chunks of whole users in order, each a new object the caller may keep.
 
     Fills ``corrupted`` (user id -> kind injected) as it goes.
     """
@@ -306,7 +308,7 @@ def generate(plan: SeedPlan, corrupted: dict[str, str]) -> Iterator[SeedChunk]:
         chunk.add_user(uid, f"{plan.id_prefix}user{i:06d}@example.com", tz, marked, unmarked, user_runs)
         if chunk.rows >= plan.chunk_rows:
             yield chunk
-            chunk.clear()
+            chunk = SeedChunk(first, days, end)
     if chunk.users:
         yield chunk
 
@@ -324,28 +326,87 @@ def seed(
     id_prefix: str = "",
     progress: Callable[[int], object] | None = None,
     chunk_rows: int = CHUNK_ROWS,
+    workers: int = 1,
 ) -> SeedResult:
     """Return what was written: users with streaky marks and correct runs, a share corrupted.
 
     Each chunk of about ``chunk_rows`` marks is generated, corrupted and written in its own
     transaction, then reported to ``progress`` as a number of users; a failure leaves the
     chunks already written (every user whole: with its marks and runs) and raises.
+
+    ``workers`` > 1 (PostgreSQL only) writes that many chunks at once, each on a connection of
+    its own, while the next are generated: the server's index maintenance, not Python, is what
+    a large seed waits on, and each worker keeps a server process busy. At most two chunks per
+    worker are held at a time, so memory stays flat; the rows are the same as with one worker,
+    only the order in which chunks commit differs.
     """
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
+    if workers > 1 and engine.dialect.name not in ("postgresql",):
+        raise ValueError(f"workers > 1 needs PostgreSQL; {engine.dialect.name} takes one writer at a time")
     kinds = CORRUPTIONS_POSTGRES if engine.dialect.name == "postgresql" else CORRUPTIONS_SQLITE
     plan = SeedPlan(
         users_count, now, days, corrupt, seed_value, unmarked_rows, with_runs, id_prefix, chunk_rows, kinds
     )
     corrupted: dict[str, str] = {}
-    marks_written = runs_written = 0
-    for chunk in generate(plan, corrupted):
-        with write_transaction(engine) as conn:
-            m, r = write_chunk(conn, chunk)
-        marks_written += m
-        runs_written += r
-        if progress:
-            progress(len(chunk.users))
+    chunks = generate(plan, corrupted)
+    written = _Written(progress)
+    if workers == 1:
+        for chunk in chunks:
+            written.add(_write_whole(engine, chunk))
+    else:
+        _write_concurrently(engine, chunks, workers, written)
     skipped = sorted(set(CORRUPTIONS_SQLITE) - set(kinds))
-    return SeedResult(plan.user_ids, marks_written, runs_written, corrupted, plan.end, skipped)
+    return SeedResult(plan.user_ids, written.marks, written.runs, corrupted, plan.end, skipped)
+
+
+@dataclass
+class _Written:
+    """Rows written so far, reported to the progress callback a chunk at a time."""
+
+    progress: Callable[[int], object] | None
+    marks: int = 0
+    runs: int = 0
+
+    def add(self, counts: tuple[int, int, int]) -> None:
+        users, marks, runs = counts
+        self.marks += marks
+        self.runs += runs
+        if self.progress:
+            self.progress(users)
+
+
+def _write_whole(engine: Engine, chunk: SeedChunk) -> tuple[int, int, int]:
+    """Return (users, marks, runs) of the chunk, written in one transaction of its own."""
+    with write_transaction(engine) as conn:
+        marks, runs = write_chunk(conn, chunk)
+    return len(chunk.users), marks, runs
+
+
+def _write_concurrently(engine: Engine, chunks: Iterator[SeedChunk], workers: int, written: _Written) -> None:
+    """Write the chunks on ``workers`` threads, holding at most two per worker.
+
+    The first failure stops the generation, cancels the chunks not started, waits for those
+    being written, and raises; every chunk committed is whole.
+    """
+    window = 2 * workers
+    pending: set[Future[tuple[int, int, int]]] = set()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="seed-worker") as pool:
+        try:
+            for chunk in chunks:
+                if len(pending) >= window:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        written.add(future.result())
+                pending.add(pool.submit(_write_whole, engine, chunk))
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    written.add(future.result())
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
 
 
 def inject_corruption(

@@ -175,6 +175,23 @@ def test_user_ids_sort_in_user_order_and_differ_by_seed() -> None:
     assert not set(ids) & set(SeededUserIds(6, 70_000))
 
 
+def test_orphan_runs_ids_sort_among_the_users_ids(storage: Storage, clock: MutableClock) -> None:
+    result = seed(storage.engine, users_count=600, days=30, corrupt=0.1, seed_value=9, now=clock())
+    ids = list(result.user_ids)
+    ghosts = sorted(u for u in result.corrupted if result.corrupted[u] == ViolationKind.ORPHAN)
+    assert len(ghosts) >= 8 and not set(ghosts) & set(ids)  # a sixth or seventh of the kinds
+    with storage.engine.connect() as conn:
+        stored = {r[0] for r in conn.execute(select(runs.c.user_id).where(runs.c.user_id.in_(ghosts)))}
+    assert stored == set(ghosts)
+    everyone = sorted([*ids, *ghosts])
+    for ghost in ghosts:
+        at = everyone.index(ghost)
+        # Beside a user whose id has the same seed and index bytes: no key range widened.
+        near = [everyone[k] for k in (at - 1, at + 1) if 0 <= k < len(everyone) and everyone[k] in ids]
+        assert any(uuid.UUID(u).bytes[:6] == uuid.UUID(ghost).bytes[:6] for u in near), ghost
+        assert uuid.UUID(ghost).version == 8
+
+
 def test_corrupting_stored_users_is_reported_exactly(storage: Storage, clock: MutableClock) -> None:
     seeded = seed(storage.engine, users_count=80, days=60, seed_value=4, now=clock())
     kinds = CORRUPTIONS_SQLITE if storage.dialect == "sqlite" else CORRUPTIONS_POSTGRES

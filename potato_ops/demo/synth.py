@@ -103,13 +103,32 @@ class SeededUserIds(Sequence[str]):
     def __iter__(self) -> Iterator[str]:
         return (self._id(i) for i in range(self._count))
 
+    def neighbour(self, i: int, bits: int) -> str:
+        """Return an id that sorts beside user ``i``'s and is nobody's: other trailing bits.
+
+        An orphan run's missing user takes one, so that every seeded id shares the layout: a
+        random UUID among time-ordered ones widens the key range of each GiST page it lands in
+        (the runs' no-overlap constraint on PostgreSQL), and each later insert then searches
+        every page whose range covers its id.
+        """
+        tail = bits.to_bytes(16, "big")[6:]
+        ghost = self._layout(i, tail)
+        if ghost == self._id(i):  # one chance in 2**74; a bit the layout keeps tells them apart
+            ghost = self._layout(i, bytes([tail[0] ^ 1]) + tail[1:])
+        return ghost
+
+    def _tail(self, i: int) -> bytes:
+        return hashlib.blake2b(f"{self._seed}:{i}".encode(), digest_size=16).digest()[6:]
+
     def _id(self, i: int) -> str:
         # Ordered like a time-ordered UUID: two bytes of the seed, then the user's index, then
         # random bits, with the version-8 (custom layout) and RFC 4122 variant bits set. Users
         # are written in index order, so every index on user_id grows at its right edge
         # instead of being written at random places (which slowed a large seed tenfold).
-        digest = hashlib.blake2b(f"{self._seed}:{i}".encode(), digest_size=16).digest()
-        value = int.from_bytes(self._head + i.to_bytes(4, "big") + digest[6:], "big")
+        return self._layout(i, self._tail(i))
+
+    def _layout(self, i: int, tail: bytes) -> str:
+        value = int.from_bytes(self._head + i.to_bytes(4, "big") + tail, "big")
         value = (value & ~_VERSION_MASK) | _VERSION_8
         value = (value & ~_VARIANT_MASK) | _VARIANT_RFC4122
         return self._prefix + str(uuid.UUID(int=value))
@@ -236,9 +255,9 @@ class _Corrupter:
             return None
         return self.kinds[len(self.done) % len(self.kinds)]
 
-    def ghost(self) -> str:
-        """Return a fresh id for an orphan run's missing user."""
-        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+    def ghost_bits(self) -> int:
+        """Return fresh random bits for an orphan run's missing user's id."""
+        return self.rng.getrandbits(128)
 
 
 @dataclass(frozen=True)
@@ -300,7 +319,7 @@ def generate(plan: SeedPlan, corrupted: dict[str, str]) -> Iterator[SeedChunk]:
             user_runs = [[s, e, e - s + 1, int(s <= today and e >= today - 1)] for s, e in _group(marked)]
         kind = corrupter.pick()
         if kind == ViolationKind.ORPHAN:
-            ghost = corrupter.ghost()
+            ghost = plan.user_ids.neighbour(i, corrupter.ghost_bits())
             chunk.add_orphan(ghost)
             corrupted[ghost] = kind
         elif kind is not None and _corrupt_runs(user_runs, kind, today):

@@ -9,7 +9,8 @@ memory (``getrusage``) is its own:
   ``sqlite3`` ``executemany`` on SQLite. Only the writing is timed.
 
 Targets: the seed's peak memory within 20% from the smaller size to the larger one, and the
-seed's wall time at most 1.5 times the bare load's.
+seed's wall time at most 1.5 times the bare load's. On PostgreSQL the seed is also run with
+``--workers`` chunks written at once (default 2), with its speedup over one worker.
 
     .venv/bin/python benchmarks/seed.py                              # 10,000 and 100,000 users
     .venv/bin/python benchmarks/seed.py --sizes 2000 8000 --backend sqlite
@@ -43,10 +44,10 @@ MEMORY_TARGET = 1.2
 SPEED_TARGET = 1.5
 
 
-def child_seed(url: str, users: int, days: int) -> dict[str, Any]:
+def child_seed(url: str, users: int, days: int, workers: int = 1) -> dict[str, Any]:
     storage = Storage.connect(url)
     t0 = time.perf_counter()
-    result = seed(storage.engine, users_count=users, days=days, corrupt=0.01, now=NOW)
+    result = seed(storage.engine, users_count=users, days=days, corrupt=0.01, now=NOW, workers=workers)
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "marks": result.marks_written, "runs": result.runs_written}
 
@@ -84,7 +85,7 @@ def _bare_writer(url: str) -> tuple[Any, Any]:
     return pg, write_pg
 
 
-def child_bare(url: str, users: int, days: int) -> dict[str, Any]:
+def child_bare(url: str, users: int, days: int, workers: int = 1) -> dict[str, Any]:
     kinds = CORRUPTIONS_SQLITE if url.startswith("sqlite") else CORRUPTIONS_POSTGRES
     plan = SeedPlan(users, NOW, days, corrupt=0.01, kinds=kinds)
     conn, write = _bare_writer(url)
@@ -100,7 +101,9 @@ def child_bare(url: str, users: int, days: int) -> dict[str, Any]:
     return {"seconds": seconds, "marks": marks, "runs": runs}
 
 
-def measure(kind: str, backend: str, users: int, args: argparse.Namespace) -> dict[str, Any]:
+def measure(
+    kind: str, backend: str, users: int, args: argparse.Namespace, workers: int = 1
+) -> dict[str, Any]:
     """Return the child's figures, measured on a fresh database with the schema."""
     with database(backend, args.pg_admin_url) as url:
         Storage.connect(url).create_schema()
@@ -116,6 +119,8 @@ def measure(kind: str, backend: str, users: int, args: argparse.Namespace) -> di
                 str(users),
                 "--days",
                 str(args.days),
+                "--workers",
+                str(workers),
             ],
             check=True,
             capture_output=True,
@@ -127,9 +132,11 @@ def measure(kind: str, backend: str, users: int, args: argparse.Namespace) -> di
 
 def run_backend(backend: str, args: argparse.Namespace) -> None:
     print(f"\n== {backend}: {args.days} days per user, 1% corrupted")
+    workers = args.workers if backend == "postgres" and args.workers > 1 else 0
+    parallel = f"{f'{workers} workers':>11}{'speedup':>9}{'MB':>6}" if workers else ""
     print(
         f"{'users':>9}{'seed s':>9}{'users/s':>9}{'seed MB':>9}{'bare s':>9}{'bare MB':>9}"
-        f"{'seed/bare':>11}{'target':>8}"
+        f"{'seed/bare':>11}{'target':>8}{parallel}"
     )
     peaks: list[float] = []
     for users in args.sizes:
@@ -138,9 +145,14 @@ def run_backend(backend: str, args: argparse.Namespace) -> None:
         assert (s["marks"], s["runs"]) == (b["marks"], b["runs"]), (s, b)
         ratio = s["seconds"] / b["seconds"]
         peaks.append(s["peak_mb"])
+        row = ""
+        if workers:
+            w = measure("seed", backend, users, args, workers)
+            assert (w["marks"], w["runs"]) == (s["marks"], s["runs"]), (w, s)
+            row = f"{w['seconds']:>10.1f}s{s['seconds'] / w['seconds']:>9.2f}{w['peak_mb']:>6.0f}"
         print(
             f"{users:>9,}{s['seconds']:>9.1f}{users / s['seconds']:>9.0f}{s['peak_mb']:>9.0f}"
-            f"{b['seconds']:>9.1f}{b['peak_mb']:>9.0f}{ratio:>11.2f}{'<= ' + str(SPEED_TARGET):>8}"
+            f"{b['seconds']:>9.1f}{b['peak_mb']:>9.0f}{ratio:>11.2f}{'<= ' + str(SPEED_TARGET):>8}{row}"
         )
     if len(peaks) > 1:
         growth = max(peaks) / min(peaks)
@@ -155,13 +167,16 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--pg-admin-url", default=os.environ.get("POTATO_TEST_PG_URL", DEFAULT_PG_ADMIN_URL))
+    parser.add_argument(
+        "--workers", type=int, default=2, help="PostgreSQL: also seed with this many workers (--workers)"
+    )
     parser.add_argument("--child", choices=["seed", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--users", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         run = child_seed if args.child == "seed" else child_bare
-        figures = run(args.url, args.users, args.days)
+        figures = run(args.url, args.users, args.days, args.workers)
         print(json.dumps({**figures, "peak_mb": peak_rss_mb()}))
         return
     print_machine()

@@ -3,7 +3,8 @@
 Each step is the command an operator runs, in a child process of its own, so its wall time
 and peak resident memory (``wait4``'s rusage) are its own:
 
-1. ``seed``: ``potato-ops seed --users N --days D --corrupt 0.01`` (1% of users damaged);
+1. ``seed``: ``potato-ops seed --users N --days D --corrupt 0.01`` (1% of users damaged;
+   on PostgreSQL with ``--workers``, as the bulk);
 2. ``validate``: the whole-database scan (exits 3: it finds the damage);
 3. ``audit``: ``potato-ops audit --no-notebook`` (metrics, rules; exits non-zero on the damage);
 4. ``bulk-damaged``: ``bulk-rebuild --all --execute`` on the seeded database, whose planner
@@ -72,6 +73,7 @@ def command(step: str, args: argparse.Namespace) -> list[str]:
             str(args.days),
             "--corrupt",
             "0.01",
+            *([] if args.database_url.startswith("sqlite") else ["--workers", str(args.workers)]),
             *url,
         ]
     if step in ("validate", "validate-after"):

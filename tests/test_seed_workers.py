@@ -16,41 +16,18 @@ from typer.testing import CliRunner
 import potato_ops.demo.synth as synth
 from potato_ops import Storage
 from potato_ops.cli import app
-from potato_ops.db.schema import day_marks, runs, users
+from potato_ops.db.schema import day_marks, users
 from potato_ops.db.seed_sink import SeedChunk
 from potato_ops.demo.synth import SeedResult, seed
 from tests.conftest import MutableClock
+from tests.test_seed import Dump, _dump, _empty
 
-Rows = dict[str, list[tuple[object, ...]]]
 USERS, DAYS, CHUNK_ROWS = 60, 40, 90  # a chunk every few users: many chunks
 
 
-def _rows(storage: Storage) -> Rows:
+def _rows(storage: Storage) -> Dump:
     """Return the seeded rows sorted, runs without their ids (commit order assigns those)."""
-    with storage.engine.connect() as conn:
-        return {
-            "users": sorted(
-                tuple(r) for r in conn.execute(select(users.c.id, users.c.email, users.c.timezone))
-            ),
-            "day_marks": sorted(
-                tuple(r)
-                for r in conn.execute(select(day_marks.c.user_id, day_marks.c.date, day_marks.c.value))
-            ),
-            "runs": sorted(
-                tuple(r)
-                for r in conn.execute(
-                    select(
-                        runs.c.user_id, runs.c.start_date, runs.c.end_date, runs.c.day_count, runs.c.active
-                    )
-                )
-            ),
-        }
-
-
-def _empty(storage: Storage) -> None:
-    with storage.engine.begin() as conn:
-        for table in (runs, day_marks, users):
-            conn.execute(table.delete())
+    return _dump(storage, run_ids=False)
 
 
 def _seed(

@@ -101,13 +101,12 @@ def seed(
     from tqdm.auto import tqdm
 
     from potato_ops.demo.synth import seed as seed_users
+    from potato_ops.demo.synth import workers_refusal
 
     storage = open_storage(database_url)
-    if workers > 1 and storage.dialect != "postgresql":
-        raise fail(
-            f"--workers {workers} needs PostgreSQL; {storage.dialect} takes one writer at a time",
-            ExitCode.USAGE,
-        )
+    refusal = workers_refusal(storage.dialect, workers)
+    if refusal:
+        raise fail(refusal, ExitCode.USAGE)
     storage.create_schema()
     with tqdm(total=users, desc="seeding users", unit="user", disable=users < 1000) as bar:
         result = seed_users(

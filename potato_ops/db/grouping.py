@@ -150,9 +150,14 @@ class KeyRange:
     first: bool
 
     @property
+    def above(self) -> str:
+        """Return the comparison a key makes with ``lo`` to fall in the range."""
+        return ">=" if self.first else ">"
+
+    @property
     def where(self) -> str:
         """Return the range as ``AND`` conditions on ``user_id``, with parameters :lo and :hi."""
-        return f" AND user_id {'>=' if self.first else '>'} :lo AND user_id <= :hi"
+        return f" AND user_id {self.above} :lo AND user_id <= :hi"
 
     @property
     def params(self) -> dict[str, str]:
@@ -171,17 +176,17 @@ def user_ranges(conn: Connection, size: int) -> Iterator[KeyRange]:
     floor, ceiling = conn.execute(_KEY_BOUNDS).one()
     if floor is None:
         return
-    lo, first = str(floor), True
+    keys = KeyRange(str(floor), str(ceiling), first=True)
     while True:
         hi = conn.execute(
-            text(f"SELECT id FROM users WHERE id {'>=' if first else '>'} :lo ORDER BY id LIMIT 1 OFFSET :k"),
-            {"lo": lo, "k": size - 1},
+            text(f"SELECT id FROM users WHERE id {keys.above} :lo ORDER BY id LIMIT 1 OFFSET :k"),
+            {"lo": keys.lo, "k": size - 1},
         ).scalar()
         if hi is None:
-            yield KeyRange(lo, str(ceiling), first)
+            yield keys
             return
-        yield KeyRange(lo, str(hi), first)
-        lo, first = str(hi), False
+        yield KeyRange(keys.lo, str(hi), keys.first)
+        keys = KeyRange(str(hi), str(ceiling), first=False)
 
 
 def differing_users(conn: Connection, user_ids: Sequence[str] | None) -> set[str]:

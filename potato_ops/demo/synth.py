@@ -359,10 +359,9 @@ def seed(
     worker are held at a time, so memory stays flat; the rows are the same as with one worker,
     only the order in which chunks commit differs.
     """
-    if workers < 1:
-        raise ValueError("workers must be at least 1")
-    if workers > 1 and engine.dialect.name not in ("postgresql",):
-        raise ValueError(f"workers > 1 needs PostgreSQL; {engine.dialect.name} takes one writer at a time")
+    refusal = workers_refusal(engine.dialect.name, workers)
+    if refusal:
+        raise ValueError(refusal)
     kinds = CORRUPTIONS_POSTGRES if engine.dialect.name == "postgresql" else CORRUPTIONS_SQLITE
     plan = SeedPlan(
         users_count, now, days, corrupt, seed_value, unmarked_rows, with_runs, id_prefix, chunk_rows, kinds
@@ -377,6 +376,15 @@ def seed(
         _write_concurrently(engine, chunks, workers, written)
     skipped = sorted(set(CORRUPTIONS_SQLITE) - set(kinds))
     return SeedResult(plan.user_ids, written.marks, written.runs, corrupted, plan.end, skipped)
+
+
+def workers_refusal(dialect: str, workers: int) -> str | None:
+    """Return why ``workers`` chunks at once can't be written on ``dialect``, or None if they can."""
+    if workers < 1:
+        return f"--workers {workers}: at least 1 is needed"
+    if workers > 1 and dialect != "postgresql":
+        return f"--workers {workers} needs PostgreSQL; {dialect} takes one writer at a time"
+    return None
 
 
 @dataclass
@@ -408,20 +416,21 @@ def _write_concurrently(engine: Engine, chunks: Iterator[SeedChunk], workers: in
     The first failure stops the generation, cancels the chunks not started, waits for those
     being written, and raises; every chunk committed is whole.
     """
-    window = 2 * workers
     pending: set[Future[tuple[int, int, int]]] = set()
+
+    def collect_down_to(held: int) -> None:
+        nonlocal pending
+        while len(pending) > held:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                written.add(future.result())
+
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="seed-worker") as pool:
         try:
             for chunk in chunks:
-                if len(pending) >= window:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        written.add(future.result())
+                collect_down_to(2 * workers - 1)
                 pending.add(pool.submit(_write_whole, engine, chunk))
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    written.add(future.result())
+            collect_down_to(0)
         except BaseException:
             for future in pending:
                 future.cancel()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, event, text
 
 from potato_ops import BulkConfig, Storage, fixed_clock
 from potato_ops.db.schema import RUNS_V2_FLAG
-from potato_ops.db.statistics import stale_tables
+from potato_ops.db.statistics import stale_tables, vacuum_tables
 from potato_ops.ops.bulk.statistics import freshen_statistics
 from tests.conftest import NOW, add_runs, add_user, drop_pg_database, fresh_pg_database
 
@@ -104,3 +105,82 @@ def test_a_bulk_run_analyzes_what_is_stale_before_its_first_batch(own_storage: S
             )
         ).scalars()
         assert list(analyzed) == ["day_marks", "runs", "users"]
+
+
+def _vacuums_of_runs(storage: Storage) -> int:
+    with storage.engine.connect() as conn:
+        return int(
+            conn.execute(
+                text("SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'runs'")
+            ).scalar_one()
+        )
+
+
+def _runs_by_user(storage: Storage) -> list[tuple[str, str, str]]:
+    with storage.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT user_id, start_date, end_date FROM runs ORDER BY user_id, start_date")
+        )
+        return [(u, str(s), str(e)) for u, s, e in rows]
+
+
+def test_after_every_run_is_deleted_the_bulk_vacuums_runs_then_fills_them(
+    own_storage: Storage, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = own_storage
+    _users(storage, 60)
+    storage.set_feature_flag(RUNS_V2_FLAG, True)
+    # The runs each user's marks make (2024-03-01..02 and 2024-03-04), written out here.
+    expected = sorted(
+        (f"u{n:03d}", s, e)
+        for n in range(60)
+        for s, e in [("2024-03-01", "2024-03-02"), ("2024-03-04", "2024-03-04")]
+    )
+    with storage.engine.begin() as conn:
+        if storage.dialect == "postgresql":  # only the bulk may vacuum it in this test
+            conn.execute(text("ALTER TABLE runs SET (autovacuum_enabled = false)"))
+        conn.execute(text("DELETE FROM runs"))
+    ids = [u.id for u in storage.get_all_users()]
+    if storage.dialect == "sqlite":  # no dead rows to speak of: nothing to do but the rebuild
+        result = storage.bulk_rebuild_users(ids, BulkConfig(batch_size=20, max_workers=2, dry_run=False))
+        assert result.status == "completed"
+        assert _runs_by_user(storage) == expected
+        return
+    _flush(storage)
+    before = _vacuums_of_runs(storage)
+    with caplog.at_level("WARNING", logger="potato_ops"):
+        dry = storage.bulk_rebuild_users(ids, BulkConfig(batch_size=20, max_workers=2, dry_run=True))
+    assert dry.status == "completed"
+    assert _vacuums_of_runs(storage) == before  # a dry run vacuums nothing, and says so
+    assert any("runs" in r.getMessage() and "VACUUM" in r.getMessage() for r in caplog.records)
+    result = storage.bulk_rebuild_users(ids, BulkConfig(batch_size=20, max_workers=2, dry_run=False))
+    assert result.status == "completed"
+    assert _vacuums_of_runs(storage) == before + 1
+    assert _runs_by_user(storage) == expected
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_vacuum_goes_at_autovacuums_pace_and_leaves_the_connection_as_it_found_it(
+    own_storage: Storage,
+) -> None:
+    storage = own_storage
+    url = storage.engine.url.render_as_string(hide_password=False)
+    one = create_engine(url, pool_size=1, max_overflow=0)  # VACUUM's connection is the next one's
+    paces: list[str] = []
+
+    @event.listens_for(one, "before_cursor_execute")
+    def _pace(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("VACUUM"):
+            cursor.execute("SHOW vacuum_cost_delay")
+            paces.append(cursor.fetchone()[0])
+
+    try:
+        with one.connect() as conn:
+            autovacuum = conn.execute(text("SHOW autovacuum_vacuum_cost_delay")).scalar_one()
+        assert vacuum_tables(one, ["runs"]) == ["runs"]
+        assert paces == [autovacuum]
+        with one.connect() as conn:
+            assert conn.execute(text("SHOW vacuum_cost_delay")).scalar_one() == "0"
+    finally:
+        one.dispose()

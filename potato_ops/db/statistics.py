@@ -13,6 +13,14 @@ since its last ANALYZE than autovacuum's own trigger allows (50 rows plus 10% of
 statistics know of). ANALYZE samples a fixed number of rows whatever the table's size, so it
 costs seconds even at a billion rows. PostgreSQL only: SQLite's planner uses its indexes for a
 batch's keyed lookups with or without ``sqlite_stat1``.
+
+A mass delete leaves a second trace: the deleted rows stay in the table and in its indexes as
+dead rows until VACUUM removes them. Every run a bulk inserts is checked against the no-overlap
+constraint's GiST index, and that check visits the dead entries of the user's old runs too, until
+VACUUM removes them (with every run deleted, that is every run's old entry). A table is
+dead-heavy when it holds more dead rows than live ones (and more than autovacuum's base threshold
+of 50), which only a mass delete or rewrite leaves; VACUUM then runs at autovacuum's own pace
+(its cost delay), so that the live database feels it no more than autovacuum.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, text
 
 from potato_ops.db.engine import is_postgres
 
@@ -51,6 +59,20 @@ _STALE = text(
     "     OR (c.reltuples < 0 AND s.n_mod_since_analyze > 0)) "
     "ORDER BY c.relname"
 )
+_DEAD_HEAVY = text(
+    "SELECT c.relname FROM pg_class AS c "
+    "JOIN pg_stat_user_tables AS s ON s.relid = c.oid "
+    "WHERE c.relname = ANY(CAST(:names AS text[])) "
+    "AND c.relnamespace = CAST(current_schema() AS regnamespace) "
+    "AND c.relkind IN ('r', 'p') "
+    "AND s.n_dead_tup > :rows AND s.n_dead_tup > s.n_live_tup "
+    "ORDER BY c.relname"
+)
+# VACUUM at autovacuum's pace: its cost delay, where one is set (-1 means vacuum_cost_delay's).
+_AUTOVACUUM_PACE = text(
+    "SELECT set_config('vacuum_cost_delay', current_setting('autovacuum_vacuum_cost_delay'), false) "
+    "WHERE current_setting('autovacuum_vacuum_cost_delay') NOT IN ('-1', '-1ms')"
+)
 _OWNED = text(
     "SELECT c.relname FROM pg_class AS c "
     "WHERE c.relname = ANY(CAST(:names AS text[])) "
@@ -65,6 +87,42 @@ def stale_tables(conn: Connection, names: Sequence[str] = BULK_TABLES) -> list[s
         return []
     params = {"names": list(names), "rows": STALE_ROWS, "share": STALE_SHARE}
     return [name for (name,) in conn.execute(_STALE, params).all()]
+
+
+def dead_heavy_tables(conn: Connection, names: Sequence[str] = BULK_TABLES) -> list[str]:
+    """Return the tables among ``names`` holding more dead rows than live ones (a mass delete's)."""
+    if not is_postgres(conn):
+        return []
+    return [name for (name,) in conn.execute(_DEAD_HEAVY, {"names": list(names), "rows": STALE_ROWS}).all()]
+
+
+def vacuum_tables(engine: Engine, names: Sequence[str]) -> list[str]:
+    """VACUUM, at autovacuum's pace, the tables this role owns; return those vacuumed.
+
+    VACUUM runs outside any transaction, on a connection of its own. The others are named in a
+    warning.
+    """
+    if not names or not is_postgres(engine):
+        return []
+    with engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        owned = {name for (name,) in conn.execute(_OWNED, {"names": list(names)}).all()}
+        skipped = [name for name in names if name not in owned]
+        if skipped:
+            log.warning(
+                "%s hold more dead rows than live ones and this role cannot VACUUM them (ask their "
+                "owner to): a bulk rebuild's inserts check the dead index entries until then",
+                ", ".join(skipped),
+            )
+        conn.execute(_AUTOVACUUM_PACE)
+        done: list[str] = []
+        for name in names:
+            if name in owned:
+                # A name from pg_class matching our own list, quoted: never user input.
+                conn.execute(text(f'VACUUM "{name}"'))
+                done.append(name)
+        conn.execute(text("RESET vacuum_cost_delay"))
+    return done
 
 
 def analyze_tables(conn: Connection, names: Sequence[str]) -> list[str]:

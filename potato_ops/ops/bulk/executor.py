@@ -191,7 +191,7 @@ class BulkExecutor:
         self._base = base
         last_beat = last_count = time.perf_counter()
         count_s = 0.0
-        stats = StatisticsWatch(self.engine)
+        stats = StatisticsWatch(self.engine, dry_run=self.config.dry_run)
         self._report(t0)
         threads = [
             threading.Thread(target=self._work, name=f"potato-bulk-{i}", daemon=True)

@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, event, text
 
 from potato_ops import BulkConfig, Storage, fixed_clock
 from potato_ops.db.schema import RUNS_V2_FLAG
-from potato_ops.db.statistics import stale_tables, vacuum_tables
+from potato_ops.db.statistics import stale_tables, vacuum_memory_kb, vacuum_tables
 from potato_ops.ops.bulk.statistics import freshen_statistics
 from tests.conftest import NOW, add_runs, add_user, drop_pg_database, fresh_pg_database
 
@@ -159,28 +159,60 @@ def test_after_every_run_is_deleted_the_bulk_vacuums_runs_then_fills_them(
     assert _runs_by_user(storage) == expected
 
 
+def test_vacuum_memory_holds_every_dead_row_address_once_never_less_than_now_at_most_1gb() -> None:
+    assert vacuum_memory_kb(0, 65536) == 65536
+    assert vacuum_memory_kb(1_000_000, 65536) == 65536  # 6 MB of addresses: the default holds them
+    big = vacuum_memory_kb(34_294_608, 65536)  # the million-user wipe's dead runs
+    assert 34_294_608 * 6 <= big * 1024 <= 34_294_608 * 6 * 1.2
+    assert vacuum_memory_kb(10**9, 65536) == 1024 * 1024
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize("backend", ["postgres"])
-def test_vacuum_goes_at_autovacuums_pace_and_leaves_the_connection_as_it_found_it(
+def test_vacuum_goes_at_autovacuums_pace_in_one_pass_and_leaves_the_connection_as_it_found_it(
     own_storage: Storage,
 ) -> None:
     storage = own_storage
     url = storage.engine.url.render_as_string(hide_password=False)
-    one = create_engine(url, pool_size=1, max_overflow=0)  # VACUUM's connection is the next one's
-    paces: list[str] = []
+    # One connection (VACUUM's is the next one's), its memory for VACUUM 1 MB: 174,762 addresses.
+    one = create_engine(
+        url, pool_size=1, max_overflow=0, connect_args={"options": "-c maintenance_work_mem=1MB"}
+    )
+    seen: list[tuple[str, int]] = []
 
     @event.listens_for(one, "before_cursor_execute")
-    def _pace(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+    def _settings(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         if statement.startswith("VACUUM"):
-            cursor.execute("SHOW vacuum_cost_delay")
-            paces.append(cursor.fetchone()[0])
+            cursor.execute(
+                "SELECT current_setting('vacuum_cost_delay'), "
+                "(SELECT setting FROM pg_settings WHERE name = 'maintenance_work_mem')"
+            )
+            pace, memory_kb = cursor.fetchone()
+            seen.append((pace, int(memory_kb)))
 
     try:
-        with one.connect() as conn:
+        with one.begin() as conn:
             autovacuum = conn.execute(text("SHOW autovacuum_vacuum_cost_delay")).scalar_one()
-        assert vacuum_tables(one, ["runs"]) == ["runs"]
-        assert paces == [autovacuum]
+            conn.execute(text("CREATE TABLE scratch (n integer) WITH (autovacuum_enabled = false)"))
+            conn.execute(text("INSERT INTO scratch SELECT generate_series(1, 300000)"))
+            conn.execute(text("DELETE FROM scratch"))
+        with one.begin() as conn:
+            conn.execute(text("SELECT pg_stat_force_next_flush()"))
+        with one.connect() as conn:
+            dead = conn.execute(
+                text("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'scratch'")
+            ).scalar_one()
+        assert dead == 300000
+        assert vacuum_tables(one, ["scratch"]) == ["scratch"]
+        ((pace, memory_kb),) = seen
+        assert pace == autovacuum
+        assert memory_kb * 1024 >= dead * 6 > 1024 * 1024  # every address at once, more than the 1 MB
         with one.connect() as conn:
             assert conn.execute(text("SHOW vacuum_cost_delay")).scalar_one() == "0"
+            assert conn.execute(text("SHOW maintenance_work_mem")).scalar_one() == "1MB"
+            left = conn.execute(
+                text("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'scratch'")
+            ).scalar_one()
+        assert left == 0
     finally:
         one.dispose()

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
 
 import typer
@@ -97,17 +100,38 @@ def fail(message: str, code: ExitCode = ExitCode.ERROR) -> typer.Exit:
     return typer.Exit(int(code))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler or service manager stopping the command): stopped as Ctrl-C stops it."""
+
+
+def _terminated(_signum: int, _frame: FrameType | None) -> None:
+    raise Terminated
+
+
 def expected_failures(func: Callable[P, R]) -> Callable[P, R]:
-    """Turn library errors into one line on stderr and a documented exit code."""
+    """Turn library errors into one line on stderr and a documented exit code.
+
+    SIGTERM stops the command as Ctrl-C does (a bulk operation finishes the batches in hand and
+    is recorded as interrupted, to be resumed) and exits 143 where Ctrl-C exits 130.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        # Only the main thread may set handlers; a handler set already (not the default) is kept.
+        ours = threading.current_thread() is threading.main_thread() and (
+            signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        )
+        if ours:
+            signal.signal(signal.SIGTERM, _terminated)
         try:
             return func(*args, **kwargs)
         except NotebookParameterError as exc:
             raise fail(option_words(str(exc)), ExitCode.INVALID_PARAMETERS) from None
         except PotatoOpsError as exc:
             raise fail(option_words(str(exc))) from None
+        except Terminated:
+            typer.echo("terminated (SIGTERM)", err=True)
+            sys.exit(143)
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             sys.exit(130)
@@ -123,6 +147,9 @@ def expected_failures(func: Callable[P, R]) -> Callable[P, R]:
                 lines = str(exc).strip().splitlines()
                 raise fail(f"database error: {lines[0] if lines else type(exc).__name__}") from None
             raise
+        finally:
+            if ours:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     return wrapper
 

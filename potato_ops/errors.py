@@ -21,6 +21,9 @@
         ├── SecretLeakError         an archived file would have held a secret: nothing written
         └── RecordNotArchivedError  a run ended but its record could not be archived
 
+    KeyboardInterrupt
+    └── Terminated                  SIGTERM: the command stops as on Ctrl-C (exit 143, not 130)
+
 Every error message is safe to show: database URLs in them are masked.
 """
 
@@ -110,4 +113,12 @@ class RecordNotArchivedError(ReportError):
     """A notebook ran (and may have committed) but its record could not be archived.
 
     The message says where the record was kept instead (the database), or that it was not.
+    """
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler or service manager stopping the command): stopped as Ctrl-C stops it.
+
+    Not a PotatoOpsError: like Ctrl-C's KeyboardInterrupt, it stops whatever runs, and only the
+    outermost layer (the CLI) turns it into an exit status.
     """

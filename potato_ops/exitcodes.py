@@ -18,3 +18,5 @@ class ExitCode(IntEnum):
     ALERT_P1 = 11
     ALERT_P0 = 12
     PUSH_FAILED = 13  # the figures could not be pushed (when no alert sets a higher code)
+    INTERRUPTED = 130  # stopped by Ctrl-C (SIGINT): 128 + 2, as a shell reports it
+    TERMINATED = 143  # stopped by SIGTERM (a scheduler, a service manager): 128 + 15

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
 import typer
 
 from potato_ops.config import DATABASE_URL_ENV, REPORTS_DIR_ENV, default_sqlite_path, mask_secrets
-from potato_ops.errors import NotebookParameterError, PotatoOpsError
+from potato_ops.errors import NotebookParameterError, PotatoOpsError, Terminated
 from potato_ops.exitcodes import ExitCode
 
 if TYPE_CHECKING:
@@ -100,12 +100,15 @@ def fail(message: str, code: ExitCode = ExitCode.ERROR) -> typer.Exit:
     return typer.Exit(int(code))
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler or service manager stopping the command): stopped as Ctrl-C stops it."""
-
-
 def _terminated(_signum: int, _frame: FrameType | None) -> None:
     raise Terminated
+
+
+def _stopped(word: str, exc: KeyboardInterrupt) -> None:
+    """Say the command was stopped, and what the stopped work left (its notes: a record, an id)."""
+    typer.echo(word, err=True)
+    for note in getattr(exc, "__notes__", ()):
+        typer.echo(mask_secrets(str(note)), err=True)
 
 
 def expected_failures(func: Callable[P, R]) -> Callable[P, R]:
@@ -129,12 +132,12 @@ def expected_failures(func: Callable[P, R]) -> Callable[P, R]:
             raise fail(option_words(str(exc)), ExitCode.INVALID_PARAMETERS) from None
         except PotatoOpsError as exc:
             raise fail(option_words(str(exc))) from None
-        except Terminated:
-            typer.echo("terminated (SIGTERM)", err=True)
-            sys.exit(143)
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            sys.exit(130)
+        except Terminated as exc:
+            _stopped("terminated (SIGTERM)", exc)
+            sys.exit(ExitCode.TERMINATED)
+        except KeyboardInterrupt as exc:
+            _stopped("interrupted", exc)
+            sys.exit(ExitCode.INTERRUPTED)
         except Exception as exc:
             # Loaded only when something failed: --help never pays for SQLAlchemy.
             from sqlalchemy.exc import DBAPIError

@@ -76,7 +76,8 @@ def run(
 
     Exit codes: 0 ok, 3 problem found, 4 parameters refused, 5 a cell failed or timed out,
     1 the reports folder cannot take the record (nothing runs) or the run's record could not
-    be archived (the line says where it was kept instead).
+    be archived (the line says where it was kept instead), 130 / 143 stopped by Ctrl-C / SIGTERM
+    (the run is archived as interrupted).
     """
     if list_only:
         _print_notebooks()

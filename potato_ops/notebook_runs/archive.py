@@ -71,6 +71,7 @@ _STATUS_COLOURS = {
     "refused": "#bf8700",
     "error": "#cf222e",
     "timeout": "#8250df",
+    "interrupted": "#8250df",
 }
 
 

@@ -7,6 +7,14 @@ that starts is archived (see ``potato_ops.notebook_runs.archive``), whatever its
 its status becomes an exit code. A notebook whose verdict is a problem ends on ``ProblemFound``
 (raised by ``record_result`` after the record): that is the status "problem" (exit 3), told
 apart from a cell that failed (exit 5).
+
+A run stopped by Ctrl-C or SIGTERM is archived too, with the status "interrupted". The kernel
+runs in a session of its own, so the signal reaches only this process; the kernel's shutdown
+interrupts its cell first (what the cell was doing stops as on Ctrl-C: a bulk finishes the
+batches in hand and is recorded interrupted, to be resumed) and gives it ``KERNEL_STOP_GRACE_S``
+to end before it is killed. Once the record is written the interrupt goes on to the caller, with
+a note saying where the record is, so that the CLI exits 130 (143 for SIGTERM) and a caller's
+own loop stops.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from traitlets import default
 
 from potato_ops.config import reports_dir as default_reports_dir
 from potato_ops.domain.models import jsonable
-from potato_ops.errors import NotebookError
+from potato_ops.errors import NotebookError, Terminated
 from potato_ops.exitcodes import ExitCode
 from potato_ops.notebook_runs import archive, records
 from potato_ops.notebook_runs.catalog import resolve_notebook
@@ -57,6 +65,9 @@ logger = logging.getLogger("potato_ops")
 
 PINNED_KERNEL = "python3"
 KERNEL_START_TIMEOUT_S = 60
+# How long a kernel being shut down (interrupted first) gets to end its cell and exit before it
+# is killed: Jupyter's 5 s can cut a bulk's batch in hand short.
+KERNEL_STOP_GRACE_S = 30.0
 
 EXIT_CODES = {
     "ok": ExitCode.OK,
@@ -64,6 +75,7 @@ EXIT_CODES = {
     "refused": ExitCode.INVALID_PARAMETERS,
     "error": ExitCode.EXECUTION_FAILED,
     "timeout": ExitCode.EXECUTION_FAILED,
+    "interrupted": ExitCode.INTERRUPTED,  # ExitCode.TERMINATED when the stop was SIGTERM
 }
 # What a notebook's own check cell raises for a value it cannot use (runbook.params): the run is
 # refused for its parameters (exit 4), as when `potato-ops run` refuses them before the kernel.
@@ -118,6 +130,10 @@ def _pinned_kernel_manager(kernels_dir: Path, kernel_log: IO[str]) -> type[Async
     """Return a kernel manager class that looks in ``kernels_dir`` before any installed spec."""
 
     class PinnedKernelManager(AsyncKernelManager):
+        @default("shutdown_wait_time")
+        def _stop_grace(self) -> float:
+            return KERNEL_STOP_GRACE_S
+
         @default("kernel_spec_manager")
         def _pinned_spec_manager(self) -> KernelSpecManager:
             manager = KernelSpecManager(data_dir=self.data_dir)
@@ -142,6 +158,13 @@ class _Outcome:
     verdict: str = ""
     error: dict[str, Any] | None = None
     record: dict[str, Any] = field(default_factory=dict)
+    interrupt: KeyboardInterrupt | None = None  # what stopped the run, raised again once archived
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if isinstance(self.interrupt, Terminated):
+            return ExitCode.TERMINATED
+        return EXIT_CODES[self.status]
 
 
 def execute_notebook(
@@ -182,9 +205,13 @@ def execute_notebook(
     logger.info(
         "%s: %s (%s), archived in %s", path.stem, status, archived.result.get("verdict", ""), archived.run_dir
     )
+    stop = done.outcome.interrupt
+    if stop is not None:
+        stop.add_note(f"{path.stem}: {done.outcome.verdict}; archived in {archived.run_dir}")
+        raise stop
     return ExecutionRecord(
         status=status,
-        exit_code=EXIT_CODES[status],
+        exit_code=done.outcome.exit_code,
         run_dir=archived.run_dir,
         notebook_path=archived.notebook_path,
         html_path=archived.html_path,
@@ -243,8 +270,8 @@ def _execute_in_workspace(path: Path, checked: dict[str, object], kernel: _Kerne
         duration = time.monotonic() - clock
         finished_at = dt.datetime.now(dt.UTC)
         executed = read_notebook(output if output.exists() else path)
-    if outcome.status == "timeout":
-        _mark_timeout(executed, outcome.verdict)
+    if outcome.status in _STOP_MARKERS:
+        _mark_stopped(executed, outcome.status, outcome.verdict)
     if outcome.status == "problem":
         _drop_error_markers(executed)
     return _Done(run_id, outcome, executed, started_at, finished_at, duration)
@@ -259,7 +286,7 @@ def _result(path: Path, checked: dict[str, object], done: _Done, kernel: _Kernel
         "source": str(path),
         "source_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "status": outcome.status,
-        "exit_code": int(EXIT_CODES[outcome.status]),
+        "exit_code": int(outcome.exit_code),
         "verdict": outcome.verdict,
         "parameters": jsonable(checked, "parameters"),
         "figures": outcome.record.get("figures", {}),
@@ -340,6 +367,16 @@ def _execute(
         }
         where = f"cell {index + 1}" if index is not None else "a cell"
         return _failed("timeout", error, f"{where} did not finish within {cell_timeout} s", output)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated) under the CLI
+        # The kernel has been shut down on the way out of papermill, its cell interrupted first.
+        index = _last_started_cell(output)
+        how = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C (SIGINT)"
+        error = {"cell_index": index, "ename": type(exc).__name__, "evalue": f"stopped by {how}"}
+        where = f"in cell {index + 1}" if index is not None else "before its first cell"
+        verdict = f"stopped by {how} {where}, before the notebook finished"
+        outcome = _failed("interrupted", error, verdict, output)
+        outcome.interrupt = exc
+        return outcome
     except Exception as exc:  # a dead kernel, a kernel that never started, ...
         error = {
             "cell_index": _last_started_cell(output),
@@ -418,10 +455,17 @@ def _last_started_cell(output: Path) -> int | None:
     return index
 
 
-def _mark_timeout(nb: Any, verdict: str) -> None:
-    message = f"**Timed out:** {verdict}."
-    marker = nbformat.v4.new_markdown_cell(message)  # type: ignore[no-untyped-call]
-    marker.metadata["tags"] = ["potato-ops-timeout"]
+# The statuses whose notebook gets a first cell saying how it was stopped: (word, cell tag).
+_STOP_MARKERS = {
+    "timeout": ("Timed out", "potato-ops-timeout"),
+    "interrupted": ("Interrupted", "potato-ops-interrupted"),
+}
+
+
+def _mark_stopped(nb: Any, status: str, verdict: str) -> None:
+    word, tag = _STOP_MARKERS[status]
+    marker = nbformat.v4.new_markdown_cell(f"**{word}:** {verdict}.")  # type: ignore[no-untyped-call]
+    marker.metadata["tags"] = [tag]
     nb.cells.insert(0, marker)
 
 

@@ -37,6 +37,7 @@ _STATUS = {
     "refused": ("REFUSED", "#bf8700"),
     "error": ("ERROR", "#cf222e"),
     "timeout": ("TIMEOUT", "#8250df"),
+    "interrupted": ("INTERRUPTED", "#8250df"),
 }
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _PROGRESS = re.compile(r"(.*?)\s*\d+%\|")  # a tqdm bar: its description, then "NN%|"
